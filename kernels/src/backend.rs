@@ -1,0 +1,225 @@
+//! The op interface every compute backend implements.
+
+use std::ops::Range;
+
+use crate::adamw::AdamW;
+use crate::conv1d::ConvDims;
+use crate::cross_entropy::CrossEntropyDims;
+use crate::embedding::EmbeddingDims;
+use crate::gemm::GemmDims;
+use crate::pool::{PoolDims, Pooling};
+use crate::rmsnorm::NormDims;
+use crate::scan::{ScanDims, ScanGrads, ScanInputs};
+use crate::KernelError;
+
+/// The ops of the Mamba backbone, forward and backward, over a backend's own buffers.
+///
+/// Model code is written once against this trait. Parameters, gradients and optimizer
+/// moments each live in one flat [`Backend::Buffer`]; ops take views of ranges of it.
+/// Semantics of every op are documented on the CPU function of its module
+/// (e.g. [`crate::scan::cpu::forward`]), which is the reference implementation.
+pub trait Backend: Send + Sync {
+    /// Owned f32 storage.
+    type Buffer: Send + Sync;
+    /// Owned u32 storage (token ids, targets, lengths, reset flags).
+    type Ids: Send + Sync;
+    /// A read-only view of a range of a buffer.
+    type View<'a>: Copy
+    where
+        Self: 'a;
+    /// A mutable view of a range of a buffer.
+    type ViewMut<'a>
+    where
+        Self: 'a;
+
+    /// A human-readable name, e.g. `cpu (2 threads)`.
+    fn name(&self) -> String;
+    /// A zero-filled buffer of `len` elements.
+    fn zeros(&self, len: usize) -> Result<Self::Buffer, KernelError>;
+    /// A buffer holding `data`.
+    fn upload(&self, data: &[f32]) -> Result<Self::Buffer, KernelError>;
+    /// The contents of a view, on the host.
+    fn download(&self, view: Self::View<'_>) -> Result<Vec<f32>, KernelError>;
+    /// An id buffer holding `ids`.
+    fn upload_ids(&self, ids: &[u32]) -> Result<Self::Ids, KernelError>;
+    /// Elements in a buffer.
+    fn buffer_len(&self, buffer: &Self::Buffer) -> usize;
+    /// A view of `range` of `buffer`.
+    fn view<'a>(&self, buffer: &'a Self::Buffer, range: Range<usize>) -> Self::View<'a>;
+    /// A mutable view of `range` of `buffer`.
+    fn view_mut<'a>(&self, buffer: &'a mut Self::Buffer, range: Range<usize>)
+        -> Self::ViewMut<'a>;
+    /// Disjoint mutable views of one buffer; `ranges` must be ascending and disjoint.
+    fn split_mut<'a, const K: usize>(
+        &self,
+        buffer: &'a mut Self::Buffer,
+        ranges: [Range<usize>; K],
+    ) -> [Self::ViewMut<'a>; K];
+
+    /// `dst = 0`.
+    fn fill_zero(&self, dst: Self::ViewMut<'_>) -> Result<(), KernelError>;
+    /// `dst = src`.
+    fn copy(&self, src: Self::View<'_>, dst: Self::ViewMut<'_>) -> Result<(), KernelError>;
+    /// `out = a + b`.
+    fn add(
+        &self,
+        a: Self::View<'_>,
+        b: Self::View<'_>,
+        out: Self::ViewMut<'_>,
+    ) -> Result<(), KernelError>;
+    /// `x *= factor`.
+    fn scale(&self, x: Self::ViewMut<'_>, factor: f32) -> Result<(), KernelError>;
+    /// `Σ x²`, deterministic.
+    fn sum_squares(&self, x: Self::View<'_>) -> Result<f64, KernelError>;
+
+    /// See [`crate::gemm::gemm`].
+    fn gemm(
+        &self,
+        dims: GemmDims,
+        a: Self::View<'_>,
+        b: Self::View<'_>,
+        c: Self::ViewMut<'_>,
+        accumulate: bool,
+    ) -> Result<(), KernelError>;
+
+    /// See [`crate::conv1d::forward`].
+    #[allow(clippy::too_many_arguments)]
+    fn conv1d_forward(
+        &self,
+        dims: ConvDims,
+        x: Self::View<'_>,
+        weight: Self::View<'_>,
+        bias: Self::View<'_>,
+        resets: Option<&Self::Ids>,
+        state: Option<Self::ViewMut<'_>>,
+        out: Self::ViewMut<'_>,
+    ) -> Result<(), KernelError>;
+    /// See [`crate::conv1d::backward`].
+    #[allow(clippy::too_many_arguments)]
+    fn conv1d_backward(
+        &self,
+        dims: ConvDims,
+        x: Self::View<'_>,
+        weight: Self::View<'_>,
+        bias: Self::View<'_>,
+        resets: Option<&Self::Ids>,
+        initial_state: Option<Self::View<'_>>,
+        d_out: Self::View<'_>,
+        dx: Self::ViewMut<'_>,
+        dweight: Self::ViewMut<'_>,
+        dbias: Self::ViewMut<'_>,
+    ) -> Result<(), KernelError>;
+
+    /// See [`crate::scan::cpu::forward`].
+    fn scan_forward(
+        &self,
+        dims: ScanDims,
+        inputs: &ScanInputs<Self::View<'_>>,
+        resets: Option<&Self::Ids>,
+        state: Option<Self::ViewMut<'_>>,
+        checkpoints: Option<Self::ViewMut<'_>>,
+        out: Self::ViewMut<'_>,
+    ) -> Result<(), KernelError>;
+    /// See [`crate::scan::cpu::backward`].
+    fn scan_backward(
+        &self,
+        dims: ScanDims,
+        inputs: &ScanInputs<Self::View<'_>>,
+        resets: Option<&Self::Ids>,
+        checkpoints: Self::View<'_>,
+        d_out: Self::View<'_>,
+        grads: ScanGrads<Self::ViewMut<'_>>,
+    ) -> Result<(), KernelError>;
+
+    /// See [`crate::rmsnorm::forward`].
+    fn rmsnorm_forward(
+        &self,
+        dims: NormDims,
+        x: Self::View<'_>,
+        weight: Self::View<'_>,
+        out: Self::ViewMut<'_>,
+        rstd: Self::ViewMut<'_>,
+    ) -> Result<(), KernelError>;
+    /// See [`crate::rmsnorm::backward`].
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_backward(
+        &self,
+        dims: NormDims,
+        x: Self::View<'_>,
+        weight: Self::View<'_>,
+        rstd: Self::View<'_>,
+        d_out: Self::View<'_>,
+        dx: Self::ViewMut<'_>,
+        dweight: Self::ViewMut<'_>,
+    ) -> Result<(), KernelError>;
+
+    /// See [`crate::embedding::forward`].
+    fn embedding_forward(
+        &self,
+        dims: EmbeddingDims,
+        ids: &Self::Ids,
+        table: Self::View<'_>,
+        out: Self::ViewMut<'_>,
+    ) -> Result<(), KernelError>;
+    /// See [`crate::embedding::backward`].
+    fn embedding_backward(
+        &self,
+        dims: EmbeddingDims,
+        ids: &Self::Ids,
+        d_out: Self::View<'_>,
+        dtable: Self::ViewMut<'_>,
+    ) -> Result<(), KernelError>;
+
+    /// See [`crate::cross_entropy::forward_backward`].
+    #[allow(clippy::too_many_arguments)]
+    fn cross_entropy(
+        &self,
+        dims: CrossEntropyDims,
+        logits: Self::View<'_>,
+        targets: &Self::Ids,
+        ignore_index: u32,
+        losses: Self::ViewMut<'_>,
+        dlogits: Option<Self::ViewMut<'_>>,
+        grad_scale: f32,
+    ) -> Result<(), KernelError>;
+
+    /// See [`crate::pool::forward`].
+    fn pool_forward(
+        &self,
+        dims: PoolDims,
+        pooling: Pooling,
+        lengths: &Self::Ids,
+        x: Self::View<'_>,
+        out: Self::ViewMut<'_>,
+    ) -> Result<(), KernelError>;
+    /// See [`crate::pool::backward`].
+    fn pool_backward(
+        &self,
+        dims: PoolDims,
+        pooling: Pooling,
+        lengths: &Self::Ids,
+        d_out: Self::View<'_>,
+        dx: Self::ViewMut<'_>,
+    ) -> Result<(), KernelError>;
+    /// See [`crate::pool::reverse`].
+    fn reverse(
+        &self,
+        dims: PoolDims,
+        lengths: &Self::Ids,
+        x: Self::View<'_>,
+        out: Self::ViewMut<'_>,
+    ) -> Result<(), KernelError>;
+
+    /// See [`crate::adamw::step`].
+    #[allow(clippy::too_many_arguments)]
+    fn adamw(
+        &self,
+        config: &AdamW,
+        step: u64,
+        decay_len: usize,
+        params: Self::ViewMut<'_>,
+        grads: Self::View<'_>,
+        m: Self::ViewMut<'_>,
+        v: Self::ViewMut<'_>,
+    ) -> Result<(), KernelError>;
+}

@@ -1,0 +1,296 @@
+//! The CPU backend: host vectors, rayon and SIMD. The reference for every other backend.
+
+use std::ops::Range;
+
+use crate::adamw::{self, AdamW};
+use crate::backend::Backend;
+use crate::conv1d::{self, ConvDims};
+use crate::cross_entropy::{self, CrossEntropyDims};
+use crate::elementwise;
+use crate::embedding::{self, EmbeddingDims};
+use crate::gemm::{self, GemmDims};
+use crate::pool::{self, PoolDims, Pooling};
+use crate::rmsnorm::{self, NormDims};
+use crate::scan::{self, ScanDims, ScanGrads, ScanInputs};
+use crate::{check_len, KernelError};
+
+/// The CPU backend. Ops run on rayon's current thread pool.
+///
+/// ```
+/// use seqmamba_kernels::{Backend, Cpu};
+/// let cpu = Cpu;
+/// let a = cpu.upload(&[1.0, 2.0]).unwrap();
+/// let b = cpu.upload(&[3.0, 4.0]).unwrap();
+/// let mut c = cpu.zeros(2).unwrap();
+/// cpu.add(&a, &b, &mut c).unwrap();
+/// assert_eq!(c, [4.0, 6.0]);
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cpu;
+
+impl Backend for Cpu {
+    type Buffer = Vec<f32>;
+    type Ids = Vec<u32>;
+    type View<'a> = &'a [f32];
+    type ViewMut<'a> = &'a mut [f32];
+
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+
+    fn zeros(&self, len: usize) -> Result<Vec<f32>, KernelError> {
+        Ok(vec![0.0; len])
+    }
+
+    fn upload(&self, data: &[f32]) -> Result<Vec<f32>, KernelError> {
+        Ok(data.to_vec())
+    }
+
+    fn download(&self, view: &[f32]) -> Result<Vec<f32>, KernelError> {
+        Ok(view.to_vec())
+    }
+
+    fn upload_ids(&self, ids: &[u32]) -> Result<Vec<u32>, KernelError> {
+        Ok(ids.to_vec())
+    }
+
+    fn buffer_len(&self, buffer: &Vec<f32>) -> usize {
+        buffer.len()
+    }
+
+    fn view<'a>(&self, buffer: &'a Vec<f32>, range: Range<usize>) -> &'a [f32] {
+        &buffer[range]
+    }
+
+    fn view_mut<'a>(&self, buffer: &'a mut Vec<f32>, range: Range<usize>) -> &'a mut [f32] {
+        &mut buffer[range]
+    }
+
+    fn split_mut<'a, const K: usize>(
+        &self,
+        buffer: &'a mut Vec<f32>,
+        ranges: [Range<usize>; K],
+    ) -> [&'a mut [f32]; K] {
+        let mut rest: &mut [f32] = buffer;
+        let mut consumed = 0;
+        let mut views = Vec::with_capacity(K);
+        for range in ranges {
+            assert!(range.start >= consumed, "split_mut: ranges overlap or are unsorted");
+            let tail = std::mem::take(&mut rest).split_at_mut(range.start - consumed).1;
+            let (view, tail) = tail.split_at_mut(range.len());
+            views.push(view);
+            rest = tail;
+            consumed = range.end;
+        }
+        views.try_into().unwrap_or_else(|_| unreachable!("one view per range"))
+    }
+
+    fn fill_zero(&self, dst: &mut [f32]) -> Result<(), KernelError> {
+        dst.fill(0.0);
+        Ok(())
+    }
+
+    fn copy(&self, src: &[f32], dst: &mut [f32]) -> Result<(), KernelError> {
+        check_len("copy", "dst", src.len(), dst)?;
+        dst.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn add(&self, a: &[f32], b: &[f32], out: &mut [f32]) -> Result<(), KernelError> {
+        elementwise::add(a, b, out)
+    }
+
+    fn scale(&self, x: &mut [f32], factor: f32) -> Result<(), KernelError> {
+        elementwise::scale(x, factor);
+        Ok(())
+    }
+
+    fn sum_squares(&self, x: &[f32]) -> Result<f64, KernelError> {
+        Ok(elementwise::sum_squares(x))
+    }
+
+    fn gemm(
+        &self,
+        dims: GemmDims,
+        a: &[f32],
+        b: &[f32],
+        c: &mut [f32],
+        accumulate: bool,
+    ) -> Result<(), KernelError> {
+        gemm::gemm(dims, a, b, c, accumulate)
+    }
+
+    fn conv1d_forward(
+        &self,
+        dims: ConvDims,
+        x: &[f32],
+        weight: &[f32],
+        bias: &[f32],
+        resets: Option<&Vec<u32>>,
+        state: Option<&mut [f32]>,
+        out: &mut [f32],
+    ) -> Result<(), KernelError> {
+        conv1d::forward(dims, x, weight, bias, resets.map(|r| &r[..]), state, out)
+    }
+
+    fn conv1d_backward(
+        &self,
+        dims: ConvDims,
+        x: &[f32],
+        weight: &[f32],
+        bias: &[f32],
+        resets: Option<&Vec<u32>>,
+        initial_state: Option<&[f32]>,
+        d_out: &[f32],
+        dx: &mut [f32],
+        dweight: &mut [f32],
+        dbias: &mut [f32],
+    ) -> Result<(), KernelError> {
+        conv1d::backward(
+            dims,
+            x,
+            weight,
+            bias,
+            resets.map(|r| &r[..]),
+            initial_state,
+            d_out,
+            dx,
+            dweight,
+            dbias,
+        )
+    }
+
+    fn scan_forward(
+        &self,
+        dims: ScanDims,
+        inputs: &ScanInputs<&[f32]>,
+        resets: Option<&Vec<u32>>,
+        state: Option<&mut [f32]>,
+        checkpoints: Option<&mut [f32]>,
+        out: &mut [f32],
+    ) -> Result<(), KernelError> {
+        scan::cpu::forward(dims, inputs, resets.map(|r| &r[..]), state, checkpoints, out)
+    }
+
+    fn scan_backward(
+        &self,
+        dims: ScanDims,
+        inputs: &ScanInputs<&[f32]>,
+        resets: Option<&Vec<u32>>,
+        checkpoints: &[f32],
+        d_out: &[f32],
+        grads: ScanGrads<&mut [f32]>,
+    ) -> Result<(), KernelError> {
+        scan::cpu::backward(dims, inputs, resets.map(|r| &r[..]), checkpoints, d_out, grads)
+    }
+
+    fn rmsnorm_forward(
+        &self,
+        dims: NormDims,
+        x: &[f32],
+        weight: &[f32],
+        out: &mut [f32],
+        rstd: &mut [f32],
+    ) -> Result<(), KernelError> {
+        rmsnorm::forward(dims, x, weight, out, rstd)
+    }
+
+    fn rmsnorm_backward(
+        &self,
+        dims: NormDims,
+        x: &[f32],
+        weight: &[f32],
+        rstd: &[f32],
+        d_out: &[f32],
+        dx: &mut [f32],
+        dweight: &mut [f32],
+    ) -> Result<(), KernelError> {
+        rmsnorm::backward(dims, x, weight, rstd, d_out, dx, dweight)
+    }
+
+    fn embedding_forward(
+        &self,
+        dims: EmbeddingDims,
+        ids: &Vec<u32>,
+        table: &[f32],
+        out: &mut [f32],
+    ) -> Result<(), KernelError> {
+        embedding::forward(dims, ids, table, out)
+    }
+
+    fn embedding_backward(
+        &self,
+        dims: EmbeddingDims,
+        ids: &Vec<u32>,
+        d_out: &[f32],
+        dtable: &mut [f32],
+    ) -> Result<(), KernelError> {
+        embedding::backward(dims, ids, d_out, dtable)
+    }
+
+    fn cross_entropy(
+        &self,
+        dims: CrossEntropyDims,
+        logits: &[f32],
+        targets: &Vec<u32>,
+        ignore_index: u32,
+        losses: &mut [f32],
+        dlogits: Option<&mut [f32]>,
+        grad_scale: f32,
+    ) -> Result<(), KernelError> {
+        cross_entropy::forward_backward(
+            dims,
+            logits,
+            targets,
+            ignore_index,
+            losses,
+            dlogits,
+            grad_scale,
+        )
+    }
+
+    fn pool_forward(
+        &self,
+        dims: PoolDims,
+        pooling: Pooling,
+        lengths: &Vec<u32>,
+        x: &[f32],
+        out: &mut [f32],
+    ) -> Result<(), KernelError> {
+        pool::forward(dims, pooling, lengths, x, out)
+    }
+
+    fn pool_backward(
+        &self,
+        dims: PoolDims,
+        pooling: Pooling,
+        lengths: &Vec<u32>,
+        d_out: &[f32],
+        dx: &mut [f32],
+    ) -> Result<(), KernelError> {
+        pool::backward(dims, pooling, lengths, d_out, dx)
+    }
+
+    fn reverse(
+        &self,
+        dims: PoolDims,
+        lengths: &Vec<u32>,
+        x: &[f32],
+        out: &mut [f32],
+    ) -> Result<(), KernelError> {
+        pool::reverse(dims, lengths, x, out)
+    }
+
+    fn adamw(
+        &self,
+        config: &AdamW,
+        step: u64,
+        decay_len: usize,
+        params: &mut [f32],
+        grads: &[f32],
+        m: &mut [f32],
+        v: &mut [f32],
+    ) -> Result<(), KernelError> {
+        adamw::step(config, step, decay_len, params, grads, m, v)
+    }
+}

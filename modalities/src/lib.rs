@@ -1,0 +1,1 @@
+//! DNA and audio files into token streams and labeled examples.

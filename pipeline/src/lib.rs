@@ -1,0 +1,1 @@
+//! The Mamba backbone and everything users run.
