@@ -49,6 +49,15 @@ pub trait Backend: Send + Sync {
     /// A mutable view of `range` of `buffer`.
     fn view_mut<'a>(&self, buffer: &'a mut Self::Buffer, range: Range<usize>)
         -> Self::ViewMut<'a>;
+    /// A view of the whole of `buffer`.
+    fn all<'a>(&self, buffer: &'a Self::Buffer) -> Self::View<'a> {
+        self.view(buffer, 0..self.buffer_len(buffer))
+    }
+    /// A mutable view of the whole of `buffer`.
+    fn all_mut<'a>(&self, buffer: &'a mut Self::Buffer) -> Self::ViewMut<'a> {
+        let len = self.buffer_len(buffer);
+        self.view_mut(buffer, 0..len)
+    }
     /// Disjoint mutable views of one buffer; `ranges` must be ascending and disjoint.
     fn split_mut<'a, const K: usize>(
         &self,
