@@ -58,6 +58,10 @@ pub trait Backend: Send + Sync {
         let len = self.buffer_len(buffer);
         self.view_mut(buffer, 0..len)
     }
+    /// A shorter-lived copy of a mutable view, to pass it to several ops in turn.
+    fn reborrow_mut<'a, 'b>(&self, view: &'b mut Self::ViewMut<'a>) -> Self::ViewMut<'b>
+    where
+        'a: 'b;
     /// Disjoint mutable views of one buffer; `ranges` must be ascending and disjoint.
     fn split_mut<'a, const K: usize>(
         &self,

@@ -66,6 +66,13 @@ impl Backend for Cpu {
         &mut buffer[range]
     }
 
+    fn reborrow_mut<'a, 'b>(&self, view: &'b mut &'a mut [f32]) -> &'b mut [f32]
+    where
+        'a: 'b,
+    {
+        view
+    }
+
     fn split_mut<'a, const K: usize>(
         &self,
         buffer: &'a mut Vec<f32>,

@@ -1,0 +1,682 @@
+//! The Mamba-1 backbone with its heads: forward, backward and recurrent decoding over any
+//! [`Backend`].
+//!
+//! ```text
+//! r₀ = embedding(ids)
+//! rᵢ₊₁ = rᵢ + mixerᵢ(rmsnormᵢ(rᵢ))            (+ reverse(mixer′ᵢ(reverse(·))) when bidirectional)
+//! h = rmsnorm_f(r_L)
+//! LM: logits = h · Eᵀ         classifier: logits = pool(h) · Wᵀ + b
+//! ```
+//! This is the official pre-norm block (Add → RMSNorm → mixer) with the residual in f32.
+
+mod config;
+pub mod mixer;
+mod params;
+
+pub use config::{MambaConfig, PoolingKind};
+pub use mixer::{MixerState, Shape};
+pub use params::{Bidirectional, ClassifierParams, Entry, Head, LayerParams, MixerParams, ParamTable};
+
+use seqmamba_kernels::cross_entropy::CrossEntropyDims;
+use seqmamba_kernels::embedding::EmbeddingDims;
+use seqmamba_kernels::gemm::GemmDims;
+use seqmamba_kernels::pool::{PoolDims, Pooling};
+use seqmamba_kernels::rmsnorm::NormDims;
+use seqmamba_kernels::{Backend, KernelError};
+
+use mixer::{linear, linear_input_grad, linear_weight_grad, MixerActivations, MixerScratch};
+
+/// Target id that contributes no loss.
+pub const IGNORE_INDEX: u32 = u32::MAX;
+
+/// A model: its shape, head, parameter table and flat parameters on a backend.
+pub struct Model<B: Backend> {
+    pub backend: B,
+    pub config: MambaConfig,
+    pub head: Head,
+    pub table: ParamTable,
+    pub params: B::Buffer,
+}
+
+/// Token ids of one batch and what the ops need to know about its rows.
+pub struct Batch<B: Backend> {
+    pub shape: Shape,
+    /// `(batch, len)` token ids.
+    pub ids: B::Ids,
+    /// `(batch)` valid positions of right-padded rows (classification).
+    pub lengths: Option<B::Ids>,
+    /// `(batch, len)` flags: non-zero where a packed sequence starts.
+    pub resets: Option<B::Ids>,
+}
+
+impl<B: Backend> Batch<B> {
+    /// Uploads a batch; `ids` must hold `shape.tokens()` ids.
+    pub fn new(
+        be: &B,
+        shape: Shape,
+        ids: &[u32],
+        lengths: Option<&[u32]>,
+        resets: Option<&[u32]>,
+    ) -> Result<Self, KernelError> {
+        seqmamba_kernels::check_len("batch", "ids", shape.tokens(), ids)?;
+        if let Some(lengths) = lengths {
+            seqmamba_kernels::check_len("batch", "lengths", shape.batch, lengths)?;
+        }
+        if let Some(resets) = resets {
+            seqmamba_kernels::check_len("batch", "resets", shape.tokens(), resets)?;
+        }
+        Ok(Self {
+            shape,
+            ids: be.upload_ids(ids)?,
+            lengths: lengths.map(|l| be.upload_ids(l)).transpose()?,
+            resets: resets.map(|r| be.upload_ids(r)).transpose()?,
+        })
+    }
+}
+
+struct ReverseActivations<B: Backend> {
+    input: B::Buffer,
+    mixer: MixerActivations<B>,
+    out: B::Buffer,
+}
+
+struct LayerActivations<B: Backend> {
+    normed: B::Buffer,
+    rstd: B::Buffer,
+    mixer: MixerActivations<B>,
+    reverse: Option<ReverseActivations<B>>,
+}
+
+/// Every activation of a forward pass, allocated once per shape. Training keeps every
+/// layer's; inference reuses one layer's buffers and two residual buffers.
+pub struct Activations<B: Backend> {
+    shape: Shape,
+    train: bool,
+    residuals: Vec<B::Buffer>,
+    layers: Vec<LayerActivations<B>>,
+    mix_out: B::Buffer,
+    mix_reverse: B::Buffer,
+    mix_sum: B::Buffer,
+    hidden: B::Buffer,
+    rstd_f: B::Buffer,
+    pooled: B::Buffer,
+    ones: B::Buffer,
+    /// `(tokens, padded_vocab)` for the LM head, `(batch, classes)` for the classifier.
+    pub logits: B::Buffer,
+    dlogits: B::Buffer,
+    losses: B::Buffer,
+}
+
+/// Gradient buffers of the backward, allocated once per shape.
+pub struct Scratch<B: Backend> {
+    d_residual: B::Buffer,
+    d_normed: B::Buffer,
+    d_hidden: B::Buffer,
+    d_pooled: B::Buffer,
+    d_reverse_out: B::Buffer,
+    d_reverse_in: B::Buffer,
+    d_reverse_back: B::Buffer,
+    mixer: MixerScratch<B>,
+}
+
+/// The recurrent state of every layer, for chunked processing and decoding.
+pub struct DecodeState<B: Backend> {
+    pub batch: usize,
+    layers: Vec<MixerState<B>>,
+}
+
+fn rows_of(head: &Head, shape: Shape) -> usize {
+    match head {
+        Head::LanguageModel => shape.tokens(),
+        Head::Classifier { .. } => shape.batch,
+    }
+}
+
+impl<B: Backend> Model<B> {
+    /// A model with the given parameters (laid out as `ParamTable::new(config, head)`).
+    pub fn new(
+        backend: B,
+        config: MambaConfig,
+        head: Head,
+        params: &[f32],
+    ) -> Result<Self, KernelError> {
+        let table = ParamTable::new(&config, &head);
+        seqmamba_kernels::check_len("model", "params", table.total, params)?;
+        let params = backend.upload(params)?;
+        Ok(Self {
+            backend,
+            config,
+            head,
+            table,
+            params,
+        })
+    }
+
+    /// A freshly initialised model (official initialisation, seeded).
+    pub fn initialised(
+        backend: B,
+        config: MambaConfig,
+        head: Head,
+        seed: u64,
+    ) -> Result<Self, KernelError> {
+        let params = ParamTable::new(&config, &head).initialise(&config, seed);
+        Self::new(backend, config, head, &params)
+    }
+
+    /// Logit columns: the padded vocabulary or the classes.
+    pub fn logit_width(&self) -> usize {
+        match &self.head {
+            Head::LanguageModel => self.config.padded_vocab(),
+            Head::Classifier { classes, .. } => *classes,
+        }
+    }
+
+    fn bidirectional(&self) -> Bidirectional {
+        match &self.head {
+            Head::Classifier { bidirectional, .. } => *bidirectional,
+            Head::LanguageModel => Bidirectional::Off,
+        }
+    }
+
+    fn pooling(&self) -> Pooling {
+        match &self.head {
+            Head::Classifier {
+                pooling: PoolingKind::Last,
+                ..
+            } => Pooling::Last,
+            _ => Pooling::Mean,
+        }
+    }
+
+    /// Activation buffers for `shape`; `train` keeps what the backward needs.
+    pub fn activations(&self, shape: Shape, train: bool) -> Result<Activations<B>, KernelError> {
+        let be = &self.backend;
+        let c = &self.config;
+        let t = shape.tokens();
+        let d = c.d_model;
+        let bidirectional = self.bidirectional() != Bidirectional::Off;
+        let layer_count = if train { c.n_layer } else { 1 };
+        let layers = (0..layer_count)
+            .map(|_| {
+                Ok(LayerActivations {
+                    normed: be.zeros(t * d)?,
+                    rstd: be.zeros(t)?,
+                    mixer: MixerActivations::new(be, c, shape, train)?,
+                    reverse: if bidirectional {
+                        Some(ReverseActivations {
+                            input: be.zeros(t * d)?,
+                            mixer: MixerActivations::new(be, c, shape, train)?,
+                            out: be.zeros(t * d)?,
+                        })
+                    } else {
+                        None
+                    },
+                })
+            })
+            .collect::<Result<_, KernelError>>()?;
+        let residual_count = if train { c.n_layer + 1 } else { 2 };
+        let rows = rows_of(&self.head, shape);
+        let width = self.logit_width();
+        let extra = |on: bool, len: usize| be.zeros(if on { len } else { 0 });
+        Ok(Activations {
+            shape,
+            train,
+            residuals: (0..residual_count)
+                .map(|_| be.zeros(t * d))
+                .collect::<Result<_, _>>()?,
+            layers,
+            mix_out: be.zeros(t * d)?,
+            mix_reverse: extra(bidirectional, t * d)?,
+            mix_sum: extra(bidirectional, t * d)?,
+            hidden: be.zeros(t * d)?,
+            rstd_f: be.zeros(t)?,
+            pooled: be.zeros(shape.batch * d)?,
+            ones: be.upload(&vec![1.0; shape.batch])?,
+            logits: be.zeros(rows * width)?,
+            dlogits: extra(train, rows * width)?,
+            losses: be.zeros(rows)?,
+        })
+    }
+
+    /// Gradient buffers for `shape`.
+    pub fn scratch(&self, shape: Shape) -> Result<Scratch<B>, KernelError> {
+        let be = &self.backend;
+        let td = shape.tokens() * self.config.d_model;
+        let bidirectional = self.bidirectional() != Bidirectional::Off;
+        let extra = |len: usize| be.zeros(if bidirectional { len } else { 0 });
+        Ok(Scratch {
+            d_residual: be.zeros(td)?,
+            d_normed: be.zeros(td)?,
+            d_hidden: be.zeros(td)?,
+            d_pooled: be.zeros(shape.batch * self.config.d_model)?,
+            d_reverse_out: extra(td)?,
+            d_reverse_in: extra(td)?,
+            d_reverse_back: extra(td)?,
+            mixer: MixerScratch::new(be, &self.config, shape)?,
+        })
+    }
+
+    /// A zero recurrent state for `batch` rows.
+    pub fn decode_state(&self, batch: usize) -> Result<DecodeState<B>, KernelError> {
+        Ok(DecodeState {
+            batch,
+            layers: (0..self.config.n_layer)
+                .map(|_| MixerState::new(&self.backend, &self.config, batch))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    fn check_batch(&self, batch: &Batch<B>, acts: &Activations<B>) -> Result<(), KernelError> {
+        let invalid = |message: String| KernelError::Invalid {
+            op: "model",
+            message,
+        };
+        if batch.shape != acts.shape {
+            return Err(invalid(format!(
+                "batch shape {:?} does not match the activations' {:?}",
+                batch.shape, acts.shape
+            )));
+        }
+        if matches!(self.head, Head::Classifier { .. }) && batch.lengths.is_none() {
+            return Err(invalid("a classifier batch needs row lengths".into()));
+        }
+        if self.bidirectional() != Bidirectional::Off && batch.resets.is_some() {
+            return Err(invalid(
+                "bidirectional layers cannot read packed rows with resets".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runs the model on `batch`, leaving the logits in `acts.logits`. With `state`, every
+    /// layer starts from it and leaves its final state there (LM only).
+    pub fn forward(
+        &self,
+        batch: &Batch<B>,
+        acts: &mut Activations<B>,
+        mut state: Option<&mut DecodeState<B>>,
+    ) -> Result<(), KernelError> {
+        self.check_batch(batch, acts)?;
+        let be = &self.backend;
+        let c = &self.config;
+        let shape = batch.shape;
+        let t = shape.tokens();
+        let d = c.d_model;
+        let w = |range: std::ops::Range<usize>| be.view(&self.params, range);
+        let norm = NormDims {
+            rows: t,
+            cols: d,
+            eps: c.norm_eps,
+        };
+        if let Some(state) = &state {
+            if state.batch != shape.batch || self.bidirectional() != Bidirectional::Off {
+                return Err(KernelError::Invalid {
+                    op: "model",
+                    message: "a recurrent state needs a causal model and the batch it was made for"
+                        .into(),
+                });
+            }
+        }
+        be.embedding_forward(
+            EmbeddingDims {
+                tokens: t,
+                vocab: c.padded_vocab(),
+                dim: d,
+            },
+            &batch.ids,
+            w(self.table.embedding.clone()),
+            be.all_mut(&mut acts.residuals[0]),
+        )?;
+        let train = acts.train;
+        let pool_dims = PoolDims {
+            batch: shape.batch,
+            len: shape.len,
+            dim: d,
+        };
+        for (i, layer) in self.table.layers.iter().enumerate() {
+            let (r_in, r_out) = residual_pair(acts.train, i, acts.residuals.len());
+            let la = &mut acts.layers[if train { i } else { 0 }];
+            be.rmsnorm_forward(
+                norm,
+                be.all(&acts.residuals[r_in]),
+                w(layer.norm.clone()),
+                be.all_mut(&mut la.normed),
+                be.all_mut(&mut la.rstd),
+            )?;
+            mixer::forward(
+                be,
+                c,
+                shape,
+                &self.params,
+                &layer.mixer,
+                be.all(&la.normed),
+                &mut la.mixer,
+                be.all_mut(&mut acts.mix_out),
+                state.as_deref_mut().map(|s| &mut s.layers[i]),
+                batch.resets.as_ref(),
+                train,
+            )?;
+            let mix = if let Some(rev) = &mut la.reverse {
+                let lengths = batch.lengths.as_ref().expect("checked in check_batch");
+                let params = layer.reverse.as_ref().unwrap_or(&layer.mixer);
+                be.reverse(pool_dims, lengths, be.all(&la.normed), be.all_mut(&mut rev.input))?;
+                mixer::forward(
+                    be,
+                    c,
+                    shape,
+                    &self.params,
+                    params,
+                    be.all(&rev.input),
+                    &mut rev.mixer,
+                    be.all_mut(&mut rev.out),
+                    None,
+                    None,
+                    train,
+                )?;
+                be.reverse(pool_dims, lengths, be.all(&rev.out), be.all_mut(&mut acts.mix_reverse))?;
+                be.add(
+                    be.all(&acts.mix_out),
+                    be.all(&acts.mix_reverse),
+                    be.all_mut(&mut acts.mix_sum),
+                )?;
+                &acts.mix_sum
+            } else {
+                &acts.mix_out
+            };
+            let (r_in_buf, r_out_buf) = pair_mut(&mut acts.residuals, r_in, r_out);
+            be.add(be.all(r_in_buf), be.all(mix), be.all_mut(r_out_buf))?;
+        }
+        let last = residual_pair(train, c.n_layer - 1, acts.residuals.len()).1;
+        be.rmsnorm_forward(
+            norm,
+            be.all(&acts.residuals[last]),
+            w(self.table.norm_f.clone()),
+            be.all_mut(&mut acts.hidden),
+            be.all_mut(&mut acts.rstd_f),
+        )?;
+        match &self.head {
+            Head::LanguageModel => be.gemm(
+                linear(t, c.padded_vocab(), d),
+                be.all(&acts.hidden),
+                w(self.lm_weight()),
+                be.all_mut(&mut acts.logits),
+                false,
+            ),
+            Head::Classifier { classes, .. } => {
+                let head = self.table.classifier.as_ref().expect("classifier table");
+                let lengths = batch.lengths.as_ref().expect("checked in check_batch");
+                be.pool_forward(
+                    pool_dims,
+                    self.pooling(),
+                    lengths,
+                    be.all(&acts.hidden),
+                    be.all_mut(&mut acts.pooled),
+                )?;
+                be.gemm(
+                    linear(shape.batch, *classes, d),
+                    be.all(&acts.pooled),
+                    w(head.weight.clone()),
+                    be.all_mut(&mut acts.logits),
+                    false,
+                )?;
+                // logits += 1 · biasᵀ (a rank-one GEMM adds the bias to every row)
+                be.gemm(
+                    GemmDims {
+                        m: shape.batch,
+                        n: *classes,
+                        k: 1,
+                        transpose_a: false,
+                        transpose_b: false,
+                    },
+                    be.all(&acts.ones),
+                    w(head.bias.clone()),
+                    be.all_mut(&mut acts.logits),
+                    true,
+                )
+            }
+        }
+    }
+
+    fn lm_weight(&self) -> std::ops::Range<usize> {
+        self.table
+            .lm_head
+            .clone()
+            .unwrap_or_else(|| self.table.embedding.clone())
+    }
+
+    /// Per-row losses (`-ln p(target)`; 0 where the target is [`IGNORE_INDEX`]) of the
+    /// logits of the last forward. With `grad_scale`, also keeps `dlogits` for
+    /// [`Model::backward`] (scale by `1/count` for a mean loss).
+    pub fn loss(
+        &self,
+        acts: &mut Activations<B>,
+        targets: &B::Ids,
+        grad_scale: Option<f32>,
+    ) -> Result<Vec<f32>, KernelError> {
+        let be = &self.backend;
+        let dims = CrossEntropyDims {
+            rows: rows_of(&self.head, acts.shape),
+            vocab: self.logit_width(),
+        };
+        let dlogits = match grad_scale {
+            Some(_) if !acts.train => {
+                return Err(KernelError::Invalid {
+                    op: "loss",
+                    message: "gradients need activations made for training".into(),
+                })
+            }
+            Some(_) => Some(be.all_mut(&mut acts.dlogits)),
+            None => None,
+        };
+        be.cross_entropy(
+            dims,
+            be.all(&acts.logits),
+            targets,
+            IGNORE_INDEX,
+            be.all_mut(&mut acts.losses),
+            dlogits,
+            grad_scale.unwrap_or(0.0),
+        )?;
+        be.download(be.all(&acts.losses))
+    }
+
+    /// Accumulates into `grads` (laid out as the parameters) the gradient of the loss whose
+    /// `dlogits` the last [`Model::loss`] call kept.
+    pub fn backward(
+        &self,
+        batch: &Batch<B>,
+        acts: &Activations<B>,
+        scratch: &mut Scratch<B>,
+        grads: &mut B::Buffer,
+    ) -> Result<(), KernelError> {
+        self.check_batch(batch, acts)?;
+        if !acts.train {
+            return Err(KernelError::Invalid {
+                op: "backward",
+                message: "activations were made for inference".into(),
+            });
+        }
+        let be = &self.backend;
+        let c = &self.config;
+        let shape = batch.shape;
+        let t = shape.tokens();
+        let d = c.d_model;
+        let w = |range: std::ops::Range<usize>| be.view(&self.params, range);
+        let norm = NormDims {
+            rows: t,
+            cols: d,
+            eps: c.norm_eps,
+        };
+        let pool_dims = PoolDims {
+            batch: shape.batch,
+            len: shape.len,
+            dim: d,
+        };
+        match &self.head {
+            Head::LanguageModel => {
+                let v = c.padded_vocab();
+                be.gemm(
+                    linear_input_grad(t, v, d),
+                    be.all(&acts.dlogits),
+                    w(self.lm_weight()),
+                    be.all_mut(&mut scratch.d_hidden),
+                    false,
+                )?;
+                be.gemm(
+                    linear_weight_grad(t, v, d),
+                    be.all(&acts.dlogits),
+                    be.all(&acts.hidden),
+                    be.view_mut(grads, self.lm_weight()),
+                    true,
+                )?;
+            }
+            Head::Classifier { classes, .. } => {
+                let head = self.table.classifier.as_ref().expect("classifier table");
+                let lengths = batch.lengths.as_ref().expect("checked in check_batch");
+                let n = shape.batch;
+                be.gemm(
+                    linear_input_grad(n, *classes, d),
+                    be.all(&acts.dlogits),
+                    w(head.weight.clone()),
+                    be.all_mut(&mut scratch.d_pooled),
+                    false,
+                )?;
+                be.gemm(
+                    linear_weight_grad(n, *classes, d),
+                    be.all(&acts.dlogits),
+                    be.all(&acts.pooled),
+                    be.view_mut(grads, head.weight.clone()),
+                    true,
+                )?;
+                be.gemm(
+                    GemmDims {
+                        m: 1,
+                        n: *classes,
+                        k: n,
+                        transpose_a: true,
+                        transpose_b: false,
+                    },
+                    be.all(&acts.ones),
+                    be.all(&acts.dlogits),
+                    be.view_mut(grads, head.bias.clone()),
+                    true,
+                )?;
+                be.pool_backward(
+                    pool_dims,
+                    self.pooling(),
+                    lengths,
+                    be.all(&scratch.d_pooled),
+                    be.all_mut(&mut scratch.d_hidden),
+                )?;
+            }
+        }
+        be.fill_zero(be.all_mut(&mut scratch.d_residual))?;
+        be.rmsnorm_backward(
+            norm,
+            be.all(&acts.residuals[c.n_layer]),
+            w(self.table.norm_f.clone()),
+            be.all(&acts.rstd_f),
+            be.all(&scratch.d_hidden),
+            be.all_mut(&mut scratch.d_residual),
+            be.view_mut(grads, self.table.norm_f.clone()),
+        )?;
+        for (i, layer) in self.table.layers.iter().enumerate().rev() {
+            let la = &acts.layers[i];
+            mixer::backward(
+                be,
+                c,
+                shape,
+                &self.params,
+                &layer.mixer,
+                be.all(&la.normed),
+                &la.mixer,
+                be.all(&scratch.d_residual),
+                batch.resets.as_ref(),
+                grads,
+                &mut scratch.mixer,
+                be.all_mut(&mut scratch.d_normed),
+            )?;
+            if let Some(rev) = &la.reverse {
+                let lengths = batch.lengths.as_ref().expect("checked in check_batch");
+                let params = layer.reverse.as_ref().unwrap_or(&layer.mixer);
+                be.reverse(
+                    pool_dims,
+                    lengths,
+                    be.all(&scratch.d_residual),
+                    be.all_mut(&mut scratch.d_reverse_out),
+                )?;
+                mixer::backward(
+                    be,
+                    c,
+                    shape,
+                    &self.params,
+                    params,
+                    be.all(&rev.input),
+                    &rev.mixer,
+                    be.all(&scratch.d_reverse_out),
+                    None,
+                    grads,
+                    &mut scratch.mixer,
+                    be.all_mut(&mut scratch.d_reverse_in),
+                )?;
+                be.reverse(
+                    pool_dims,
+                    lengths,
+                    be.all(&scratch.d_reverse_in),
+                    be.all_mut(&mut scratch.d_reverse_back),
+                )?;
+                // d_normed += d_reverse_back, through a copy: `add` may not alias.
+                be.copy(be.all(&scratch.d_normed), be.all_mut(&mut scratch.d_reverse_out))?;
+                be.add(
+                    be.all(&scratch.d_reverse_out),
+                    be.all(&scratch.d_reverse_back),
+                    be.all_mut(&mut scratch.d_normed),
+                )?;
+            }
+            be.rmsnorm_backward(
+                norm,
+                be.all(&acts.residuals[i]),
+                w(layer.norm.clone()),
+                be.all(&la.rstd),
+                be.all(&scratch.d_normed),
+                be.all_mut(&mut scratch.d_residual),
+                be.view_mut(grads, layer.norm.clone()),
+            )?;
+        }
+        be.embedding_backward(
+            EmbeddingDims {
+                tokens: t,
+                vocab: c.padded_vocab(),
+                dim: d,
+            },
+            &batch.ids,
+            be.all(&scratch.d_residual),
+            be.view_mut(grads, self.table.embedding.clone()),
+        )
+    }
+}
+
+/// Indices of layer `i`'s input and output residual buffers: one per layer when training,
+/// two alternating otherwise.
+fn residual_pair(train: bool, i: usize, count: usize) -> (usize, usize) {
+    if train {
+        (i, i + 1)
+    } else {
+        (i % count, (i + 1) % count)
+    }
+}
+
+/// A shared and a mutable reference to two different elements.
+fn pair_mut<T>(items: &mut [T], read: usize, write: usize) -> (&T, &mut T) {
+    assert_ne!(read, write);
+    if read < write {
+        let (head, tail) = items.split_at_mut(write);
+        (&head[read], &mut tail[0])
+    } else {
+        let (head, tail) = items.split_at_mut(read);
+        (&tail[0], &mut head[write])
+    }
+}
+
+#[cfg(test)]
+mod tests;

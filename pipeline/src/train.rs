@@ -1,0 +1,161 @@
+//! One training step: forward, loss, backward, global grad-norm clipping and AdamW, with a
+//! warm-up and cosine learning-rate schedule. Gradients and both AdamW moments are flat
+//! buffers laid out as the parameters.
+
+use seqmamba_kernels::adamw::AdamW;
+use seqmamba_kernels::Backend;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Activations, Batch, Model, Scratch, Shape};
+use crate::ModelError;
+
+/// Optimiser and schedule settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimizerConfig {
+    /// Peak learning rate.
+    pub lr: f32,
+    /// Learning rate at the end of the cosine decay, as a fraction of `lr`.
+    pub min_lr_ratio: f32,
+    pub warmup_steps: u64,
+    /// Steps of the whole schedule (the cosine ends here).
+    pub total_steps: u64,
+    pub weight_decay: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    /// Global gradient-norm limit; 0 turns clipping off.
+    pub clip_norm: f32,
+}
+
+impl Default for OptimizerConfig {
+    fn default() -> Self {
+        Self {
+            lr: 1e-3,
+            min_lr_ratio: 0.1,
+            warmup_steps: 10,
+            total_steps: 1000,
+            weight_decay: 0.1,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            clip_norm: 1.0,
+        }
+    }
+}
+
+impl OptimizerConfig {
+    /// Learning rate of 1-based `step`: linear warm-up, then cosine decay to
+    /// `min_lr_ratio · lr` at `total_steps`.
+    ///
+    /// ```
+    /// use seqmamba::train::OptimizerConfig;
+    /// let c = OptimizerConfig { lr: 1.0, warmup_steps: 10, total_steps: 110, ..Default::default() };
+    /// assert_eq!(c.lr_at(5), 0.5);
+    /// assert_eq!(c.lr_at(10), 1.0);
+    /// assert!((c.lr_at(110) - 0.1).abs() < 1e-6);
+    /// ```
+    pub fn lr_at(&self, step: u64) -> f32 {
+        if step <= self.warmup_steps {
+            return self.lr * step as f32 / self.warmup_steps.max(1) as f32;
+        }
+        let span = self.total_steps.saturating_sub(self.warmup_steps).max(1);
+        let progress = ((step - self.warmup_steps) as f32 / span as f32).min(1.0);
+        let cosine = 0.5 * (1.0 + (std::f32::consts::PI * progress).cos());
+        self.lr * (self.min_lr_ratio + (1.0 - self.min_lr_ratio) * cosine)
+    }
+}
+
+/// What one step measured.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepStats {
+    /// Mean loss over the counted targets.
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    pub lr: f32,
+}
+
+/// Optimiser state and the buffers of one batch shape.
+pub struct Trainer<B: Backend> {
+    pub config: OptimizerConfig,
+    /// Steps taken so far.
+    pub step: u64,
+    pub grads: B::Buffer,
+    pub m: B::Buffer,
+    pub v: B::Buffer,
+    acts: Activations<B>,
+    scratch: Scratch<B>,
+}
+
+impl<B: Backend> Trainer<B> {
+    /// A trainer for `model` on batches of `shape`, at step 0.
+    pub fn new(model: &Model<B>, shape: Shape, config: OptimizerConfig) -> Result<Self, ModelError> {
+        let be = &model.backend;
+        let n = model.table.total;
+        Ok(Self {
+            config,
+            step: 0,
+            grads: be.zeros(n)?,
+            m: be.zeros(n)?,
+            v: be.zeros(n)?,
+            acts: model.activations(shape, true)?,
+            scratch: model.scratch(shape)?,
+        })
+    }
+
+    /// One optimisation step on `batch`: `targets` are next tokens `(batch, len)` for a
+    /// language model or labels `(batch)` for a classifier; `count` is how many of them are
+    /// not ignored (the loss is their mean).
+    pub fn step(
+        &mut self,
+        model: &mut Model<B>,
+        batch: &Batch<B>,
+        targets: &B::Ids,
+        count: usize,
+    ) -> Result<StepStats, ModelError> {
+        if count == 0 {
+            return Err(ModelError::Input("a training batch has no targets".into()));
+        }
+        let be = &model.backend;
+        be.fill_zero(be.all_mut(&mut self.grads))?;
+        model.forward(batch, &mut self.acts, None)?;
+        let losses = model.loss(&mut self.acts, targets, Some(1.0 / count as f32))?;
+        let loss = losses.iter().map(|&l| l as f64).sum::<f64>() / count as f64;
+        if !loss.is_finite() {
+            return Err(ModelError::Input(format!(
+                "the loss became {loss} at step {}; lower the learning rate",
+                self.step + 1
+            )));
+        }
+        model.backward(batch, &self.acts, &mut self.scratch, &mut self.grads)?;
+        let grad_norm = be.sum_squares(be.all(&self.grads))?.sqrt();
+        let clip = self.config.clip_norm as f64;
+        if clip > 0.0 && grad_norm > clip {
+            be.scale(be.all_mut(&mut self.grads), (clip / grad_norm) as f32)?;
+        }
+        self.step += 1;
+        let lr = self.config.lr_at(self.step);
+        let adamw = AdamW {
+            lr,
+            beta1: self.config.beta1,
+            beta2: self.config.beta2,
+            eps: self.config.eps,
+            weight_decay: self.config.weight_decay,
+        };
+        be.adamw(
+            &adamw,
+            self.step,
+            model.table.decay_len,
+            be.all_mut(&mut model.params),
+            be.all(&self.grads),
+            be.all_mut(&mut self.m),
+            be.all_mut(&mut self.v),
+        )?;
+        Ok(StepStats {
+            loss,
+            grad_norm,
+            lr,
+        })
+    }
+}
