@@ -23,7 +23,15 @@ fn init_model(dir: &Path, vocab: usize) {
     let out = dir.to_str().unwrap();
     let vocab = vocab.to_string();
     stdout(&seqmamba(&[
-        "init", "--preset", "tiny", "--vocab-size", &vocab, "--seed", "5", "--out", out,
+        "init",
+        "--preset",
+        "tiny",
+        "--vocab-size",
+        &vocab,
+        "--seed",
+        "5",
+        "--out",
+        out,
     ]));
 }
 
@@ -81,7 +89,13 @@ fn score_rejects_bad_input_clearly() {
     assert!(err.contains("token id 9 at position 1"), "{err}");
 
     let missing = dir.path().join("nope");
-    let out = seqmamba(&["score", "--model", missing.to_str().unwrap(), "--token-ids", "1,2"]);
+    let out = seqmamba(&[
+        "score",
+        "--model",
+        missing.to_str().unwrap(),
+        "--token-ids",
+        "1,2",
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("nope") && err.contains("config.json"), "{err}");

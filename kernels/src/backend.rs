@@ -47,8 +47,7 @@ pub trait Backend: Send + Sync {
     /// A view of `range` of `buffer`.
     fn view<'a>(&self, buffer: &'a Self::Buffer, range: Range<usize>) -> Self::View<'a>;
     /// A mutable view of `range` of `buffer`.
-    fn view_mut<'a>(&self, buffer: &'a mut Self::Buffer, range: Range<usize>)
-        -> Self::ViewMut<'a>;
+    fn view_mut<'a>(&self, buffer: &'a mut Self::Buffer, range: Range<usize>) -> Self::ViewMut<'a>;
     /// A view of the whole of `buffer`.
     fn all<'a>(&self, buffer: &'a Self::Buffer) -> Self::View<'a> {
         self.view(buffer, 0..self.buffer_len(buffer))

@@ -82,14 +82,21 @@ impl Backend for Cpu {
         let mut consumed = 0;
         let mut views = Vec::with_capacity(K);
         for range in ranges {
-            assert!(range.start >= consumed, "split_mut: ranges overlap or are unsorted");
-            let tail = std::mem::take(&mut rest).split_at_mut(range.start - consumed).1;
+            assert!(
+                range.start >= consumed,
+                "split_mut: ranges overlap or are unsorted"
+            );
+            let tail = std::mem::take(&mut rest)
+                .split_at_mut(range.start - consumed)
+                .1;
             let (view, tail) = tail.split_at_mut(range.len());
             views.push(view);
             rest = tail;
             consumed = range.end;
         }
-        views.try_into().unwrap_or_else(|_| unreachable!("one view per range"))
+        views
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("one view per range"))
     }
 
     fn fill_zero(&self, dst: &mut [f32]) -> Result<(), KernelError> {
@@ -176,7 +183,14 @@ impl Backend for Cpu {
         checkpoints: Option<&mut [f32]>,
         out: &mut [f32],
     ) -> Result<(), KernelError> {
-        scan::cpu::forward(dims, inputs, resets.map(|r| &r[..]), state, checkpoints, out)
+        scan::cpu::forward(
+            dims,
+            inputs,
+            resets.map(|r| &r[..]),
+            state,
+            checkpoints,
+            out,
+        )
     }
 
     fn scan_backward(
@@ -188,7 +202,14 @@ impl Backend for Cpu {
         d_out: &[f32],
         grads: ScanGrads<&mut [f32]>,
     ) -> Result<(), KernelError> {
-        scan::cpu::backward(dims, inputs, resets.map(|r| &r[..]), checkpoints, d_out, grads)
+        scan::cpu::backward(
+            dims,
+            inputs,
+            resets.map(|r| &r[..]),
+            checkpoints,
+            d_out,
+            grads,
+        )
     }
 
     fn rmsnorm_forward(

@@ -56,7 +56,9 @@ impl Rng {
 
     /// `len` values uniform in `[low, high)`, as f32.
     pub fn vec_uniform(&mut self, len: usize, low: f64, high: f64) -> Vec<f32> {
-        (0..len).map(|_| self.uniform_in(low, high) as f32).collect()
+        (0..len)
+            .map(|_| self.uniform_in(low, high) as f32)
+            .collect()
     }
 
     /// A generator for a sub-stream, independent of the parent's further draws.

@@ -50,7 +50,10 @@ pub fn assert_close(what: &str, actual: &[f32], expected: &[f64], rtol: f64, ato
             .zip(expected)
             .enumerate()
             .map(|(i, (&a, &e))| (i, (a as f64 - e).abs()))
-            .fold((0, 0.0), |best, cur| if cur.1 > best.1 { cur } else { best });
+            .fold(
+                (0, 0.0),
+                |best, cur| if cur.1 > best.1 { cur } else { best },
+            );
         panic!(
             "{what}: error {error:.3}× the tolerance; worst at index {worst}: got {}, expected {}",
             actual[worst], expected[worst]

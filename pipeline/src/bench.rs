@@ -61,15 +61,25 @@ pub fn scan(dims: ScanDims, repeats: usize) -> Result<[Measurement; 2], ModelErr
     let mut checkpoints = vec![0.0; dims.checkpoint_len()];
     let mut failure = None;
     let forward = median_seconds(repeats, || {
-        if let Err(e) = scan::cpu::forward(dims, &inputs, None, None, Some(&mut checkpoints), &mut out)
+        if let Err(e) =
+            scan::cpu::forward(dims, &inputs, None, None, Some(&mut checkpoints), &mut out)
         {
             failure = Some(e);
         }
     });
-    let mut grads: Vec<Vec<f32>> = [b * l * d, b * l * d, d * n, b * l * n, b * l * n, d, d, b * l * d]
-        .iter()
-        .map(|&len| vec![0.0; len])
-        .collect();
+    let mut grads: Vec<Vec<f32>> = [
+        b * l * d,
+        b * l * d,
+        d * n,
+        b * l * n,
+        b * l * n,
+        d,
+        d,
+        b * l * d,
+    ]
+    .iter()
+    .map(|&len| vec![0.0; len])
+    .collect();
     let backward = median_seconds(repeats, || {
         let [du, ddelta, da_log, db, dc, dd_skip, ddelta_bias, dz] = &mut grads[..] else {
             unreachable!("eight gradient buffers")
@@ -118,7 +128,9 @@ pub fn train(config: MambaConfig, shape: Shape, steps: usize) -> Result<Measurem
     let vocab = config.vocab_size as u64;
     let mut model = Model::initialised(Cpu, config, Head::LanguageModel, 1)?;
     let mut rng = Rng::new(2);
-    let ids: Vec<u32> = (0..shape.tokens()).map(|_| rng.below(vocab) as u32).collect();
+    let ids: Vec<u32> = (0..shape.tokens())
+        .map(|_| rng.below(vocab) as u32)
+        .collect();
     let targets: Vec<u32> = ids[1..].iter().copied().chain([0]).collect();
     let batch = Batch::new(&Cpu, shape, &ids, None, None)?;
     let targets = Cpu.upload_ids(&targets)?;

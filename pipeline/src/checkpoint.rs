@@ -113,24 +113,21 @@ impl Checkpoint {
             let path = dir.join(name);
             std::fs::read(&path).map_err(|source| ModelError::Io { path, source })
         };
-        let config_text = String::from_utf8(read(CONFIG_FILE)?).map_err(|_| {
-            ModelError::Checkpoint {
+        let config_text =
+            String::from_utf8(read(CONFIG_FILE)?).map_err(|_| ModelError::Checkpoint {
                 path: dir.join(CONFIG_FILE),
                 message: "not UTF-8 text".into(),
-            }
-        })?;
+            })?;
         let hugging_face = config_text.contains("\"hidden_size\"");
         let config = MambaConfig::from_json(&config_text).map_err(|e| ModelError::Checkpoint {
             path: dir.join(CONFIG_FILE),
             message: e.to_string(),
         })?;
         let metadata = match std::fs::read(dir.join(METADATA_FILE)) {
-            Ok(bytes) => {
-                serde_json::from_slice(&bytes).map_err(|e| ModelError::Checkpoint {
-                    path: dir.join(METADATA_FILE),
-                    message: e.to_string(),
-                })?
-            }
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| ModelError::Checkpoint {
+                path: dir.join(METADATA_FILE),
+                message: e.to_string(),
+            })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Metadata {
                 head: Head::LanguageModel,
                 labels: Vec::new(),
@@ -233,7 +230,11 @@ fn to_f32(view: &TensorView<'_>) -> Result<Vec<f32>, String> {
             .chunks_exact(2)
             .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
             .collect(),
-        other => return Err(format!("dtype {other:?} is not supported (f32, f16, bf16 are)")),
+        other => {
+            return Err(format!(
+                "dtype {other:?} is not supported (f32, f16, bf16 are)"
+            ))
+        }
     };
     if let Some(bad) = values.iter().position(|v| !v.is_finite()) {
         return Err(format!("non-finite value at element {bad}"));
@@ -280,7 +281,10 @@ mod tests {
             .entries
             .iter()
             .map(|e| {
-                let bytes = c.params[e.range.clone()].iter().flat_map(|&x| encode(x)).collect();
+                let bytes = c.params[e.range.clone()]
+                    .iter()
+                    .flat_map(|&x| encode(x))
+                    .collect();
                 (e.name.clone(), dtype, e.shape.clone(), bytes)
             })
             .collect()
@@ -321,15 +325,24 @@ mod tests {
     fn half_precision_tensors_load() {
         let lm = language_model();
         for (dtype, encode) in [
-            (Dtype::F16, (|x| f16::from_f32(x).to_le_bytes().to_vec()) as fn(f32) -> Vec<u8>),
+            (
+                Dtype::F16,
+                (|x| f16::from_f32(x).to_le_bytes().to_vec()) as fn(f32) -> Vec<u8>,
+            ),
             (Dtype::BF16, |x| bf16::from_f32(x).to_le_bytes().to_vec()),
         ] {
             let dir = tempfile::tempdir().unwrap();
             lm.save(dir.path()).unwrap();
-            write_tensors(&dir.path().join(MODEL_FILE), &tensors_as(&lm, dtype, encode));
+            write_tensors(
+                &dir.path().join(MODEL_FILE),
+                &tensors_as(&lm, dtype, encode),
+            );
             let loaded = Checkpoint::load(dir.path()).unwrap();
             for (a, b) in loaded.params.iter().zip(&lm.params) {
-                assert!((a - b).abs() <= 8e-3 * b.abs() + 1e-6, "{dtype:?}: {a} vs {b}");
+                assert!(
+                    (a - b).abs() <= 8e-3 * b.abs() + 1e-6,
+                    "{dtype:?}: {a} vs {b}"
+                );
             }
         }
     }
@@ -363,19 +376,35 @@ mod tests {
         let path = dir.path().join(MODEL_FILE);
         let mut tensors = tensors_as(&lm, Dtype::F32, |x| x.to_le_bytes().to_vec());
 
-        let missing: Vec<_> = tensors.iter().filter(|t| !t.0.ends_with("layers.1.mixer.D")).cloned().collect();
+        let missing: Vec<_> = tensors
+            .iter()
+            .filter(|t| !t.0.ends_with("layers.1.mixer.D"))
+            .cloned()
+            .collect();
         write_tensors(&path, &missing);
         let e = Checkpoint::load(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("missing tensor `backbone.layers.1.mixer.D`"), "{e}");
+        assert!(
+            e.contains("missing tensor `backbone.layers.1.mixer.D`"),
+            "{e}"
+        );
 
-        let wrong = tensors.iter_mut().find(|t| t.0.ends_with("layers.0.mixer.A_log")).unwrap();
+        let wrong = tensors
+            .iter_mut()
+            .find(|t| t.0.ends_with("layers.0.mixer.A_log"))
+            .unwrap();
         wrong.2 = vec![wrong.2[1], wrong.2[0]];
         write_tensors(&path, &tensors);
         let e = Checkpoint::load(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("backbone.layers.0.mixer.A_log") && e.contains("shape"), "{e}");
+        assert!(
+            e.contains("backbone.layers.0.mixer.A_log") && e.contains("shape"),
+            "{e}"
+        );
 
         std::fs::write(&path, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json").unwrap();
         let e = Checkpoint::load(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("model.safetensors") && e.contains("not a valid safetensors"), "{e}");
+        assert!(
+            e.contains("model.safetensors") && e.contains("not a valid safetensors"),
+            "{e}"
+        );
     }
 }

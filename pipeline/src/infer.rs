@@ -20,7 +20,11 @@ pub fn score_tokens<B: Backend>(
         ));
     }
     let vocab = model.config.vocab_size;
-    if let Some((pos, id)) = tokens.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
+    if let Some((pos, id)) = tokens
+        .iter()
+        .enumerate()
+        .find(|(_, &id)| id as usize >= vocab)
+    {
         return Err(ModelError::Input(format!(
             "token id {id} at position {pos} is outside the model's vocabulary of {vocab}"
         )));

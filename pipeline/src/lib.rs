@@ -5,8 +5,8 @@ pub mod error;
 pub mod model;
 
 pub use error::ModelError;
+pub mod bench;
 pub mod checkpoint;
 pub mod fsutil;
-pub mod train;
 pub mod infer;
-pub mod bench;
+pub mod train;

@@ -90,7 +90,11 @@ pub struct Trainer<B: Backend> {
 
 impl<B: Backend> Trainer<B> {
     /// A trainer for `model` on batches of `shape`, at step 0.
-    pub fn new(model: &Model<B>, shape: Shape, config: OptimizerConfig) -> Result<Self, ModelError> {
+    pub fn new(
+        model: &Model<B>,
+        shape: Shape,
+        config: OptimizerConfig,
+    ) -> Result<Self, ModelError> {
         let be = &model.backend;
         let n = model.table.total;
         Ok(Self {

@@ -113,8 +113,7 @@ impl MambaConfig {
                 "rms_norm = false (LayerNorm) is not supported; only RMSNorm models load".into(),
             ));
         }
-        config.pad_vocab_size_multiple =
-            optional(value, "pad_vocab_size_multiple")?.unwrap_or(8);
+        config.pad_vocab_size_multiple = optional(value, "pad_vocab_size_multiple")?.unwrap_or(8);
         config.tie_embeddings = value
             .get("tie_embeddings")
             .and_then(Value::as_bool)
@@ -174,7 +173,9 @@ impl MambaConfig {
         }
         reject_true(value, "use_bias", "in/out projection biases")?;
         if value.get("use_conv_bias").and_then(Value::as_bool) == Some(false) {
-            return Err(ModelError::Config("use_conv_bias = false is not supported".into()));
+            return Err(ModelError::Config(
+                "use_conv_bias = false is not supported".into(),
+            ));
         }
         // The Hugging Face vocabulary is already padded.
         config.pad_vocab_size_multiple = 1;
@@ -244,10 +245,9 @@ impl MambaConfig {
 fn optional(value: &Value, key: &str) -> Result<Option<usize>, ModelError> {
     match value.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .map(|n| Some(n as usize))
-            .ok_or_else(|| ModelError::Config(format!("config key `{key}` is not an integer: {v}"))),
+        Some(v) => v.as_u64().map(|n| Some(n as usize)).ok_or_else(|| {
+            ModelError::Config(format!("config key `{key}` is not an integer: {v}"))
+        }),
     }
 }
 

@@ -197,8 +197,20 @@ pub fn forward<B: Backend>(
     let (d, di, n, r) = (c.d_model, c.d_inner(), c.d_state, c.dt_rank);
     let w = |range: std::ops::Range<usize>| be.view(params, range);
     let s = Split::new(c, p);
-    be.gemm(linear(t, di, d), input, w(s.in_x), be.all_mut(&mut acts.x), false)?;
-    be.gemm(linear(t, di, d), input, w(s.in_z), be.all_mut(&mut acts.z), false)?;
+    be.gemm(
+        linear(t, di, d),
+        input,
+        w(s.in_x),
+        be.all_mut(&mut acts.x),
+        false,
+    )?;
+    be.gemm(
+        linear(t, di, d),
+        input,
+        w(s.in_z),
+        be.all_mut(&mut acts.z),
+        false,
+    )?;
     let (conv_state, ssm_state) = match state {
         Some(MixerState { conv, ssm }) => (Some(be.all_mut(conv)), Some(be.all_mut(ssm))),
         None => (None, None),
@@ -219,9 +231,27 @@ pub fn forward<B: Backend>(
         be.all_mut(&mut acts.u),
     )?;
     let u = be.all(&acts.u);
-    be.gemm(linear(t, r, di), u, w(s.xp_dt), be.all_mut(&mut acts.dt_low), false)?;
-    be.gemm(linear(t, n, di), u, w(s.xp_b), be.all_mut(&mut acts.b), false)?;
-    be.gemm(linear(t, n, di), u, w(s.xp_c), be.all_mut(&mut acts.c), false)?;
+    be.gemm(
+        linear(t, r, di),
+        u,
+        w(s.xp_dt),
+        be.all_mut(&mut acts.dt_low),
+        false,
+    )?;
+    be.gemm(
+        linear(t, n, di),
+        u,
+        w(s.xp_b),
+        be.all_mut(&mut acts.b),
+        false,
+    )?;
+    be.gemm(
+        linear(t, n, di),
+        u,
+        w(s.xp_c),
+        be.all_mut(&mut acts.c),
+        false,
+    )?;
     be.gemm(
         linear(t, di, r),
         be.all(&acts.dt_low),
@@ -248,7 +278,13 @@ pub fn forward<B: Backend>(
         checkpoints,
         be.all_mut(&mut acts.y),
     )?;
-    be.gemm(linear(t, d, di), be.all(&acts.y), w(p.out_proj.clone()), out, false)
+    be.gemm(
+        linear(t, d, di),
+        be.all(&acts.y),
+        w(p.out_proj.clone()),
+        out,
+        false,
+    )
 }
 
 /// Backward of one mixer: writes `d_input` (overwritten) and accumulates the mixer's

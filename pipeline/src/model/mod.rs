@@ -15,7 +15,9 @@ mod params;
 
 pub use config::{MambaConfig, PoolingKind};
 pub use mixer::{MixerState, Shape};
-pub use params::{Bidirectional, ClassifierParams, Entry, Head, LayerParams, MixerParams, ParamTable};
+pub use params::{
+    Bidirectional, ClassifierParams, Entry, Head, LayerParams, MixerParams, ParamTable,
+};
 
 use seqmamba_kernels::cross_entropy::CrossEntropyDims;
 use seqmamba_kernels::embedding::EmbeddingDims;
@@ -359,7 +361,12 @@ impl<B: Backend> Model<B> {
             let mix = if let Some(rev) = &mut la.reverse {
                 let lengths = batch.lengths.as_ref().expect("checked in check_batch");
                 let params = layer.reverse.as_ref().unwrap_or(&layer.mixer);
-                be.reverse(pool_dims, lengths, be.all(&la.normed), be.all_mut(&mut rev.input))?;
+                be.reverse(
+                    pool_dims,
+                    lengths,
+                    be.all(&la.normed),
+                    be.all_mut(&mut rev.input),
+                )?;
                 mixer::forward(
                     be,
                     c,
@@ -373,7 +380,12 @@ impl<B: Backend> Model<B> {
                     None,
                     train,
                 )?;
-                be.reverse(pool_dims, lengths, be.all(&rev.out), be.all_mut(&mut acts.mix_reverse))?;
+                be.reverse(
+                    pool_dims,
+                    lengths,
+                    be.all(&rev.out),
+                    be.all_mut(&mut acts.mix_reverse),
+                )?;
                 be.add(
                     be.all(&acts.mix_out),
                     be.all(&acts.mix_reverse),
@@ -626,7 +638,10 @@ impl<B: Backend> Model<B> {
                     be.all_mut(&mut scratch.d_reverse_back),
                 )?;
                 // d_normed += d_reverse_back, through a copy: `add` may not alias.
-                be.copy(be.all(&scratch.d_normed), be.all_mut(&mut scratch.d_reverse_out))?;
+                be.copy(
+                    be.all(&scratch.d_normed),
+                    be.all_mut(&mut scratch.d_reverse_out),
+                )?;
                 be.add(
                     be.all(&scratch.d_reverse_out),
                     be.all(&scratch.d_reverse_back),

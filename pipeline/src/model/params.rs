@@ -248,7 +248,9 @@ impl ParamTable {
                     .for_each(|v| *v = rng.uniform_in(-bound, bound) as f32)
             };
             if name.ends_with("embedding.weight") {
-                values.iter_mut().for_each(|v| *v = (0.02 * rng.normal()) as f32);
+                values
+                    .iter_mut()
+                    .for_each(|v| *v = (0.02 * rng.normal()) as f32);
             } else if name.ends_with("out_proj.weight") {
                 // Rescaled for the prenorm residual: one residual per layer.
                 let scale = 1.0 / (config.n_layer as f64).sqrt();
@@ -266,7 +268,10 @@ impl ParamTable {
                 for (i, v) in values.iter_mut().enumerate() {
                     *v = ((i % config.d_state) as f64 + 1.0).ln() as f32;
                 }
-            } else if name.ends_with(".D") || name.ends_with("norm.weight") || name.ends_with("norm_f.weight") {
+            } else if name.ends_with(".D")
+                || name.ends_with("norm.weight")
+                || name.ends_with("norm_f.weight")
+            {
                 values.fill(1.0);
             } else if name.ends_with("conv1d.weight") || name.ends_with("conv1d.bias") {
                 uniform(1.0 / (config.d_conv as f64).sqrt(), values);
@@ -308,7 +313,9 @@ mod tests {
         let a_log = &p[t.layers[0].mixer.a_log.clone()];
         assert_eq!(a_log[0], 0.0);
         assert!((a_log[15] - 16f32.ln()).abs() < 1e-6);
-        assert!(p[t.layers[1].mixer.d_skip.clone()].iter().all(|&d| d == 1.0));
+        assert!(p[t.layers[1].mixer.d_skip.clone()]
+            .iter()
+            .all(|&d| d == 1.0));
         for &b in &p[t.layers[0].mixer.dt_proj_bias.clone()] {
             let dt = (b as f64).exp().ln_1p(); // softplus
             assert!((1e-3 * 0.999..=1e-1 * 1.001).contains(&dt), "dt {dt}");

@@ -42,7 +42,9 @@ fn check_gradients(model: &mut Model<Cpu>, batch: &Batch<Cpu>, targets: &Vec<u32
     model
         .loss(&mut acts, targets, Some(1.0 / count as f32))
         .unwrap();
-    model.backward(batch, &acts, &mut scratch, &mut grads).unwrap();
+    model
+        .backward(batch, &acts, &mut scratch, &mut grads)
+        .unwrap();
 
     let mut rng = Rng::new(99);
     let step = 2e-3f32;
@@ -52,7 +54,11 @@ fn check_gradients(model: &mut Model<Cpu>, batch: &Batch<Cpu>, targets: &Vec<u32
         let largest = (0..g.len())
             .max_by(|&a, &b| g[a].abs().total_cmp(&g[b].abs()))
             .unwrap();
-        let picks = [largest, rng.below(g.len() as u64) as usize, rng.below(g.len() as u64) as usize];
+        let picks = [
+            largest,
+            rng.below(g.len() as u64) as usize,
+            rng.below(g.len() as u64) as usize,
+        ];
         for i in picks {
             let at = entry.range.start + i;
             let mut probe = params.clone();
@@ -140,8 +146,14 @@ fn classifier_ignores_padding() {
         padded[..5].copy_from_slice(&seq);
         padded[5..8].copy_from_slice(&[6, 6, 6]); // junk in the padding
         padded[8..16].copy_from_slice(&[4, 4, 1, 2, 3, 5, 6, 7]);
-        let batch = Batch::new(&Cpu, Shape { batch: 2, len: 8 }, &padded, Some(&[5, 8]), None)
-            .unwrap();
+        let batch = Batch::new(
+            &Cpu,
+            Shape { batch: 2, len: 8 },
+            &padded,
+            Some(&[5, 8]),
+            None,
+        )
+        .unwrap();
         let mut acts = model.activations(batch.shape, false).unwrap();
         model.forward(&batch, &mut acts, None).unwrap();
         for (a, b) in acts.logits[..4].iter().zip(&expected) {
@@ -165,14 +177,17 @@ fn assert_rows_close(what: &str, actual: &[f32], expected: &[f32], width: usize,
     for (pos, (a, e)) in actual.chunks(width).zip(expected.chunks(width)).enumerate() {
         let e: Vec<f64> = e.iter().map(|&x| x as f64).collect();
         let err = seqmamba_kernels::testing::max_scaled_error(a, &e, rtol, 1e-30);
-        assert!(err <= 1.0, "{what}: position {pos} off by {err}× the tolerance");
+        assert!(
+            err <= 1.0,
+            "{what}: position {pos} off by {err}× the tolerance"
+        );
     }
 }
 
 #[test]
 fn recurrent_decode_equals_parallel_forward() {
-    let model = Model::initialised(Cpu, MambaConfig::new(32, 3, 12), Head::LanguageModel, 11)
-        .unwrap();
+    let model =
+        Model::initialised(Cpu, MambaConfig::new(32, 3, 12), Head::LanguageModel, 11).unwrap();
     let mut rng = Rng::new(12);
     let ids = random_ids(&mut rng, 200, 12);
     let parallel = lm_logits(&model, &ids, None);
@@ -186,8 +201,8 @@ fn recurrent_decode_equals_parallel_forward() {
 
 #[test]
 fn chunked_processing_equals_one_pass() {
-    let model = Model::initialised(Cpu, MambaConfig::new(32, 2, 9), Head::LanguageModel, 13)
-        .unwrap();
+    let model =
+        Model::initialised(Cpu, MambaConfig::new(32, 2, 9), Head::LanguageModel, 13).unwrap();
     let mut rng = Rng::new(14);
     let ids = random_ids(&mut rng, 150, 9);
     let whole = lm_logits(&model, &ids, None);
