@@ -198,7 +198,7 @@ pub fn backward(
                 let d_pre_t = if i + d < rows {
                     &later[(d - 1) * channels..][..channels]
                 } else {
-                    &lookahead[job][..0]
+                    &lookahead[job][(i + d - rows) * channels..][..channels]
                 };
                 let tap = &conv.taps[(kernel - 1 - d) * channels..][..channels];
                 for ((g, &w), &p) in dx_s.iter_mut().zip(tap).zip(d_pre_t) {
@@ -391,7 +391,7 @@ fn carry_state(dims: ConvDims, x: &[f32], resets: Option<&[u32]>, state: &mut [f
 mod tests {
     use super::*;
     use crate::rng::Rng;
-    use crate::testing::{assert_close, finite_difference, to_f64};
+    use crate::testing::{assert_close, finite_difference_at, to_f64};
 
     /// Random inputs of one convolution; `bias`, `resets` and `state` optional.
     struct Case {
@@ -557,19 +557,6 @@ mod tests {
         }
     }
 
-    /// Central differences of `loss` with respect to the `probe` entries of `base`.
-    fn differences_at(loss: impl Fn(&[f64]) -> f64, base: &[f64], probe: &[usize]) -> Vec<f64> {
-        let values: Vec<f64> = probe.iter().map(|&i| base[i]).collect();
-        let shifted = |values: &[f64]| {
-            let mut point = base.to_vec();
-            for (&i, &v) in probe.iter().zip(values) {
-                point[i] = v;
-            }
-            loss(&point)
-        };
-        finite_difference(shifted, &values, 1e-6)
-    }
-
     fn gather(values: &[f32], probe: &[usize]) -> Vec<f32> {
         probe.iter().map(|&i| values[i]).collect()
     }
@@ -613,12 +600,12 @@ mod tests {
             probe.iter().map(|&i| grad[i] - start[i]).collect()
         };
 
-        let expected = differences_at(|x| loss(x, &weight, &bias), &x, &probe.x);
+        let expected = finite_difference_at(|x| loss(x, &weight, &bias), &x, &probe.x, 1e-6);
         assert_close("dx", &gather(&dx, &probe.x), &expected, 1e-4, 1e-6);
-        let expected = differences_at(|w| loss(&x, w, &bias), &weight, &probe.weight);
+        let expected = finite_difference_at(|w| loss(&x, w, &bias), &weight, &probe.weight, 1e-6);
         let actual = accumulated(&dweight, &dweight0, &probe.weight);
         assert_close("dweight", &actual, &expected, 1e-4, 1e-6);
-        let expected = differences_at(|b| loss(&x, &weight, b), &bias, &probe.bias);
+        let expected = finite_difference_at(|b| loss(&x, &weight, b), &bias, &probe.bias, 1e-6);
         assert_close(
             "dbias",
             &accumulated(&dbias, &dbias0, &probe.bias),
