@@ -5,6 +5,7 @@
 //! channels (they vectorise). The weight and bias gradients are summed per job and the job
 //! sums added in job order, so results do not depend on the number of threads.
 
+use crate::math::{silu, silu_derivative};
 use crate::parallel::{rows_per_job, run_jobs};
 use crate::{check_len, element_count, KernelError};
 
@@ -40,15 +41,15 @@ impl ConvDims {
 /// inputs before `t` (and the state) are treated as zero from `t` on. On return `state`
 /// holds the last `kernel-1` inputs of each row as the next chunk needs them (zero where
 /// they lie before the row's last reset), so `len = 1` with a state is the decode step.
-/// Sums are f32, in tap order after the bias.
+/// Sums are f32, in tap order after the bias; SiLU is [`crate::math::silu`].
 ///
 /// ```
 /// use seqmamba_kernels::conv1d::{forward, ConvDims};
+/// use seqmamba_kernels::math::silu;
 /// let dims = ConvDims { batch: 1, len: 3, channels: 1, kernel: 2 };
 /// let mut state = [1.0]; // the input just before position 0
 /// let mut out = [0.0; 3];
 /// forward(dims, &[2.0, 3.0, 4.0], &[1.0, 0.0], &[], None, Some(&mut state), &mut out).unwrap();
-/// let silu = |v: f32| v / (1.0 + (-v).exp());
 /// assert_eq!(out, [silu(1.0), silu(2.0), silu(3.0)]);
 /// assert_eq!(state, [4.0]);
 /// ```
@@ -208,17 +209,6 @@ pub fn backward(
         }
     });
     Ok(())
-}
-
-/// `v · sigmoid(v)`.
-fn silu(v: f32) -> f32 {
-    v / (1.0 + (-v).exp())
-}
-
-/// `d silu(v) / dv = σ(v) · (1 + v · (1 - σ(v)))`.
-fn silu_derivative(v: f32) -> f32 {
-    let sigmoid = 1.0 / (1.0 + (-v).exp());
-    sigmoid * (1.0 + v * (1.0 - sigmoid))
 }
 
 /// The checked inputs of one convolution, shared by the forward and backward.

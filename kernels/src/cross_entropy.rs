@@ -1,5 +1,6 @@
 //! Softmax cross-entropy fused with its gradient.
 
+use crate::math::exp;
 use crate::parallel::{rows_per_job, run_jobs};
 use crate::{check_len, element_count, KernelError};
 
@@ -89,7 +90,7 @@ pub fn forward_backward(
         match d_row {
             Some(d_row) => {
                 for (d, &v) in d_row.iter_mut().zip(z) {
-                    *d = (v - max).exp();
+                    *d = exp(v - max);
                 }
                 let sum: f32 = d_row.iter().sum();
                 let scale = grad_scale / sum;
@@ -100,7 +101,7 @@ pub fn forward_backward(
                 sum.ln() - target_shifted
             }
             None => {
-                let sum: f32 = z.iter().map(|&v| (v - max).exp()).sum();
+                let sum: f32 = z.iter().map(|&v| exp(v - max)).sum();
                 sum.ln() - target_shifted
             }
         }

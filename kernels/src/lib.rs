@@ -16,6 +16,7 @@ pub mod elementwise;
 pub mod embedding;
 mod error;
 pub mod gemm;
+pub mod math;
 mod parallel;
 pub mod pool;
 pub mod rmsnorm;
