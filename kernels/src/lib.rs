@@ -16,6 +16,8 @@ pub mod elementwise;
 pub mod embedding;
 mod error;
 pub mod gemm;
+pub mod math;
+mod parallel;
 pub mod pool;
 pub mod rmsnorm;
 pub mod rng;
@@ -49,4 +51,15 @@ pub fn check_len<T>(
             actual: data.len(),
         })
     }
+}
+
+/// The number of elements of a tensor with the given dimensions, or
+/// [`KernelError::Invalid`] naming `op` when the product overflows `usize`.
+pub(crate) fn element_count(op: &'static str, dims: &[usize]) -> Result<usize, KernelError> {
+    dims.iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| KernelError::Invalid {
+            op,
+            message: format!("shape {dims:?} has more elements than fit in memory"),
+        })
 }
