@@ -1,8 +1,21 @@
 //! CPU selective scan: a thread owns a tile of channels of one batch row and keeps their
 //! states in SIMD lanes while it walks the sequence.
+//!
+//! A task is one tile of [`LANES`] channels of one batch row; lane `i` of every vector is
+//! channel `first + i`, and the tile's states are `state` vectors (one per state index).
+//! The task list depends only on the shape, and the parameter gradients are reduced over
+//! tasks in a fixed order, so results are bit-identical for any number of threads.
 
+use std::marker::PhantomData;
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use super::lanes::{run_vectorised, Lanes, Vectorised, LANES};
 use super::{ScanDims, ScanGrads, ScanInputs};
-use crate::KernelError;
+use crate::{check_len, KernelError};
+
+const OP: &str = "selective_scan";
 
 /// Forward scan writing `out` `(batch, len, channels)`.
 ///
@@ -10,6 +23,24 @@ use crate::KernelError;
 /// `state` `(batch, channels, state)`: initial state on entry (zero if `None`), final state
 /// on return. `checkpoints` `(batch, chunks, channels, state)`: when given, receives the
 /// state at the start of every chunk (chunk 0: the initial state), as `backward` needs.
+///
+/// ```
+/// use seqmamba_kernels::scan::{cpu, ScanDims, ScanInputs};
+/// let dims = ScanDims::new(1, 2, 1, 1);
+/// let inputs = ScanInputs {
+///     u: &[1.0, 1.0][..],
+///     delta: &[30.0, 30.0],      // Δ = 30 (softplus passes it through)
+///     a_log: &[-30.0],           // A ≈ 0: the state decays by exp(ΔA) ≈ 1
+///     b: &[1.0, 1.0],
+///     c: &[1.0, 1.0],
+///     d_skip: &[0.0],
+///     delta_bias: &[0.0],
+///     z: None,
+/// };
+/// let mut out = [0.0; 2];
+/// cpu::forward(dims, &inputs, None, None, None, &mut out).unwrap();
+/// assert!((out[0] - 30.0).abs() < 1e-4 && (out[1] - 60.0).abs() < 1e-4);
+/// ```
 pub fn forward(
     dims: ScanDims,
     inputs: &ScanInputs<&[f32]>,
@@ -18,10 +49,68 @@ pub fn forward(
     checkpoints: Option<&mut [f32]>,
     out: &mut [f32],
 ) -> Result<(), KernelError> {
-    todo!()
+    let shape = Shape::new(dims)?;
+    check_inputs(&shape, inputs, resets)?;
+    if let Some(state) = state.as_deref() {
+        check_len(OP, "state", dims.state_len(), state)?;
+    }
+    if let Some(checkpoints) = checkpoints.as_deref() {
+        check_len(OP, "checkpoints", dims.checkpoint_len(), checkpoints)?;
+    }
+    check_len(OP, "out", shape.activations(), out)?;
+
+    let initial = state.as_deref().map(<[f32]>::to_vec);
+    let job = ForwardJob {
+        shape,
+        inputs: *inputs,
+        resets,
+        initial: initial.as_deref(),
+        final_state: state.map(Scatter::new),
+        checkpoints: checkpoints.map(Scatter::new),
+        out: Scatter::new(out),
+    };
+    (0..shape.tasks())
+        .into_par_iter()
+        .for_each(|task| run_vectorised(ForwardTask { job: &job, task }));
+    Ok(())
 }
 
 /// Gradients of [`forward`] given `d_out`, from the checkpoints the forward saved.
+///
+/// `du`, `ddelta` (with respect to `delta` before bias and softplus), `db`, `dc` and `dz`
+/// are overwritten; `da_log`, `dd_skip` and `ddelta_bias` are accumulated. No gradient
+/// flows into the initial state, and the final state receives none.
+///
+/// ```
+/// use seqmamba_kernels::scan::{cpu, ScanDims, ScanGrads, ScanInputs};
+/// let dims = ScanDims::new(1, 1, 1, 1);
+/// let inputs = ScanInputs {
+///     u: &[2.0][..],
+///     delta: &[30.0],
+///     a_log: &[0.0],
+///     b: &[1.0],
+///     c: &[1.0],
+///     d_skip: &[0.5],
+///     delta_bias: &[0.0],
+///     z: None,
+/// };
+/// let checkpoints = [0.0]; // zero initial state
+/// let (mut du, mut ddelta, mut da_log, mut db, mut dc) = ([0.0], [0.0], [0.0], [0.0], [0.0]);
+/// let (mut dd_skip, mut ddelta_bias) = ([0.0], [0.0]);
+/// let grads = ScanGrads {
+///     du: &mut du[..],
+///     ddelta: &mut ddelta[..],
+///     da_log: &mut da_log[..],
+///     db: &mut db[..],
+///     dc: &mut dc[..],
+///     dd_skip: &mut dd_skip[..],
+///     ddelta_bias: &mut ddelta_bias[..],
+///     dz: None,
+/// };
+/// cpu::backward(dims, &inputs, None, &checkpoints, &[1.0], grads).unwrap();
+/// // out = Δ·B·u·C + D·u with Δ = 30: ∂out/∂u = 30 + 0.5, ∂out/∂C = 60.
+/// assert!((du[0] - 30.5).abs() < 1e-4 && (dc[0] - 60.0).abs() < 1e-4);
+/// ```
 pub fn backward(
     dims: ScanDims,
     inputs: &ScanInputs<&[f32]>,
@@ -30,5 +119,550 @@ pub fn backward(
     d_out: &[f32],
     grads: ScanGrads<&mut [f32]>,
 ) -> Result<(), KernelError> {
-    todo!()
+    let shape = Shape::new(dims)?;
+    check_inputs(&shape, inputs, resets)?;
+    check_len(OP, "checkpoints", dims.checkpoint_len(), checkpoints)?;
+    check_len(OP, "d_out", shape.activations(), d_out)?;
+    let ScanGrads {
+        du,
+        ddelta,
+        da_log,
+        db,
+        dc,
+        dd_skip,
+        ddelta_bias,
+        dz,
+    } = grads;
+    let (activations, per_position) = (shape.activations(), shape.batch * shape.len * shape.state);
+    check_len(OP, "du", activations, du)?;
+    check_len(OP, "ddelta", activations, ddelta)?;
+    check_len(OP, "da_log", shape.channels * shape.state, da_log)?;
+    check_len(OP, "db", per_position, db)?;
+    check_len(OP, "dc", per_position, dc)?;
+    check_len(OP, "dd_skip", shape.channels, dd_skip)?;
+    check_len(OP, "ddelta_bias", shape.channels, ddelta_bias)?;
+    match (&inputs.z, &dz) {
+        (Some(_), Some(dz)) => check_len(OP, "dz", activations, dz)?,
+        (None, None) => {}
+        (Some(_), None) => return Err(invalid("the inputs have `z` but no `dz` was given")),
+        (None, Some(_)) => return Err(invalid("`dz` was given but the inputs have no `z`")),
+    }
+
+    let job = BackwardJob {
+        shape,
+        inputs: *inputs,
+        resets,
+        checkpoints,
+        d_out,
+        du: Scatter::new(du),
+        ddelta: Scatter::new(ddelta),
+        dz: dz.map(Scatter::new),
+    };
+    let partial_len = shape.tile_partial_len();
+    let mut partials = vec![0.0f32; shape.tasks() * partial_len];
+    let params: Vec<TileParams> = partials
+        .par_chunks_mut(partial_len)
+        .enumerate()
+        .map(|(task, partial)| {
+            run_vectorised(BackwardTask {
+                job: &job,
+                task,
+                partial,
+            })
+        })
+        .collect();
+    sum_tile_partials(&shape, &partials, db, dc);
+    accumulate_parameter_grads(&shape, inputs.a_log, &params, da_log, dd_skip, ddelta_bias);
+    Ok(())
+}
+
+fn invalid(message: &str) -> KernelError {
+    KernelError::Invalid {
+        op: OP,
+        message: message.to_string(),
+    }
+}
+
+/// The sizes of a validated [`ScanDims`] and the tiling of its channels.
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    batch: usize,
+    len: usize,
+    channels: usize,
+    state: usize,
+    chunk: usize,
+    chunks: usize,
+    tiles: usize,
+}
+
+/// The channels `first..first + width` of batch row `batch`.
+#[derive(Clone, Copy, Debug)]
+struct Tile {
+    batch: usize,
+    first: usize,
+    width: usize,
+}
+
+impl Shape {
+    fn new(dims: ScanDims) -> Result<Self, KernelError> {
+        let ScanDims {
+            batch,
+            len,
+            channels,
+            state,
+            chunk,
+        } = dims;
+        if [batch, len, channels, state, chunk].contains(&0) {
+            return Err(invalid(&format!(
+                "every size must be positive, got {dims:?}"
+            )));
+        }
+        // The largest buffer is the backward's per-tile partials, 2·len·state per tile.
+        let tiles = channels.div_ceil(LANES);
+        [batch, len, channels.saturating_add(LANES), state, 2]
+            .iter()
+            .try_fold(1usize, |total, &size| total.checked_mul(size))
+            .ok_or_else(|| invalid(&format!("sizes overflow, got {dims:?}")))?;
+        Ok(Self {
+            batch,
+            len,
+            channels,
+            state,
+            chunk,
+            chunks: dims.chunks(),
+            tiles,
+        })
+    }
+
+    fn tasks(&self) -> usize {
+        self.batch * self.tiles
+    }
+
+    fn activations(&self) -> usize {
+        self.batch * self.len * self.channels
+    }
+
+    /// A task's dB rows then its dC rows, `(len, state)` each.
+    fn tile_partial_len(&self) -> usize {
+        2 * self.len * self.state
+    }
+
+    fn tile(&self, task: usize) -> Tile {
+        let first = (task % self.tiles) * LANES;
+        Tile {
+            batch: task / self.tiles,
+            first,
+            width: LANES.min(self.channels - first),
+        }
+    }
+
+    /// The tile's channels at position `t` of a `(batch, len, channels)` tensor.
+    fn columns(&self, tile: Tile, t: usize) -> Range<usize> {
+        let start = (tile.batch * self.len + t) * self.channels + tile.first;
+        start..start + tile.width
+    }
+
+    /// Row `t` of a `(batch, len, state)` tensor (B or C).
+    fn state_row(&self, tile: Tile, t: usize) -> Range<usize> {
+        let start = (tile.batch * self.len + t) * self.state;
+        start..start + self.state
+    }
+
+    /// The tile's block of a `(batch, channels, state)` state tensor.
+    fn state_block(&self, tile: Tile) -> Range<usize> {
+        let start = (tile.batch * self.channels + tile.first) * self.state;
+        start..start + tile.width * self.state
+    }
+
+    /// The tile's block of checkpoint `chunk` in `(batch, chunks, channels, state)`.
+    fn checkpoint_block(&self, tile: Tile, chunk: usize) -> Range<usize> {
+        let start = ((tile.batch * self.chunks + chunk) * self.channels + tile.first) * self.state;
+        start..start + tile.width * self.state
+    }
+
+    /// Positions of chunk `chunk`.
+    fn chunk_positions(&self, chunk: usize) -> Range<usize> {
+        chunk * self.chunk..self.len.min((chunk + 1) * self.chunk)
+    }
+}
+
+fn check_inputs(
+    shape: &Shape,
+    inputs: &ScanInputs<&[f32]>,
+    resets: Option<&[u32]>,
+) -> Result<(), KernelError> {
+    let activations = shape.activations();
+    let per_position = shape.batch * shape.len * shape.state;
+    check_len(OP, "u", activations, inputs.u)?;
+    check_len(OP, "delta", activations, inputs.delta)?;
+    check_len(OP, "a_log", shape.channels * shape.state, inputs.a_log)?;
+    check_len(OP, "b", per_position, inputs.b)?;
+    check_len(OP, "c", per_position, inputs.c)?;
+    check_len(OP, "d_skip", shape.channels, inputs.d_skip)?;
+    check_len(OP, "delta_bias", shape.channels, inputs.delta_bias)?;
+    if let Some(z) = inputs.z {
+        check_len(OP, "z", activations, z)?;
+    }
+    if let Some(resets) = resets {
+        check_len(OP, "resets", shape.batch * shape.len, resets)?;
+    }
+    Ok(())
+}
+
+fn is_reset(resets: Option<&[u32]>, shape: &Shape, tile: Tile, t: usize) -> bool {
+    resets.is_some_and(|resets| resets[tile.batch * shape.len + t] != 0)
+}
+
+/// `A = -exp(a_log)` of the tile, one vector per state index; padding lanes get `A = -1`
+/// so that they stay finite.
+fn decay_rates(a_log: &[f32], shape: &Shape, tile: Tile) -> Vec<Lanes> {
+    let mut rates = vec![Lanes::splat(-1.0); shape.state];
+    let rows = &a_log[tile.first * shape.state..(tile.first + tile.width) * shape.state];
+    for (lane, row) in rows.chunks_exact(shape.state).enumerate() {
+        for (rate, &a_log) in rates.iter_mut().zip(row) {
+            rate.0[lane] = -a_log.exp();
+        }
+    }
+    rates
+}
+
+/// Loads a `(width, state)` block of states into one vector per state index.
+fn load_states(block: &[f32], states: &mut [Lanes]) {
+    states.fill(Lanes::ZERO);
+    for (lane, row) in block.chunks_exact(states.len()).enumerate() {
+        for (state, &value) in states.iter_mut().zip(row) {
+            state.0[lane] = value;
+        }
+    }
+}
+
+/// The `(width, state)` block of the first `width` lanes of `states`, into `block`.
+fn store_states(states: &[Lanes], width: usize, block: &mut Vec<f32>) {
+    block.clear();
+    block.extend((0..width).flat_map(|lane| states.iter().map(move |state| state.0[lane])));
+}
+
+/// An output tensor that the tasks of one op write concurrently, each to index ranges that
+/// no other task touches (a tile's channels, or its block of a state tensor).
+struct Scatter<'a> {
+    ptr: *mut f32,
+    len: usize,
+    _borrow: PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: a `Scatter` is a `&mut [f32]` shared by writers of disjoint ranges (see `write`).
+unsafe impl Send for Scatter<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for Scatter<'_> {}
+
+impl<'a> Scatter<'a> {
+    fn new(data: &'a mut [f32]) -> Self {
+        Self {
+            ptr: data.as_mut_ptr(),
+            len: data.len(),
+            _borrow: PhantomData,
+        }
+    }
+
+    /// Copies `values` to `start..start + values.len()`.
+    ///
+    /// # Safety
+    /// No other thread may access that range while the `Scatter` lives.
+    unsafe fn write(&self, start: usize, values: &[f32]) {
+        assert!(
+            start <= self.len && values.len() <= self.len - start,
+            "{OP}: write of {} values at {start} outside a tensor of {}",
+            values.len(),
+            self.len
+        );
+        // SAFETY: in bounds (checked above) and not aliased (the caller's promise).
+        unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), self.ptr.add(start), values.len()) }
+    }
+}
+
+/// What every forward task reads and where it writes.
+struct ForwardJob<'a> {
+    shape: Shape,
+    inputs: ScanInputs<&'a [f32]>,
+    resets: Option<&'a [u32]>,
+    initial: Option<&'a [f32]>,
+    final_state: Option<Scatter<'a>>,
+    checkpoints: Option<Scatter<'a>>,
+    out: Scatter<'a>,
+}
+
+struct ForwardTask<'a> {
+    job: &'a ForwardJob<'a>,
+    task: usize,
+}
+
+impl Vectorised for ForwardTask<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let Self { job, task } = self;
+        let shape = &job.shape;
+        let inputs = &job.inputs;
+        let tile = shape.tile(task);
+        let rates = decay_rates(inputs.a_log, shape, tile);
+        let d_skip = Lanes::load(&inputs.d_skip[tile.first..tile.first + tile.width]);
+        let bias = Lanes::load(&inputs.delta_bias[tile.first..tile.first + tile.width]);
+
+        let mut states = vec![Lanes::ZERO; shape.state];
+        if let Some(initial) = job.initial {
+            load_states(&initial[shape.state_block(tile)], &mut states);
+        }
+        let mut block = Vec::with_capacity(tile.width * shape.state);
+        for t in 0..shape.len {
+            if let Some(checkpoints) = job.checkpoints.as_ref().filter(|_| t % shape.chunk == 0) {
+                store_states(&states, tile.width, &mut block);
+                let start = shape.checkpoint_block(tile, t / shape.chunk).start;
+                // SAFETY: the tile's own block of this checkpoint.
+                unsafe { checkpoints.write(start, &block) };
+            }
+            if is_reset(job.resets, shape, tile, t) {
+                states.fill(Lanes::ZERO);
+            }
+            let columns = shape.columns(tile, t);
+            let row = shape.state_row(tile, t);
+            let dt = (Lanes::load(&inputs.delta[columns.clone()]) + bias).softplus();
+            let u = Lanes::load(&inputs.u[columns.clone()]);
+            let dt_u = dt * u;
+            let mut y = d_skip * u;
+            for ((h, &rate), (&b, &c)) in states
+                .iter_mut()
+                .zip(&rates)
+                .zip(inputs.b[row.clone()].iter().zip(&inputs.c[row]))
+            {
+                *h = (dt * rate).exp() * *h + dt_u * b;
+                y = y + *h * c;
+            }
+            if let Some(z) = inputs.z {
+                let z = Lanes::load(&z[columns.clone()]);
+                y = y * (z * z.sigmoid());
+            }
+            // SAFETY: the tile's own channels at position t.
+            unsafe { job.out.write(columns.start, &y.0[..tile.width]) };
+        }
+        if let Some(final_state) = &job.final_state {
+            store_states(&states, tile.width, &mut block);
+            // SAFETY: the tile's own block of the state tensor.
+            unsafe { final_state.write(shape.state_block(tile).start, &block) };
+        }
+    }
+}
+
+/// What every backward task reads and where it writes its activation gradients.
+struct BackwardJob<'a> {
+    shape: Shape,
+    inputs: ScanInputs<&'a [f32]>,
+    resets: Option<&'a [u32]>,
+    checkpoints: &'a [f32],
+    d_out: &'a [f32],
+    du: Scatter<'a>,
+    ddelta: Scatter<'a>,
+    dz: Option<Scatter<'a>>,
+}
+
+struct BackwardTask<'a> {
+    job: &'a BackwardJob<'a>,
+    task: usize,
+    /// The tile's share of dB then of dC, `(len, state)` each.
+    partial: &'a mut [f32],
+}
+
+/// One tile's gradients of the per-channel parameters, summed over its positions.
+struct TileParams {
+    /// With respect to `A` (not `a_log`), one vector per state index.
+    da: Vec<Lanes>,
+    dd_skip: Lanes,
+    ddelta_bias: Lanes,
+}
+
+impl Vectorised for BackwardTask<'_> {
+    type Output = TileParams;
+
+    #[inline(always)]
+    fn run(self) -> TileParams {
+        let Self { job, task, partial } = self;
+        let shape = &job.shape;
+        let inputs = &job.inputs;
+        let n_state = shape.state;
+        let tile = shape.tile(task);
+        let rates = decay_rates(inputs.a_log, shape, tile);
+        let d_skip = Lanes::load(&inputs.d_skip[tile.first..tile.first + tile.width]);
+        let bias = Lanes::load(&inputs.delta_bias[tile.first..tile.first + tile.width]);
+        let (db_rows, dc_rows) = partial.split_at_mut(shape.len * n_state);
+
+        let mut params = TileParams {
+            da: vec![Lanes::ZERO; n_state],
+            dd_skip: Lanes::ZERO,
+            ddelta_bias: Lanes::ZERO,
+        };
+        // dL/dh_{t-1} through h_t, carried backwards from position t.
+        let mut carry = vec![Lanes::ZERO; n_state];
+        // Per chunk: states[i] is the state before its i-th position (states[0] the
+        // checkpoint), decays[i] = exp(Δ·A) at that position; Δ, dΔ/dx and y likewise.
+        let mut states = vec![Lanes::ZERO; (shape.chunk + 1) * n_state];
+        let mut decays = vec![Lanes::ZERO; shape.chunk * n_state];
+        let mut dts = vec![Lanes::ZERO; shape.chunk];
+        let mut dt_slopes = vec![Lanes::ZERO; shape.chunk];
+        let mut ys = vec![Lanes::ZERO; shape.chunk];
+
+        for chunk in (0..shape.chunks).rev() {
+            let positions = shape.chunk_positions(chunk);
+            load_states(
+                &job.checkpoints[shape.checkpoint_block(tile, chunk)],
+                &mut states[..n_state],
+            );
+            // Recompute the chunk's states from its checkpoint.
+            for (i, t) in positions.clone().enumerate() {
+                let columns = shape.columns(tile, t);
+                let row = shape.state_row(tile, t);
+                let x = Lanes::load(&inputs.delta[columns.clone()]) + bias;
+                let dt = x.softplus();
+                dts[i] = dt;
+                dt_slopes[i] = x.select_above(20.0, Lanes::splat(1.0), x.sigmoid());
+                let u = Lanes::load(&inputs.u[columns]);
+                let dt_u = dt * u;
+                let mut y = d_skip * u;
+                let reset = is_reset(job.resets, shape, tile, t);
+                let (before, after) = states[i * n_state..(i + 2) * n_state].split_at_mut(n_state);
+                let decays = &mut decays[i * n_state..(i + 1) * n_state];
+                for (n, (&b, &c)) in inputs.b[row.clone()].iter().zip(&inputs.c[row]).enumerate() {
+                    let decay = (dt * rates[n]).exp();
+                    decays[n] = decay;
+                    let previous = if reset { Lanes::ZERO } else { before[n] };
+                    after[n] = decay * previous + dt_u * b;
+                    y = y + after[n] * c;
+                }
+                ys[i] = y;
+            }
+            // Walk the chunk backwards.
+            for (i, t) in positions.enumerate().rev() {
+                let columns = shape.columns(tile, t);
+                let row = shape.state_row(tile, t);
+                let d_out = Lanes::load(&job.d_out[columns.clone()]);
+                let dy = match (inputs.z, &job.dz) {
+                    (Some(z), Some(dz)) => {
+                        let z = Lanes::load(&z[columns.clone()]);
+                        let sigmoid = z.sigmoid();
+                        let one = Lanes::splat(1.0);
+                        let dsilu = sigmoid * (one + z * (one - sigmoid));
+                        let dz_t = d_out * ys[i] * dsilu;
+                        // SAFETY: the tile's own channels at position t.
+                        unsafe { dz.write(columns.start, &dz_t.0[..tile.width]) };
+                        d_out * (z * sigmoid)
+                    }
+                    _ => d_out,
+                };
+                let dt = dts[i];
+                let u = Lanes::load(&inputs.u[columns.clone()]);
+                let dt_u = dt * u;
+                let reset = is_reset(job.resets, shape, tile, t);
+                let before = &states[i * n_state..(i + 1) * n_state];
+                let after = &states[(i + 1) * n_state..(i + 2) * n_state];
+                let decays = &decays[i * n_state..(i + 1) * n_state];
+                let db_row = &mut db_rows[t * n_state..(t + 1) * n_state];
+                let dc_row = &mut dc_rows[t * n_state..(t + 1) * n_state];
+                // Σ_n dh·h_{t-1}·decay·A (through the decay) and Σ_n dh·B (through Δ·B·u).
+                let mut via_decay = Lanes::ZERO;
+                let mut via_input = Lanes::ZERO;
+                for (n, (&b, &c)) in inputs.b[row.clone()].iter().zip(&inputs.c[row]).enumerate() {
+                    let dh = carry[n] + dy * c;
+                    dc_row[n] = (dy * after[n]).sum();
+                    db_row[n] = (dh * dt_u).sum();
+                    via_input = via_input + dh * b;
+                    if reset {
+                        carry[n] = Lanes::ZERO;
+                    } else {
+                        let d_exponent = dh * before[n] * decays[n];
+                        via_decay = via_decay + d_exponent * rates[n];
+                        params.da[n] = params.da[n] + d_exponent * dt;
+                        carry[n] = dh * decays[n];
+                    }
+                }
+                let ddt = via_decay + via_input * u;
+                let du = via_input * dt + d_skip * dy;
+                let dx = ddt * dt_slopes[i];
+                // SAFETY: the tile's own channels at position t.
+                unsafe {
+                    job.du.write(columns.start, &du.0[..tile.width]);
+                    job.ddelta.write(columns.start, &dx.0[..tile.width]);
+                }
+                params.ddelta_bias = params.ddelta_bias + dx;
+                params.dd_skip = params.dd_skip + dy * u;
+            }
+        }
+        params
+    }
+}
+
+/// dB and dC: the sum over tiles of their partials, tile by tile in channel order.
+fn sum_tile_partials(shape: &Shape, partials: &[f32], db: &mut [f32], dc: &mut [f32]) {
+    const ROWS_PER_TASK: usize = 64;
+    let (len, n_state) = (shape.len, shape.state);
+    let partial_len = shape.tile_partial_len();
+    let rows = ROWS_PER_TASK * n_state;
+    db.par_chunks_mut(rows)
+        .zip(dc.par_chunks_mut(rows))
+        .enumerate()
+        .for_each(|(block, (db, dc))| {
+            db.fill(0.0);
+            dc.fill(0.0);
+            for (i, (db, dc)) in db
+                .chunks_exact_mut(n_state)
+                .zip(dc.chunks_exact_mut(n_state))
+                .enumerate()
+            {
+                let position = block * ROWS_PER_TASK + i;
+                let (batch, t) = (position / len, position % len);
+                for tile in 0..shape.tiles {
+                    let partial = &partials[(batch * shape.tiles + tile) * partial_len..];
+                    let (db_rows, dc_rows) = partial[..partial_len].split_at(len * n_state);
+                    for (sum, &value) in db.iter_mut().zip(&db_rows[t * n_state..]) {
+                        *sum += value;
+                    }
+                    for (sum, &value) in dc.iter_mut().zip(&dc_rows[t * n_state..]) {
+                        *sum += value;
+                    }
+                }
+            }
+        });
+}
+
+/// Adds the parameter gradients, summed over batch rows in order, to the accumulators.
+fn accumulate_parameter_grads(
+    shape: &Shape,
+    a_log: &[f32],
+    params: &[TileParams],
+    da_log: &mut [f32],
+    dd_skip: &mut [f32],
+    ddelta_bias: &mut [f32],
+) {
+    for tile_index in 0..shape.tiles {
+        let tile = shape.tile(tile_index);
+        let mut da = vec![Lanes::ZERO; shape.state];
+        let (mut d_skip, mut d_bias) = (Lanes::ZERO, Lanes::ZERO);
+        for batch in 0..shape.batch {
+            let tile_params = &params[batch * shape.tiles + tile_index];
+            for (sum, &value) in da.iter_mut().zip(&tile_params.da) {
+                *sum = *sum + value;
+            }
+            d_skip = d_skip + tile_params.dd_skip;
+            d_bias = d_bias + tile_params.ddelta_bias;
+        }
+        let rates = decay_rates(a_log, shape, tile);
+        for lane in 0..tile.width {
+            let channel = tile.first + lane;
+            dd_skip[channel] += d_skip.0[lane];
+            ddelta_bias[channel] += d_bias.0[lane];
+            let row = &mut da_log[channel * shape.state..(channel + 1) * shape.state];
+            // dA/da_log = -exp(a_log) = A.
+            for ((grad, da), rate) in row.iter_mut().zip(&da).zip(&rates) {
+                *grad += da.0[lane] * rate.0[lane];
+            }
+        }
+    }
 }
