@@ -1,8 +1,10 @@
 //! CPU selective scan: a thread owns a tile of channels of one batch row and keeps their
 //! states in SIMD lanes while it walks the sequence.
 //!
-//! A task is one tile of [`LANES`] channels of one batch row; lane `i` of every vector is
-//! channel `first + i`, and the tile's states are `state` vectors (one per state index).
+//! A tile is [`LANES`] channels of one batch row; lane `i` of every vector is channel
+//! `first + i`, and the tile's states are `state` vectors (one per state index). A task
+//! owns [`TILES_PER_TASK`] neighbouring tiles and walks the sequence in blocks of
+//! positions, tile after tile, so that each row it touches yields several cache lines.
 //! The task list depends only on the shape, and the parameter gradients are reduced over
 //! tasks in a fixed order, so results are bit-identical for any number of threads.
 
@@ -11,11 +13,19 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::lanes::{run_vectorised, Lanes, Vectorised, LANES};
+use super::lanes::{prefetch, run_vectorised, Lanes, Vectorised, LANES};
 use super::{ScanDims, ScanGrads, ScanInputs};
 use crate::{check_len, KernelError};
 
 const OP: &str = "selective_scan";
+
+/// Positions the forward handles per phase: it first gathers a block's inputs (independent
+/// loads that the memory system overlaps, where the recurrence's long dependency chain
+/// would stall on each), then runs the recurrence, then scatters the outputs.
+const BLOCK: usize = 32;
+
+/// Tiles per task: 64 channels, four cache lines of each row of a tensor.
+const TILES_PER_TASK: usize = 4;
 
 /// Forward scan writing `out` `(batch, len, channels)`.
 ///
@@ -158,9 +168,9 @@ pub fn backward(
         ddelta: Scatter::new(ddelta),
         dz: dz.map(Scatter::new),
     };
-    let partial_len = shape.tile_partial_len();
+    let partial_len = shape.task_partial_len();
     let mut partials = vec![0.0f32; shape.tasks() * partial_len];
-    let params: Vec<TileParams> = partials
+    let params: Vec<Vec<TileParams>> = partials
         .par_chunks_mut(partial_len)
         .enumerate()
         .map(|(task, partial)| {
@@ -171,7 +181,7 @@ pub fn backward(
             })
         })
         .collect();
-    sum_tile_partials(&shape, &partials, db, dc);
+    sum_task_partials(&shape, &partials, db, dc);
     accumulate_parameter_grads(&shape, inputs.a_log, &params, da_log, dd_skip, ddelta_bias);
     Ok(())
 }
@@ -193,6 +203,8 @@ struct Shape {
     chunk: usize,
     chunks: usize,
     tiles: usize,
+    /// Groups of [`TILES_PER_TASK`] tiles per batch row.
+    groups: usize,
 }
 
 /// The channels `first..first + width` of batch row `batch`.
@@ -217,7 +229,7 @@ impl Shape {
                 "every size must be positive, got {dims:?}"
             )));
         }
-        // The largest buffer is the backward's per-tile partials, 2·len·state per tile.
+        // The largest buffer is the backward's per-task partials, 2·len·state per task.
         let tiles = channels.div_ceil(LANES);
         [batch, len, channels.saturating_add(LANES), state, 2]
             .iter()
@@ -231,11 +243,12 @@ impl Shape {
             chunk,
             chunks: dims.chunks(),
             tiles,
+            groups: tiles.div_ceil(TILES_PER_TASK),
         })
     }
 
     fn tasks(&self) -> usize {
-        self.batch * self.tiles
+        self.batch * self.groups
     }
 
     fn activations(&self) -> usize {
@@ -243,17 +256,25 @@ impl Shape {
     }
 
     /// A task's dB rows then its dC rows, `(len, state)` each.
-    fn tile_partial_len(&self) -> usize {
+    fn task_partial_len(&self) -> usize {
         2 * self.len * self.state
     }
 
-    fn tile(&self, task: usize) -> Tile {
-        let first = (task % self.tiles) * LANES;
+    /// Tile `index` (of `tiles`) of batch row `batch`.
+    fn tile(&self, batch: usize, index: usize) -> Tile {
+        let first = index * LANES;
         Tile {
-            batch: task / self.tiles,
+            batch,
             first,
             width: LANES.min(self.channels - first),
         }
+    }
+
+    /// The tiles of task `task`, in channel order.
+    fn task_tiles(&self, task: usize) -> impl Iterator<Item = Tile> + '_ {
+        let (batch, group) = (task / self.groups, task % self.groups);
+        let first = group * TILES_PER_TASK;
+        (first..self.tiles.min(first + TILES_PER_TASK)).map(move |index| self.tile(batch, index))
     }
 
     /// The tile's channels at position `t` of a `(batch, len, channels)` tensor.
@@ -326,6 +347,27 @@ fn decay_rates(a_log: &[f32], shape: &Shape, tile: Tile) -> Vec<Lanes> {
     rates
 }
 
+/// What a tile reads of the per-channel parameters.
+struct TileConstants {
+    tile: Tile,
+    /// `A`, one vector per state index.
+    rates: Vec<Lanes>,
+    d_skip: Lanes,
+    bias: Lanes,
+}
+
+impl TileConstants {
+    fn new(inputs: &ScanInputs<&[f32]>, shape: &Shape, tile: Tile) -> Self {
+        let channels = tile.first..tile.first + tile.width;
+        Self {
+            tile,
+            rates: decay_rates(inputs.a_log, shape, tile),
+            d_skip: Lanes::load(&inputs.d_skip[channels.clone()]),
+            bias: Lanes::load(&inputs.delta_bias[channels]),
+        }
+    }
+}
+
 /// Loads a `(width, state)` block of states into one vector per state index.
 fn load_states(block: &[f32], states: &mut [Lanes]) {
     states.fill(Lanes::ZERO);
@@ -378,6 +420,29 @@ impl<'a> Scatter<'a> {
         // SAFETY: in bounds (checked above) and not aliased (the caller's promise).
         unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), self.ptr.add(start), values.len()) }
     }
+
+    /// Writes the first `width` lanes of `values` to `start..start + width`: a tile's
+    /// channels at one position, one vector store when the tile is full.
+    ///
+    /// # Safety
+    /// As for [`Scatter::write`].
+    #[inline(always)]
+    unsafe fn write_lanes(&self, start: usize, values: Lanes, width: usize) {
+        assert!(
+            width <= LANES && start <= self.len && width <= self.len - start,
+            "{OP}: write of {width} lanes at {start} outside a tensor of {}",
+            self.len
+        );
+        // SAFETY: in bounds (checked above) and not aliased (the caller's promise).
+        unsafe {
+            let destination = self.ptr.add(start);
+            if width == LANES {
+                destination.cast::<[f32; LANES]>().write_unaligned(values.0);
+            } else {
+                std::ptr::copy_nonoverlapping(values.0.as_ptr(), destination, width);
+            }
+        }
+    }
 }
 
 /// What every forward task reads and where it writes.
@@ -404,51 +469,96 @@ impl Vectorised for ForwardTask<'_> {
         let Self { job, task } = self;
         let shape = &job.shape;
         let inputs = &job.inputs;
-        let tile = shape.tile(task);
-        let rates = decay_rates(inputs.a_log, shape, tile);
-        let d_skip = Lanes::load(&inputs.d_skip[tile.first..tile.first + tile.width]);
-        let bias = Lanes::load(&inputs.delta_bias[tile.first..tile.first + tile.width]);
+        let n_state = shape.state;
+        let tiles: Vec<TileConstants> = shape
+            .task_tiles(task)
+            .map(|tile| TileConstants::new(inputs, shape, tile))
+            .collect();
+        let count = tiles.len();
 
-        let mut states = vec![Lanes::ZERO; shape.state];
+        let mut states = vec![Lanes::ZERO; count * n_state];
         if let Some(initial) = job.initial {
-            load_states(&initial[shape.state_block(tile)], &mut states);
+            for (constants, states) in tiles.iter().zip(states.chunks_exact_mut(n_state)) {
+                load_states(&initial[shape.state_block(constants.tile)], states);
+            }
         }
-        let mut block = Vec::with_capacity(tile.width * shape.state);
-        for t in 0..shape.len {
-            if let Some(checkpoints) = job.checkpoints.as_ref().filter(|_| t % shape.chunk == 0) {
-                store_states(&states, tile.width, &mut block);
-                let start = shape.checkpoint_block(tile, t / shape.chunk).start;
-                // SAFETY: the tile's own block of this checkpoint.
-                unsafe { checkpoints.write(start, &block) };
+        let mut block = Vec::with_capacity(LANES * n_state);
+        // Per position of the block and tile, at `i * count + k`.
+        let mut dts = vec![Lanes::ZERO; BLOCK * count];
+        let mut us = vec![Lanes::ZERO; BLOCK * count];
+        let mut gates = vec![Lanes::splat(1.0); BLOCK * count];
+        let mut ys = vec![Lanes::ZERO; BLOCK * count];
+        for start in (0..shape.len).step_by(BLOCK) {
+            let positions = start..shape.len.min(start + BLOCK);
+            for (i, t) in positions.clone().enumerate() {
+                for (k, constants) in tiles.iter().enumerate() {
+                    let at = i * count + k;
+                    let columns = shape.columns(constants.tile, t);
+                    let ahead = columns.start + BLOCK * shape.channels;
+                    prefetch(inputs.delta, ahead);
+                    prefetch(inputs.u, ahead);
+                    dts[at] =
+                        (Lanes::load(&inputs.delta[columns.clone()]) + constants.bias).softplus();
+                    us[at] = Lanes::load(&inputs.u[columns.clone()]);
+                    if let Some(z) = inputs.z {
+                        prefetch(z, ahead);
+                        let z = Lanes::load(&z[columns]);
+                        gates[at] = z * z.sigmoid();
+                    }
+                }
             }
-            if is_reset(job.resets, shape, tile, t) {
-                states.fill(Lanes::ZERO);
-            }
-            let columns = shape.columns(tile, t);
-            let row = shape.state_row(tile, t);
-            let dt = (Lanes::load(&inputs.delta[columns.clone()]) + bias).softplus();
-            let u = Lanes::load(&inputs.u[columns.clone()]);
-            let dt_u = dt * u;
-            let mut y = d_skip * u;
-            for ((h, &rate), (&b, &c)) in states
-                .iter_mut()
-                .zip(&rates)
-                .zip(inputs.b[row.clone()].iter().zip(&inputs.c[row]))
+            for (k, (constants, states)) in tiles
+                .iter()
+                .zip(states.chunks_exact_mut(n_state))
+                .enumerate()
             {
-                *h = (dt * rate).exp() * *h + dt_u * b;
-                y = y + *h * c;
+                let tile = constants.tile;
+                for (i, t) in positions.clone().enumerate() {
+                    if let Some(checkpoints) =
+                        job.checkpoints.as_ref().filter(|_| t % shape.chunk == 0)
+                    {
+                        store_states(states, tile.width, &mut block);
+                        let start = shape.checkpoint_block(tile, t / shape.chunk).start;
+                        // SAFETY: the tile's own block of this checkpoint.
+                        unsafe { checkpoints.write(start, &block) };
+                    }
+                    if is_reset(job.resets, shape, tile, t) {
+                        states.fill(Lanes::ZERO);
+                    }
+                    let at = i * count + k;
+                    let row = shape.state_row(tile, t);
+                    let (dt, u) = (dts[at], us[at]);
+                    let dt_u = dt * u;
+                    let mut y = constants.d_skip * u;
+                    for ((h, &rate), (&b, &c)) in states
+                        .iter_mut()
+                        .zip(&constants.rates)
+                        .zip(inputs.b[row.clone()].iter().zip(&inputs.c[row]))
+                    {
+                        *h = (dt * rate).exp().mul_add(*h, dt_u * b);
+                        y = h.mul_add(Lanes::splat(c), y);
+                    }
+                    ys[at] = y * gates[at];
+                }
             }
-            if let Some(z) = inputs.z {
-                let z = Lanes::load(&z[columns.clone()]);
-                y = y * (z * z.sigmoid());
+            for (i, t) in positions.enumerate() {
+                for (k, constants) in tiles.iter().enumerate() {
+                    let (tile, y) = (constants.tile, ys[i * count + k]);
+                    // SAFETY: the tile's own channels at position t.
+                    unsafe {
+                        job.out
+                            .write_lanes(shape.columns(tile, t).start, y, tile.width)
+                    };
+                }
             }
-            // SAFETY: the tile's own channels at position t.
-            unsafe { job.out.write(columns.start, &y.0[..tile.width]) };
         }
         if let Some(final_state) = &job.final_state {
-            store_states(&states, tile.width, &mut block);
-            // SAFETY: the tile's own block of the state tensor.
-            unsafe { final_state.write(shape.state_block(tile).start, &block) };
+            for (constants, states) in tiles.iter().zip(states.chunks_exact(n_state)) {
+                store_states(states, constants.tile.width, &mut block);
+                let start = shape.state_block(constants.tile).start;
+                // SAFETY: the tile's own block of the state tensor.
+                unsafe { final_state.write(start, &block) };
+            }
         }
     }
 }
@@ -468,7 +578,7 @@ struct BackwardJob<'a> {
 struct BackwardTask<'a> {
     job: &'a BackwardJob<'a>,
     task: usize,
-    /// The tile's share of dB then of dC, `(len, state)` each.
+    /// The task's share of dB then of dC, `(len, state)` each, zeroed.
     partial: &'a mut [f32],
 }
 
@@ -481,129 +591,160 @@ struct TileParams {
 }
 
 impl Vectorised for BackwardTask<'_> {
-    type Output = TileParams;
+    type Output = Vec<TileParams>;
 
     #[inline(always)]
-    fn run(self) -> TileParams {
+    fn run(self) -> Vec<TileParams> {
         let Self { job, task, partial } = self;
         let shape = &job.shape;
         let inputs = &job.inputs;
         let n_state = shape.state;
-        let tile = shape.tile(task);
-        let rates = decay_rates(inputs.a_log, shape, tile);
-        let d_skip = Lanes::load(&inputs.d_skip[tile.first..tile.first + tile.width]);
-        let bias = Lanes::load(&inputs.delta_bias[tile.first..tile.first + tile.width]);
+        let tiles: Vec<TileConstants> = shape
+            .task_tiles(task)
+            .map(|tile| TileConstants::new(inputs, shape, tile))
+            .collect();
+        let count = tiles.len();
         let (db_rows, dc_rows) = partial.split_at_mut(shape.len * n_state);
 
-        let mut params = TileParams {
-            da: vec![Lanes::ZERO; n_state],
-            dd_skip: Lanes::ZERO,
-            ddelta_bias: Lanes::ZERO,
-        };
-        // dL/dh_{t-1} through h_t, carried backwards from position t.
-        let mut carry = vec![Lanes::ZERO; n_state];
-        // Per chunk: states[i] is the state before its i-th position (states[0] the
-        // checkpoint), decays[i] = exp(Δ·A) at that position; Δ, dΔ/dx and y likewise.
+        let mut params: Vec<TileParams> = (0..count)
+            .map(|_| TileParams {
+                da: vec![Lanes::ZERO; n_state],
+                dd_skip: Lanes::ZERO,
+                ddelta_bias: Lanes::ZERO,
+            })
+            .collect();
+        // dL/dh_{t-1} through h_t, carried backwards from position t, per tile.
+        let mut carries = vec![Lanes::ZERO; count * n_state];
+        // One tile's chunk at a time: states[i] is the state before its i-th position
+        // (states[0] the checkpoint), decays[i] = exp(Δ·A) at that position.
         let mut states = vec![Lanes::ZERO; (shape.chunk + 1) * n_state];
         let mut decays = vec![Lanes::ZERO; shape.chunk * n_state];
-        let mut dts = vec![Lanes::ZERO; shape.chunk];
-        let mut dt_slopes = vec![Lanes::ZERO; shape.chunk];
-        let mut ys = vec![Lanes::ZERO; shape.chunk];
+        // Per position of the chunk and tile, at `i * count + k`.
+        let per_position = || vec![Lanes::ZERO; shape.chunk * count];
+        let (mut dts, mut dt_slopes, mut us) = (per_position(), per_position(), per_position());
+        let (mut d_outs, mut dys, mut dzs) = (per_position(), per_position(), per_position());
+        let (mut dus, mut dxs) = (per_position(), per_position());
+        let mut gates = vec![Lanes::splat(1.0); shape.chunk * count];
+        let mut gate_slopes = per_position();
 
         for chunk in (0..shape.chunks).rev() {
             let positions = shape.chunk_positions(chunk);
-            load_states(
-                &job.checkpoints[shape.checkpoint_block(tile, chunk)],
-                &mut states[..n_state],
-            );
-            // Recompute the chunk's states from its checkpoint.
+            // Gather the chunk's inputs (see BLOCK for why in a pass of their own).
             for (i, t) in positions.clone().enumerate() {
-                let columns = shape.columns(tile, t);
-                let row = shape.state_row(tile, t);
-                let x = Lanes::load(&inputs.delta[columns.clone()]) + bias;
-                let dt = x.softplus();
-                dts[i] = dt;
-                dt_slopes[i] = x.select_above(20.0, Lanes::splat(1.0), x.sigmoid());
-                let u = Lanes::load(&inputs.u[columns]);
-                let dt_u = dt * u;
-                let mut y = d_skip * u;
-                let reset = is_reset(job.resets, shape, tile, t);
-                let (before, after) = states[i * n_state..(i + 2) * n_state].split_at_mut(n_state);
-                let decays = &mut decays[i * n_state..(i + 1) * n_state];
-                for (n, (&b, &c)) in inputs.b[row.clone()].iter().zip(&inputs.c[row]).enumerate() {
-                    let decay = (dt * rates[n]).exp();
-                    decays[n] = decay;
-                    let previous = if reset { Lanes::ZERO } else { before[n] };
-                    after[n] = decay * previous + dt_u * b;
-                    y = y + after[n] * c;
-                }
-                ys[i] = y;
-            }
-            // Walk the chunk backwards.
-            for (i, t) in positions.enumerate().rev() {
-                let columns = shape.columns(tile, t);
-                let row = shape.state_row(tile, t);
-                let d_out = Lanes::load(&job.d_out[columns.clone()]);
-                let dy = match (inputs.z, &job.dz) {
-                    (Some(z), Some(dz)) => {
-                        let z = Lanes::load(&z[columns.clone()]);
+                for (k, constants) in tiles.iter().enumerate() {
+                    let at = i * count + k;
+                    let columns = shape.columns(constants.tile, t);
+                    let x = Lanes::load(&inputs.delta[columns.clone()]) + constants.bias;
+                    dts[at] = x.softplus();
+                    dt_slopes[at] = x.select_above(20.0, Lanes::splat(1.0), x.sigmoid());
+                    us[at] = Lanes::load(&inputs.u[columns.clone()]);
+                    d_outs[at] = Lanes::load(&job.d_out[columns.clone()]);
+                    if let Some(z) = inputs.z {
+                        let z = Lanes::load(&z[columns]);
                         let sigmoid = z.sigmoid();
                         let one = Lanes::splat(1.0);
-                        let dsilu = sigmoid * (one + z * (one - sigmoid));
-                        let dz_t = d_out * ys[i] * dsilu;
-                        // SAFETY: the tile's own channels at position t.
-                        unsafe { dz.write(columns.start, &dz_t.0[..tile.width]) };
-                        d_out * (z * sigmoid)
-                    }
-                    _ => d_out,
-                };
-                let dt = dts[i];
-                let u = Lanes::load(&inputs.u[columns.clone()]);
-                let dt_u = dt * u;
-                let reset = is_reset(job.resets, shape, tile, t);
-                let before = &states[i * n_state..(i + 1) * n_state];
-                let after = &states[(i + 1) * n_state..(i + 2) * n_state];
-                let decays = &decays[i * n_state..(i + 1) * n_state];
-                let db_row = &mut db_rows[t * n_state..(t + 1) * n_state];
-                let dc_row = &mut dc_rows[t * n_state..(t + 1) * n_state];
-                // Σ_n dh·h_{t-1}·decay·A (through the decay) and Σ_n dh·B (through Δ·B·u).
-                let mut via_decay = Lanes::ZERO;
-                let mut via_input = Lanes::ZERO;
-                for (n, (&b, &c)) in inputs.b[row.clone()].iter().zip(&inputs.c[row]).enumerate() {
-                    let dh = carry[n] + dy * c;
-                    dc_row[n] = (dy * after[n]).sum();
-                    db_row[n] = (dh * dt_u).sum();
-                    via_input = via_input + dh * b;
-                    if reset {
-                        carry[n] = Lanes::ZERO;
-                    } else {
-                        let d_exponent = dh * before[n] * decays[n];
-                        via_decay = via_decay + d_exponent * rates[n];
-                        params.da[n] = params.da[n] + d_exponent * dt;
-                        carry[n] = dh * decays[n];
+                        gates[at] = z * sigmoid;
+                        gate_slopes[at] = sigmoid * (one + z * (one - sigmoid));
                     }
                 }
-                let ddt = via_decay + via_input * u;
-                let du = via_input * dt + d_skip * dy;
-                let dx = ddt * dt_slopes[i];
-                // SAFETY: the tile's own channels at position t.
-                unsafe {
-                    job.du.write(columns.start, &du.0[..tile.width]);
-                    job.ddelta.write(columns.start, &dx.0[..tile.width]);
+            }
+            for (k, (constants, carry)) in tiles
+                .iter()
+                .zip(carries.chunks_exact_mut(n_state))
+                .enumerate()
+            {
+                let tile = constants.tile;
+                let rates = &constants.rates;
+                let params = &mut params[k];
+                // Recompute the chunk's states from its checkpoint, and the gradient of y.
+                load_states(
+                    &job.checkpoints[shape.checkpoint_block(tile, chunk)],
+                    &mut states[..n_state],
+                );
+                for (i, t) in positions.clone().enumerate() {
+                    let at = i * count + k;
+                    let row = shape.state_row(tile, t);
+                    let (dt, u) = (dts[at], us[at]);
+                    let dt_u = dt * u;
+                    let mut y = constants.d_skip * u;
+                    let reset = is_reset(job.resets, shape, tile, t);
+                    let (before, after) =
+                        states[i * n_state..(i + 2) * n_state].split_at_mut(n_state);
+                    let decays = &mut decays[i * n_state..(i + 1) * n_state];
+                    for (n, (&b, &c)) in
+                        inputs.b[row.clone()].iter().zip(&inputs.c[row]).enumerate()
+                    {
+                        let decay = (dt * rates[n]).exp();
+                        decays[n] = decay;
+                        let previous = if reset { Lanes::ZERO } else { before[n] };
+                        after[n] = decay.mul_add(previous, dt_u * b);
+                        y = after[n].mul_add(Lanes::splat(c), y);
+                    }
+                    dys[at] = d_outs[at] * gates[at];
+                    dzs[at] = d_outs[at] * y * gate_slopes[at];
                 }
-                params.ddelta_bias = params.ddelta_bias + dx;
-                params.dd_skip = params.dd_skip + dy * u;
+                // Walk the chunk backwards.
+                for (i, t) in positions.clone().enumerate().rev() {
+                    let at = i * count + k;
+                    let row = shape.state_row(tile, t);
+                    let (dt, u, dy) = (dts[at], us[at], dys[at]);
+                    let dt_u = dt * u;
+                    let reset = is_reset(job.resets, shape, tile, t);
+                    let before = &states[i * n_state..(i + 1) * n_state];
+                    let after = &states[(i + 1) * n_state..(i + 2) * n_state];
+                    let decays = &decays[i * n_state..(i + 1) * n_state];
+                    let db_row = &mut db_rows[t * n_state..(t + 1) * n_state];
+                    let dc_row = &mut dc_rows[t * n_state..(t + 1) * n_state];
+                    // Σ_n dh·h_{t-1}·decay·A (through the decay), Σ_n dh·B (through Δ·B·u).
+                    let mut via_decay = Lanes::ZERO;
+                    let mut via_input = Lanes::ZERO;
+                    for (n, (&b, &c)) in
+                        inputs.b[row.clone()].iter().zip(&inputs.c[row]).enumerate()
+                    {
+                        let dh = dy.mul_add(Lanes::splat(c), carry[n]);
+                        dc_row[n] += (dy * after[n]).sum();
+                        db_row[n] += (dh * dt_u).sum();
+                        via_input = dh.mul_add(Lanes::splat(b), via_input);
+                        if reset {
+                            carry[n] = Lanes::ZERO;
+                        } else {
+                            let d_exponent = dh * before[n] * decays[n];
+                            via_decay = d_exponent.mul_add(rates[n], via_decay);
+                            params.da[n] = d_exponent.mul_add(dt, params.da[n]);
+                            carry[n] = dh * decays[n];
+                        }
+                    }
+                    let ddt = via_input.mul_add(u, via_decay);
+                    dus[at] = via_input.mul_add(dt, constants.d_skip * dy);
+                    dxs[at] = ddt * dt_slopes[at];
+                    params.ddelta_bias = params.ddelta_bias + dxs[at];
+                    params.dd_skip = dy.mul_add(u, params.dd_skip);
+                }
+            }
+            for (i, t) in positions.enumerate() {
+                for (k, constants) in tiles.iter().enumerate() {
+                    let (at, width) = (i * count + k, constants.tile.width);
+                    let start = shape.columns(constants.tile, t).start;
+                    // SAFETY: the tile's own channels at position t.
+                    unsafe {
+                        job.du.write_lanes(start, dus[at], width);
+                        job.ddelta.write_lanes(start, dxs[at], width);
+                        if let Some(dz) = &job.dz {
+                            dz.write_lanes(start, dzs[at], width);
+                        }
+                    }
+                }
             }
         }
         params
     }
 }
 
-/// dB and dC: the sum over tiles of their partials, tile by tile in channel order.
-fn sum_tile_partials(shape: &Shape, partials: &[f32], db: &mut [f32], dc: &mut [f32]) {
+/// dB and dC: the sum over tasks of their partials, in channel order.
+fn sum_task_partials(shape: &Shape, partials: &[f32], db: &mut [f32], dc: &mut [f32]) {
     const ROWS_PER_TASK: usize = 64;
     let (len, n_state) = (shape.len, shape.state);
-    let partial_len = shape.tile_partial_len();
+    let partial_len = shape.task_partial_len();
     let rows = ROWS_PER_TASK * n_state;
     db.par_chunks_mut(rows)
         .zip(dc.par_chunks_mut(rows))
@@ -618,8 +759,8 @@ fn sum_tile_partials(shape: &Shape, partials: &[f32], db: &mut [f32], dc: &mut [
             {
                 let position = block * ROWS_PER_TASK + i;
                 let (batch, t) = (position / len, position % len);
-                for tile in 0..shape.tiles {
-                    let partial = &partials[(batch * shape.tiles + tile) * partial_len..];
+                for group in 0..shape.groups {
+                    let partial = &partials[(batch * shape.groups + group) * partial_len..];
                     let (db_rows, dc_rows) = partial[..partial_len].split_at(len * n_state);
                     for (sum, &value) in db.iter_mut().zip(&db_rows[t * n_state..]) {
                         *sum += value;
@@ -636,17 +777,18 @@ fn sum_tile_partials(shape: &Shape, partials: &[f32], db: &mut [f32], dc: &mut [
 fn accumulate_parameter_grads(
     shape: &Shape,
     a_log: &[f32],
-    params: &[TileParams],
+    params: &[Vec<TileParams>],
     da_log: &mut [f32],
     dd_skip: &mut [f32],
     ddelta_bias: &mut [f32],
 ) {
     for tile_index in 0..shape.tiles {
-        let tile = shape.tile(tile_index);
+        let tile = shape.tile(0, tile_index);
+        let (group, k) = (tile_index / TILES_PER_TASK, tile_index % TILES_PER_TASK);
         let mut da = vec![Lanes::ZERO; shape.state];
         let (mut d_skip, mut d_bias) = (Lanes::ZERO, Lanes::ZERO);
         for batch in 0..shape.batch {
-            let tile_params = &params[batch * shape.tiles + tile_index];
+            let tile_params = &params[batch * shape.groups + group][k];
             for (sum, &value) in da.iter_mut().zip(&tile_params.da) {
                 *sum = *sum + value;
             }

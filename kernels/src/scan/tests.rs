@@ -330,6 +330,8 @@ fn forward_matches_the_f64_reference() {
             },
         ),
         (dims(2, 40, 37, 16, 16), ALL),
+        // Several tasks per row, the last one with a partial tile.
+        (dims(2, 20, 150, 4, 8), ALL),
     ];
     for (seed, (dims, options)) in shapes.into_iter().enumerate() {
         let case = Case::random(seed as u64, dims, options);
@@ -543,6 +545,11 @@ fn backward_matches_finite_differences_with_full_tiles_of_sixteen_states() {
         initial: true,
     };
     check_gradients(&Case::random(23, dims(1, 7, 16, 16, 3), options));
+}
+
+#[test]
+fn backward_matches_finite_differences_across_several_tasks_per_row() {
+    check_gradients(&Case::random(24, dims(2, 5, 67, 2, 2), ALL));
 }
 
 #[test]
