@@ -421,6 +421,16 @@ impl<'a> Scatter<'a> {
         unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), self.ptr.add(start), values.len()) }
     }
 
+    /// Asks the caches for the line holding element `index`, soon to be written.
+    #[inline(always)]
+    fn prefetch(&self, index: usize) {
+        // SAFETY: the slice is alive for 'a, and `prefetch` reads nothing outside it.
+        prefetch(
+            unsafe { std::slice::from_raw_parts(self.ptr, self.len) },
+            index,
+        );
+    }
+
     /// Writes the first `width` lanes of `values` to `start..start + width`: a tile's
     /// channels at one position, one vector store when the tile is full.
     ///
@@ -497,6 +507,7 @@ impl Vectorised for ForwardTask<'_> {
                     let ahead = columns.start + BLOCK * shape.channels;
                     prefetch(inputs.delta, ahead);
                     prefetch(inputs.u, ahead);
+                    job.out.prefetch(ahead);
                     dts[at] =
                         (Lanes::load(&inputs.delta[columns.clone()]) + constants.bias).softplus();
                     us[at] = Lanes::load(&inputs.u[columns.clone()]);
@@ -578,7 +589,7 @@ struct BackwardJob<'a> {
 struct BackwardTask<'a> {
     job: &'a BackwardJob<'a>,
     task: usize,
-    /// The task's share of dB then of dC, `(len, state)` each, zeroed.
+    /// The task's share of dB then of dC, `(len, state)` each.
     partial: &'a mut [f32],
 }
 
@@ -626,14 +637,32 @@ impl Vectorised for BackwardTask<'_> {
         let (mut dus, mut dxs) = (per_position(), per_position());
         let mut gates = vec![Lanes::splat(1.0); shape.chunk * count];
         let mut gate_slopes = per_position();
+        // dB and dC terms of the chunk, `(position, state)`, summed over the task's tiles
+        // lane by lane; their lanes are summed once per chunk, not once per tile.
+        let mut db_terms = vec![Lanes::ZERO; shape.chunk * n_state];
+        let mut dc_terms = vec![Lanes::ZERO; shape.chunk * n_state];
 
         for chunk in (0..shape.chunks).rev() {
             let positions = shape.chunk_positions(chunk);
-            // Gather the chunk's inputs (see BLOCK for why in a pass of their own).
+            // Gather the chunk's inputs (see BLOCK for why in a pass of their own), and
+            // prefetch those of the chunk before, which comes next.
             for (i, t) in positions.clone().enumerate() {
                 for (k, constants) in tiles.iter().enumerate() {
                     let at = i * count + k;
                     let columns = shape.columns(constants.tile, t);
+                    if let Some(next) = columns.start.checked_sub(shape.chunk * shape.channels) {
+                        for tensor in [inputs.delta, inputs.u, job.d_out] {
+                            prefetch(tensor, next);
+                        }
+                        if let Some(z) = inputs.z {
+                            prefetch(z, next);
+                        }
+                        job.du.prefetch(next);
+                        job.ddelta.prefetch(next);
+                        if let Some(dz) = &job.dz {
+                            dz.prefetch(next);
+                        }
+                    }
                     let x = Lanes::load(&inputs.delta[columns.clone()]) + constants.bias;
                     dts[at] = x.softplus();
                     dt_slopes[at] = x.select_above(20.0, Lanes::splat(1.0), x.sigmoid());
@@ -693,8 +722,9 @@ impl Vectorised for BackwardTask<'_> {
                     let before = &states[i * n_state..(i + 1) * n_state];
                     let after = &states[(i + 1) * n_state..(i + 2) * n_state];
                     let decays = &decays[i * n_state..(i + 1) * n_state];
-                    let db_row = &mut db_rows[t * n_state..(t + 1) * n_state];
-                    let dc_row = &mut dc_rows[t * n_state..(t + 1) * n_state];
+                    let db_terms = &mut db_terms[i * n_state..(i + 1) * n_state];
+                    let dc_terms = &mut dc_terms[i * n_state..(i + 1) * n_state];
+                    let first_tile = k == 0;
                     // Σ_n dh·h_{t-1}·decay·A (through the decay), Σ_n dh·B (through Δ·B·u).
                     let mut via_decay = Lanes::ZERO;
                     let mut via_input = Lanes::ZERO;
@@ -702,8 +732,13 @@ impl Vectorised for BackwardTask<'_> {
                         inputs.b[row.clone()].iter().zip(&inputs.c[row]).enumerate()
                     {
                         let dh = dy.mul_add(Lanes::splat(c), carry[n]);
-                        dc_row[n] += (dy * after[n]).sum();
-                        db_row[n] += (dh * dt_u).sum();
+                        let (db_term, dc_term) = (dh * dt_u, dy * after[n]);
+                        if first_tile {
+                            (db_terms[n], dc_terms[n]) = (db_term, dc_term);
+                        } else {
+                            db_terms[n] = db_terms[n] + db_term;
+                            dc_terms[n] = dc_terms[n] + dc_term;
+                        }
                         via_input = dh.mul_add(Lanes::splat(b), via_input);
                         if reset {
                             carry[n] = Lanes::ZERO;
@@ -719,6 +754,15 @@ impl Vectorised for BackwardTask<'_> {
                     dxs[at] = ddt * dt_slopes[at];
                     params.ddelta_bias = params.ddelta_bias + dxs[at];
                     params.dd_skip = dy.mul_add(u, params.dd_skip);
+                }
+            }
+            let rows = positions.start * n_state..positions.end * n_state;
+            for (terms, sums) in [
+                (&db_terms, &mut db_rows[rows.clone()]),
+                (&dc_terms, &mut dc_rows[rows]),
+            ] {
+                for (sum, term) in sums.iter_mut().zip(terms.iter()) {
+                    *sum = term.sum();
                 }
             }
             for (i, t) in positions.enumerate() {
