@@ -2,7 +2,7 @@
 //! the parallel forward, padding invariance of the classifier.
 
 use seqmamba_kernels::rng::Rng;
-use seqmamba_kernels::{Backend, Cpu};
+use seqmamba_kernels::Cpu;
 
 use super::*;
 
