@@ -5,6 +5,7 @@ pub mod error;
 pub mod model;
 
 pub use error::ModelError;
+pub mod baselines;
 pub mod bench;
 pub mod checkpoint;
 pub mod fsutil;
