@@ -12,6 +12,7 @@ pub mod backend;
 pub mod conv1d;
 pub mod cpu;
 pub mod cross_entropy;
+pub mod cuda;
 pub mod elementwise;
 pub mod embedding;
 mod error;

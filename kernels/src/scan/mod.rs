@@ -14,6 +14,9 @@
 //! recomputes the states inside a chunk from those checkpoints.
 
 pub mod cpu;
+pub mod cuda;
+#[cfg(test)]
+pub(crate) mod reference;
 
 /// Shape of a selective scan over `(batch, len, channels)` with `state` states per channel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
