@@ -200,7 +200,8 @@ impl Cuda {
         config: LaunchConfig,
         args: &A,
     ) -> Result<(), KernelError> {
-        if config.shared_mem_bytes > 48 * 1024 {
+        if config.shared_mem_bytes > 0 {
+            // Dynamic plus static shared memory may pass the default 48 KiB limit.
             // SAFETY: a plain attribute write on a loaded function.
             unsafe {
                 sys::cuFuncSetAttribute(

@@ -10,6 +10,11 @@ const SOURCE: &str = include_str!("scan.cu");
 /// The only state size the kernels are written for (Mamba-1's default).
 pub const STATE: usize = 16;
 const FORWARD_THREADS: u32 = 128;
+/// Positions per staged tile of the per-channel kernels (`TILE` in `scan.cu`).
+const TILE: usize = 16;
+/// Two `ChannelTile`s (double buffering): delta, x and z columns, B/C rows, reset flags.
+const CHANNEL_TILES_BYTES: usize =
+    2 * (3 * TILE * FORWARD_THREADS as usize * 4 + TILE * 2 * STATE * 4 + TILE * 4);
 const BACKWARD_CHANNELS: usize = 64;
 const BACKWARD_THREADS: u32 = 256;
 const BACKWARD_SUB: usize = 8;
@@ -102,8 +107,8 @@ fn validate(dims: ScanDims, op: &'static str) -> Result<(), KernelError> {
     if dims.batch > 65_535 {
         return invalid(format!("batch {} exceeds 65535", dims.batch));
     }
-    if dims.chunk > 432 {
-        return invalid(format!("chunk {} exceeds 432 (shared memory)", dims.chunk));
+    if dims.chunk > 400 {
+        return invalid(format!("chunk {} exceeds 400 (shared memory)", dims.chunk));
     }
     let largest = dims.batch * dims.len * dims.channels.max(STATE);
     if dims.len > i32::MAX as usize || largest > i32::MAX as usize * 64 {
@@ -224,7 +229,13 @@ impl Cuda {
         args.segments = cut.segments as i32;
 
         let blocks = dims.channels.div_ceil(FORWARD_THREADS as usize);
-        let per_segment = grid(blocks, dims, cut.segments, FORWARD_THREADS, 0);
+        let per_segment = grid(
+            blocks,
+            dims,
+            cut.segments,
+            FORWARD_THREADS,
+            CHANNEL_TILES_BYTES,
+        );
         if cut.segments > 1 {
             self.launch(&self.scan_function("scan_fwd_segment")?, per_segment, &args)?;
             let combine = flat(dims.batch * dims.channels * STATE);
@@ -271,7 +282,7 @@ impl Cuda {
             }
         }
 
-        let cut = segments_for(dims, 4, self.target_threads()?);
+        let cut = segments_for(dims, 1, self.target_threads()?);
         let slots = dims.batch * cut.segments * dims.channels;
         let channel_blocks = dims.channels.div_ceil(BACKWARD_CHANNELS);
         let seg_state = self.scratch::<f32>(slots * STATE)?;
@@ -304,7 +315,13 @@ impl Cuda {
 
         if cut.segments > 1 {
             let blocks = dims.channels.div_ceil(FORWARD_THREADS as usize);
-            let per_segment = grid(blocks, dims, cut.segments, FORWARD_THREADS, 0);
+            let per_segment = grid(
+                blocks,
+                dims,
+                cut.segments,
+                FORWARD_THREADS,
+                CHANNEL_TILES_BYTES,
+            );
             self.launch(&self.scan_function("scan_bwd_segment")?, per_segment, &args)?;
             let combine = flat(dims.batch * dims.channels * STATE);
             self.launch(&self.scan_function("scan_bwd_combine")?, combine, &args)?;
