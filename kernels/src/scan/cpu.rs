@@ -1,8 +1,31 @@
 //! CPU selective scan: a thread owns a tile of channels of one batch row and keeps their
 //! states in SIMD lanes while it walks the sequence.
+//!
+//! A tile is [`LANES`] channels of one batch row; lane `i` of every vector is channel
+//! `first + i`, and the tile's states are `state` vectors (one per state index). A task
+//! owns [`TILES_PER_TASK`] neighbouring tiles and walks the sequence in blocks of
+//! positions, tile after tile, so that each row it touches yields several cache lines.
+//! The task list depends only on the shape, and the parameter gradients are reduced over
+//! tasks in a fixed order, so results are bit-identical for any number of threads.
 
+use std::marker::PhantomData;
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use super::lanes::{prefetch, run_vectorised, Lanes, Vectorised, LANES};
 use super::{ScanDims, ScanGrads, ScanInputs};
-use crate::KernelError;
+use crate::{check_len, KernelError};
+
+const OP: &str = "selective_scan";
+
+/// Positions the forward handles per phase: it first gathers a block's inputs (independent
+/// loads that the memory system overlaps, where the recurrence's long dependency chain
+/// would stall on each), then runs the recurrence, then scatters the outputs.
+const BLOCK: usize = 32;
+
+/// Tiles per task: 64 channels, four cache lines of each row of a tensor.
+const TILES_PER_TASK: usize = 4;
 
 /// Forward scan writing `out` `(batch, len, channels)`.
 ///
@@ -10,6 +33,24 @@ use crate::KernelError;
 /// `state` `(batch, channels, state)`: initial state on entry (zero if `None`), final state
 /// on return. `checkpoints` `(batch, chunks, channels, state)`: when given, receives the
 /// state at the start of every chunk (chunk 0: the initial state), as `backward` needs.
+///
+/// ```
+/// use seqmamba_kernels::scan::{cpu, ScanDims, ScanInputs};
+/// let dims = ScanDims::new(1, 2, 1, 1);
+/// let inputs = ScanInputs {
+///     u: &[1.0, 1.0][..],
+///     delta: &[30.0, 30.0],      // Δ = 30 (softplus passes it through)
+///     a_log: &[-30.0],           // A ≈ 0: the state decays by exp(ΔA) ≈ 1
+///     b: &[1.0, 1.0],
+///     c: &[1.0, 1.0],
+///     d_skip: &[0.0],
+///     delta_bias: &[0.0],
+///     z: None,
+/// };
+/// let mut out = [0.0; 2];
+/// cpu::forward(dims, &inputs, None, None, None, &mut out).unwrap();
+/// assert!((out[0] - 30.0).abs() < 1e-4 && (out[1] - 60.0).abs() < 1e-4);
+/// ```
 pub fn forward(
     dims: ScanDims,
     inputs: &ScanInputs<&[f32]>,
@@ -18,10 +59,68 @@ pub fn forward(
     checkpoints: Option<&mut [f32]>,
     out: &mut [f32],
 ) -> Result<(), KernelError> {
-    todo!()
+    let shape = Shape::new(dims)?;
+    check_inputs(&shape, inputs, resets)?;
+    if let Some(state) = state.as_deref() {
+        check_len(OP, "state", dims.state_len(), state)?;
+    }
+    if let Some(checkpoints) = checkpoints.as_deref() {
+        check_len(OP, "checkpoints", dims.checkpoint_len(), checkpoints)?;
+    }
+    check_len(OP, "out", shape.activations(), out)?;
+
+    let initial = state.as_deref().map(<[f32]>::to_vec);
+    let job = ForwardJob {
+        shape,
+        inputs: *inputs,
+        resets,
+        initial: initial.as_deref(),
+        final_state: state.map(Scatter::new),
+        checkpoints: checkpoints.map(Scatter::new),
+        out: Scatter::new(out),
+    };
+    (0..shape.tasks())
+        .into_par_iter()
+        .for_each(|task| run_vectorised(ForwardTask { job: &job, task }));
+    Ok(())
 }
 
 /// Gradients of [`forward`] given `d_out`, from the checkpoints the forward saved.
+///
+/// `du`, `ddelta` (with respect to `delta` before bias and softplus), `db`, `dc` and `dz`
+/// are overwritten; `da_log`, `dd_skip` and `ddelta_bias` are accumulated. No gradient
+/// flows into the initial state, and the final state receives none.
+///
+/// ```
+/// use seqmamba_kernels::scan::{cpu, ScanDims, ScanGrads, ScanInputs};
+/// let dims = ScanDims::new(1, 1, 1, 1);
+/// let inputs = ScanInputs {
+///     u: &[2.0][..],
+///     delta: &[30.0],
+///     a_log: &[0.0],
+///     b: &[1.0],
+///     c: &[1.0],
+///     d_skip: &[0.5],
+///     delta_bias: &[0.0],
+///     z: None,
+/// };
+/// let checkpoints = [0.0]; // zero initial state
+/// let (mut du, mut ddelta, mut da_log, mut db, mut dc) = ([0.0], [0.0], [0.0], [0.0], [0.0]);
+/// let (mut dd_skip, mut ddelta_bias) = ([0.0], [0.0]);
+/// let grads = ScanGrads {
+///     du: &mut du[..],
+///     ddelta: &mut ddelta[..],
+///     da_log: &mut da_log[..],
+///     db: &mut db[..],
+///     dc: &mut dc[..],
+///     dd_skip: &mut dd_skip[..],
+///     ddelta_bias: &mut ddelta_bias[..],
+///     dz: None,
+/// };
+/// cpu::backward(dims, &inputs, None, &checkpoints, &[1.0], grads).unwrap();
+/// // out = Δ·B·u·C + D·u with Δ = 30: ∂out/∂u = 30 + 0.5, ∂out/∂C = 60.
+/// assert!((du[0] - 30.5).abs() < 1e-4 && (dc[0] - 60.0).abs() < 1e-4);
+/// ```
 pub fn backward(
     dims: ScanDims,
     inputs: &ScanInputs<&[f32]>,
@@ -30,5 +129,729 @@ pub fn backward(
     d_out: &[f32],
     grads: ScanGrads<&mut [f32]>,
 ) -> Result<(), KernelError> {
-    todo!()
+    let shape = Shape::new(dims)?;
+    check_inputs(&shape, inputs, resets)?;
+    check_len(OP, "checkpoints", dims.checkpoint_len(), checkpoints)?;
+    check_len(OP, "d_out", shape.activations(), d_out)?;
+    let ScanGrads {
+        du,
+        ddelta,
+        da_log,
+        db,
+        dc,
+        dd_skip,
+        ddelta_bias,
+        dz,
+    } = grads;
+    let (activations, per_position) = (shape.activations(), shape.batch * shape.len * shape.state);
+    check_len(OP, "du", activations, du)?;
+    check_len(OP, "ddelta", activations, ddelta)?;
+    check_len(OP, "da_log", shape.channels * shape.state, da_log)?;
+    check_len(OP, "db", per_position, db)?;
+    check_len(OP, "dc", per_position, dc)?;
+    check_len(OP, "dd_skip", shape.channels, dd_skip)?;
+    check_len(OP, "ddelta_bias", shape.channels, ddelta_bias)?;
+    match (&inputs.z, &dz) {
+        (Some(_), Some(dz)) => check_len(OP, "dz", activations, dz)?,
+        (None, None) => {}
+        (Some(_), None) => return Err(invalid("the inputs have `z` but no `dz` was given")),
+        (None, Some(_)) => return Err(invalid("`dz` was given but the inputs have no `z`")),
+    }
+
+    let job = BackwardJob {
+        shape,
+        inputs: *inputs,
+        resets,
+        checkpoints,
+        d_out,
+        du: Scatter::new(du),
+        ddelta: Scatter::new(ddelta),
+        dz: dz.map(Scatter::new),
+    };
+    let partial_len = shape.task_partial_len();
+    let mut partials = vec![0.0f32; shape.tasks() * partial_len];
+    let params: Vec<Vec<TileParams>> = partials
+        .par_chunks_mut(partial_len)
+        .enumerate()
+        .map(|(task, partial)| {
+            run_vectorised(BackwardTask {
+                job: &job,
+                task,
+                partial,
+            })
+        })
+        .collect();
+    sum_task_partials(&shape, &partials, db, dc);
+    accumulate_parameter_grads(&shape, inputs.a_log, &params, da_log, dd_skip, ddelta_bias);
+    Ok(())
+}
+
+fn invalid(message: &str) -> KernelError {
+    KernelError::Invalid {
+        op: OP,
+        message: message.to_string(),
+    }
+}
+
+/// The sizes of a validated [`ScanDims`] and the tiling of its channels.
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    batch: usize,
+    len: usize,
+    channels: usize,
+    state: usize,
+    chunk: usize,
+    chunks: usize,
+    tiles: usize,
+    /// Groups of [`TILES_PER_TASK`] tiles per batch row.
+    groups: usize,
+}
+
+/// The channels `first..first + width` of batch row `batch`.
+#[derive(Clone, Copy, Debug)]
+struct Tile {
+    batch: usize,
+    first: usize,
+    width: usize,
+}
+
+impl Shape {
+    fn new(dims: ScanDims) -> Result<Self, KernelError> {
+        let ScanDims {
+            batch,
+            len,
+            channels,
+            state,
+            chunk,
+        } = dims;
+        if [batch, len, channels, state, chunk].contains(&0) {
+            return Err(invalid(&format!(
+                "every size must be positive, got {dims:?}"
+            )));
+        }
+        // The largest buffer is the backward's per-task partials, 2·len·state per task.
+        let tiles = channels.div_ceil(LANES);
+        [batch, len, channels.saturating_add(LANES), state, 2]
+            .iter()
+            .try_fold(1usize, |total, &size| total.checked_mul(size))
+            .ok_or_else(|| invalid(&format!("sizes overflow, got {dims:?}")))?;
+        Ok(Self {
+            batch,
+            len,
+            channels,
+            state,
+            chunk,
+            chunks: dims.chunks(),
+            tiles,
+            groups: tiles.div_ceil(TILES_PER_TASK),
+        })
+    }
+
+    fn tasks(&self) -> usize {
+        self.batch * self.groups
+    }
+
+    fn activations(&self) -> usize {
+        self.batch * self.len * self.channels
+    }
+
+    /// A task's dB rows then its dC rows, `(len, state)` each.
+    fn task_partial_len(&self) -> usize {
+        2 * self.len * self.state
+    }
+
+    /// Tile `index` (of `tiles`) of batch row `batch`.
+    fn tile(&self, batch: usize, index: usize) -> Tile {
+        let first = index * LANES;
+        Tile {
+            batch,
+            first,
+            width: LANES.min(self.channels - first),
+        }
+    }
+
+    /// The tiles of task `task`, in channel order.
+    fn task_tiles(&self, task: usize) -> impl Iterator<Item = Tile> + '_ {
+        let (batch, group) = (task / self.groups, task % self.groups);
+        let first = group * TILES_PER_TASK;
+        (first..self.tiles.min(first + TILES_PER_TASK)).map(move |index| self.tile(batch, index))
+    }
+
+    /// The tile's channels at position `t` of a `(batch, len, channels)` tensor.
+    fn columns(&self, tile: Tile, t: usize) -> Range<usize> {
+        let start = (tile.batch * self.len + t) * self.channels + tile.first;
+        start..start + tile.width
+    }
+
+    /// Row `t` of a `(batch, len, state)` tensor (B or C).
+    fn state_row(&self, tile: Tile, t: usize) -> Range<usize> {
+        let start = (tile.batch * self.len + t) * self.state;
+        start..start + self.state
+    }
+
+    /// The tile's block of a `(batch, channels, state)` state tensor.
+    fn state_block(&self, tile: Tile) -> Range<usize> {
+        let start = (tile.batch * self.channels + tile.first) * self.state;
+        start..start + tile.width * self.state
+    }
+
+    /// The tile's block of checkpoint `chunk` in `(batch, chunks, channels, state)`.
+    fn checkpoint_block(&self, tile: Tile, chunk: usize) -> Range<usize> {
+        let start = ((tile.batch * self.chunks + chunk) * self.channels + tile.first) * self.state;
+        start..start + tile.width * self.state
+    }
+
+    /// Positions of chunk `chunk`.
+    fn chunk_positions(&self, chunk: usize) -> Range<usize> {
+        chunk * self.chunk..self.len.min((chunk + 1) * self.chunk)
+    }
+}
+
+fn check_inputs(
+    shape: &Shape,
+    inputs: &ScanInputs<&[f32]>,
+    resets: Option<&[u32]>,
+) -> Result<(), KernelError> {
+    let activations = shape.activations();
+    let per_position = shape.batch * shape.len * shape.state;
+    check_len(OP, "u", activations, inputs.u)?;
+    check_len(OP, "delta", activations, inputs.delta)?;
+    check_len(OP, "a_log", shape.channels * shape.state, inputs.a_log)?;
+    check_len(OP, "b", per_position, inputs.b)?;
+    check_len(OP, "c", per_position, inputs.c)?;
+    check_len(OP, "d_skip", shape.channels, inputs.d_skip)?;
+    check_len(OP, "delta_bias", shape.channels, inputs.delta_bias)?;
+    if let Some(z) = inputs.z {
+        check_len(OP, "z", activations, z)?;
+    }
+    if let Some(resets) = resets {
+        check_len(OP, "resets", shape.batch * shape.len, resets)?;
+    }
+    Ok(())
+}
+
+fn is_reset(resets: Option<&[u32]>, shape: &Shape, tile: Tile, t: usize) -> bool {
+    resets.is_some_and(|resets| resets[tile.batch * shape.len + t] != 0)
+}
+
+/// `A = -exp(a_log)` of the tile, one vector per state index; padding lanes get `A = -1`
+/// so that they stay finite.
+fn decay_rates(a_log: &[f32], shape: &Shape, tile: Tile) -> Vec<Lanes> {
+    let mut rates = vec![Lanes::splat(-1.0); shape.state];
+    let rows = &a_log[tile.first * shape.state..(tile.first + tile.width) * shape.state];
+    for (lane, row) in rows.chunks_exact(shape.state).enumerate() {
+        for (rate, &a_log) in rates.iter_mut().zip(row) {
+            rate.0[lane] = -a_log.exp();
+        }
+    }
+    rates
+}
+
+/// What a tile reads of the per-channel parameters.
+struct TileConstants {
+    tile: Tile,
+    /// `A`, one vector per state index.
+    rates: Vec<Lanes>,
+    d_skip: Lanes,
+    bias: Lanes,
+}
+
+impl TileConstants {
+    fn new(inputs: &ScanInputs<&[f32]>, shape: &Shape, tile: Tile) -> Self {
+        let channels = tile.first..tile.first + tile.width;
+        Self {
+            tile,
+            rates: decay_rates(inputs.a_log, shape, tile),
+            d_skip: Lanes::load(&inputs.d_skip[channels.clone()]),
+            bias: Lanes::load(&inputs.delta_bias[channels]),
+        }
+    }
+}
+
+/// Loads a `(width, state)` block of states into one vector per state index.
+fn load_states(block: &[f32], states: &mut [Lanes]) {
+    states.fill(Lanes::ZERO);
+    for (lane, row) in block.chunks_exact(states.len()).enumerate() {
+        for (state, &value) in states.iter_mut().zip(row) {
+            state.0[lane] = value;
+        }
+    }
+}
+
+/// The `(width, state)` block of the first `width` lanes of `states`, into `block`.
+fn store_states(states: &[Lanes], width: usize, block: &mut Vec<f32>) {
+    block.clear();
+    block.extend((0..width).flat_map(|lane| states.iter().map(move |state| state.0[lane])));
+}
+
+/// An output tensor that the tasks of one op write concurrently, each to index ranges that
+/// no other task touches (a tile's channels, or its block of a state tensor).
+struct Scatter<'a> {
+    ptr: *mut f32,
+    len: usize,
+    _borrow: PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: a `Scatter` is a `&mut [f32]` shared by writers of disjoint ranges (see `write`).
+unsafe impl Send for Scatter<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for Scatter<'_> {}
+
+impl<'a> Scatter<'a> {
+    fn new(data: &'a mut [f32]) -> Self {
+        Self {
+            ptr: data.as_mut_ptr(),
+            len: data.len(),
+            _borrow: PhantomData,
+        }
+    }
+
+    /// Copies `values` to `start..start + values.len()`.
+    ///
+    /// # Safety
+    /// No other thread may access that range while the `Scatter` lives.
+    unsafe fn write(&self, start: usize, values: &[f32]) {
+        assert!(
+            start <= self.len && values.len() <= self.len - start,
+            "{OP}: write of {} values at {start} outside a tensor of {}",
+            values.len(),
+            self.len
+        );
+        // SAFETY: in bounds (checked above) and not aliased (the caller's promise).
+        unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), self.ptr.add(start), values.len()) }
+    }
+
+    /// Asks the caches for the line holding element `index`, soon to be written.
+    #[inline(always)]
+    fn prefetch(&self, index: usize) {
+        // SAFETY: the slice is alive for 'a, and `prefetch` reads nothing outside it.
+        prefetch(
+            unsafe { std::slice::from_raw_parts(self.ptr, self.len) },
+            index,
+        );
+    }
+
+    /// Writes the first `width` lanes of `values` to `start..start + width`: a tile's
+    /// channels at one position, one vector store when the tile is full.
+    ///
+    /// # Safety
+    /// As for [`Scatter::write`].
+    #[inline(always)]
+    unsafe fn write_lanes(&self, start: usize, values: Lanes, width: usize) {
+        assert!(
+            width <= LANES && start <= self.len && width <= self.len - start,
+            "{OP}: write of {width} lanes at {start} outside a tensor of {}",
+            self.len
+        );
+        // SAFETY: in bounds (checked above) and not aliased (the caller's promise).
+        unsafe {
+            let destination = self.ptr.add(start);
+            if width == LANES {
+                destination.cast::<[f32; LANES]>().write_unaligned(values.0);
+            } else {
+                std::ptr::copy_nonoverlapping(values.0.as_ptr(), destination, width);
+            }
+        }
+    }
+}
+
+/// What every forward task reads and where it writes.
+struct ForwardJob<'a> {
+    shape: Shape,
+    inputs: ScanInputs<&'a [f32]>,
+    resets: Option<&'a [u32]>,
+    initial: Option<&'a [f32]>,
+    final_state: Option<Scatter<'a>>,
+    checkpoints: Option<Scatter<'a>>,
+    out: Scatter<'a>,
+}
+
+struct ForwardTask<'a> {
+    job: &'a ForwardJob<'a>,
+    task: usize,
+}
+
+impl Vectorised for ForwardTask<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let Self { job, task } = self;
+        let shape = &job.shape;
+        let inputs = &job.inputs;
+        let n_state = shape.state;
+        let tiles: Vec<TileConstants> = shape
+            .task_tiles(task)
+            .map(|tile| TileConstants::new(inputs, shape, tile))
+            .collect();
+        let count = tiles.len();
+
+        let mut states = vec![Lanes::ZERO; count * n_state];
+        if let Some(initial) = job.initial {
+            for (constants, states) in tiles.iter().zip(states.chunks_exact_mut(n_state)) {
+                load_states(&initial[shape.state_block(constants.tile)], states);
+            }
+        }
+        let mut block = Vec::with_capacity(LANES * n_state);
+        // Per position of the block and tile, at `i * count + k`.
+        // (A decode step, len 1, allocates for one position only.)
+        let span = BLOCK.min(shape.len) * count;
+        let mut dts = vec![Lanes::ZERO; span];
+        let mut us = vec![Lanes::ZERO; span];
+        let mut gates = vec![Lanes::splat(1.0); span];
+        let mut ys = vec![Lanes::ZERO; span];
+        for start in (0..shape.len).step_by(BLOCK) {
+            let positions = start..shape.len.min(start + BLOCK);
+            for (i, t) in positions.clone().enumerate() {
+                for (k, constants) in tiles.iter().enumerate() {
+                    let at = i * count + k;
+                    let columns = shape.columns(constants.tile, t);
+                    let ahead = columns.start + BLOCK * shape.channels;
+                    prefetch(inputs.delta, ahead);
+                    prefetch(inputs.u, ahead);
+                    job.out.prefetch(ahead);
+                    dts[at] =
+                        (Lanes::load(&inputs.delta[columns.clone()]) + constants.bias).softplus();
+                    us[at] = Lanes::load(&inputs.u[columns.clone()]);
+                    if let Some(z) = inputs.z {
+                        prefetch(z, ahead);
+                        let z = Lanes::load(&z[columns]);
+                        gates[at] = z * z.sigmoid();
+                    }
+                }
+            }
+            for (k, (constants, states)) in tiles
+                .iter()
+                .zip(states.chunks_exact_mut(n_state))
+                .enumerate()
+            {
+                let tile = constants.tile;
+                for (i, t) in positions.clone().enumerate() {
+                    if let Some(checkpoints) =
+                        job.checkpoints.as_ref().filter(|_| t % shape.chunk == 0)
+                    {
+                        store_states(states, tile.width, &mut block);
+                        let start = shape.checkpoint_block(tile, t / shape.chunk).start;
+                        // SAFETY: the tile's own block of this checkpoint.
+                        unsafe { checkpoints.write(start, &block) };
+                    }
+                    if is_reset(job.resets, shape, tile, t) {
+                        states.fill(Lanes::ZERO);
+                    }
+                    let at = i * count + k;
+                    let row = shape.state_row(tile, t);
+                    let (dt, u) = (dts[at], us[at]);
+                    let dt_u = dt * u;
+                    let mut y = constants.d_skip * u;
+                    for ((h, &rate), (&b, &c)) in states
+                        .iter_mut()
+                        .zip(&constants.rates)
+                        .zip(inputs.b[row.clone()].iter().zip(&inputs.c[row]))
+                    {
+                        *h = (dt * rate).exp().mul_add(*h, dt_u * b);
+                        y = h.mul_add(Lanes::splat(c), y);
+                    }
+                    ys[at] = y * gates[at];
+                }
+            }
+            for (i, t) in positions.enumerate() {
+                for (k, constants) in tiles.iter().enumerate() {
+                    let (tile, y) = (constants.tile, ys[i * count + k]);
+                    // SAFETY: the tile's own channels at position t.
+                    unsafe {
+                        job.out
+                            .write_lanes(shape.columns(tile, t).start, y, tile.width)
+                    };
+                }
+            }
+        }
+        if let Some(final_state) = &job.final_state {
+            for (constants, states) in tiles.iter().zip(states.chunks_exact(n_state)) {
+                store_states(states, constants.tile.width, &mut block);
+                let start = shape.state_block(constants.tile).start;
+                // SAFETY: the tile's own block of the state tensor.
+                unsafe { final_state.write(start, &block) };
+            }
+        }
+    }
+}
+
+/// What every backward task reads and where it writes its activation gradients.
+struct BackwardJob<'a> {
+    shape: Shape,
+    inputs: ScanInputs<&'a [f32]>,
+    resets: Option<&'a [u32]>,
+    checkpoints: &'a [f32],
+    d_out: &'a [f32],
+    du: Scatter<'a>,
+    ddelta: Scatter<'a>,
+    dz: Option<Scatter<'a>>,
+}
+
+struct BackwardTask<'a> {
+    job: &'a BackwardJob<'a>,
+    task: usize,
+    /// The task's share of dB then of dC, `(len, state)` each.
+    partial: &'a mut [f32],
+}
+
+/// One tile's gradients of the per-channel parameters, summed over its positions.
+struct TileParams {
+    /// With respect to `A` (not `a_log`), one vector per state index.
+    da: Vec<Lanes>,
+    dd_skip: Lanes,
+    ddelta_bias: Lanes,
+}
+
+impl Vectorised for BackwardTask<'_> {
+    type Output = Vec<TileParams>;
+
+    #[inline(always)]
+    fn run(self) -> Vec<TileParams> {
+        let Self { job, task, partial } = self;
+        let shape = &job.shape;
+        let inputs = &job.inputs;
+        let n_state = shape.state;
+        let tiles: Vec<TileConstants> = shape
+            .task_tiles(task)
+            .map(|tile| TileConstants::new(inputs, shape, tile))
+            .collect();
+        let count = tiles.len();
+        let (db_rows, dc_rows) = partial.split_at_mut(shape.len * n_state);
+
+        let mut params: Vec<TileParams> = (0..count)
+            .map(|_| TileParams {
+                da: vec![Lanes::ZERO; n_state],
+                dd_skip: Lanes::ZERO,
+                ddelta_bias: Lanes::ZERO,
+            })
+            .collect();
+        // dL/dh_{t-1} through h_t, carried backwards from position t, per tile.
+        let mut carries = vec![Lanes::ZERO; count * n_state];
+        // One tile's chunk at a time: states[i] is the state before its i-th position
+        // (states[0] the checkpoint), decays[i] = exp(Δ·A) at that position.
+        let span = shape.chunk.min(shape.len);
+        let mut states = vec![Lanes::ZERO; (span + 1) * n_state];
+        let mut decays = vec![Lanes::ZERO; span * n_state];
+        // Per position of the chunk and tile, at `i * count + k`.
+        let per_position = || vec![Lanes::ZERO; span * count];
+        let (mut dts, mut dt_slopes, mut us) = (per_position(), per_position(), per_position());
+        let (mut d_outs, mut dys, mut dzs) = (per_position(), per_position(), per_position());
+        let (mut dus, mut dxs) = (per_position(), per_position());
+        let mut gates = vec![Lanes::splat(1.0); span * count];
+        let mut gate_slopes = per_position();
+        // dB and dC terms of the chunk, `(position, state)`, summed over the task's tiles
+        // lane by lane; their lanes are summed once per chunk, not once per tile.
+        let mut db_terms = vec![Lanes::ZERO; span * n_state];
+        let mut dc_terms = vec![Lanes::ZERO; span * n_state];
+
+        for chunk in (0..shape.chunks).rev() {
+            let positions = shape.chunk_positions(chunk);
+            // Gather the chunk's inputs (see BLOCK for why in a pass of their own), and
+            // prefetch those of the chunk before, which comes next.
+            for (i, t) in positions.clone().enumerate() {
+                for (k, constants) in tiles.iter().enumerate() {
+                    let at = i * count + k;
+                    let columns = shape.columns(constants.tile, t);
+                    if let Some(next) = columns.start.checked_sub(shape.chunk * shape.channels) {
+                        for tensor in [inputs.delta, inputs.u, job.d_out] {
+                            prefetch(tensor, next);
+                        }
+                        if let Some(z) = inputs.z {
+                            prefetch(z, next);
+                        }
+                        job.du.prefetch(next);
+                        job.ddelta.prefetch(next);
+                        if let Some(dz) = &job.dz {
+                            dz.prefetch(next);
+                        }
+                    }
+                    let x = Lanes::load(&inputs.delta[columns.clone()]) + constants.bias;
+                    dts[at] = x.softplus();
+                    dt_slopes[at] = x.select_above(20.0, Lanes::splat(1.0), x.sigmoid());
+                    us[at] = Lanes::load(&inputs.u[columns.clone()]);
+                    d_outs[at] = Lanes::load(&job.d_out[columns.clone()]);
+                    if let Some(z) = inputs.z {
+                        let z = Lanes::load(&z[columns]);
+                        let sigmoid = z.sigmoid();
+                        let one = Lanes::splat(1.0);
+                        gates[at] = z * sigmoid;
+                        gate_slopes[at] = sigmoid * (one + z * (one - sigmoid));
+                    }
+                }
+            }
+            for (k, (constants, carry)) in tiles
+                .iter()
+                .zip(carries.chunks_exact_mut(n_state))
+                .enumerate()
+            {
+                let tile = constants.tile;
+                let rates = &constants.rates;
+                let params = &mut params[k];
+                // Recompute the chunk's states from its checkpoint, and the gradient of y.
+                load_states(
+                    &job.checkpoints[shape.checkpoint_block(tile, chunk)],
+                    &mut states[..n_state],
+                );
+                for (i, t) in positions.clone().enumerate() {
+                    let at = i * count + k;
+                    let row = shape.state_row(tile, t);
+                    let (dt, u) = (dts[at], us[at]);
+                    let dt_u = dt * u;
+                    let mut y = constants.d_skip * u;
+                    let reset = is_reset(job.resets, shape, tile, t);
+                    let (before, after) =
+                        states[i * n_state..(i + 2) * n_state].split_at_mut(n_state);
+                    let decays = &mut decays[i * n_state..(i + 1) * n_state];
+                    for (n, (&b, &c)) in
+                        inputs.b[row.clone()].iter().zip(&inputs.c[row]).enumerate()
+                    {
+                        let decay = (dt * rates[n]).exp();
+                        decays[n] = decay;
+                        let previous = if reset { Lanes::ZERO } else { before[n] };
+                        after[n] = decay.mul_add(previous, dt_u * b);
+                        y = after[n].mul_add(Lanes::splat(c), y);
+                    }
+                    dys[at] = d_outs[at] * gates[at];
+                    dzs[at] = d_outs[at] * y * gate_slopes[at];
+                }
+                // Walk the chunk backwards.
+                for (i, t) in positions.clone().enumerate().rev() {
+                    let at = i * count + k;
+                    let row = shape.state_row(tile, t);
+                    let (dt, u, dy) = (dts[at], us[at], dys[at]);
+                    let dt_u = dt * u;
+                    let reset = is_reset(job.resets, shape, tile, t);
+                    let before = &states[i * n_state..(i + 1) * n_state];
+                    let after = &states[(i + 1) * n_state..(i + 2) * n_state];
+                    let decays = &decays[i * n_state..(i + 1) * n_state];
+                    let db_terms = &mut db_terms[i * n_state..(i + 1) * n_state];
+                    let dc_terms = &mut dc_terms[i * n_state..(i + 1) * n_state];
+                    let first_tile = k == 0;
+                    // Σ_n dh·h_{t-1}·decay·A (through the decay), Σ_n dh·B (through Δ·B·u).
+                    let mut via_decay = Lanes::ZERO;
+                    let mut via_input = Lanes::ZERO;
+                    for (n, (&b, &c)) in
+                        inputs.b[row.clone()].iter().zip(&inputs.c[row]).enumerate()
+                    {
+                        let dh = dy.mul_add(Lanes::splat(c), carry[n]);
+                        let (db_term, dc_term) = (dh * dt_u, dy * after[n]);
+                        if first_tile {
+                            (db_terms[n], dc_terms[n]) = (db_term, dc_term);
+                        } else {
+                            db_terms[n] = db_terms[n] + db_term;
+                            dc_terms[n] = dc_terms[n] + dc_term;
+                        }
+                        via_input = dh.mul_add(Lanes::splat(b), via_input);
+                        if reset {
+                            carry[n] = Lanes::ZERO;
+                        } else {
+                            let d_exponent = dh * before[n] * decays[n];
+                            via_decay = d_exponent.mul_add(rates[n], via_decay);
+                            params.da[n] = d_exponent.mul_add(dt, params.da[n]);
+                            carry[n] = dh * decays[n];
+                        }
+                    }
+                    let ddt = via_input.mul_add(u, via_decay);
+                    dus[at] = via_input.mul_add(dt, constants.d_skip * dy);
+                    dxs[at] = ddt * dt_slopes[at];
+                    params.ddelta_bias = params.ddelta_bias + dxs[at];
+                    params.dd_skip = dy.mul_add(u, params.dd_skip);
+                }
+            }
+            let rows = positions.start * n_state..positions.end * n_state;
+            for (terms, sums) in [
+                (&db_terms, &mut db_rows[rows.clone()]),
+                (&dc_terms, &mut dc_rows[rows]),
+            ] {
+                for (sum, term) in sums.iter_mut().zip(terms.iter()) {
+                    *sum = term.sum();
+                }
+            }
+            for (i, t) in positions.enumerate() {
+                for (k, constants) in tiles.iter().enumerate() {
+                    let (at, width) = (i * count + k, constants.tile.width);
+                    let start = shape.columns(constants.tile, t).start;
+                    // SAFETY: the tile's own channels at position t.
+                    unsafe {
+                        job.du.write_lanes(start, dus[at], width);
+                        job.ddelta.write_lanes(start, dxs[at], width);
+                        if let Some(dz) = &job.dz {
+                            dz.write_lanes(start, dzs[at], width);
+                        }
+                    }
+                }
+            }
+        }
+        params
+    }
+}
+
+/// dB and dC: the sum over tasks of their partials, in channel order.
+fn sum_task_partials(shape: &Shape, partials: &[f32], db: &mut [f32], dc: &mut [f32]) {
+    const ROWS_PER_TASK: usize = 64;
+    let (len, n_state) = (shape.len, shape.state);
+    let partial_len = shape.task_partial_len();
+    let rows = ROWS_PER_TASK * n_state;
+    db.par_chunks_mut(rows)
+        .zip(dc.par_chunks_mut(rows))
+        .enumerate()
+        .for_each(|(block, (db, dc))| {
+            db.fill(0.0);
+            dc.fill(0.0);
+            for (i, (db, dc)) in db
+                .chunks_exact_mut(n_state)
+                .zip(dc.chunks_exact_mut(n_state))
+                .enumerate()
+            {
+                let position = block * ROWS_PER_TASK + i;
+                let (batch, t) = (position / len, position % len);
+                for group in 0..shape.groups {
+                    let partial = &partials[(batch * shape.groups + group) * partial_len..];
+                    let (db_rows, dc_rows) = partial[..partial_len].split_at(len * n_state);
+                    for (sum, &value) in db.iter_mut().zip(&db_rows[t * n_state..]) {
+                        *sum += value;
+                    }
+                    for (sum, &value) in dc.iter_mut().zip(&dc_rows[t * n_state..]) {
+                        *sum += value;
+                    }
+                }
+            }
+        });
+}
+
+/// Adds the parameter gradients, summed over batch rows in order, to the accumulators.
+fn accumulate_parameter_grads(
+    shape: &Shape,
+    a_log: &[f32],
+    params: &[Vec<TileParams>],
+    da_log: &mut [f32],
+    dd_skip: &mut [f32],
+    ddelta_bias: &mut [f32],
+) {
+    for tile_index in 0..shape.tiles {
+        let tile = shape.tile(0, tile_index);
+        let (group, k) = (tile_index / TILES_PER_TASK, tile_index % TILES_PER_TASK);
+        let mut da = vec![Lanes::ZERO; shape.state];
+        let (mut d_skip, mut d_bias) = (Lanes::ZERO, Lanes::ZERO);
+        for batch in 0..shape.batch {
+            let tile_params = &params[batch * shape.groups + group][k];
+            for (sum, &value) in da.iter_mut().zip(&tile_params.da) {
+                *sum = *sum + value;
+            }
+            d_skip = d_skip + tile_params.dd_skip;
+            d_bias = d_bias + tile_params.ddelta_bias;
+        }
+        let rates = decay_rates(a_log, shape, tile);
+        for lane in 0..tile.width {
+            let channel = tile.first + lane;
+            dd_skip[channel] += d_skip.0[lane];
+            ddelta_bias[channel] += d_bias.0[lane];
+            let row = &mut da_log[channel * shape.state..(channel + 1) * shape.state];
+            // dA/da_log = -exp(a_log) = A.
+            for ((grad, da), rate) in row.iter_mut().zip(&da).zip(&rates) {
+                *grad += da.0[lane] * rate.0[lane];
+            }
+        }
+    }
 }

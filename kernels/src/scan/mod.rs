@@ -15,8 +15,11 @@
 
 pub mod cpu;
 pub mod cuda;
+mod lanes;
 #[cfg(test)]
 pub(crate) mod reference;
+#[cfg(test)]
+mod tests;
 
 /// Shape of a selective scan over `(batch, len, channels)` with `state` states per channel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -432,3 +432,76 @@ fn segments_cover_the_row_in_whole_chunks() {
     };
     assert_eq!(segments_for(dims, 1, 132 * 1024).segments, 1);
 }
+
+/// The CUDA op against the CPU op (the reference backend) on the same inputs.
+#[test]
+fn cuda_scan_matches_the_cpu_op() {
+    let Some(cuda) = device() else { return };
+    let dims = ScanDims {
+        batch: 3,
+        len: 333,
+        channels: 150,
+        state: 16,
+        chunk: 32,
+    };
+    let p = Problem::random(dims, 7, true, true, true);
+    let inputs = ScanInputs {
+        u: &p.u[..],
+        delta: &p.delta[..],
+        a_log: &p.a_log[..],
+        b: &p.b[..],
+        c: &p.c[..],
+        d_skip: &p.d_skip[..],
+        delta_bias: &p.delta_bias[..],
+        z: p.z.as_deref(),
+    };
+    let act = dims.batch * dims.len * dims.channels;
+    let rows = dims.batch * dims.len * dims.state;
+    let mut state = p.initial.clone().unwrap();
+    let mut checkpoints = vec![0.0; dims.checkpoint_len()];
+    let mut out = vec![0.0; act];
+    let resets = p.resets.as_deref();
+    crate::scan::cpu::forward(
+        dims,
+        &inputs,
+        resets,
+        Some(&mut state),
+        Some(&mut checkpoints),
+        &mut out,
+    )
+    .unwrap();
+    let on = OnDevice::new(&cuda, &p);
+    let got = run_forward(&cuda, &p, &on);
+    assert_close("out", &got.out, &to_f64(&out), 1e-5, 1e-7);
+    assert_close("final state", &got.final_state, &to_f64(&state), 1e-5, 1e-7);
+    let device_checkpoints = cuda.download(&got.checkpoints).unwrap();
+    assert_close(
+        "checkpoints",
+        &device_checkpoints,
+        &to_f64(&checkpoints),
+        1e-5,
+        1e-7,
+    );
+
+    let (mut du, mut ddelta, mut dz) = (vec![0.0; act], vec![0.0; act], vec![0.0; act]);
+    let (mut db, mut dc) = (vec![0.0; rows], vec![0.0; rows]);
+    let mut da_log = vec![PRIOR; dims.channels * dims.state];
+    let (mut dd_skip, mut ddelta_bias) = (vec![PRIOR; dims.channels], vec![PRIOR; dims.channels]);
+    let grads = ScanGrads {
+        du: &mut du[..],
+        ddelta: &mut ddelta[..],
+        da_log: &mut da_log[..],
+        db: &mut db[..],
+        dc: &mut dc[..],
+        dd_skip: &mut dd_skip[..],
+        ddelta_bias: &mut ddelta_bias[..],
+        dz: Some(&mut dz[..]),
+    };
+    crate::scan::cpu::backward(dims, &inputs, resets, &checkpoints, &p.d_out, grads).unwrap();
+    let got = run_backward(&cuda, &p, &on, &got.checkpoints);
+    let cpu = [du, ddelta, da_log, db, dc, dd_skip, ddelta_bias, dz];
+    assert_eq!(got.all.len(), cpu.len());
+    for ((name, actual), expected) in got.all.iter().zip(&cpu) {
+        assert_close(name, actual, &to_f64(expected), 1e-4, 1e-7);
+    }
+}

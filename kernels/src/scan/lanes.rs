@@ -1,0 +1,342 @@
+//! Sixteen f32 lanes, one per channel of a tile, with the elementwise maths of the scan
+//! written as plain loops that LLVM turns into SIMD, and the run-time choice of the widest
+//! instruction set the machine has.
+//!
+//! Sums are never reordered, and multiply-adds are fused only where written ([`f32::mul_add`],
+//! one rounding, in hardware on x86-64 with FMA and on aarch64, in software elsewhere), so
+//! every instruction set gives bit-identical results.
+
+use std::ops::{Add, Mul, Sub};
+
+/// Channels per tile: one AVX-512 register, two AVX2 registers.
+pub(crate) const LANES: usize = 16;
+
+/// One f32 per channel of a tile.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(transparent)]
+pub(crate) struct Lanes(pub(crate) [f32; LANES]);
+
+impl Lanes {
+    pub(crate) const ZERO: Self = Self([0.0; LANES]);
+
+    #[inline(always)]
+    pub(crate) fn splat(value: f32) -> Self {
+        Self([value; LANES])
+    }
+
+    /// The first `src.len()` (at most [`LANES`]) lanes from `src`, the rest zero.
+    #[inline(always)]
+    pub(crate) fn load(src: &[f32]) -> Self {
+        match <[f32; LANES]>::try_from(src) {
+            Ok(full) => Self(full),
+            Err(_) => {
+                let mut lanes = [0.0; LANES];
+                lanes[..src.len()].copy_from_slice(src);
+                Self(lanes)
+            }
+        }
+    }
+
+    /// `if mask[i] { a[i] } else { b[i] }` with the mask `self[i] > threshold`.
+    #[inline(always)]
+    pub(crate) fn select_above(self, threshold: f32, above: Self, otherwise: Self) -> Self {
+        let mut out = otherwise;
+        for ((o, &x), &a) in out.0.iter_mut().zip(&self.0).zip(&above.0) {
+            if x > threshold {
+                *o = a;
+            }
+        }
+        out
+    }
+
+    /// Sum of the lanes by a fixed pairwise tree (halves first), the same on every machine.
+    #[inline(always)]
+    pub(crate) fn sum(self) -> f32 {
+        let mut v = self.0;
+        let mut width = LANES / 2;
+        while width > 0 {
+            let (low, high) = v.split_at_mut(width);
+            for (l, &h) in low.iter_mut().zip(&high[..width]) {
+                *l += h;
+            }
+            width /= 2;
+        }
+        v[0]
+    }
+
+    #[inline(always)]
+    fn zip_with(self, other: Self, f: impl Fn(f32, f32) -> f32) -> Self {
+        let mut out = self;
+        for (o, &b) in out.0.iter_mut().zip(&other.0) {
+            *o = f(*o, b);
+        }
+        out
+    }
+
+    /// `self · factor + addend` with one rounding.
+    #[inline(always)]
+    pub(crate) fn mul_add(self, factor: Self, addend: Self) -> Self {
+        let mut out = self;
+        for ((o, &f), &a) in out.0.iter_mut().zip(&factor.0).zip(&addend.0) {
+            *o = o.mul_add(f, a);
+        }
+        out
+    }
+
+    /// `e^x` lane by lane; see [`exp`].
+    #[inline(always)]
+    pub(crate) fn exp(self) -> Self {
+        let mut out = self;
+        for o in &mut out.0 {
+            *o = exp(*o);
+        }
+        out
+    }
+
+    /// `ln(1 + e^x)`, and `x` itself above 20 as in the official kernels.
+    #[inline(always)]
+    pub(crate) fn softplus(self) -> Self {
+        let mut out = self;
+        for o in &mut out.0 {
+            let x = *o;
+            let smooth = x.max(0.0) + ln_1p_unit(exp(-x.abs()));
+            *o = if x > 20.0 { x } else { smooth };
+        }
+        out
+    }
+
+    /// `1 / (1 + e^-x)`.
+    #[inline(always)]
+    pub(crate) fn sigmoid(self) -> Self {
+        let mut out = self;
+        for o in &mut out.0 {
+            *o = 1.0 / (1.0 + exp(-*o));
+        }
+        out
+    }
+}
+
+impl Add for Lanes {
+    type Output = Self;
+    #[inline(always)]
+    fn add(self, other: Self) -> Self {
+        self.zip_with(other, |a, b| a + b)
+    }
+}
+
+impl Sub for Lanes {
+    type Output = Self;
+    #[inline(always)]
+    fn sub(self, other: Self) -> Self {
+        self.zip_with(other, |a, b| a - b)
+    }
+}
+
+impl Mul for Lanes {
+    type Output = Self;
+    #[inline(always)]
+    fn mul(self, other: Self) -> Self {
+        self.zip_with(other, |a, b| a * b)
+    }
+}
+
+impl Mul<f32> for Lanes {
+    type Output = Self;
+    #[inline(always)]
+    fn mul(self, scalar: f32) -> Self {
+        self * Self::splat(scalar)
+    }
+}
+
+/// Asks the caches to fetch the line holding `data[index]`; nothing when `index` is out of
+/// range or the target has no prefetch. Rows of the tile lie a whole `channels` apart, so
+/// the hardware prefetchers, which stay inside a page, miss them.
+#[inline(always)]
+pub(crate) fn prefetch(data: &[f32], index: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if index < data.len() {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: the address lies inside `data`, and a prefetch never faults anyway.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(data.as_ptr().add(index).cast()) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (data, index);
+}
+
+/// `e^x` in f32 with a relative error below 2e-7 wherever the result is a normal float;
+/// 0 for `x < -87.7` (where e^x is subnormal), finite up to `x = 88`, `e^88` above.
+///
+/// Branch-free so that a loop of it vectorises: `x = k·ln2 + r` with `|r| ≤ ln2/2`,
+/// `e^r` by a degree-6 polynomial, `2^k` built in the exponent bits.
+#[inline(always)]
+pub(crate) fn exp(x: f32) -> f32 {
+    // 1.5·2^23: adding it rounds to an integer held in the low mantissa bits.
+    const SHIFTER: f32 = 12_582_912.0;
+    // ln 2 split so that k·LN2_HIGH is exact for |k| < 2^8.
+    const LN2_HIGH: f32 = 0.693_359_4;
+    const LN2_LOW: f32 = -2.121_944_4e-4;
+    // Chebyshev fit of (e^r - 1 - r) / r² on [-0.36, 0.36] (error 8e-8 there).
+    const C2: f32 = 0.5;
+    const C3: f32 = 0.166_665_62;
+    const C4: f32 = 0.041_666_537;
+    const C5: f32 = 0.008_365_534;
+    const C6: f32 = 0.001_392_912_5;
+
+    // Clamping keeps k + 127 in [0, 254]: k = -127 gives the zero exponent field, so the
+    // result flushes to 0 below about -87.7 rather than wrapping.
+    let x = if x < -88.0 { -88.0 } else { x };
+    let x = if x > 88.0 { 88.0 } else { x };
+    let shifted = x.mul_add(std::f32::consts::LOG2_E, SHIFTER);
+    let k = shifted - SHIFTER;
+    let r = k.mul_add(-LN2_LOW, k.mul_add(-LN2_HIGH, x));
+    let p = r.mul_add(r.mul_add(r.mul_add(r.mul_add(C6, C5), C4), C3), C2);
+    let e_r = (r * r).mul_add(p, r) + 1.0;
+    // Low bits of `shifted` hold k (two's complement, offset by the shifter's mantissa).
+    let biased = shifted
+        .to_bits()
+        .wrapping_sub(SHIFTER.to_bits())
+        .wrapping_add(127);
+    e_r * f32::from_bits(biased << 23)
+}
+
+/// `ln(1 + t)` for `t` in `[0, 1]`, accurate to a few ulp relative even for tiny `t`:
+/// `2·atanh(s)` with `s = t / (2 + t) ≤ 1/3`, by its odd series up to `s^13`.
+#[inline(always)]
+fn ln_1p_unit(t: f32) -> f32 {
+    let s = t / (2.0 + t);
+    let w = s * s;
+    let series = 1.0
+        + w * (1.0 / 3.0
+            + w * (1.0 / 5.0
+                + w * (1.0 / 7.0 + w * (1.0 / 9.0 + w * (1.0 / 11.0 + w * (1.0 / 13.0))))));
+    2.0 * s * series
+}
+
+/// The widest instruction set available, detected once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Isa {
+    Avx512,
+    Avx2,
+    Baseline,
+}
+
+fn isa() -> Isa {
+    static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+    *ISA.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma") {
+                return Isa::Avx512;
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Baseline
+    })
+}
+
+/// A loop nest compiled once per instruction set; `run` must be `#[inline(always)]` so
+/// that its body (and the lane maths it calls) is generated inside the wrappers below.
+pub(crate) trait Vectorised {
+    type Output;
+    fn run(self) -> Self::Output;
+}
+
+/// Runs `kernel` compiled for the widest instruction set the machine has.
+pub(crate) fn run_vectorised<K: Vectorised>(kernel: K) -> K::Output {
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `isa` checked that the CPU supports AVX-512F and FMA.
+        Isa::Avx512 => unsafe { run_avx512(kernel) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `isa` checked that the CPU supports AVX2 and FMA.
+        Isa::Avx2 => unsafe { run_avx2(kernel) },
+        _ => kernel.run(),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+fn run_avx512<K: Vectorised>(kernel: K) -> K::Output {
+    kernel.run()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn run_avx2<K: Vectorised>(kernel: K) -> K::Output {
+    kernel.run()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_matches_f64_over_a_dense_sweep() {
+        let mut worst = 0.0f64;
+        let steps = 2_000_000;
+        for i in 0..=steps {
+            let x = (-87.3 + 175.3 * i as f64 / steps as f64) as f32;
+            let expected = (x as f64).exp();
+            let error = ((exp(x) as f64 - expected) / expected).abs();
+            worst = worst.max(error);
+        }
+        assert!(worst < 2e-7, "worst relative error {worst:e}");
+        assert_eq!(exp(0.0), 1.0);
+    }
+
+    #[test]
+    fn exp_flushes_to_zero_below_the_normal_range() {
+        for i in 0..=10_000 {
+            let x = -87.4 - 100.0 * i as f32 / 10_000.0;
+            let e = exp(x);
+            assert!((0.0..=f32::MIN_POSITIVE).contains(&e), "exp({x}) = {e:e}");
+        }
+        assert_eq!(exp(-88.0), 0.0);
+        assert_eq!(exp(-100.0), 0.0);
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert!(exp(88.0).is_finite() && exp(88.0) > 1e38);
+    }
+
+    #[test]
+    fn softplus_and_sigmoid_match_f64() {
+        let xs: Vec<f32> = (0..=4000).map(|i| -40.0 + i as f32 * 0.0175).collect();
+        for chunk in xs.chunks(LANES) {
+            let lanes = Lanes::load(chunk);
+            let (softplus, sigmoid) = (lanes.softplus(), lanes.sigmoid());
+            for (i, &x) in chunk.iter().enumerate() {
+                let x64 = x as f64;
+                let sp = if x64 > 20.0 { x64 } else { x64.exp().ln_1p() };
+                let sg = 1.0 / (1.0 + (-x64).exp());
+                let sp_err = ((softplus.0[i] as f64 - sp) / sp).abs();
+                let sg_err = ((sigmoid.0[i] as f64 - sg) / sg).abs();
+                assert!(sp_err < 4e-7, "softplus({x}): {} vs {sp}", softplus.0[i]);
+                assert!(sg_err < 4e-7, "sigmoid({x}): {} vs {sg}", sigmoid.0[i]);
+            }
+        }
+    }
+
+    #[test]
+    fn lane_sum_and_partial_loads() {
+        let values: Vec<f32> = (1..=LANES).map(|i| i as f32).collect();
+        assert_eq!(Lanes::load(&values).sum(), (LANES * (LANES + 1) / 2) as f32);
+        let partial = Lanes::load(&values[..3]);
+        assert_eq!(partial.sum(), 6.0);
+        assert_eq!((partial * 2.0).0[..4], [2.0, 4.0, 6.0, 0.0]);
+    }
+
+    #[test]
+    fn every_instruction_set_gives_the_same_bits() {
+        struct Exp(Lanes);
+        impl Vectorised for Exp {
+            type Output = Lanes;
+            #[inline(always)]
+            fn run(self) -> Lanes {
+                self.0.exp() + self.0.softplus() * self.0.sigmoid()
+            }
+        }
+        let x = Lanes(std::array::from_fn(|i| -30.0 + 3.7 * i as f32));
+        assert_eq!(run_vectorised(Exp(x)), Exp(x).run());
+    }
+}

@@ -1,0 +1,717 @@
+//! The CPU scan against a plain f64 loop and central finite differences of it.
+
+use super::cpu::{backward, forward};
+use super::{ScanDims, ScanGrads, ScanInputs};
+use crate::rng::Rng;
+use crate::testing::{assert_close, finite_difference, to_f64};
+use crate::KernelError;
+
+/// The inputs of one scan, owned.
+#[derive(Clone, Debug)]
+struct Tensors<T> {
+    u: Vec<T>,
+    delta: Vec<T>,
+    a_log: Vec<T>,
+    b: Vec<T>,
+    c: Vec<T>,
+    d_skip: Vec<T>,
+    delta_bias: Vec<T>,
+    z: Option<Vec<T>>,
+}
+
+impl<T> Tensors<T> {
+    fn view(&self) -> ScanInputs<&[T]> {
+        ScanInputs {
+            u: &self.u,
+            delta: &self.delta,
+            a_log: &self.a_log,
+            b: &self.b,
+            c: &self.c,
+            d_skip: &self.d_skip,
+            delta_bias: &self.delta_bias,
+            z: self.z.as_deref(),
+        }
+    }
+}
+
+impl Tensors<f32> {
+    fn widen(&self) -> Tensors<f64> {
+        Tensors {
+            u: to_f64(&self.u),
+            delta: to_f64(&self.delta),
+            a_log: to_f64(&self.a_log),
+            b: to_f64(&self.b),
+            c: to_f64(&self.c),
+            d_skip: to_f64(&self.d_skip),
+            delta_bias: to_f64(&self.delta_bias),
+            z: self.z.as_deref().map(to_f64),
+        }
+    }
+}
+
+/// A random scan problem.
+struct Case {
+    dims: ScanDims,
+    tensors: Tensors<f32>,
+    resets: Option<Vec<u32>>,
+    initial: Option<Vec<f32>>,
+}
+
+#[derive(Clone, Copy)]
+struct Options {
+    gate: bool,
+    resets: bool,
+    initial: bool,
+}
+
+const ALL: Options = Options {
+    gate: true,
+    resets: true,
+    initial: true,
+};
+const PLAIN: Options = Options {
+    gate: false,
+    resets: false,
+    initial: false,
+};
+
+impl Case {
+    fn random(seed: u64, dims: ScanDims, options: Options) -> Self {
+        let mut rng = Rng::new(seed);
+        let ScanDims {
+            batch,
+            len,
+            channels,
+            state,
+            ..
+        } = dims;
+        let activations = batch * len * channels;
+        let per_position = batch * len * state;
+        // Mostly ordinary Δ, with a few positions past the softplus pass-through at 20 and a
+        // few where Δ is nearly 0.
+        let delta = (0..activations)
+            .map(|_| match rng.below(40) {
+                0 => rng.uniform_in(20.5, 23.0) as f32,
+                1 => rng.uniform_in(-30.0, -20.0) as f32,
+                _ => rng.uniform_in(-3.0, 1.5) as f32,
+            })
+            .collect();
+        let tensors = Tensors {
+            u: rng.vec_uniform(activations, -1.0, 1.0),
+            delta,
+            a_log: rng.vec_uniform(channels * state, -0.5, 2.0),
+            b: rng.vec_uniform(per_position, -1.0, 1.0),
+            c: rng.vec_uniform(per_position, -1.0, 1.0),
+            d_skip: rng.vec_uniform(channels, -1.0, 1.0),
+            delta_bias: rng.vec_uniform(channels, -1.0, 0.5),
+            z: options
+                .gate
+                .then(|| rng.vec_uniform(activations, -3.0, 3.0)),
+        };
+        let resets = options.resets.then(|| {
+            (0..batch * len)
+                .map(|i| u32::from(i % len == 3 || rng.below(5) == 0))
+                .collect()
+        });
+        let initial = options
+            .initial
+            .then(|| rng.vec_uniform(dims.state_len(), -1.0, 1.0));
+        Self {
+            dims,
+            tensors,
+            resets,
+            initial,
+        }
+    }
+
+    fn resets(&self) -> Option<&[u32]> {
+        self.resets.as_deref()
+    }
+
+    /// `(out, final state, checkpoints)` of the CPU forward.
+    fn forward(&self) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let dims = self.dims;
+        let mut out = vec![0.0; dims.batch * dims.len * dims.channels];
+        let mut state = self
+            .initial
+            .clone()
+            .unwrap_or_else(|| vec![0.0; dims.state_len()]);
+        let mut checkpoints = vec![0.0; dims.checkpoint_len()];
+        forward(
+            dims,
+            &self.tensors.view(),
+            self.resets(),
+            Some(&mut state),
+            Some(&mut checkpoints),
+            &mut out,
+        )
+        .unwrap();
+        (out, state, checkpoints)
+    }
+
+    /// The CPU backward of the loss `Σ out · d_out`, into zeroed accumulators.
+    fn backward(&self, d_out: &[f32]) -> Grads {
+        let (_, _, checkpoints) = self.forward();
+        let mut grads = Grads::zeros(self.dims, self.tensors.z.is_some());
+        backward(
+            self.dims,
+            &self.tensors.view(),
+            self.resets(),
+            &checkpoints,
+            d_out,
+            grads.views(),
+        )
+        .unwrap();
+        grads
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct Grads {
+    du: Vec<f32>,
+    ddelta: Vec<f32>,
+    da_log: Vec<f32>,
+    db: Vec<f32>,
+    dc: Vec<f32>,
+    dd_skip: Vec<f32>,
+    ddelta_bias: Vec<f32>,
+    dz: Option<Vec<f32>>,
+}
+
+impl Grads {
+    fn zeros(dims: ScanDims, gate: bool) -> Self {
+        let activations = dims.batch * dims.len * dims.channels;
+        let per_position = dims.batch * dims.len * dims.state;
+        Self {
+            du: vec![0.0; activations],
+            ddelta: vec![0.0; activations],
+            da_log: vec![0.0; dims.channels * dims.state],
+            db: vec![0.0; per_position],
+            dc: vec![0.0; per_position],
+            dd_skip: vec![0.0; dims.channels],
+            ddelta_bias: vec![0.0; dims.channels],
+            dz: gate.then(|| vec![0.0; activations]),
+        }
+    }
+
+    fn views(&mut self) -> ScanGrads<&mut [f32]> {
+        ScanGrads {
+            du: &mut self.du,
+            ddelta: &mut self.ddelta,
+            da_log: &mut self.da_log,
+            db: &mut self.db,
+            dc: &mut self.dc,
+            dd_skip: &mut self.dd_skip,
+            ddelta_bias: &mut self.ddelta_bias,
+            dz: self.dz.as_deref_mut(),
+        }
+    }
+}
+
+/// The f64 scan, written as the equations read.
+struct Reference {
+    out: Vec<f64>,
+    /// `(batch, len + 1, channels, state)`: the state before position `t` (before its
+    /// reset); index `len` holds the final state.
+    states: Vec<f64>,
+}
+
+fn reference(
+    dims: ScanDims,
+    x: &ScanInputs<&[f64]>,
+    resets: Option<&[u32]>,
+    initial: Option<&[f64]>,
+) -> Reference {
+    let ScanDims {
+        batch,
+        len,
+        channels,
+        state,
+        ..
+    } = dims;
+    let mut out = vec![0.0; batch * len * channels];
+    let mut states = vec![0.0; batch * (len + 1) * channels * state];
+    let softplus = |x: f64| if x > 20.0 { x } else { x.exp().ln_1p() };
+    for b in 0..batch {
+        for d in 0..channels {
+            let mut h = match initial {
+                Some(initial) => initial[(b * channels + d) * state..][..state].to_vec(),
+                None => vec![0.0; state],
+            };
+            for t in 0..=len {
+                let at = ((b * (len + 1) + t) * channels + d) * state;
+                states[at..at + state].copy_from_slice(&h);
+                if t == len {
+                    break;
+                }
+                if resets.is_some_and(|r| r[b * len + t] != 0) {
+                    h.fill(0.0);
+                }
+                let i = (b * len + t) * channels + d;
+                let dt = softplus(x.delta[i] + x.delta_bias[d]);
+                let mut y = x.d_skip[d] * x.u[i];
+                for (n, h) in h.iter_mut().enumerate() {
+                    let a = -x.a_log[d * state + n].exp();
+                    let row = (b * len + t) * state + n;
+                    *h = (dt * a).exp() * *h + dt * x.b[row] * x.u[i];
+                    y += *h * x.c[row];
+                }
+                if let Some(z) = x.z {
+                    y *= z[i] / (1.0 + (-z[i]).exp());
+                }
+                out[i] = y;
+            }
+        }
+    }
+    Reference { out, states }
+}
+
+impl Reference {
+    /// The states at the start of every chunk, laid out as the checkpoints.
+    fn checkpoints(&self, dims: ScanDims) -> Vec<f64> {
+        let block = dims.channels * dims.state;
+        (0..dims.batch)
+            .flat_map(|b| {
+                (0..dims.chunks()).flat_map(move |k| {
+                    let at = (b * (dims.len + 1) + k * dims.chunk) * block;
+                    at..at + block
+                })
+            })
+            .map(|i| self.states[i])
+            .collect()
+    }
+
+    fn final_state(&self, dims: ScanDims) -> Vec<f64> {
+        let block = dims.channels * dims.state;
+        (0..dims.batch)
+            .flat_map(|b| {
+                let at = (b * (dims.len + 1) + dims.len) * block;
+                self.states[at..at + block].iter().copied()
+            })
+            .collect()
+    }
+}
+
+fn reference_of(case: &Case) -> Reference {
+    let wide = case.tensors.widen();
+    let initial = case.initial.as_deref().map(to_f64);
+    reference(case.dims, &wide.view(), case.resets(), initial.as_deref())
+}
+
+fn dims(batch: usize, len: usize, channels: usize, state: usize, chunk: usize) -> ScanDims {
+    ScanDims {
+        batch,
+        len,
+        channels,
+        state,
+        chunk,
+    }
+}
+
+#[test]
+fn forward_matches_the_f64_reference() {
+    let shapes = [
+        (dims(2, 23, 5, 4, 8), PLAIN),
+        (dims(2, 23, 5, 4, 8), ALL),
+        (
+            dims(1, 30, 19, 16, 64),
+            Options {
+                gate: true,
+                resets: false,
+                initial: false,
+            },
+        ),
+        (
+            dims(3, 17, 32, 3, 5),
+            Options {
+                gate: false,
+                resets: true,
+                initial: true,
+            },
+        ),
+        (dims(2, 40, 37, 16, 16), ALL),
+        // Several tasks per row, the last one with a partial tile.
+        (dims(2, 20, 150, 4, 8), ALL),
+    ];
+    for (seed, (dims, options)) in shapes.into_iter().enumerate() {
+        let case = Case::random(seed as u64, dims, options);
+        let (out, state, checkpoints) = case.forward();
+        let expected = reference_of(&case);
+        assert_close("out", &out, &expected.out, 1e-5, 1e-7);
+        assert_close("state", &state, &expected.final_state(dims), 1e-5, 1e-7);
+        assert_close(
+            "checkpoints",
+            &checkpoints,
+            &expected.checkpoints(dims),
+            1e-5,
+            1e-7,
+        );
+    }
+}
+
+#[test]
+fn forward_without_state_or_checkpoints_starts_from_zero() {
+    let dims = dims(2, 9, 20, 4, 4);
+    let case = Case::random(11, dims, PLAIN);
+    let mut out = vec![0.0; 2 * 9 * 20];
+    forward(dims, &case.tensors.view(), None, None, None, &mut out).unwrap();
+    assert_close("out", &out, &reference_of(&case).out, 1e-5, 1e-7);
+}
+
+#[test]
+fn chunked_calls_carrying_state_equal_one_pass() {
+    let full = dims(2, 29, 21, 16, 8);
+    let case = Case::random(5, full, ALL);
+    let (out, state, _) = case.forward();
+    for split in [1, 8, 13, 28] {
+        let mut carried = case.initial.clone().unwrap();
+        let mut pieces = vec![0.0; out.len()];
+        for range in [0..split, split..full.len] {
+            let part = dims(2, range.len(), 21, 16, 8);
+            let piece = slice_positions(&case, range.clone());
+            let mut piece_out = vec![0.0; 2 * range.len() * 21];
+            forward(
+                part,
+                &piece.tensors.view(),
+                piece.resets(),
+                Some(&mut carried),
+                None,
+                &mut piece_out,
+            )
+            .unwrap();
+            for b in 0..2 {
+                let rows = piece_out[b * range.len() * 21..(b + 1) * range.len() * 21].iter();
+                let at = (b * full.len + range.start) * 21;
+                pieces[at..at + range.len() * 21]
+                    .iter_mut()
+                    .zip(rows)
+                    .for_each(|(o, &v)| *o = v);
+            }
+        }
+        assert_eq!(pieces, out, "split at {split}");
+        assert_eq!(carried, state, "split at {split}");
+    }
+}
+
+#[test]
+fn decode_steps_equal_one_pass() {
+    let full = dims(1, 12, 18, 16, 64);
+    let case = Case::random(6, full, ALL);
+    let (out, state, _) = case.forward();
+    let mut carried = case.initial.clone().unwrap();
+    for t in 0..full.len {
+        let step = slice_positions(&case, t..t + 1);
+        let mut y = vec![0.0; 18];
+        forward(
+            dims(1, 1, 18, 16, 1),
+            &step.tensors.view(),
+            step.resets(),
+            Some(&mut carried),
+            None,
+            &mut y,
+        )
+        .unwrap();
+        assert_eq!(y, out[t * 18..(t + 1) * 18], "position {t}");
+    }
+    assert_eq!(carried, state);
+}
+
+/// The positions `range` of every batch row of `case` (parameters unchanged).
+fn slice_positions(case: &Case, range: std::ops::Range<usize>) -> Case {
+    let dims = case.dims;
+    let cut = |x: &[f32], width: usize| -> Vec<f32> {
+        (0..dims.batch)
+            .flat_map(|b| {
+                let at = b * dims.len * width;
+                x[at + range.start * width..at + range.end * width]
+                    .iter()
+                    .copied()
+            })
+            .collect()
+    };
+    let t = &case.tensors;
+    Case {
+        dims: ScanDims {
+            len: range.len(),
+            ..dims
+        },
+        tensors: Tensors {
+            u: cut(&t.u, dims.channels),
+            delta: cut(&t.delta, dims.channels),
+            a_log: t.a_log.clone(),
+            b: cut(&t.b, dims.state),
+            c: cut(&t.c, dims.state),
+            d_skip: t.d_skip.clone(),
+            delta_bias: t.delta_bias.clone(),
+            z: t.z.as_deref().map(|z| cut(z, dims.channels)),
+        },
+        resets: case.resets.as_ref().map(|r| {
+            (0..dims.batch)
+                .flat_map(|b| r[b * dims.len + range.start..b * dims.len + range.end].iter())
+                .copied()
+                .collect()
+        }),
+        initial: None,
+    }
+}
+
+/// Which input a finite difference perturbs.
+#[derive(Clone, Copy, Debug)]
+enum Input {
+    U,
+    Delta,
+    ALog,
+    B,
+    C,
+    DSkip,
+    DeltaBias,
+    Z,
+}
+
+impl Input {
+    fn replace<'a>(self, inputs: &mut ScanInputs<&'a [f64]>, x: &'a [f64]) {
+        match self {
+            Self::U => inputs.u = x,
+            Self::Delta => inputs.delta = x,
+            Self::ALog => inputs.a_log = x,
+            Self::B => inputs.b = x,
+            Self::C => inputs.c = x,
+            Self::DSkip => inputs.d_skip = x,
+            Self::DeltaBias => inputs.delta_bias = x,
+            Self::Z => inputs.z = Some(x),
+        }
+    }
+}
+
+fn check_gradients(case: &Case) {
+    let dims = case.dims;
+    let d_out = Rng::new(99).vec_uniform(dims.batch * dims.len * dims.channels, -1.0, 1.0);
+    let grads = case.backward(&d_out);
+    let wide = case.tensors.widen();
+    let initial = case.initial.as_deref().map(to_f64);
+    let projection = to_f64(&d_out);
+    let loss = |inputs: &ScanInputs<&[f64]>| -> f64 {
+        let out = reference(dims, inputs, case.resets(), initial.as_deref()).out;
+        out.iter().zip(&projection).map(|(o, p)| o * p).sum()
+    };
+    let mut checks = vec![
+        (Input::U, &grads.du, &wide.u),
+        (Input::Delta, &grads.ddelta, &wide.delta),
+        (Input::ALog, &grads.da_log, &wide.a_log),
+        (Input::B, &grads.db, &wide.b),
+        (Input::C, &grads.dc, &wide.c),
+        (Input::DSkip, &grads.dd_skip, &wide.d_skip),
+        (Input::DeltaBias, &grads.ddelta_bias, &wide.delta_bias),
+    ];
+    if let (Some(dz), Some(z)) = (&grads.dz, &wide.z) {
+        checks.push((Input::Z, dz, z));
+    }
+    for (input, analytic, at) in checks {
+        let numeric = finite_difference(
+            |x| {
+                let mut inputs = wide.view();
+                input.replace(&mut inputs, x);
+                loss(&inputs)
+            },
+            at,
+            1e-5,
+        );
+        assert_close(
+            &format!("{input:?} {dims:?}"),
+            analytic,
+            &numeric,
+            1e-4,
+            1e-7,
+        );
+    }
+}
+
+#[test]
+fn backward_matches_finite_differences_with_resets_gate_and_state() {
+    // L not a multiple of the chunk, chunk smaller than L, a partial tile of channels.
+    check_gradients(&Case::random(21, dims(2, 11, 19, 4, 4), ALL));
+}
+
+#[test]
+fn backward_matches_finite_differences_in_one_chunk_without_gate() {
+    check_gradients(&Case::random(22, dims(2, 9, 5, 3, 64), PLAIN));
+}
+
+#[test]
+fn backward_matches_finite_differences_with_full_tiles_of_sixteen_states() {
+    let options = Options {
+        gate: true,
+        resets: false,
+        initial: true,
+    };
+    check_gradients(&Case::random(23, dims(1, 7, 16, 16, 3), options));
+}
+
+#[test]
+fn backward_matches_finite_differences_across_several_tasks_per_row() {
+    check_gradients(&Case::random(24, dims(2, 5, 67, 2, 2), ALL));
+}
+
+#[test]
+fn parameter_gradients_accumulate_and_activation_gradients_are_overwritten() {
+    let case = Case::random(31, dims(2, 10, 17, 4, 4), ALL);
+    let d_out = Rng::new(1).vec_uniform(2 * 10 * 17, -1.0, 1.0);
+    let once = case.backward(&d_out);
+    let (_, _, checkpoints) = case.forward();
+    let mut twice = once.clone();
+    backward(
+        case.dims,
+        &case.tensors.view(),
+        case.resets(),
+        &checkpoints,
+        &d_out,
+        twice.views(),
+    )
+    .unwrap();
+    let doubled = |x: &[f32]| x.iter().map(|v| 2.0 * v).collect::<Vec<_>>();
+    assert_eq!(twice.da_log, doubled(&once.da_log));
+    assert_eq!(twice.dd_skip, doubled(&once.dd_skip));
+    assert_eq!(twice.ddelta_bias, doubled(&once.ddelta_bias));
+    assert_eq!(
+        (&twice.du, &twice.ddelta, &twice.db, &twice.dc, &twice.dz),
+        (&once.du, &once.ddelta, &once.db, &once.dc, &once.dz)
+    );
+}
+
+#[test]
+fn results_are_bit_identical_for_any_thread_count() {
+    let case = Case::random(41, dims(3, 150, 70, 16, 16), ALL);
+    let d_out = Rng::new(2).vec_uniform(3 * 150 * 70, -1.0, 1.0);
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| (case.forward(), case.backward(&d_out)))
+    };
+    let single = run(1);
+    for threads in [2, 3] {
+        let multi = run(threads);
+        assert!(
+            bits(&multi.0 .0) == bits(&single.0 .0),
+            "out, {threads} threads"
+        );
+        assert!(bits(&multi.0 .2) == bits(&single.0 .2), "checkpoints");
+        let (m, s) = (&multi.1, &single.1);
+        for (name, a, b) in [
+            ("du", &m.du, &s.du),
+            ("ddelta", &m.ddelta, &s.ddelta),
+            ("da_log", &m.da_log, &s.da_log),
+            ("db", &m.db, &s.db),
+            ("dc", &m.dc, &s.dc),
+            ("dd_skip", &m.dd_skip, &s.dd_skip),
+            ("ddelta_bias", &m.ddelta_bias, &s.ddelta_bias),
+        ] {
+            assert!(bits(a) == bits(b), "{name}, {threads} threads");
+        }
+        assert!(bits(m.dz.as_ref().unwrap()) == bits(s.dz.as_ref().unwrap()));
+    }
+}
+
+fn bits(x: &[f32]) -> Vec<u32> {
+    x.iter().map(|v| v.to_bits()).collect()
+}
+
+#[test]
+fn bad_shapes_are_errors_not_panics() {
+    let dims = dims(2, 6, 5, 4, 4);
+    let case = Case::random(51, dims, ALL);
+    let mut out = vec![0.0; 2 * 6 * 5];
+    let shape_error = |result: Result<(), KernelError>, tensor: &str| match result {
+        Err(KernelError::Shape { tensor: t, .. }) => assert_eq!(t, tensor),
+        other => panic!("expected a shape error on {tensor}, got {other:?}"),
+    };
+
+    let mut short = case.tensors.clone();
+    short.b.pop();
+    shape_error(
+        forward(dims, &short.view(), None, None, None, &mut out),
+        "b",
+    );
+    shape_error(
+        forward(
+            dims,
+            &case.tensors.view(),
+            Some(&[0; 3]),
+            None,
+            None,
+            &mut out,
+        ),
+        "resets",
+    );
+    shape_error(
+        forward(
+            dims,
+            &case.tensors.view(),
+            None,
+            Some(&mut [0.0; 7]),
+            None,
+            &mut out,
+        ),
+        "state",
+    );
+    shape_error(
+        forward(
+            dims,
+            &case.tensors.view(),
+            None,
+            None,
+            Some(&mut [0.0; 7]),
+            &mut out,
+        ),
+        "checkpoints",
+    );
+    shape_error(
+        forward(dims, &case.tensors.view(), None, None, None, &mut out[1..]),
+        "out",
+    );
+    let zero_chunk = ScanDims { chunk: 0, ..dims };
+    assert!(matches!(
+        forward(zero_chunk, &case.tensors.view(), None, None, None, &mut out),
+        Err(KernelError::Invalid { .. })
+    ));
+
+    let (_, _, checkpoints) = case.forward();
+    let d_out = vec![0.0; out.len()];
+    let mut grads = Grads::zeros(dims, true);
+    shape_error(
+        backward(
+            dims,
+            &case.tensors.view(),
+            None,
+            &checkpoints[1..],
+            &d_out,
+            grads.views(),
+        ),
+        "checkpoints",
+    );
+    grads.db.pop();
+    shape_error(
+        backward(
+            dims,
+            &case.tensors.view(),
+            None,
+            &checkpoints,
+            &d_out,
+            grads.views(),
+        ),
+        "db",
+    );
+    let mut ungated = Grads::zeros(dims, false);
+    assert!(matches!(
+        backward(
+            dims,
+            &case.tensors.view(),
+            None,
+            &checkpoints,
+            &d_out,
+            ungated.views()
+        ),
+        Err(KernelError::Invalid { .. })
+    ));
+}
