@@ -9,19 +9,22 @@ use crate::KernelError;
 const SOURCE: &str = include_str!("scan.cu");
 /// The only state size the kernels are written for (Mamba-1's default).
 pub const STATE: usize = 16;
-const FORWARD_THREADS: u32 = 128;
+/// Threads (channels) per block of the per-channel kernels (`CH_THREADS` in `scan.cu`).
+const CHANNEL_THREADS: u32 = 128;
 /// Positions per staged tile of the per-channel kernels (`TILE` in `scan.cu`).
 const TILE: usize = 16;
 /// Two `ChannelTile`s (double buffering): delta, x and z columns, B/C rows, reset flags.
 const CHANNEL_TILES_BYTES: usize =
-    2 * (3 * TILE * FORWARD_THREADS as usize * 4 + TILE * 2 * STATE * 4 + TILE * 4);
+    2 * (3 * TILE * CHANNEL_THREADS as usize * 4 + TILE * 2 * STATE * 4 + TILE * 4);
+/// Channels per block of the backward's main kernel, four threads each.
 const BACKWARD_CHANNELS: usize = 64;
 const BACKWARD_THREADS: u32 = 256;
+/// Positions whose states the backward holds in registers at a time (`SUB`).
 const BACKWARD_SUB: usize = 8;
 const REDUCE_THREADS: u32 = 256;
 /// Threads wanted on the device before a row is cut into more segments: enough to cover
-/// every multiprocessor several warps deep, few enough that the extra segment pass stays
-/// small.
+/// every multiprocessor several warps deep. Measured on an H200 against 512 and 2048:
+/// best or within noise on every anchor shape (docs/cuda-scan.md).
 const THREADS_PER_SM: usize = 1024;
 
 /// Device inputs of the scan.
@@ -228,12 +231,12 @@ impl Cuda {
         args.seg_len = cut.seg_len as i32;
         args.segments = cut.segments as i32;
 
-        let blocks = dims.channels.div_ceil(FORWARD_THREADS as usize);
+        let blocks = dims.channels.div_ceil(CHANNEL_THREADS as usize);
         let per_segment = grid(
             blocks,
             dims,
             cut.segments,
-            FORWARD_THREADS,
+            CHANNEL_THREADS,
             CHANNEL_TILES_BYTES,
         );
         if cut.segments > 1 {
@@ -314,12 +317,12 @@ impl Cuda {
         args.channel_blocks = channel_blocks as i32;
 
         if cut.segments > 1 {
-            let blocks = dims.channels.div_ceil(FORWARD_THREADS as usize);
+            let blocks = dims.channels.div_ceil(CHANNEL_THREADS as usize);
             let per_segment = grid(
                 blocks,
                 dims,
                 cut.segments,
-                FORWARD_THREADS,
+                CHANNEL_THREADS,
                 CHANNEL_TILES_BYTES,
             );
             self.launch(&self.scan_function("scan_bwd_segment")?, per_segment, &args)?;
