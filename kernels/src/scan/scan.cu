@@ -2,8 +2,11 @@
 //
 // Layout: u, delta, z, out and their gradients are (batch, len, channels), channels
 // contiguous, so consecutive threads taking consecutive channels load coalesced rows;
-// B and C are (batch, len, STATE) and every thread of a block reads the same row, which
-// the cache broadcasts. A thread keeps its states in registers and walks the sequence.
+// B and C are (batch, len, STATE), one row per position shared by every channel, so a
+// block copies each row once into shared memory. Inputs are staged a tile of positions
+// ahead with asynchronous copies (cp.async, double-buffered). A thread keeps its states
+// in registers and walks the sequence; exp(delta * A) is one ex2 with A pre-scaled by
+// log2(e).
 //
 // Parallelism beyond batch x channels comes from cutting each row into `segments` of
 // `seg_len` positions (a multiple of the checkpoint `chunk`):
@@ -116,10 +119,6 @@ __device__ __forceinline__ float softplus(float x) {
 
 __device__ __forceinline__ float sigmoid(float x) {
     return __fdividef(1.0f, 1.0f + fast_exp2(-x * LOG2E));
-}
-
-__device__ __forceinline__ bool is_reset(const ScanArgs& p, size_t row) {
-    return p.resets != nullptr && __ldg(p.resets + row) != 0u;
 }
 
 // ---------------------------------------------------------------------------------------
