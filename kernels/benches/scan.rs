@@ -21,6 +21,53 @@ fn main() {
     for (batch, channels, len) in [(1, 1024, 8192), (8, 256, 4096)] {
         bench(ScanDims::new(batch, len, channels, 16));
     }
+    for (batch, channels) in [(1, 1024), (1, 4096), (16, 1024)] {
+        bench_decode(batch, channels);
+    }
+}
+
+/// One generation step (`len` 1, carrying the state), as the decoder runs it per layer.
+fn bench_decode(batch: usize, channels: usize) {
+    const STEPS: usize = 2000;
+    let dims = ScanDims::new(batch, 1, channels, 16);
+    let mut rng = Rng::new(1);
+    let activations = batch * channels;
+    let per_position = batch * dims.state;
+    let (u, delta, z) = (
+        rng.vec_uniform(activations, -1.0, 1.0),
+        rng.vec_uniform(activations, -3.0, 1.0),
+        rng.vec_uniform(activations, -2.0, 2.0),
+    );
+    let a_log = rng.vec_uniform(channels * dims.state, 0.0, 2.8);
+    let (b, c) = (
+        rng.vec_uniform(per_position, -1.0, 1.0),
+        rng.vec_uniform(per_position, -1.0, 1.0),
+    );
+    let (d_skip, delta_bias) = (
+        rng.vec_uniform(channels, -1.0, 1.0),
+        rng.vec_uniform(channels, -4.0, -2.0),
+    );
+    let inputs = ScanInputs {
+        u: &u[..],
+        delta: &delta,
+        a_log: &a_log,
+        b: &b,
+        c: &c,
+        d_skip: &d_skip,
+        delta_bias: &delta_bias,
+        z: Some(&z[..]),
+    };
+    let mut state = vec![0.0; dims.state_len()];
+    let mut out = vec![0.0; activations];
+    let timing = time(|| {
+        for _ in 0..STEPS {
+            cpu::forward(dims, &inputs, None, Some(&mut state), None, &mut out).unwrap();
+        }
+    });
+    println!(
+        "decode step, batch {batch} channels {channels} state 16: {:.2} µs wall",
+        timing.wall.as_secs_f64() * 1e6 / STEPS as f64
+    );
 }
 
 fn bench(dims: ScanDims) {

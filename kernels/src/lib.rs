@@ -2,7 +2,8 @@
 //!
 //! One narrow op interface, [`Backend`], holds exactly the ops the Mamba backbone needs,
 //! each with its forward and backward. [`Cpu`] implements it with rayon and SIMD and is the
-//! reference every other backend is tested against.
+//! reference every other backend is tested against. [`cuda`] holds the CUDA device (its
+//! kernels are compiled at run time, so building needs no CUDA) and, for now, the CUDA scan.
 //!
 //! Layout: activations are `(batch, len, channels)` with channels contiguous, f32.
 //! Every op module holds the shape struct of its op and the CPU implementation on slices.
@@ -12,6 +13,7 @@ pub mod backend;
 pub mod conv1d;
 pub mod cpu;
 pub mod cross_entropy;
+pub mod cuda;
 pub mod elementwise;
 pub mod embedding;
 mod error;

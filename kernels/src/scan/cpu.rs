@@ -494,10 +494,12 @@ impl Vectorised for ForwardTask<'_> {
         }
         let mut block = Vec::with_capacity(LANES * n_state);
         // Per position of the block and tile, at `i * count + k`.
-        let mut dts = vec![Lanes::ZERO; BLOCK * count];
-        let mut us = vec![Lanes::ZERO; BLOCK * count];
-        let mut gates = vec![Lanes::splat(1.0); BLOCK * count];
-        let mut ys = vec![Lanes::ZERO; BLOCK * count];
+        // (A decode step, len 1, allocates for one position only.)
+        let span = BLOCK.min(shape.len) * count;
+        let mut dts = vec![Lanes::ZERO; span];
+        let mut us = vec![Lanes::ZERO; span];
+        let mut gates = vec![Lanes::splat(1.0); span];
+        let mut ys = vec![Lanes::ZERO; span];
         for start in (0..shape.len).step_by(BLOCK) {
             let positions = start..shape.len.min(start + BLOCK);
             for (i, t) in positions.clone().enumerate() {
@@ -628,19 +630,20 @@ impl Vectorised for BackwardTask<'_> {
         let mut carries = vec![Lanes::ZERO; count * n_state];
         // One tile's chunk at a time: states[i] is the state before its i-th position
         // (states[0] the checkpoint), decays[i] = exp(Δ·A) at that position.
-        let mut states = vec![Lanes::ZERO; (shape.chunk + 1) * n_state];
-        let mut decays = vec![Lanes::ZERO; shape.chunk * n_state];
+        let span = shape.chunk.min(shape.len);
+        let mut states = vec![Lanes::ZERO; (span + 1) * n_state];
+        let mut decays = vec![Lanes::ZERO; span * n_state];
         // Per position of the chunk and tile, at `i * count + k`.
-        let per_position = || vec![Lanes::ZERO; shape.chunk * count];
+        let per_position = || vec![Lanes::ZERO; span * count];
         let (mut dts, mut dt_slopes, mut us) = (per_position(), per_position(), per_position());
         let (mut d_outs, mut dys, mut dzs) = (per_position(), per_position(), per_position());
         let (mut dus, mut dxs) = (per_position(), per_position());
-        let mut gates = vec![Lanes::splat(1.0); shape.chunk * count];
+        let mut gates = vec![Lanes::splat(1.0); span * count];
         let mut gate_slopes = per_position();
         // dB and dC terms of the chunk, `(position, state)`, summed over the task's tiles
         // lane by lane; their lanes are summed once per chunk, not once per tile.
-        let mut db_terms = vec![Lanes::ZERO; shape.chunk * n_state];
-        let mut dc_terms = vec![Lanes::ZERO; shape.chunk * n_state];
+        let mut db_terms = vec![Lanes::ZERO; span * n_state];
+        let mut dc_terms = vec![Lanes::ZERO; span * n_state];
 
         for chunk in (0..shape.chunks).rev() {
             let positions = shape.chunk_positions(chunk);

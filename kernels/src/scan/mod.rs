@@ -14,7 +14,10 @@
 //! recomputes the states inside a chunk from those checkpoints.
 
 pub mod cpu;
+pub mod cuda;
 mod lanes;
+#[cfg(test)]
+pub(crate) mod reference;
 #[cfg(test)]
 mod tests;
 

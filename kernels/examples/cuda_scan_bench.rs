@@ -1,0 +1,162 @@
+//! Times the CUDA selective scan, forward and backward, on the anchor shapes of issue 6.
+//!
+//! `cargo run --release -p seqmamba-kernels --example cuda_scan_bench [-- SHAPE_FILTER]`
+//!
+//! Each shape: batch, d_inner, L with N = 16, the z gate and delta_softplus; inputs f32.
+//! Times are CUDA-event medians of 30 runs after warm-up. The anchors are the official
+//! mamba_ssm kernels with bf16 inputs, which move half the bytes of ours.
+
+use cudarc::driver::{sys::CUevent_flags, CudaSlice};
+use seqmamba_kernels::cuda::Cuda;
+use seqmamba_kernels::rng::Rng;
+use seqmamba_kernels::scan::{ScanDims, ScanGrads, ScanInputs};
+use seqmamba_kernels::KernelError;
+
+/// (batch, d_inner, len, official forward ms, official backward ms).
+const SHAPES: [(usize, usize, usize, f64, f64); 6] = [
+    (1, 1024, 2048, 0.056, 0.269),
+    (1, 1024, 32_768, 0.735, 3.00),
+    (1, 1024, 524_288, 11.52, 45.2),
+    (8, 1536, 2048, 0.455, 1.79),
+    (64, 256, 1024, 0.306, 1.30),
+    (16, 1536, 4096, 1.73, 6.95),
+];
+const STATE: usize = 16;
+const WARMUP: usize = 5;
+const RUNS: usize = 30;
+/// H200 ceilings: device copy bandwidth measured here, and exp2 issue rate (132 SMs x 16
+/// per clock at 1.98 GHz).
+const BANDWIDTH: f64 = 4.3e12;
+const EXP_RATE: f64 = 132.0 * 16.0 * 1.98e9;
+
+/// Random values, generated once and tiled: timing needs non-trivial data, not fresh
+/// draws for billions of elements.
+fn tiled(pattern: &[f32], len: usize) -> Vec<f32> {
+    pattern.iter().copied().cycle().take(len).collect()
+}
+
+fn median_ms(
+    cuda: &Cuda,
+    mut op: impl FnMut() -> Result<(), KernelError>,
+) -> Result<f64, KernelError> {
+    let event = |what| {
+        cuda.context()
+            .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(|e| KernelError::Device(format!("{what}: {e}")))
+    };
+    for _ in 0..WARMUP {
+        op()?;
+    }
+    let mut times = Vec::with_capacity(RUNS);
+    for _ in 0..RUNS {
+        let (start, stop) = (event("start event")?, event("stop event")?);
+        start
+            .record(cuda.stream())
+            .map_err(|e| KernelError::Device(e.to_string()))?;
+        op()?;
+        stop.record(cuda.stream())
+            .map_err(|e| KernelError::Device(e.to_string()))?;
+        stop.synchronize()
+            .map_err(|e| KernelError::Device(e.to_string()))?;
+        times.push(
+            start
+                .elapsed_ms(&stop)
+                .map_err(|e| KernelError::Device(e.to_string()))? as f64,
+        );
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[RUNS / 2])
+}
+
+fn main() -> Result<(), KernelError> {
+    let filter = std::env::args().nth(1);
+    let cuda = Cuda::new(0)?;
+    println!("{}", seqmamba_kernels::cuda::doctor()?);
+    let mut rng = Rng::new(2024);
+    let pattern = |rng: &mut Rng, low: f64, high: f64| rng.vec_uniform(1 << 20, low, high);
+    let (u_p, delta_p, z_p, bc_p, dout_p) = (
+        pattern(&mut rng, -2.0, 2.0),
+        pattern(&mut rng, -5.0, -1.0),
+        pattern(&mut rng, -3.0, 3.0),
+        pattern(&mut rng, -1.0, 1.0),
+        pattern(&mut rng, -1.0, 1.0),
+    );
+    let mut table = Vec::new();
+    for (batch, channels, len, anchor_fwd, anchor_bwd) in SHAPES {
+        let name = format!("({batch},{channels},{len})");
+        if filter.as_ref().is_some_and(|f| !name.contains(f.as_str())) {
+            continue;
+        }
+        let dims = ScanDims::new(batch, len, channels, STATE);
+        let act = batch * len * channels;
+        let rows = batch * len * STATE;
+        let up = |v: Vec<f32>| cuda.upload(&v);
+        let u = up(tiled(&u_p, act))?;
+        let delta = up(tiled(&delta_p, act))?;
+        let z = up(tiled(&z_p, act))?;
+        let d_out = up(tiled(&dout_p, act))?;
+        let b = up(tiled(&bc_p, rows))?;
+        let c = up(tiled(&bc_p[7..], rows))?;
+        let a_log = up((0..channels * STATE)
+            .map(|i| ((i % STATE) as f32 + 1.0).ln())
+            .collect())?;
+        let d_skip = up(vec![1.0; channels])?;
+        let delta_bias = up(tiled(&u_p, channels))?;
+        let mut out: CudaSlice<f32> = cuda.zeros(act)?;
+        let mut checkpoints: CudaSlice<f32> = cuda.zeros(dims.checkpoint_len())?;
+        let (mut du, mut ddelta, mut dz) = (cuda.zeros(act)?, cuda.zeros(act)?, cuda.zeros(act)?);
+        let (mut db, mut dc) = (cuda.zeros(rows)?, cuda.zeros(rows)?);
+        let mut da_log = cuda.zeros(channels * STATE)?;
+        let (mut dd_skip, mut ddelta_bias) = (cuda.zeros(channels)?, cuda.zeros(channels)?);
+        let inputs = ScanInputs {
+            u: &u,
+            delta: &delta,
+            a_log: &a_log,
+            b: &b,
+            c: &c,
+            d_skip: &d_skip,
+            delta_bias: &delta_bias,
+            z: Some(&z),
+        };
+        let fwd = median_ms(&cuda, || {
+            cuda.scan_forward(dims, &inputs, None, None, Some(&mut checkpoints), &mut out)
+        })?;
+        let bwd = median_ms(&cuda, || {
+            let grads = ScanGrads {
+                du: &mut du,
+                ddelta: &mut ddelta,
+                da_log: &mut da_log,
+                db: &mut db,
+                dc: &mut dc,
+                dd_skip: &mut dd_skip,
+                ddelta_bias: &mut ddelta_bias,
+                dz: Some(&mut dz),
+            };
+            cuda.scan_backward(dims, &inputs, None, &checkpoints, &d_out, grads)
+        })?;
+        let exps = (act * STATE) as f64 / EXP_RATE * 1e3;
+        let fwd_bytes = ((4 * act + 2 * rows) * 4) as f64;
+        let bwd_bytes = ((7 * act + 4 * rows) * 4) as f64;
+        let fwd_floor = (fwd_bytes / BANDWIDTH * 1e3).max(exps);
+        let bwd_floor = (bwd_bytes / BANDWIDTH * 1e3).max(exps);
+        println!(
+            "{name}: fwd {fwd:.4} ms, bwd {bwd:.4} ms (floors {fwd_floor:.4} / {bwd_floor:.4} ms)"
+        );
+        table.push(format!(
+            "| {name} | {fwd:.4} | {anchor_fwd} | {:.2}x | {:.0}% | {bwd:.4} | {anchor_bwd} | {:.2}x | {:.2} | {:.0}% |",
+            anchor_fwd / fwd,
+            100.0 * fwd_floor / fwd,
+            anchor_bwd / bwd,
+            bwd / fwd,
+            100.0 * bwd_floor / bwd,
+        ));
+    }
+    println!();
+    println!("f32 inputs (ours) vs official mamba_ssm with bf16 inputs; N=16, z gate, softplus");
+    println!("| shape (B,D,L) | fwd ms | official fwd | speedup | fwd % of floor | bwd ms | official bwd | speedup | bwd/fwd | bwd % of floor |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for row in table {
+        println!("{row}");
+    }
+    Ok(())
+}

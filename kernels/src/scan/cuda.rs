@@ -1,0 +1,357 @@
+//! CUDA selective scan: the launcher of the kernels in `scan.cu` (design notes there).
+
+use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig};
+
+use super::{ScanDims, ScanGrads, ScanInputs};
+use crate::cuda::{check_device_len, Cuda};
+use crate::KernelError;
+
+const SOURCE: &str = include_str!("scan.cu");
+/// The only state size the kernels are written for (Mamba-1's default).
+pub const STATE: usize = 16;
+/// Threads (channels) per block of the per-channel kernels (`CH_THREADS` in `scan.cu`).
+const CHANNEL_THREADS: u32 = 128;
+/// Positions per staged tile of the per-channel kernels (`TILE` in `scan.cu`).
+const TILE: usize = 16;
+/// Two `ChannelTile`s (double buffering): delta, x and z columns, B/C rows, reset flags.
+const CHANNEL_TILES_BYTES: usize =
+    2 * (3 * TILE * CHANNEL_THREADS as usize * 4 + TILE * 2 * STATE * 4 + TILE * 4);
+/// Channels per block of the backward's main kernel, four threads each.
+const BACKWARD_CHANNELS: usize = 64;
+const BACKWARD_THREADS: u32 = 256;
+/// Positions whose states the backward holds in registers at a time (`SUB`).
+const BACKWARD_SUB: usize = 8;
+const REDUCE_THREADS: u32 = 256;
+/// Threads wanted on the device before a row is cut into more segments: enough to cover
+/// every multiprocessor several warps deep. Measured on an H200 against 512 and 2048:
+/// best or within noise on every anchor shape (docs/cuda-scan.md).
+const THREADS_PER_SM: usize = 1024;
+
+/// Device inputs of the scan.
+pub type DeviceInputs<'a> = ScanInputs<&'a CudaSlice<f32>>;
+
+/// The kernels' one argument, laid out as `struct ScanArgs` in `scan.cu`.
+#[repr(C)]
+#[derive(Default)]
+struct ScanArgs {
+    u: u64,
+    delta: u64,
+    a_log: u64,
+    b: u64,
+    c: u64,
+    d_skip: u64,
+    delta_bias: u64,
+    z: u64,
+    resets: u64,
+    state: u64,
+    checkpoints: u64,
+    out: u64,
+    seg_state: u64,
+    seg_sum: u64,
+    d_out: u64,
+    du: u64,
+    ddelta: u64,
+    dz: u64,
+    part_a: u64,
+    part_d: u64,
+    part_bias: u64,
+    part_b: u64,
+    part_c: u64,
+    da_log: u64,
+    dd_skip: u64,
+    ddelta_bias: u64,
+    db: u64,
+    dc: u64,
+    batch: i32,
+    len: i32,
+    channels: i32,
+    chunk: i32,
+    seg_len: i32,
+    segments: i32,
+    chunks: i32,
+    channel_blocks: i32,
+}
+
+// SAFETY: plain old data matching the kernel's struct field for field.
+unsafe impl DeviceRepr for ScanArgs {}
+
+/// How each row is cut for the GPU: `segments` pieces of `seg_len` positions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Segments {
+    seg_len: usize,
+    segments: usize,
+}
+
+/// Cuts rows into whole chunks so that `batch · channels · threads_per_channel · segments`
+/// reaches `target_threads`, but no more than needed.
+fn segments_for(dims: ScanDims, threads_per_channel: usize, target_threads: usize) -> Segments {
+    let per_segment = dims.batch * dims.channels * threads_per_channel;
+    let wanted = target_threads
+        .div_ceil(per_segment)
+        .clamp(1, dims.chunks().min(65_535));
+    let seg_len = dims.chunks().div_ceil(wanted) * dims.chunk;
+    Segments {
+        seg_len,
+        segments: dims.len.div_ceil(seg_len),
+    }
+}
+
+fn validate(dims: ScanDims, op: &'static str) -> Result<(), KernelError> {
+    let invalid = |message: String| Err(KernelError::Invalid { op, message });
+    if dims.batch == 0 || dims.len == 0 || dims.channels == 0 || dims.chunk == 0 {
+        return invalid(format!("zero-sized dimension in {dims:?}"));
+    }
+    if dims.state != STATE {
+        return invalid(format!(
+            "the CUDA scan needs state = {STATE}, got {}",
+            dims.state
+        ));
+    }
+    if dims.batch > 65_535 {
+        return invalid(format!("batch {} exceeds 65535", dims.batch));
+    }
+    if dims.chunk > 400 {
+        return invalid(format!("chunk {} exceeds 400 (shared memory)", dims.chunk));
+    }
+    let largest = dims.batch * dims.len * dims.channels.max(STATE);
+    if dims.len > i32::MAX as usize || largest > i32::MAX as usize * 64 {
+        return invalid(format!("{dims:?} is too large"));
+    }
+    Ok(())
+}
+
+fn grid(
+    blocks_x: usize,
+    dims: ScanDims,
+    segments: usize,
+    threads: u32,
+    shared: usize,
+) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (blocks_x as u32, segments as u32, dims.batch as u32),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: shared as u32,
+    }
+}
+
+fn flat(elements: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (elements.div_ceil(REDUCE_THREADS as usize) as u32, 1, 1),
+        block_dim: (REDUCE_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+impl Cuda {
+    fn target_threads(&self) -> Result<usize, KernelError> {
+        let sms = self
+            .context()
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+            .map_err(|e| crate::cuda::device_error("reading the multiprocessor count", e))?;
+        Ok(sms.max(1) as usize * THREADS_PER_SM)
+    }
+
+    fn scan_function(&self, name: &str) -> Result<cudarc::driver::CudaFunction, KernelError> {
+        self.function("scan", SOURCE, &[format!("-DSTATE={STATE}")], name)
+    }
+
+    fn input_args(
+        &self,
+        dims: ScanDims,
+        op: &'static str,
+        inputs: &DeviceInputs<'_>,
+        resets: Option<&CudaSlice<u32>>,
+    ) -> Result<ScanArgs, KernelError> {
+        validate(dims, op)?;
+        let activations = dims.batch * dims.len * dims.channels;
+        let rows = dims.batch * dims.len * dims.state;
+        check_device_len(op, "u", activations, inputs.u)?;
+        check_device_len(op, "delta", activations, inputs.delta)?;
+        check_device_len(op, "a_log", dims.channels * dims.state, inputs.a_log)?;
+        check_device_len(op, "b", rows, inputs.b)?;
+        check_device_len(op, "c", rows, inputs.c)?;
+        check_device_len(op, "d_skip", dims.channels, inputs.d_skip)?;
+        check_device_len(op, "delta_bias", dims.channels, inputs.delta_bias)?;
+        if let Some(z) = inputs.z {
+            check_device_len(op, "z", activations, z)?;
+        }
+        if let Some(resets) = resets {
+            check_device_len(op, "resets", dims.batch * dims.len, resets)?;
+        }
+        Ok(ScanArgs {
+            u: self.address(inputs.u),
+            delta: self.address(inputs.delta),
+            a_log: self.address(inputs.a_log),
+            b: self.address(inputs.b),
+            c: self.address(inputs.c),
+            d_skip: self.address(inputs.d_skip),
+            delta_bias: self.address(inputs.delta_bias),
+            z: inputs.z.map_or(0, |z| self.address(z)),
+            resets: resets.map_or(0, |r| self.address(r)),
+            batch: dims.batch as i32,
+            len: dims.len as i32,
+            channels: dims.channels as i32,
+            chunk: dims.chunk as i32,
+            chunks: dims.chunks() as i32,
+            ..ScanArgs::default()
+        })
+    }
+
+    /// Forward scan on the device; arguments and semantics as [`super::cpu::forward`]
+    /// (`resets` as u32 flags, `state` and `checkpoints` optional). Queued on the stream.
+    pub fn scan_forward(
+        &self,
+        dims: ScanDims,
+        inputs: &DeviceInputs<'_>,
+        resets: Option<&CudaSlice<u32>>,
+        state: Option<&mut CudaSlice<f32>>,
+        checkpoints: Option<&mut CudaSlice<f32>>,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<(), KernelError> {
+        const OP: &str = "scan_forward (cuda)";
+        let mut args = self.input_args(dims, OP, inputs, resets)?;
+        check_device_len(OP, "out", dims.batch * dims.len * dims.channels, out)?;
+        if let Some(state) = &state {
+            check_device_len(OP, "state", dims.state_len(), state)?;
+        }
+        if let Some(checkpoints) = &checkpoints {
+            check_device_len(OP, "checkpoints", dims.checkpoint_len(), checkpoints)?;
+        }
+        let cut = segments_for(dims, 1, self.target_threads()?);
+        let slots = dims.batch * cut.segments * dims.channels;
+        let seg_state = self.scratch::<f32>(slots * STATE)?;
+        let seg_sum = self.scratch::<f32>(slots)?;
+        args.state = state.as_ref().map_or(0, |s| self.address(s));
+        args.checkpoints = checkpoints.as_ref().map_or(0, |c| self.address(c));
+        args.out = self.address(out);
+        args.seg_state = self.address(&seg_state);
+        args.seg_sum = self.address(&seg_sum);
+        args.seg_len = cut.seg_len as i32;
+        args.segments = cut.segments as i32;
+
+        let blocks = dims.channels.div_ceil(CHANNEL_THREADS as usize);
+        let per_segment = grid(
+            blocks,
+            dims,
+            cut.segments,
+            CHANNEL_THREADS,
+            CHANNEL_TILES_BYTES,
+        );
+        if cut.segments > 1 {
+            self.launch(&self.scan_function("scan_fwd_segment")?, per_segment, &args)?;
+            let combine = flat(dims.batch * dims.channels * STATE);
+            self.launch(&self.scan_function("scan_fwd_combine")?, combine, &args)?;
+        }
+        self.launch(&self.scan_function("scan_fwd_output")?, per_segment, &args)?;
+        // The scratch buffers are freed in stream order, after the kernels.
+        Ok(())
+    }
+
+    /// Gradients of [`Cuda::scan_forward`] from its checkpoints; semantics as
+    /// [`super::cpu::backward`]: activation gradients overwritten, `da_log`, `dd_skip` and
+    /// `ddelta_bias` accumulated. Deterministic: no floating-point atomics.
+    pub fn scan_backward(
+        &self,
+        dims: ScanDims,
+        inputs: &DeviceInputs<'_>,
+        resets: Option<&CudaSlice<u32>>,
+        checkpoints: &CudaSlice<f32>,
+        d_out: &CudaSlice<f32>,
+        grads: ScanGrads<&mut CudaSlice<f32>>,
+    ) -> Result<(), KernelError> {
+        const OP: &str = "scan_backward (cuda)";
+        let mut args = self.input_args(dims, OP, inputs, resets)?;
+        let activations = dims.batch * dims.len * dims.channels;
+        let rows = dims.batch * dims.len * dims.state;
+        check_device_len(OP, "checkpoints", dims.checkpoint_len(), checkpoints)?;
+        check_device_len(OP, "d_out", activations, d_out)?;
+        check_device_len(OP, "du", activations, grads.du)?;
+        check_device_len(OP, "ddelta", activations, grads.ddelta)?;
+        check_device_len(OP, "da_log", dims.channels * dims.state, grads.da_log)?;
+        check_device_len(OP, "db", rows, grads.db)?;
+        check_device_len(OP, "dc", rows, grads.dc)?;
+        check_device_len(OP, "dd_skip", dims.channels, grads.dd_skip)?;
+        check_device_len(OP, "ddelta_bias", dims.channels, grads.ddelta_bias)?;
+        match (&inputs.z, &grads.dz) {
+            (Some(_), Some(dz)) => check_device_len(OP, "dz", activations, dz)?,
+            (None, None) => {}
+            _ => {
+                return Err(KernelError::Invalid {
+                    op: OP,
+                    message: "`dz` must be given exactly when the inputs have `z`".into(),
+                })
+            }
+        }
+
+        let cut = segments_for(dims, 1, self.target_threads()?);
+        let slots = dims.batch * cut.segments * dims.channels;
+        let channel_blocks = dims.channels.div_ceil(BACKWARD_CHANNELS);
+        let seg_state = self.scratch::<f32>(slots * STATE)?;
+        let seg_sum = self.scratch::<f32>(slots)?;
+        let part_a = self.scratch::<f32>(slots * STATE)?;
+        let part_d = self.scratch::<f32>(slots)?;
+        let part_bias = self.scratch::<f32>(slots)?;
+        let part_b = self.scratch::<f32>(channel_blocks * rows)?;
+        let part_c = self.scratch::<f32>(channel_blocks * rows)?;
+        args.checkpoints = self.address(checkpoints);
+        args.seg_state = self.address(&seg_state);
+        args.seg_sum = self.address(&seg_sum);
+        args.d_out = self.address(d_out);
+        args.du = self.address(grads.du);
+        args.ddelta = self.address(grads.ddelta);
+        args.dz = grads.dz.as_ref().map_or(0, |dz| self.address(dz));
+        args.part_a = self.address(&part_a);
+        args.part_d = self.address(&part_d);
+        args.part_bias = self.address(&part_bias);
+        args.part_b = self.address(&part_b);
+        args.part_c = self.address(&part_c);
+        args.da_log = self.address(grads.da_log);
+        args.dd_skip = self.address(grads.dd_skip);
+        args.ddelta_bias = self.address(grads.ddelta_bias);
+        args.db = self.address(grads.db);
+        args.dc = self.address(grads.dc);
+        args.seg_len = cut.seg_len as i32;
+        args.segments = cut.segments as i32;
+        args.channel_blocks = channel_blocks as i32;
+
+        if cut.segments > 1 {
+            let blocks = dims.channels.div_ceil(CHANNEL_THREADS as usize);
+            let per_segment = grid(
+                blocks,
+                dims,
+                cut.segments,
+                CHANNEL_THREADS,
+                CHANNEL_TILES_BYTES,
+            );
+            self.launch(&self.scan_function("scan_bwd_segment")?, per_segment, &args)?;
+            let combine = flat(dims.batch * dims.channels * STATE);
+            self.launch(&self.scan_function("scan_bwd_combine")?, combine, &args)?;
+        }
+        let sub_states = dims.chunk.div_ceil(BACKWARD_SUB) * BACKWARD_THREADS as usize * 16;
+        let main = grid(
+            channel_blocks,
+            dims,
+            cut.segments,
+            BACKWARD_THREADS,
+            sub_states,
+        );
+        self.launch(&self.scan_function("scan_bwd_main")?, main, &args)?;
+        self.launch(
+            &self.scan_function("scan_bwd_reduce_bc")?,
+            flat(rows),
+            &args,
+        )?;
+        let params = flat(dims.channels * STATE);
+        self.launch(
+            &self.scan_function("scan_bwd_reduce_params")?,
+            params,
+            &args,
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,507 @@
+//! The CUDA scan against the f64 reference. Each test skips (and says so) without a GPU.
+
+use super::*;
+use crate::rng::Rng;
+use crate::scan::reference;
+use crate::testing::{assert_close, to_f64};
+
+fn device() -> Option<Cuda> {
+    match Cuda::new(0) {
+        Ok(cuda) => Some(cuda),
+        Err(reason) => {
+            println!("skipping: no CUDA device ({reason})");
+            None
+        }
+    }
+}
+
+/// Host data of one scan problem, f32 as the device sees it.
+struct Problem {
+    dims: ScanDims,
+    u: Vec<f32>,
+    delta: Vec<f32>,
+    a_log: Vec<f32>,
+    b: Vec<f32>,
+    c: Vec<f32>,
+    d_skip: Vec<f32>,
+    delta_bias: Vec<f32>,
+    z: Option<Vec<f32>>,
+    resets: Option<Vec<u32>>,
+    initial: Option<Vec<f32>>,
+    d_out: Vec<f32>,
+}
+
+impl Problem {
+    fn random(
+        dims: ScanDims,
+        seed: u64,
+        gated: bool,
+        with_resets: bool,
+        with_initial: bool,
+    ) -> Self {
+        let mut rng = Rng::new(seed);
+        let act = dims.batch * dims.len * dims.channels;
+        let rows = dims.batch * dims.len * dims.state;
+        let normal =
+            |rng: &mut Rng, n: usize| -> Vec<f32> { (0..n).map(|_| rng.normal() as f32).collect() };
+        let mut delta = rng.vec_uniform(act, -4.0, 1.0);
+        // A few positions take softplus's pass-through branch.
+        for i in (5..act).step_by(997) {
+            delta[i] = 21.0;
+        }
+        Self {
+            dims,
+            u: normal(&mut rng, act),
+            delta,
+            a_log: (0..dims.channels * dims.state)
+                .map(|_| rng.uniform_in(0.5, 16.0).ln() as f32)
+                .collect(),
+            b: normal(&mut rng, rows),
+            c: normal(&mut rng, rows),
+            d_skip: rng.vec_uniform(dims.channels, -1.0, 1.0),
+            delta_bias: rng.vec_uniform(dims.channels, -1.0, 0.5),
+            z: gated.then(|| normal(&mut rng, act)),
+            resets: with_resets.then(|| {
+                (0..dims.batch * dims.len)
+                    .map(|_| u32::from(rng.below(20) == 0))
+                    .collect()
+            }),
+            initial: with_initial.then(|| normal(&mut rng, dims.state_len())),
+            d_out: normal(&mut rng, act),
+        }
+    }
+
+    fn reference_inputs(&self) -> [Vec<f64>; 8] {
+        [
+            to_f64(&self.u),
+            to_f64(&self.delta),
+            to_f64(&self.a_log),
+            to_f64(&self.b),
+            to_f64(&self.c),
+            to_f64(&self.d_skip),
+            to_f64(&self.delta_bias),
+            to_f64(self.z.as_deref().unwrap_or(&[])),
+        ]
+    }
+}
+
+fn as_inputs(v: &[Vec<f64>; 8], gated: bool) -> ScanInputs<&[f64]> {
+    ScanInputs {
+        u: &v[0],
+        delta: &v[1],
+        a_log: &v[2],
+        b: &v[3],
+        c: &v[4],
+        d_skip: &v[5],
+        delta_bias: &v[6],
+        z: gated.then_some(&v[7][..]),
+    }
+}
+
+/// The problem's inputs on the device.
+struct OnDevice {
+    tensors: Vec<CudaSlice<f32>>,
+    z: Option<CudaSlice<f32>>,
+    resets: Option<CudaSlice<u32>>,
+}
+
+impl OnDevice {
+    fn new(cuda: &Cuda, p: &Problem) -> Self {
+        let tensors = [
+            &p.u,
+            &p.delta,
+            &p.a_log,
+            &p.b,
+            &p.c,
+            &p.d_skip,
+            &p.delta_bias,
+        ]
+        .iter()
+        .map(|t| cuda.upload(t).unwrap())
+        .collect();
+        Self {
+            tensors,
+            z: p.z.as_ref().map(|z| cuda.upload(z).unwrap()),
+            resets: p.resets.as_ref().map(|r| cuda.upload(r).unwrap()),
+        }
+    }
+
+    fn inputs(&self) -> DeviceInputs<'_> {
+        let t = &self.tensors;
+        ScanInputs {
+            u: &t[0],
+            delta: &t[1],
+            a_log: &t[2],
+            b: &t[3],
+            c: &t[4],
+            d_skip: &t[5],
+            delta_bias: &t[6],
+            z: self.z.as_ref(),
+        }
+    }
+}
+
+struct DeviceForward {
+    out: Vec<f32>,
+    final_state: Vec<f32>,
+    checkpoints: CudaSlice<f32>,
+}
+
+fn run_forward(cuda: &Cuda, p: &Problem, on: &OnDevice) -> DeviceForward {
+    let dims = p.dims;
+    let act = dims.batch * dims.len * dims.channels;
+    // Poisoned outputs: every element must be written.
+    let mut out = cuda.upload(&vec![f32::NAN; act]).unwrap();
+    let mut checkpoints = cuda.upload(&vec![f32::NAN; dims.checkpoint_len()]).unwrap();
+    let initial = p
+        .initial
+        .clone()
+        .unwrap_or_else(|| vec![0.0; dims.state_len()]);
+    let mut state = cuda.upload(&initial).unwrap();
+    let state_arg = p.initial.is_some().then_some(&mut state);
+    cuda.scan_forward(
+        dims,
+        &on.inputs(),
+        on.resets.as_ref(),
+        state_arg,
+        Some(&mut checkpoints),
+        &mut out,
+    )
+    .unwrap();
+    DeviceForward {
+        out: cuda.download(&out).unwrap(),
+        final_state: cuda.download(&state).unwrap(),
+        checkpoints,
+    }
+}
+
+/// Parameter gradients start at these values, to check that they are accumulated.
+const PRIOR: f32 = 0.25;
+
+struct DeviceGrads {
+    all: Vec<(&'static str, Vec<f32>)>,
+}
+
+fn run_backward(
+    cuda: &Cuda,
+    p: &Problem,
+    on: &OnDevice,
+    checkpoints: &CudaSlice<f32>,
+) -> DeviceGrads {
+    let dims = p.dims;
+    let act = dims.batch * dims.len * dims.channels;
+    let rows = dims.batch * dims.len * dims.state;
+    let poison = |n: usize| cuda.upload(&vec![f32::NAN; n]).unwrap();
+    let prior = |n: usize| cuda.upload(&vec![PRIOR; n]).unwrap();
+    let (mut du, mut ddelta, mut db, mut dc) =
+        (poison(act), poison(act), poison(rows), poison(rows));
+    let mut dz = p.z.as_ref().map(|_| poison(act));
+    let mut da_log = prior(dims.channels * dims.state);
+    let (mut dd_skip, mut ddelta_bias) = (prior(dims.channels), prior(dims.channels));
+    let d_out = cuda.upload(&p.d_out).unwrap();
+    let grads = ScanGrads {
+        du: &mut du,
+        ddelta: &mut ddelta,
+        da_log: &mut da_log,
+        db: &mut db,
+        dc: &mut dc,
+        dd_skip: &mut dd_skip,
+        ddelta_bias: &mut ddelta_bias,
+        dz: dz.as_mut(),
+    };
+    cuda.scan_backward(
+        dims,
+        &on.inputs(),
+        on.resets.as_ref(),
+        checkpoints,
+        &d_out,
+        grads,
+    )
+    .unwrap();
+    let mut all = vec![
+        ("du", cuda.download(&du).unwrap()),
+        ("ddelta", cuda.download(&ddelta).unwrap()),
+        ("da_log", cuda.download(&da_log).unwrap()),
+        ("db", cuda.download(&db).unwrap()),
+        ("dc", cuda.download(&dc).unwrap()),
+        ("dd_skip", cuda.download(&dd_skip).unwrap()),
+        ("ddelta_bias", cuda.download(&ddelta_bias).unwrap()),
+    ];
+    if let Some(dz) = &dz {
+        all.push(("dz", cuda.download(dz).unwrap()));
+    }
+    DeviceGrads { all }
+}
+
+/// Forward (output, final state, checkpoints) and every gradient against the reference.
+fn check_against_reference(cuda: &Cuda, p: &Problem) {
+    let dims = p.dims;
+    let host = p.reference_inputs();
+    let x = as_inputs(&host, p.z.is_some());
+    let resets = p.resets.as_deref();
+    let initial = p.initial.as_ref().map(|h| to_f64(h));
+    let want = reference::forward(dims, &x, resets, initial.as_deref());
+    let on = OnDevice::new(cuda, p);
+    let got = run_forward(cuda, p, &on);
+    assert_close("out", &got.out, &want.out, 1e-5, 1e-7);
+    assert_close(
+        "checkpoints",
+        &cuda.download(&got.checkpoints).unwrap(),
+        &want.checkpoints,
+        1e-5,
+        1e-7,
+    );
+    if p.initial.is_some() {
+        assert_close(
+            "final state",
+            &got.final_state,
+            &want.final_state,
+            1e-5,
+            1e-7,
+        );
+    }
+
+    let want = reference::backward(dims, &x, resets, initial.as_deref(), &to_f64(&p.d_out));
+    let got = run_backward(cuda, p, &on, &got.checkpoints);
+    let prior = |v: &[f64]| -> Vec<f64> { v.iter().map(|g| g + PRIOR as f64).collect() };
+    let mut expected = vec![
+        ("du", want.du),
+        ("ddelta", want.ddelta),
+        ("da_log", prior(&want.da_log)),
+        ("db", want.db),
+        ("dc", want.dc),
+        ("dd_skip", prior(&want.dd_skip)),
+        ("ddelta_bias", prior(&want.ddelta_bias)),
+    ];
+    if let Some(dz) = want.dz {
+        expected.push(("dz", dz));
+    }
+    assert_eq!(got.all.len(), expected.len());
+    for ((name, actual), (_, reference)) in got.all.iter().zip(&expected) {
+        assert_close(name, actual, reference, 1e-4, 1e-7);
+    }
+}
+
+#[test]
+fn cuda_scan_gated_with_resets_and_initial_state() {
+    let Some(cuda) = device() else { return };
+    // len not a multiple of the chunk; channels not a multiple of any block size.
+    let dims = ScanDims {
+        batch: 2,
+        len: 300,
+        channels: 80,
+        state: 16,
+        chunk: 64,
+    };
+    check_against_reference(&cuda, &Problem::random(dims, 1, true, true, true));
+}
+
+#[test]
+fn cuda_scan_plain() {
+    let Some(cuda) = device() else { return };
+    let dims = ScanDims {
+        batch: 1,
+        len: 517,
+        channels: 33,
+        state: 16,
+        chunk: 64,
+    };
+    check_against_reference(&cuda, &Problem::random(dims, 2, false, false, false));
+}
+
+#[test]
+fn cuda_scan_segments_of_several_chunks() {
+    let Some(cuda) = device() else { return };
+    // batch · channels large enough that each GPU segment spans several chunks.
+    let dims = ScanDims {
+        batch: 4,
+        len: 203,
+        channels: 2000,
+        state: 16,
+        chunk: 8,
+    };
+    check_against_reference(&cuda, &Problem::random(dims, 3, true, true, true));
+}
+
+#[test]
+fn cuda_scan_single_segment() {
+    let Some(cuda) = device() else { return };
+    // Enough channels to fill the device without cutting rows: the one-pass path.
+    let dims = ScanDims {
+        batch: 1,
+        len: 21,
+        channels: 140_000,
+        state: 16,
+        chunk: 8,
+    };
+    assert_eq!(
+        segments_for(dims, 1, cuda.target_threads().unwrap()).segments,
+        1
+    );
+    check_against_reference(&cuda, &Problem::random(dims, 4, true, true, true));
+}
+
+#[test]
+fn cuda_scan_backward_is_deterministic() {
+    let Some(cuda) = device() else { return };
+    let dims = ScanDims {
+        batch: 2,
+        len: 700,
+        channels: 200,
+        state: 16,
+        chunk: 64,
+    };
+    let p = Problem::random(dims, 5, true, true, false);
+    let on = OnDevice::new(&cuda, &p);
+    let forward = run_forward(&cuda, &p, &on);
+    let first = run_backward(&cuda, &p, &on, &forward.checkpoints);
+    let second = run_backward(&cuda, &p, &on, &forward.checkpoints);
+    for ((name, a), (_, b)) in first.all.iter().zip(&second.all) {
+        let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same, "{name} differs between two identical backward runs");
+    }
+}
+
+#[test]
+fn cuda_scan_rejects_bad_shapes() {
+    let Some(cuda) = device() else { return };
+    let dims = ScanDims {
+        batch: 1,
+        len: 10,
+        channels: 4,
+        state: 16,
+        chunk: 4,
+    };
+    let p = Problem::random(dims, 6, false, false, false);
+    let on = OnDevice::new(&cuda, &p);
+    let mut short = cuda.zeros::<f32>(39).unwrap();
+    let error = cuda
+        .scan_forward(dims, &on.inputs(), None, None, None, &mut short)
+        .unwrap_err();
+    assert!(matches!(
+        error,
+        KernelError::Shape {
+            tensor: "out",
+            expected: 40,
+            actual: 39,
+            ..
+        }
+    ));
+    let mut out = cuda.zeros::<f32>(40).unwrap();
+    let eight = ScanDims { state: 8, ..dims };
+    let error = cuda
+        .scan_forward(eight, &on.inputs(), None, None, None, &mut out)
+        .unwrap_err();
+    assert!(matches!(error, KernelError::Invalid { .. }), "{error}");
+}
+
+#[test]
+fn segments_cover_the_row_in_whole_chunks() {
+    let dims = ScanDims {
+        batch: 1,
+        len: 2048,
+        channels: 1024,
+        state: 16,
+        chunk: 64,
+    };
+    let cut = segments_for(dims, 1, 132 * 1024);
+    assert_eq!(
+        cut,
+        Segments {
+            seg_len: 64,
+            segments: 32
+        }
+    );
+    let dims = ScanDims {
+        batch: 1,
+        len: 524_288,
+        channels: 1024,
+        state: 16,
+        chunk: 64,
+    };
+    let cut = segments_for(dims, 1, 132 * 1024);
+    assert_eq!(cut.seg_len % 64, 0);
+    assert!(cut.segments * cut.seg_len >= dims.len && (cut.segments - 1) * cut.seg_len < dims.len);
+    assert!((100..=132).contains(&cut.segments), "{cut:?}");
+    let dims = ScanDims {
+        batch: 64,
+        len: 100,
+        channels: 4096,
+        state: 16,
+        chunk: 64,
+    };
+    assert_eq!(segments_for(dims, 1, 132 * 1024).segments, 1);
+}
+
+/// The CUDA op against the CPU op (the reference backend) on the same inputs.
+#[test]
+fn cuda_scan_matches_the_cpu_op() {
+    let Some(cuda) = device() else { return };
+    let dims = ScanDims {
+        batch: 3,
+        len: 333,
+        channels: 150,
+        state: 16,
+        chunk: 32,
+    };
+    let p = Problem::random(dims, 7, true, true, true);
+    let inputs = ScanInputs {
+        u: &p.u[..],
+        delta: &p.delta[..],
+        a_log: &p.a_log[..],
+        b: &p.b[..],
+        c: &p.c[..],
+        d_skip: &p.d_skip[..],
+        delta_bias: &p.delta_bias[..],
+        z: p.z.as_deref(),
+    };
+    let act = dims.batch * dims.len * dims.channels;
+    let rows = dims.batch * dims.len * dims.state;
+    let mut state = p.initial.clone().unwrap();
+    let mut checkpoints = vec![0.0; dims.checkpoint_len()];
+    let mut out = vec![0.0; act];
+    let resets = p.resets.as_deref();
+    crate::scan::cpu::forward(
+        dims,
+        &inputs,
+        resets,
+        Some(&mut state),
+        Some(&mut checkpoints),
+        &mut out,
+    )
+    .unwrap();
+    let on = OnDevice::new(&cuda, &p);
+    let got = run_forward(&cuda, &p, &on);
+    assert_close("out", &got.out, &to_f64(&out), 1e-5, 1e-7);
+    assert_close("final state", &got.final_state, &to_f64(&state), 1e-5, 1e-7);
+    let device_checkpoints = cuda.download(&got.checkpoints).unwrap();
+    assert_close(
+        "checkpoints",
+        &device_checkpoints,
+        &to_f64(&checkpoints),
+        1e-5,
+        1e-7,
+    );
+
+    let (mut du, mut ddelta, mut dz) = (vec![0.0; act], vec![0.0; act], vec![0.0; act]);
+    let (mut db, mut dc) = (vec![0.0; rows], vec![0.0; rows]);
+    let mut da_log = vec![PRIOR; dims.channels * dims.state];
+    let (mut dd_skip, mut ddelta_bias) = (vec![PRIOR; dims.channels], vec![PRIOR; dims.channels]);
+    let grads = ScanGrads {
+        du: &mut du[..],
+        ddelta: &mut ddelta[..],
+        da_log: &mut da_log[..],
+        db: &mut db[..],
+        dc: &mut dc[..],
+        dd_skip: &mut dd_skip[..],
+        ddelta_bias: &mut ddelta_bias[..],
+        dz: Some(&mut dz[..]),
+    };
+    crate::scan::cpu::backward(dims, &inputs, resets, &checkpoints, &p.d_out, grads).unwrap();
+    let got = run_backward(&cuda, &p, &on, &got.checkpoints);
+    let cpu = [du, ddelta, da_log, db, dc, dd_skip, ddelta_bias, dz];
+    assert_eq!(got.all.len(), cpu.len());
+    for ((name, actual), expected) in got.all.iter().zip(&cpu) {
+        assert_close(name, actual, &to_f64(expected), 1e-4, 1e-7);
+    }
+}

@@ -1,0 +1,808 @@
+// Selective scan of Mamba-1 on the GPU, forward and backward (semantics in scan/mod.rs).
+//
+// Layout: u, delta, z, out and their gradients are (batch, len, channels), channels
+// contiguous, so consecutive threads taking consecutive channels load coalesced rows;
+// B and C are (batch, len, STATE), one row per position shared by every channel, so a
+// block copies each row once into shared memory. Inputs are staged a tile of positions
+// ahead with asynchronous copies (cp.async, double-buffered). A thread keeps its states
+// in registers and walks the sequence; exp(delta * A) is one ex2 with A pre-scaled by
+// log2(e).
+//
+// Parallelism beyond batch x channels comes from cutting each row into `segments` of
+// `seg_len` positions (a multiple of the checkpoint `chunk`):
+//   forward  1. segment_local: each segment scanned from a zero state; its end state and
+//               its summed delta (the decay over a segment is exp(A * sum delta)) saved;
+//            2. combine: per (batch, channel, state) the carries are chained in order;
+//            3. output: each segment rescanned from its true carry, writing the output,
+//               the checkpoints (state at each chunk start) and the final state.
+//   backward 1. segment_local: the gradient w.r.t. the state entering each segment from
+//               its own positions, and the same summed delta;
+//            2. combine: chained from the last segment back;
+//            3. main: per chunk, states recomputed from the checkpoint and the chunk
+//               walked backward with dh in registers, writing every gradient; sums over
+//               channels (dB, dC) and over positions (dA, dD, dbias) go to per-block
+//               partials that
+//            4. reduce_bc / reduce_params add up in a fixed order: no atomics, so the
+//               result is the same bit for bit on every run.
+// With one segment, steps 1 and 2 are skipped.
+//
+// Built by NVRTC with -DSTATE=<n>; no headers.
+
+#ifndef STATE
+#error "compile with -DSTATE=<states per channel>"
+#endif
+#if STATE != 16
+#error "the CUDA scan is written for 16 states per channel"
+#endif
+
+#define LOG2E 1.4426950408889634f
+// Backward: states per thread (4 threads share a channel), and positions recomputed
+// and held in registers at a time.
+#define GROUP_STATES 4
+#define GROUPS (STATE / GROUP_STATES)
+#define SUB 8
+#define BWD_CHANNELS 64
+#define BWD_THREADS (BWD_CHANNELS * GROUPS)
+
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
+struct ScanArgs {
+    const float* u;
+    const float* delta;
+    const float* a_log;
+    const float* b;
+    const float* c;
+    const float* d_skip;
+    const float* delta_bias;
+    const float* z;           // may be null
+    const u32* resets;        // may be null
+    float* state;             // may be null: initial state in, final state out
+    float* checkpoints;       // may be null in the forward
+    float* out;               // forward output
+    float* seg_state;         // (batch, segments, channels, STATE) scratch
+    float* seg_sum;           // (batch, segments, channels) scratch; -1 marks a reset
+    const float* d_out;
+    float* du;
+    float* ddelta;
+    float* dz;                // null without z
+    float* part_a;            // (batch * segments, channels, STATE)
+    float* part_d;            // (batch * segments, channels)
+    float* part_bias;         // (batch * segments, channels)
+    float* part_b;            // (channel blocks, batch, len, STATE)
+    float* part_c;            // (channel blocks, batch, len, STATE)
+    float* da_log;
+    float* dd_skip;
+    float* ddelta_bias;
+    float* db;
+    float* dc;
+    int batch;
+    int len;
+    int channels;
+    int chunk;
+    int seg_len;
+    int segments;
+    int chunks;
+    int channel_blocks;
+};
+
+__device__ __forceinline__ void load_row(const float* base, float (&v)[STATE]) {
+    const float4* row = reinterpret_cast<const float4*>(base);
+#pragma unroll
+    for (int q = 0; q < STATE / 4; ++q) {
+        float4 x = __ldg(row + q);
+        v[4 * q] = x.x;
+        v[4 * q + 1] = x.y;
+        v[4 * q + 2] = x.z;
+        v[4 * q + 3] = x.w;
+    }
+}
+
+__device__ __forceinline__ void store_row(float* base, const float (&v)[STATE]) {
+    float4* row = reinterpret_cast<float4*>(base);
+#pragma unroll
+    for (int q = 0; q < STATE / 4; ++q) {
+        row[q] = make_float4(v[4 * q], v[4 * q + 1], v[4 * q + 2], v[4 * q + 3]);
+    }
+}
+
+// exp2 as the one special-function instruction it is (inputs here are never huge).
+__device__ __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+__device__ __forceinline__ float softplus(float x) {
+    return x > 20.0f ? x : log1pf(fast_exp2(x * LOG2E));
+}
+
+__device__ __forceinline__ float sigmoid(float x) {
+    return __fdividef(1.0f, 1.0f + fast_exp2(-x * LOG2E));
+}
+
+// ---------------------------------------------------------------------------------------
+// Per-channel kernels (forward segment/output, backward segment): a thread per channel
+// with all STATE states in registers. Inputs are staged TILE positions at a time in
+// shared memory by asynchronous copies, double-buffered: the next tile is in flight while
+// the current one is computed, so memory latency hides behind the exps. Each thread reads
+// its own channel's column; the B/C rows are shared by the block.
+
+#define TILE 16
+#define CH_THREADS 128
+
+enum TileKind { FWD_LOCAL = 0, FWD_OUTPUT = 1, BWD_LOCAL = 2 };
+
+struct ChannelTile {
+    float delta[TILE][CH_THREADS];
+    float x[TILE][CH_THREADS];      // forward: u; backward: d_out
+    float z[TILE][CH_THREADS];
+    float4 rows[TILE][2 * STATE / 4];  // B then C
+    u32 reset[TILE];
+};
+
+// Copies `bytes` (4 or 16) from global to shared memory asynchronously; zero-fills
+// instead when `valid` is false (nothing is read then).
+template <int BYTES>
+__device__ __forceinline__ void copy_async(void* dst, const void* src, bool valid) {
+    const u32 to = static_cast<u32>(__cvta_generic_to_shared(dst));
+    const int size = valid ? BYTES : 0;
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(to), "l"(src), "n"(BYTES), "r"(size));
+}
+
+__device__ __forceinline__ void copy_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+// Waits until at most one committed group (the tile in flight) is still pending.
+__device__ __forceinline__ void copy_wait_all_but_one() { asm volatile("cp.async.wait_group 1;\n" ::); }
+
+template <int KIND>
+__device__ __forceinline__ void issue_channel_tile(const ScanArgs& p, ChannelTile& tile, int b, int d,
+                                                   int ts, int t1) {
+    const int tid = threadIdx.x;
+    const bool active = d < p.channels;
+    const float* x_src = KIND == BWD_LOCAL ? p.d_out : p.u;
+    const bool gated = KIND != FWD_LOCAL && p.z != nullptr;
+#pragma unroll
+    for (int r = 0; r < TILE; ++r) {
+        const bool valid = active && ts + r < t1;
+        const size_t i = valid ? ((size_t)b * p.len + ts + r) * p.channels + d : 0;
+        copy_async<4>(&tile.delta[r][tid], p.delta + i, valid);
+        copy_async<4>(&tile.x[r][tid], x_src + i, valid);
+        if (gated) copy_async<4>(&tile.z[r][tid], p.z + i, valid);
+    }
+    {
+        const int r = tid / 8, q = tid % 8;  // 128 threads = TILE rows x 8 float4
+        const bool wanted = KIND == FWD_OUTPUT || (KIND == FWD_LOCAL ? q < 4 : q >= 4);
+        const bool valid = wanted && ts + r < t1;
+        const size_t row = valid ? (size_t)b * p.len + ts + r : 0;
+        const float* src = q < 4 ? p.b + row * STATE + 4 * q : p.c + row * STATE + 4 * (q - 4);
+        copy_async<16>(&tile.rows[r][q], src, valid);
+    }
+    if (tid < TILE) {
+        const bool valid = p.resets != nullptr && ts + tid < t1;
+        copy_async<4>(&tile.reset[tid], p.resets + (valid ? (size_t)b * p.len + ts + tid : 0), valid);
+    }
+    copy_commit();
+}
+
+__device__ __forceinline__ void tile_row(const ChannelTile& tile, int r, int half, float (&v)[STATE]) {
+#pragma unroll
+    for (int q = 0; q < STATE / 4; ++q) {
+        const float4 x = tile.rows[r][half * (STATE / 4) + q];
+        v[4 * q] = x.x;
+        v[4 * q + 1] = x.y;
+        v[4 * q + 2] = x.z;
+        v[4 * q + 3] = x.w;
+    }
+}
+
+// A pre-scaled by log2(e) so that exp(delta * A) is one exp2.
+__device__ __forceinline__ void load_a2(const ScanArgs& p, int d, float (&a2)[STATE]) {
+#pragma unroll
+    for (int n = 0; n < STATE; ++n) {
+        a2[n] = -__expf(__ldg(p.a_log + (size_t)d * STATE + n)) * LOG2E;
+    }
+}
+
+// Walks the tiles of [t0, t1) forward (or backward), calling `body(tile, start, steps)`
+// with each tile resident. Every thread of the block must call it.
+template <int KIND, bool REVERSE, typename Body>
+__device__ __forceinline__ void for_each_tile(const ScanArgs& p, ChannelTile* tiles, int b, int d, int t0,
+                                              int t1, Body body) {
+    const int count = (t1 - t0 + TILE - 1) / TILE;
+    auto start = [&](int k) { return REVERSE ? t0 + (count - 1 - k) * TILE : t0 + k * TILE; };
+    issue_channel_tile<KIND>(p, tiles[0], b, d, start(0), t1);
+    for (int k = 0; k < count; ++k) {
+        if (k + 1 < count) {
+            issue_channel_tile<KIND>(p, tiles[(k + 1) & 1], b, d, start(k + 1), t1);
+        } else {
+            copy_commit();  // an empty group keeps the wait count uniform
+        }
+        copy_wait_all_but_one();
+        __syncthreads();
+        const int ts = start(k);
+        body(tiles[k & 1], ts, min(TILE, t1 - ts));
+        __syncthreads();  // the buffer is refilled two tiles on
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Forward
+
+extern "C" __global__ void __launch_bounds__(CH_THREADS) scan_fwd_segment(ScanArgs p) {
+    extern __shared__ ChannelTile tiles[];
+    const int d = blockIdx.x * CH_THREADS + threadIdx.x;
+    const int s = blockIdx.y;
+    const int b = blockIdx.z;
+    const bool active = d < p.channels;
+    const int dd = active ? d : p.channels - 1;
+    float a2[STATE];
+    load_a2(p, dd, a2);
+    const float bias = __ldg(p.delta_bias + dd);
+    float h[STATE];
+#pragma unroll
+    for (int n = 0; n < STATE; ++n) h[n] = 0.0f;
+    float sum = 0.0f;
+    bool cut = false;
+    const int t0 = s * p.seg_len;
+    const int t1 = min(t0 + p.seg_len, p.len);
+    for_each_tile<FWD_LOCAL, false>(p, tiles, b, d, t0, t1, [&](const ChannelTile& tile, int, int steps) {
+        // The softplus chains of the whole tile first, independent of the states.
+        float dts[TILE];
+#pragma unroll
+        for (int r = 0; r < TILE; ++r) dts[r] = softplus(tile.delta[r][threadIdx.x] + bias);
+#pragma unroll
+        for (int r = 0; r < TILE; ++r) {
+            if (r >= steps) break;
+            if (tile.reset[r]) {
+#pragma unroll
+                for (int n = 0; n < STATE; ++n) h[n] = 0.0f;
+                cut = true;
+            }
+            const float x = dts[r] * tile.x[r][threadIdx.x];
+            float bt[STATE];
+            tile_row(tile, r, 0, bt);
+#pragma unroll
+            for (int n = 0; n < STATE; ++n) h[n] = fast_exp2(a2[n] * dts[r]) * h[n] + x * bt[n];
+            sum += dts[r];
+        }
+    });
+    if (!active) return;
+    const size_t slot = ((size_t)b * p.segments + s) * p.channels + d;
+    store_row(p.seg_state + slot * STATE, h);
+    p.seg_sum[slot] = cut ? -1.0f : sum;
+}
+
+// The combine kernels load segment summaries this many at a time ahead of the chain:
+// the chain itself is a few flops, the loads are what take time.
+#define COMBINE_AHEAD 8
+
+// One thread per (batch, channel, state): replaces each segment's local end state by the
+// true state entering that segment.
+extern "C" __global__ void __launch_bounds__(256) scan_fwd_combine(ScanArgs p) {
+    const size_t k = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (k >= (size_t)p.batch * p.channels * STATE) return;
+    const int n = k % STATE;
+    const int d = (k / STATE) % p.channels;
+    const int b = k / ((size_t)STATE * p.channels);
+    const float a2 = -__expf(p.a_log[(size_t)d * STATE + n]) * LOG2E;
+    float h = p.state != nullptr ? p.state[k] : 0.0f;
+    for (int s0 = 0; s0 < p.segments; s0 += COMBINE_AHEAD) {
+        float sums[COMBINE_AHEAD], locals[COMBINE_AHEAD];
+#pragma unroll
+        for (int j = 0; j < COMBINE_AHEAD; ++j) {
+            const size_t slot = ((size_t)b * p.segments + min(s0 + j, p.segments - 1)) * p.channels + d;
+            sums[j] = p.seg_sum[slot];
+            locals[j] = p.seg_state[slot * STATE + n];
+        }
+#pragma unroll
+        for (int j = 0; j < COMBINE_AHEAD; ++j) {
+            if (s0 + j >= p.segments) break;
+            const size_t slot = ((size_t)b * p.segments + s0 + j) * p.channels + d;
+            p.seg_state[slot * STATE + n] = h;
+            const float decay = sums[j] < 0.0f ? 0.0f : fast_exp2(a2 * sums[j]);
+            h = decay * h + locals[j];
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(CH_THREADS) scan_fwd_output(ScanArgs p) {
+    extern __shared__ ChannelTile tiles[];
+    const int d = blockIdx.x * CH_THREADS + threadIdx.x;
+    const int s = blockIdx.y;
+    const int b = blockIdx.z;
+    const bool active = d < p.channels;
+    const int dd = active ? d : p.channels - 1;
+    float a2[STATE];
+    load_a2(p, dd, a2);
+    const float bias = __ldg(p.delta_bias + dd);
+    const float skip = __ldg(p.d_skip + dd);
+    const bool gated = p.z != nullptr;
+    float h[STATE];
+    const size_t own = (size_t)b * p.channels + dd;
+    if (p.segments > 1) {
+        load_row(p.seg_state + (((size_t)b * p.segments + s) * p.channels + dd) * STATE, h);
+    } else if (p.state != nullptr) {
+        load_row(p.state + own * STATE, h);
+    } else {
+#pragma unroll
+        for (int n = 0; n < STATE; ++n) h[n] = 0.0f;
+    }
+    const int t0 = s * p.seg_len;
+    const int t1 = min(t0 + p.seg_len, p.len);
+    // Unlike the segment pass, this loop is not unrolled: the unrolled form needs more
+    // registers than four blocks per multiprocessor allow and measured slower.
+    for_each_tile<FWD_OUTPUT, false>(p, tiles, b, d, t0, t1, [&](const ChannelTile& tile, int ts, int steps) {
+        for (int r = 0; r < steps; ++r) {
+            const int t = ts + r;
+            const size_t row = (size_t)b * p.len + t;
+            if (active && p.checkpoints != nullptr && t % p.chunk == 0) {
+                const size_t at = ((size_t)b * p.chunks + t / p.chunk) * p.channels + d;
+                store_row(p.checkpoints + at * STATE, h);
+            }
+            if (tile.reset[r]) {
+#pragma unroll
+                for (int n = 0; n < STATE; ++n) h[n] = 0.0f;
+            }
+            const float uu = tile.x[r][threadIdx.x];
+            const float dt = softplus(tile.delta[r][threadIdx.x] + bias);
+            const float x = dt * uu;
+            float bt[STATE], ct[STATE];
+            tile_row(tile, r, 0, bt);
+            tile_row(tile, r, 1, ct);
+            float y[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+            for (int n = 0; n < STATE; ++n) {
+                h[n] = fast_exp2(a2[n] * dt) * h[n] + x * bt[n];
+                y[n % 4] += h[n] * ct[n];
+            }
+            float out = (y[0] + y[1]) + (y[2] + y[3]) + skip * uu;
+            if (gated) {
+                const float zz = tile.z[r][threadIdx.x];
+                out *= zz * sigmoid(zz);
+            }
+            if (active) p.out[row * p.channels + d] = out;
+        }
+    });
+    if (active && s == p.segments - 1 && p.state != nullptr) {
+        store_row(p.state + own * STATE, h);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Backward
+
+// Gradient w.r.t. the state entering each segment, from that segment's positions alone.
+extern "C" __global__ void __launch_bounds__(CH_THREADS) scan_bwd_segment(ScanArgs p) {
+    extern __shared__ ChannelTile tiles[];
+    const int d = blockIdx.x * CH_THREADS + threadIdx.x;
+    const int s = blockIdx.y;
+    const int b = blockIdx.z;
+    const bool active = d < p.channels;
+    const int dd = active ? d : p.channels - 1;
+    float a2[STATE];
+    load_a2(p, dd, a2);
+    const float bias = __ldg(p.delta_bias + dd);
+    const bool gated = p.z != nullptr;
+    float dh[STATE];
+#pragma unroll
+    for (int n = 0; n < STATE; ++n) dh[n] = 0.0f;
+    float sum = 0.0f;
+    bool cut = false;
+    const int t0 = s * p.seg_len;
+    const int t1 = min(t0 + p.seg_len, p.len);
+    for_each_tile<BWD_LOCAL, true>(p, tiles, b, d, t0, t1, [&](const ChannelTile& tile, int, int steps) {
+        // The softplus and gate chains of the whole tile first, independent of the states.
+        float dts[TILE], gs[TILE];
+#pragma unroll
+        for (int r = 0; r < TILE; ++r) {
+            dts[r] = softplus(tile.delta[r][threadIdx.x] + bias);
+            const float zz = tile.z[r][threadIdx.x];
+            gs[r] = tile.x[r][threadIdx.x] * (gated ? zz * sigmoid(zz) : 1.0f);
+        }
+#pragma unroll
+        for (int r = TILE - 1; r >= 0; --r) {
+            if (r >= steps) continue;
+            float ct[STATE];
+            tile_row(tile, r, 1, ct);
+            sum += dts[r];
+            if (tile.reset[r]) {
+                cut = true;
+#pragma unroll
+                for (int n = 0; n < STATE; ++n) dh[n] = 0.0f;
+            } else {
+#pragma unroll
+                for (int n = 0; n < STATE; ++n) dh[n] = (dh[n] + gs[r] * ct[n]) * fast_exp2(a2[n] * dts[r]);
+            }
+        }
+    });
+    if (!active) return;
+    const size_t slot = ((size_t)b * p.segments + s) * p.channels + d;
+    store_row(p.seg_state + slot * STATE, dh);
+    p.seg_sum[slot] = cut ? -1.0f : sum;
+}
+
+// Replaces each segment's local entering gradient by the gradient w.r.t. the state at
+// that segment's end coming from all later positions.
+extern "C" __global__ void __launch_bounds__(256) scan_bwd_combine(ScanArgs p) {
+    const size_t k = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (k >= (size_t)p.batch * p.channels * STATE) return;
+    const int n = k % STATE;
+    const int d = (k / STATE) % p.channels;
+    const int b = k / ((size_t)STATE * p.channels);
+    const float a2 = -__expf(p.a_log[(size_t)d * STATE + n]) * LOG2E;
+    float e = 0.0f;
+    for (int s0 = p.segments - 1; s0 >= 0; s0 -= COMBINE_AHEAD) {
+        float sums[COMBINE_AHEAD], locals[COMBINE_AHEAD];
+#pragma unroll
+        for (int j = 0; j < COMBINE_AHEAD; ++j) {
+            const size_t slot = ((size_t)b * p.segments + max(s0 - j, 0)) * p.channels + d;
+            sums[j] = p.seg_sum[slot];
+            locals[j] = p.seg_state[slot * STATE + n];
+        }
+#pragma unroll
+        for (int j = 0; j < COMBINE_AHEAD; ++j) {
+            if (s0 - j < 0) break;
+            const size_t slot = ((size_t)b * p.segments + s0 - j) * p.channels + d;
+            p.seg_state[slot * STATE + n] = e;
+            const float decay = sums[j] < 0.0f ? 0.0f : fast_exp2(a2 * sums[j]);
+            e = locals[j] + decay * e;
+        }
+    }
+}
+
+__device__ __forceinline__ float quad_sum(float v) {
+    v += __shfl_xor_sync(0xffffffffu, v, 1);
+    v += __shfl_xor_sync(0xffffffffu, v, 2);
+    return v;
+}
+
+// Raw inputs of one sub-chunk for the block's channels, filled by asynchronous copies
+// one sub-chunk ahead of use (double-buffered).
+struct QuadRaw {
+    float delta[SUB][BWD_CHANNELS];
+    float u[SUB][BWD_CHANNELS];
+    float d_out[SUB][BWD_CHANNELS];
+    float z[SUB][BWD_CHANNELS];
+    float4 rows[SUB][2 * STATE / 4];  // B then C
+    u32 reset[SUB];
+};
+
+// Per-(position, channel) scalars of one sub-chunk, computed once per block rather than
+// once per thread of a channel's quad.
+struct QuadTile {
+    float dt[SUB][BWD_CHANNELS];
+    float u[SUB][BWD_CHANNELS];
+    float g[SUB][BWD_CHANNELS];     // d_out * silu(z): gradient w.r.t. y
+    float zf[SUB][BWD_CHANNELS];    // dz = y * zf
+    float dsp[SUB][BWD_CHANNELS];   // softplus'(delta + bias)
+};
+
+#define QUAD_PER_THREAD (SUB * BWD_CHANNELS / BWD_THREADS)
+
+// Starts copying positions ts .. ts+SUB (clipped at t1); the backward also needs d_out,
+// z and C.
+__device__ __forceinline__ void issue_quad_raw(const ScanArgs& p, QuadRaw& raw, int b, int ts, int t1,
+                                               bool backward) {
+    const int tid = threadIdx.x;
+#pragma unroll
+    for (int e = 0; e < QUAD_PER_THREAD; ++e) {
+        const int flat = e * BWD_THREADS + tid;
+        const int r = flat / BWD_CHANNELS, ch = flat % BWD_CHANNELS;
+        const int d = blockIdx.x * BWD_CHANNELS + ch;
+        const bool valid = d < p.channels && ts + r < t1;
+        const size_t i = valid ? ((size_t)b * p.len + ts + r) * p.channels + d : 0;
+        copy_async<4>(&raw.delta[r][ch], p.delta + i, valid);
+        copy_async<4>(&raw.u[r][ch], p.u + i, valid);
+        if (backward) {
+            copy_async<4>(&raw.d_out[r][ch], p.d_out + i, valid);
+            if (p.z != nullptr) copy_async<4>(&raw.z[r][ch], p.z + i, valid);
+        }
+    }
+    if (tid < SUB * 2 * STATE / 4) {
+        const int r = tid / 8, q = tid % 8;
+        const bool valid = (q < 4 || backward) && ts + r < t1;
+        const size_t row = valid ? (size_t)b * p.len + ts + r : 0;
+        const float* src = q < 4 ? p.b + row * STATE + 4 * q : p.c + row * STATE + 4 * (q - 4);
+        copy_async<16>(&raw.rows[r][q], src, valid);
+    }
+    if (tid < SUB) {
+        const bool valid = p.resets != nullptr && ts + tid < t1;
+        copy_async<4>(&raw.reset[tid], p.resets + (valid ? (size_t)b * p.len + ts + tid : 0), valid);
+    }
+    copy_commit();
+}
+
+// Turns the raw elements this thread copied into the tile's scalars.
+__device__ __forceinline__ void transform_quad(const ScanArgs& p, const QuadRaw& raw, QuadTile& tile,
+                                               bool backward) {
+    const int tid = threadIdx.x;
+#pragma unroll
+    for (int e = 0; e < QUAD_PER_THREAD; ++e) {
+        const int flat = e * BWD_THREADS + tid;
+        const int r = flat / BWD_CHANNELS, ch = flat % BWD_CHANNELS;
+        const int d = min(blockIdx.x * BWD_CHANNELS + ch, p.channels - 1);
+        const float v = raw.delta[r][ch] + __ldg(p.delta_bias + d);
+        tile.dt[r][ch] = softplus(v);
+        tile.u[r][ch] = raw.u[r][ch];
+        if (backward) {
+            const float dout = raw.d_out[r][ch];
+            tile.dsp[r][ch] = v > 20.0f ? 1.0f : sigmoid(v);
+            if (p.z != nullptr) {
+                const float zz = raw.z[r][ch];
+                const float sg = sigmoid(zz);
+                tile.g[r][ch] = dout * zz * sg;
+                tile.zf[r][ch] = dout * sg * (1.0f + zz * (1.0f - sg));
+            } else {
+                tile.g[r][ch] = dout;
+                tile.zf[r][ch] = 0.0f;
+            }
+        }
+    }
+}
+
+__device__ __forceinline__ void quad_row(const QuadRaw& raw, int r, int half, int group, float (&v)[GROUP_STATES]) {
+    const float4 x = raw.rows[r][half * (STATE / 4) + group];
+    v[0] = x.x; v[1] = x.y; v[2] = x.z; v[3] = x.w;
+}
+
+// Sub-chunks of chunk k, and the chunk's positions [c0, c1).
+__device__ __forceinline__ int chunk_subs(const ScanArgs& p, int k, int& c0, int& c1) {
+    c0 = k * p.chunk;
+    c1 = min(c0 + p.chunk, p.len);
+    return (c1 - c0 + SUB - 1) / SUB;
+}
+
+// Each chunk is visited as 2 * subs - 1 tiles: sub-chunks 0 .. subs-2 forward (to
+// rebuild the sub-chunk start states), then subs-1 .. 0 backward. Tile j of chunk k:
+__device__ __forceinline__ void quad_tile_at(const ScanArgs& p, int k, int j, int& ts, int& c1, bool& backward) {
+    int c0;
+    const int subs = chunk_subs(p, k, c0, c1);
+    backward = j >= subs - 1;
+    const int q = backward ? 2 * subs - 2 - j : j;
+    ts = c0 + q * SUB;
+}
+
+// Four threads per channel (lane = 4 * channel + group), each with GROUP_STATES states.
+// Block: BWD_CHANNELS channels of one (batch, segment).
+extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanArgs p) {
+    extern __shared__ float4 sub_states[];  // [sub-chunk][thread]
+    __shared__ QuadRaw raws[2];
+    __shared__ QuadTile tile;
+    __shared__ float reduce[BWD_THREADS / 32][SUB][2 * STATE];
+
+    const int tid = threadIdx.x;
+    const int lane = tid & 31;
+    const int warp = tid >> 5;
+    const int group = tid % GROUPS;
+    const int ch = tid / GROUPS;
+    const int d = blockIdx.x * BWD_CHANNELS + ch;
+    const int s = blockIdx.y;
+    const int b = blockIdx.z;
+    const bool active = d < p.channels;
+    const int dd = active ? d : p.channels - 1;  // inactive threads read a real channel
+    const int n0 = group * GROUP_STATES;
+
+    float a_nat[GROUP_STATES], a2[GROUP_STATES];
+#pragma unroll
+    for (int j = 0; j < GROUP_STATES; ++j) {
+        a_nat[j] = -__expf(__ldg(p.a_log + (size_t)dd * STATE + n0 + j));
+        a2[j] = a_nat[j] * LOG2E;
+    }
+    const float skip = __ldg(p.d_skip + dd);
+
+    float dh[GROUP_STATES];
+    const size_t seg_slot = ((size_t)b * p.segments + s) * p.channels + dd;
+#pragma unroll
+    for (int j = 0; j < GROUP_STATES; ++j) {
+        dh[j] = (active && p.segments > 1) ? p.seg_state[seg_slot * STATE + n0 + j] : 0.0f;
+    }
+    float da[GROUP_STATES] = {0.0f, 0.0f, 0.0f, 0.0f};
+    float dskip_sum = 0.0f, dbias_sum = 0.0f;
+
+    const int seg_start = s * p.seg_len;
+    const int seg_end = min(seg_start + p.seg_len, p.len);
+    const int first_chunk = seg_start / p.chunk;
+    const int last_chunk = (seg_end - 1) / p.chunk;
+    int buffer = 0;
+    {
+        int ts, c1;
+        bool backward;
+        quad_tile_at(p, last_chunk, 0, ts, c1, backward);
+        issue_quad_raw(p, raws[0], b, ts, c1, backward);
+    }
+    for (int k = last_chunk; k >= first_chunk; --k) {
+        int c0, c1;
+        const int subs = chunk_subs(p, k, c0, c1);
+        const int count = 2 * subs - 1;
+        float h[GROUP_STATES];
+        {
+            const float4 saved = *reinterpret_cast<const float4*>(
+                p.checkpoints + (((size_t)b * p.chunks + k) * p.channels + dd) * STATE + n0);
+            h[0] = saved.x; h[1] = saved.y; h[2] = saved.z; h[3] = saved.w;
+        }
+        for (int j = 0; j < count; ++j) {
+            // Start the next tile's copies, then wait for this one's.
+            const int next_k = j + 1 < count ? k : k - 1;
+            if (next_k >= first_chunk) {
+                int ts, t1;
+                bool backward;
+                quad_tile_at(p, next_k, j + 1 < count ? j + 1 : 0, ts, t1, backward);
+                issue_quad_raw(p, raws[buffer ^ 1], b, ts, t1, backward);
+            } else {
+                copy_commit();
+            }
+            copy_wait_all_but_one();
+            __syncthreads();
+            const QuadRaw& raw = raws[buffer];
+            const bool backward = j >= subs - 1;
+            const int q = backward ? count - 1 - j : j;
+            const int ts = c0 + q * SUB;
+            const int steps = min(SUB, c1 - ts);
+            if (j <= subs - 1) {
+                sub_states[q * BWD_THREADS + tid] = make_float4(h[0], h[1], h[2], h[3]);
+            }
+            transform_quad(p, raw, tile, backward);
+            __syncthreads();
+            if (!backward) {
+                // Rebuild the state at the start of the next sub-chunk.
+#pragma unroll
+                for (int r = 0; r < SUB; ++r) {
+                    const float dt = tile.dt[r][ch];
+                    const float x = dt * tile.u[r][ch];
+                    float bv[GROUP_STATES];
+                    quad_row(raw, r, 0, group, bv);
+                    const bool reset = raw.reset[r];
+#pragma unroll
+                    for (int jj = 0; jj < GROUP_STATES; ++jj) {
+                        h[jj] = fast_exp2(a2[jj] * dt) * (reset ? 0.0f : h[jj]) + x * bv[jj];
+                    }
+                }
+            } else {
+                // States before and after each of the SUB steps, and their decays.
+                float hs[SUB + 1][GROUP_STATES], decay[SUB][GROUP_STATES];
+                {
+                    const float4 saved = sub_states[q * BWD_THREADS + tid];
+                    hs[0][0] = saved.x; hs[0][1] = saved.y; hs[0][2] = saved.z; hs[0][3] = saved.w;
+                }
+#pragma unroll
+                for (int r = 0; r < SUB; ++r) {
+                    const float dt = tile.dt[r][ch];
+                    const float x = dt * tile.u[r][ch];
+                    float bv[GROUP_STATES];
+                    quad_row(raw, r, 0, group, bv);
+                    const bool reset = raw.reset[r];
+#pragma unroll
+                    for (int jj = 0; jj < GROUP_STATES; ++jj) {
+                        decay[r][jj] = fast_exp2(a2[jj] * dt);
+                        hs[r + 1][jj] = decay[r][jj] * (reset ? 0.0f : hs[r][jj]) + x * bv[jj];
+                    }
+                }
+#pragma unroll
+                for (int r = SUB - 1; r >= 0; --r) {
+                    if (r >= steps) continue;  // uniform across the block
+                    const int t = ts + r;
+                    const size_t i = ((size_t)b * p.len + t) * p.channels + dd;
+                    float bv[GROUP_STATES], cv[GROUP_STATES];
+                    quad_row(raw, r, 0, group, bv);
+                    quad_row(raw, r, 1, group, cv);
+                    const float dt = tile.dt[r][ch];
+                    const float uu = tile.u[r][ch];
+                    const float g = tile.g[r][ch];
+                    const bool reset = raw.reset[r];
+                    float y_part = 0.0f;
+#pragma unroll
+                    for (int jj = 0; jj < GROUP_STATES; ++jj) y_part += cv[jj] * hs[r + 1][jj];
+                    if (p.z != nullptr) {
+                        const float y = quad_sum(y_part) + skip * uu;
+                        if (active && group == 0) p.dz[i] = y * tile.zf[r][ch];
+                    }
+                    dskip_sum += g * uu;
+                    float ddt_part = 0.0f, du_part = 0.0f;
+                    float db_part[GROUP_STATES], dc_part[GROUP_STATES];
+                    const float x = dt * uu;
+#pragma unroll
+                    for (int jj = 0; jj < GROUP_STATES; ++jj) {
+                        dh[jj] += g * cv[jj];
+                        dc_part[jj] = g * hs[r + 1][jj];
+                        const float decayed = decay[r][jj] * (reset ? 0.0f : hs[r][jj]);
+                        ddt_part += dh[jj] * (a_nat[jj] * decayed + bv[jj] * uu);
+                        du_part += dh[jj] * bv[jj];
+                        db_part[jj] = dh[jj] * x;
+                        da[jj] += dh[jj] * dt * decayed;
+                        dh[jj] = reset ? 0.0f : dh[jj] * decay[r][jj];
+                    }
+                    const float ddt = quad_sum(ddt_part);
+                    const float du_sum = quad_sum(du_part);
+                    const float dv = ddt * tile.dsp[r][ch];
+                    dbias_sum += dv;
+                    if (active && group == 0) {
+                        p.du[i] = g * skip + du_sum * dt;
+                        p.ddelta[i] = dv;
+                    }
+                    // Sum dB and dC over the warp's 8 channels by recursive halving: after
+                    // three exchanges each lane holds one of the 32 (quantity, state) sums.
+                    const bool hi16 = lane & 16, hi8 = lane & 8, hi4 = lane & 4;
+                    float w4[GROUP_STATES];
+#pragma unroll
+                    for (int jj = 0; jj < GROUP_STATES; ++jj) {
+                        const float send = hi16 ? db_part[jj] : dc_part[jj];
+                        const float keep = hi16 ? dc_part[jj] : db_part[jj];
+                        w4[jj] = keep + __shfl_xor_sync(0xffffffffu, send, 16);
+                    }
+                    float w2[2];
+#pragma unroll
+                    for (int jj = 0; jj < 2; ++jj) {
+                        const float send = hi8 ? w4[jj] : w4[2 + jj];
+                        const float keep = hi8 ? w4[2 + jj] : w4[jj];
+                        w2[jj] = keep + __shfl_xor_sync(0xffffffffu, send, 8);
+                    }
+                    const float send = hi4 ? w2[0] : w2[1];
+                    const float keep = hi4 ? w2[1] : w2[0];
+                    const float w1 = keep + __shfl_xor_sync(0xffffffffu, send, 4);
+                    const int slot = (hi16 ? STATE : 0) + n0 + (hi8 ? 2 : 0) + (hi4 ? 1 : 0);
+                    reduce[warp][r][slot] = w1;
+                }
+                __syncthreads();
+                // 256 threads = SUB positions x 32 (quantity, state) sums, over warps in order.
+                {
+                    const int r = tid / (2 * STATE);
+                    const int slot = tid % (2 * STATE);
+                    if (r < steps) {
+                        float total = 0.0f;
+#pragma unroll
+                        for (int w = 0; w < BWD_THREADS / 32; ++w) total += reduce[w][r][slot];
+                        float* part = slot < STATE ? p.part_b : p.part_c;
+                        part[(((size_t)blockIdx.x * p.batch + b) * p.len + ts + r) * STATE + slot % STATE] = total;
+                    }
+                }
+            }
+            __syncthreads();  // tile, reduce and this raw buffer are rewritten next
+            buffer ^= 1;
+        }
+    }
+    if (active) {
+        const size_t slot = ((size_t)b * p.segments + s) * p.channels + d;
+        float4 out = make_float4(da[0] * a_nat[0], da[1] * a_nat[1], da[2] * a_nat[2], da[3] * a_nat[3]);
+        *reinterpret_cast<float4*>(p.part_a + slot * STATE + n0) = out;
+        if (group == 0) {
+            p.part_d[slot] = dskip_sum;
+            p.part_bias[slot] = dbias_sum;
+        }
+    }
+}
+
+// dB, dC: one thread per (batch, position, state), summing the channel blocks in order.
+extern "C" __global__ void __launch_bounds__(256) scan_bwd_reduce_bc(ScanArgs p) {
+    const size_t k = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const size_t total = (size_t)p.batch * p.len * STATE;
+    if (k >= total) return;
+    float sb = 0.0f, sc = 0.0f;
+    for (int blk = 0; blk < p.channel_blocks; ++blk) {
+        sb += p.part_b[blk * total + k];
+        sc += p.part_c[blk * total + k];
+    }
+    p.db[k] = sb;
+    p.dc[k] = sc;
+}
+
+// dA_log, dD, dbias: one thread per (channel, state), summing (batch, segment) in order;
+// accumulated into the gradients.
+extern "C" __global__ void __launch_bounds__(256) scan_bwd_reduce_params(ScanArgs p) {
+    const size_t k = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const size_t per_row = (size_t)p.channels * STATE;
+    if (k >= per_row) return;
+    const int rows = p.batch * p.segments;
+    float sa = 0.0f;
+    for (int r = 0; r < rows; ++r) sa += p.part_a[r * per_row + k];
+    p.da_log[k] += sa;
+    if (k < (size_t)p.channels) {
+        float sd = 0.0f, sbias = 0.0f;
+        for (int r = 0; r < rows; ++r) {
+            sd += p.part_d[(size_t)r * p.channels + k];
+            sbias += p.part_bias[(size_t)r * p.channels + k];
+        }
+        p.dd_skip[k] += sd;
+        p.ddelta_bias[k] += sbias;
+    }
+}
