@@ -258,7 +258,8 @@ impl<'a> Conv<'a> {
             check_len(op, "resets", element_count(op, &[batch, len])?, resets)?;
         }
         if let Some(state) = state {
-            check_len(op, "state", dims.state_len(), state)?;
+            let state_len = element_count(op, &[batch, kernel - 1, channels])?;
+            check_len(op, "state", state_len, state)?;
         }
         let mut taps = vec![0.0; weight.len()];
         for (c, w) in weight.chunks_exact(kernel).enumerate() {
