@@ -382,7 +382,7 @@ fn carry_state(dims: ConvDims, x: &[f32], resets: Option<&[u32]>, state: &mut [f
 mod tests {
     use super::*;
     use crate::rng::Rng;
-    use crate::testing::{assert_close, finite_difference_at, to_f64};
+    use crate::testing::{assert_close, bits, finite_difference_at, on_threads, to_f64};
 
     /// Random inputs of one convolution; `bias`, `resets` and `state` optional.
     struct Case {
@@ -806,17 +806,13 @@ mod tests {
         let case = Case::random(&mut Rng::new(6), dims, true, true, true);
         let d_out = Rng::new(7).vec_uniform(case.x.len(), -1.0, 1.0);
         let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
             let mut grads = (
                 vec![0.0; case.x.len()],
                 vec![0.0; case.weight.len()],
                 vec![0.0; case.bias.len()],
             );
             let (dx, dweight, dbias) = (&mut grads.0, &mut grads.1, &mut grads.2);
-            pool.install(|| {
+            on_threads(threads, || {
                 backward(
                     dims,
                     &case.x,
@@ -831,10 +827,9 @@ mod tests {
                 )
             })
             .unwrap();
-            let (out, _) = pool.install(|| case.run());
+            let (out, _) = on_threads(threads, || case.run());
             (grads, out)
         };
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         let (one, out_one) = run(1);
         let (two, out_two) = run(2);
         assert_eq!(bits(&out_one), bits(&out_two));

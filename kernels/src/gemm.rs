@@ -187,7 +187,7 @@ fn product(
 mod tests {
     use super::*;
     use crate::rng::Rng;
-    use crate::testing::{assert_close, to_f64};
+    use crate::testing::{assert_close, bits, on_threads, to_f64};
 
     /// `op(a)·op(b)` (+ `c` when accumulating) in f64, by the definition.
     fn reference(dims: GemmDims, a: &[f64], b: &[f64], c: &[f64], accumulate: bool) -> Vec<f64> {
@@ -295,21 +295,14 @@ mod tests {
             let b = rng.vec_uniform(dims.k * dims.n, -1.0, 1.0);
             let c0 = rng.vec_uniform(dims.m * dims.n, -1.0, 1.0);
             let run = |threads: usize| {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
                 let mut c = c0.clone();
-                pool.install(|| gemm(dims, &a, &b, &mut c, true)).unwrap();
-                c
+                on_threads(threads, || gemm(dims, &a, &b, &mut c, true)).unwrap();
+                bits(&c)
             };
             let one = run(1);
             for threads in [2, 3] {
-                let many = run(threads);
                 assert!(
-                    one.iter()
-                        .zip(&many)
-                        .all(|(x, y)| x.to_bits() == y.to_bits()),
+                    one == run(threads),
                     "{dims:?}: 1 and {threads} threads differ"
                 );
             }

@@ -163,7 +163,7 @@ pub fn backward(
 mod tests {
     use super::*;
     use crate::rng::Rng;
-    use crate::testing::{assert_close, finite_difference_at, to_f64};
+    use crate::testing::{assert_close, bits, finite_difference_at, on_threads, to_f64};
 
     /// The definition in f64.
     fn reference(dims: NormDims, x: &[f64], weight: &[f64]) -> Vec<f64> {
@@ -295,20 +295,16 @@ mod tests {
         let (x, weight) = random(&mut rng, dims);
         let d_out = rng.vec_uniform(x.len(), -1.0, 1.0);
         let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
             let mut out = vec![0.0; x.len()];
             let mut rstd = vec![0.0; dims.rows];
             let mut dx = vec![0.0; x.len()];
             let mut dweight = vec![0.0; dims.cols];
-            pool.install(|| {
+            on_threads(threads, || {
                 forward(dims, &x, &weight, &mut out, &mut rstd)?;
                 backward(dims, &x, &weight, &rstd, &d_out, &mut dx, &mut dweight)
             })
             .unwrap();
-            [out, rstd, dx, dweight].map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>())
+            [out, rstd, dx, dweight].map(|v| bits(&v))
         };
         assert_eq!(run(1), run(2));
     }
