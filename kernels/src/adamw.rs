@@ -133,7 +133,7 @@ pub fn step(
 mod tests {
     use super::*;
     use crate::rng::Rng;
-    use crate::testing::{assert_close, to_f64};
+    use crate::testing::{assert_close, bits, on_threads, to_f64};
 
     const CONFIG: AdamW = AdamW {
         lr: 0.01,
@@ -201,15 +201,13 @@ mod tests {
         let params0 = rng.vec_uniform(len, -1.0, 1.0);
         let grads = rng.vec_uniform(len, -1.0, 1.0);
         let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
             let mut params = params0.clone();
             let (mut m, mut v) = (vec![0.0; len], vec![0.0; len]);
-            pool.install(|| step(&CONFIG, 3, len / 2, &mut params, &grads, &mut m, &mut v))
-                .unwrap();
-            [params, m, v].map(|x| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+            on_threads(threads, || {
+                step(&CONFIG, 3, len / 2, &mut params, &grads, &mut m, &mut v)
+            })
+            .unwrap();
+            [params, m, v].map(|x| bits(&x))
         };
         assert_eq!(run(1), run(2));
     }

@@ -258,7 +258,8 @@ impl<'a> Conv<'a> {
             check_len(op, "resets", element_count(op, &[batch, len])?, resets)?;
         }
         if let Some(state) = state {
-            check_len(op, "state", dims.state_len(), state)?;
+            let state_len = element_count(op, &[batch, kernel - 1, channels])?;
+            check_len(op, "state", state_len, state)?;
         }
         let mut taps = vec![0.0; weight.len()];
         for (c, w) in weight.chunks_exact(kernel).enumerate() {
@@ -381,7 +382,7 @@ fn carry_state(dims: ConvDims, x: &[f32], resets: Option<&[u32]>, state: &mut [f
 mod tests {
     use super::*;
     use crate::rng::Rng;
-    use crate::testing::{assert_close, finite_difference_at, to_f64};
+    use crate::testing::{assert_close, bits, finite_difference_at, on_threads, to_f64};
 
     /// Random inputs of one convolution; `bias`, `resets` and `state` optional.
     struct Case {
@@ -717,81 +718,120 @@ mod tests {
         assert_eq!(carried, tail_state);
     }
 
-    #[test]
-    fn chunks_and_decode_steps_equal_one_pass() {
-        let mut rng = Rng::new(5);
-        let (batch, len, channels, kernel) = (2, 10, 5, 4);
-        let dims = ConvDims {
+    /// Runs `case` span by span over consecutive position ranges starting at 0 and ending
+    /// at `len`, carrying the state (zero when the case has none) from span to span; returns
+    /// the joined output and the final state.
+    fn run_in_spans(case: &Case, ends: &[usize]) -> (Vec<f32>, Vec<f32>) {
+        let ConvDims {
             batch,
             len,
             channels,
-            kernel,
-        };
-        let case = Case::random(&mut rng, dims, true, true, true);
-        let (full, full_state) = case.run();
-
-        // The positions `range` of every row, with the state carried in from the last run.
-        let run_span = |range: std::ops::Range<usize>, state: &mut Vec<f32>| {
+            ..
+        } = case.dims;
+        let mut state = case
+            .state
+            .clone()
+            .unwrap_or_else(|| vec![0.0; case.dims.state_len()]);
+        let mut joined = vec![f32::NAN; case.x.len()];
+        let mut start = 0;
+        for &end in ends {
             let span = ConvDims {
-                len: range.len(),
-                ..dims
+                len: end - start,
+                ..case.dims
             };
-            let rows = |v: &[f32], width: usize| -> Vec<f32> {
+            // The span's positions of every row, as a tensor of its own.
+            let gather = |width: usize| -> Vec<std::ops::Range<usize>> {
                 (0..batch)
-                    .flat_map(|b| {
-                        v[(b * len + range.start) * width..(b * len + range.end) * width].to_vec()
-                    })
+                    .map(|b| (b * len + start) * width..(b * len + end) * width)
                     .collect()
             };
-            let resets: Vec<u32> = (0..batch)
-                .flat_map(|b| {
-                    case.resets.as_ref().unwrap()[b * len + range.start..b * len + range.end]
-                        .to_vec()
-                })
+            let x: Vec<f32> = gather(channels)
+                .into_iter()
+                .flat_map(|r| case.x[r].to_vec())
                 .collect();
-            let mut out = vec![0.0; batch * range.len() * channels];
+            let resets: Option<Vec<u32>> = case.resets.as_ref().map(|resets| {
+                gather(1)
+                    .into_iter()
+                    .flat_map(|r| resets[r].to_vec())
+                    .collect()
+            });
+            let mut out = vec![0.0; x.len()];
             forward(
                 span,
-                &rows(&case.x, channels),
+                &x,
                 &case.weight,
                 &case.bias,
-                Some(&resets),
-                Some(state),
+                resets.as_deref(),
+                Some(&mut state),
                 &mut out,
             )
             .unwrap();
-            out
-        };
-        let interleave = |pieces: &[(std::ops::Range<usize>, Vec<f32>)]| {
-            let mut joined = vec![0.0; full.len()];
-            for (range, out) in pieces {
-                for b in 0..batch {
-                    let src = &out[b * range.len() * channels..(b + 1) * range.len() * channels];
-                    joined[(b * len + range.start) * channels..(b * len + range.end) * channels]
-                        .copy_from_slice(src);
-                }
+            for (r, piece) in gather(channels)
+                .into_iter()
+                .zip(out.chunks(span.len * channels))
+            {
+                joined[r].copy_from_slice(piece);
             }
-            joined
-        };
-
-        for split in [1, 3, 7] {
-            let mut state = case.state.clone().unwrap();
-            let first = run_span(0..split, &mut state);
-            let second = run_span(split..len, &mut state);
-            assert_eq!(
-                interleave(&[(0..split, first), (split..len, second)]),
-                full,
-                "split at {split}"
-            );
-            assert_eq!(Some(state), full_state, "state after split at {split}");
+            start = end;
         }
+        (joined, state)
+    }
 
-        let mut state = case.state.clone().unwrap();
-        let steps: Vec<_> = (0..len)
-            .map(|t| (t..t + 1, run_span(t..t + 1, &mut state)))
-            .collect();
-        assert_eq!(interleave(&steps), full, "decode steps");
-        assert_eq!(Some(state), full_state, "state after decode steps");
+    #[test]
+    fn chunks_and_decode_steps_equal_one_pass() {
+        let dims = ConvDims {
+            batch: 2,
+            len: 10,
+            channels: 5,
+            kernel: 4,
+        };
+        let case = Case::random(&mut Rng::new(5), dims, true, true, true);
+        let (full, full_state) = case.run();
+        let full_state = full_state.unwrap();
+        for split in [1, 3, 7] {
+            let (chunked, state) = run_in_spans(&case, &[split, dims.len]);
+            assert_eq!(bits(&chunked), bits(&full), "split at {split}");
+            assert_eq!(
+                bits(&state),
+                bits(&full_state),
+                "state after split at {split}"
+            );
+        }
+        let steps: Vec<usize> = (1..=dims.len).collect();
+        let (stepped, state) = run_in_spans(&case, &steps);
+        assert_eq!(bits(&stepped), bits(&full), "decode steps");
+        assert_eq!(bits(&state), bits(&full_state), "state after decode steps");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_split_equals_one_pass(
+            seed in 0u64..1000,
+            batch in 1usize..3,
+            len in 1usize..16,
+            channels in 1usize..6,
+            kernel in 1usize..6,
+            with_resets: bool,
+            with_state: bool,
+            split_fractions in proptest::collection::vec(0.0f64..1.0, 0..4),
+        ) {
+            let dims = ConvDims { batch, len, channels, kernel };
+            let case = Case::random(&mut Rng::new(seed), dims, seed % 2 == 0, with_resets, with_state);
+            let mut ends: Vec<usize> = split_fractions
+                .iter()
+                .map(|f| 1 + (f * (len - 1) as f64) as usize)
+                .chain([len])
+                .collect();
+            ends.sort_unstable();
+            ends.dedup();
+            // Without a state the one pass and the first span both start from zeros.
+            let (full, full_state) = case.run();
+            let (chunked, state) = run_in_spans(&case, &ends);
+            proptest::prop_assert_eq!(bits(&chunked), bits(&full), "ends {:?}", &ends);
+            if let Some(full_state) = full_state {
+                proptest::prop_assert_eq!(bits(&state), bits(&full_state), "state, ends {:?}", &ends);
+            }
+        }
     }
 
     #[test]
@@ -805,17 +845,13 @@ mod tests {
         let case = Case::random(&mut Rng::new(6), dims, true, true, true);
         let d_out = Rng::new(7).vec_uniform(case.x.len(), -1.0, 1.0);
         let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
             let mut grads = (
                 vec![0.0; case.x.len()],
                 vec![0.0; case.weight.len()],
                 vec![0.0; case.bias.len()],
             );
             let (dx, dweight, dbias) = (&mut grads.0, &mut grads.1, &mut grads.2);
-            pool.install(|| {
+            on_threads(threads, || {
                 backward(
                     dims,
                     &case.x,
@@ -830,10 +866,9 @@ mod tests {
                 )
             })
             .unwrap();
-            let (out, _) = pool.install(|| case.run());
+            let (out, _) = on_threads(threads, || case.run());
             (grads, out)
         };
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         let (one, out_one) = run(1);
         let (two, out_two) = run(2);
         assert_eq!(bits(&out_one), bits(&out_two));

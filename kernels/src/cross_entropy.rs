@@ -1,6 +1,6 @@
 //! Softmax cross-entropy fused with its gradient.
 
-use crate::math::exp;
+use crate::math::{exp, sum};
 use crate::parallel::{rows_per_job, run_jobs};
 use crate::{check_len, element_count, KernelError};
 
@@ -23,7 +23,7 @@ pub struct CrossEntropyDims {
 /// naming the row.
 ///
 /// The log-sum-exp subtracts the row's maximum first, so large logits neither overflow nor
-/// lose the loss to rounding; sums are f32. A typical `grad_scale` is one over the number of
+/// lose the loss to rounding; sums are f32 ([`crate::math::sum`]). A typical `grad_scale` is one over the number of
 /// rows not ignored, which makes `dlogits` the gradient of the mean loss.
 ///
 /// ```
@@ -76,35 +76,28 @@ pub fn forward_backward(
     }
 
     let per_job = rows_per_job(vocab);
-    let row_loss = |r: usize, d_row: Option<&mut [f32]>| -> f32 {
+    // The loss of row `r`; `work` receives e^(z - max), turned into the gradient when
+    // `gradient` (so the losses are the same bits with and without the gradient).
+    let row_loss = |r: usize, work: &mut [f32], gradient: bool| -> f32 {
         let target = targets[r];
-        let z = &logits[r * vocab..][..vocab];
         if target == ignore_index {
-            if let Some(d_row) = d_row {
-                d_row.fill(0.0);
-            }
+            work.fill(0.0);
             return 0.0;
         }
+        let z = &logits[r * vocab..][..vocab];
         let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let target_shifted = z[target as usize] - max;
-        match d_row {
-            Some(d_row) => {
-                for (d, &v) in d_row.iter_mut().zip(z) {
-                    *d = exp(v - max);
-                }
-                let sum: f32 = d_row.iter().sum();
-                let scale = grad_scale / sum;
-                for d in d_row.iter_mut() {
-                    *d *= scale;
-                }
-                d_row[target as usize] -= grad_scale;
-                sum.ln() - target_shifted
-            }
-            None => {
-                let sum: f32 = z.iter().map(|&v| exp(v - max)).sum();
-                sum.ln() - target_shifted
-            }
+        for (e, &v) in work.iter_mut().zip(z) {
+            *e = exp(v - max);
         }
+        let sum = sum(work);
+        if gradient {
+            let scale = grad_scale / sum;
+            for d in work.iter_mut() {
+                *d *= scale;
+            }
+            work[target as usize] -= grad_scale;
+        }
+        sum.ln() - (z[target as usize] - max)
     };
     match dlogits {
         Some(dlogits) => {
@@ -118,15 +111,16 @@ pub fn forward_backward(
                     .zip(dlogits.chunks_exact_mut(vocab))
                     .enumerate()
                 {
-                    *loss = row_loss(job * per_job + i, Some(d_row));
+                    *loss = row_loss(job * per_job + i, d_row, true);
                 }
             });
         }
         None => {
             let jobs: Vec<_> = losses.chunks_mut(per_job).collect();
             run_jobs(jobs, |job, losses| {
+                let mut work = vec![0.0; vocab];
                 for (i, loss) in losses.iter_mut().enumerate() {
-                    *loss = row_loss(job * per_job + i, None);
+                    *loss = row_loss(job * per_job + i, &mut work, false);
                 }
             });
         }

@@ -77,6 +77,7 @@ pub fn sum_squares(x: &[f32]) -> f64 {
 mod tests {
     use super::*;
     use crate::rng::Rng;
+    use crate::testing::on_threads;
 
     #[test]
     fn add_and_scale_are_exact() {
@@ -107,13 +108,7 @@ mod tests {
         let mut rng = Rng::new(2);
         let x = rng.vec_uniform(7 * JOB_ELEMENTS + 5, -3.0, 3.0);
         let expected: f64 = x.iter().map(|&v| v as f64 * v as f64).sum();
-        let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| sum_squares(&x))
-        };
+        let run = |threads| on_threads(threads, || sum_squares(&x));
         let one = run(1);
         assert!(
             (one - expected).abs() <= 1e-12 * expected,

@@ -131,7 +131,7 @@ pub fn backward(
 mod tests {
     use super::*;
     use crate::rng::Rng;
-    use crate::testing::{assert_close, finite_difference, to_f64};
+    use crate::testing::{assert_close, bits, finite_difference, on_threads, to_f64};
 
     fn random_ids(rng: &mut Rng, dims: EmbeddingDims) -> Vec<u32> {
         (0..dims.tokens)
@@ -210,14 +210,8 @@ mod tests {
             }
         }
         for threads in [1, 2] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
             let mut dtable = vec![0.0; dims.vocab * dims.dim];
-            pool.install(|| backward(dims, &ids, &d_out, &mut dtable))
-                .unwrap();
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            on_threads(threads, || backward(dims, &ids, &d_out, &mut dtable)).unwrap();
             assert_eq!(bits(&dtable), bits(&sequential), "{threads} threads");
         }
     }

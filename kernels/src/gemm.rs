@@ -2,12 +2,16 @@
 
 use gemm::Parallelism;
 
+use crate::parallel::run_jobs;
 use crate::{check_len, element_count, KernelError};
 
 /// Products with fewer multiply-adds than this run on the calling thread: below it the
 /// `gemm` crate would not split the work anyway, and handing it to the pool costs more
 /// than it saves.
 const PARALLEL_MIN_WORK: usize = 48 * 48 * 256;
+
+/// Columns per job of a large single-row product (a decode step's linear layer).
+const ROW_VECTOR_COLUMNS: usize = 256;
 
 /// Shape of `c (m×n) = op(a) · op(b)`.
 ///
@@ -39,7 +43,8 @@ pub struct GemmDims {
 ///
 /// Sums over `k` are f32, in an order fixed by the shape: the result has the same bits
 /// whatever the size of rayon's thread pool (the `gemm` crate splits only `m` and `n`
-/// across threads and walks `k` in sequential blocks). Zero-sized products are allowed;
+/// across threads and walks `k` in sequential blocks; single-row products, which the crate
+/// runs on one thread, are split into column blocks here). Zero-sized products are allowed;
 /// `k = 0` gives `c = 0` (or leaves `c` as it is when accumulating).
 ///
 /// ```
@@ -64,17 +69,95 @@ pub fn gemm(
         return Ok(());
     }
     // Element (i, p) of op(a) lies at i·a_rows + p·a_cols; likewise for b.
-    let (a_rows, a_cols) = if dims.transpose_a { (1, m) } else { (k, 1) };
-    let (b_rows, b_cols) = if dims.transpose_b { (1, k) } else { (n, 1) };
+    let a_strides = if dims.transpose_a { (1, m) } else { (k, 1) };
+    let b_strides = if dims.transpose_b { (1, k) } else { (n, 1) };
     let work = m.saturating_mul(n).saturating_mul(k);
-    let parallelism = if work >= PARALLEL_MIN_WORK && rayon::current_num_threads() > 1 {
-        Parallelism::Rayon(rayon::current_num_threads())
+    if work < PARALLEL_MIN_WORK {
+        product(
+            m,
+            n,
+            k,
+            c,
+            a,
+            a_strides,
+            b,
+            b_strides,
+            accumulate,
+            Parallelism::None,
+        );
+    } else if m == 1 {
+        // The crate's matrix-vector path runs on one thread: split the columns by hand, in
+        // blocks fixed by the shape so the bits do not depend on the thread count.
+        let jobs: Vec<_> = c.chunks_mut(ROW_VECTOR_COLUMNS).collect();
+        run_jobs(jobs, |job, c| {
+            let b = &b[job * ROW_VECTOR_COLUMNS * b_strides.1..];
+            let columns = c.len();
+            product(
+                1,
+                columns,
+                k,
+                c,
+                a,
+                a_strides,
+                b,
+                b_strides,
+                accumulate,
+                Parallelism::None,
+            );
+        });
     } else {
-        Parallelism::None
-    };
-    // SAFETY: the lengths above make every index `i·rs + j·cs` the crate forms stay inside
-    // its slice (strides are the row-major strides of the stored matrices, all < isize::MAX
-    // because the slices exist), and `c` is a unique borrow that aliases neither input.
+        let parallelism = match rayon::current_num_threads() {
+            1 => Parallelism::None,
+            threads => Parallelism::Rayon(threads),
+        };
+        product(
+            m,
+            n,
+            k,
+            c,
+            a,
+            a_strides,
+            b,
+            b_strides,
+            accumulate,
+            parallelism,
+        );
+    }
+    Ok(())
+}
+
+/// Elements a row-major view of `rows × cols` with strides `(row, col)` spans from its
+/// first element.
+fn reach(rows: usize, cols: usize, (row_stride, col_stride): (usize, usize)) -> usize {
+    if rows == 0 || cols == 0 {
+        0
+    } else {
+        (rows - 1) * row_stride + (cols - 1) * col_stride + 1
+    }
+}
+
+/// `c (m×n, rows n apart) = op(a)·op(b)` (`+=` when `accumulate`) by the `gemm` crate,
+/// with `op(a)` and `op(b)` given by their (row, column) strides into `a` and `b`.
+#[allow(clippy::too_many_arguments)]
+fn product(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: &mut [f32],
+    a: &[f32],
+    a_strides: (usize, usize),
+    b: &[f32],
+    b_strides: (usize, usize),
+    accumulate: bool,
+    parallelism: Parallelism,
+) {
+    // These hold by construction in `gemm`; checked because the call below trusts them.
+    assert!(reach(m, n, (n, 1)) <= c.len(), "gemm: c too short");
+    assert!(reach(m, k, a_strides) <= a.len(), "gemm: a too short");
+    assert!(reach(k, n, b_strides) <= b.len(), "gemm: b too short");
+    let stride = |s: usize| s as isize; // slices hold at most isize::MAX bytes
+                                        // SAFETY: the assertions keep every index `i·rs + j·cs` the crate forms inside its
+                                        // slice, and `c` is a unique borrow, aliasing neither input.
     unsafe {
         gemm::gemm(
             m,
@@ -82,14 +165,14 @@ pub fn gemm(
             k,
             c.as_mut_ptr(),
             1,
-            n as isize,
+            stride(n),
             accumulate,
             a.as_ptr(),
-            a_cols as isize,
-            a_rows as isize,
+            stride(a_strides.1),
+            stride(a_strides.0),
             b.as_ptr(),
-            b_cols as isize,
-            b_rows as isize,
+            stride(b_strides.1),
+            stride(b_strides.0),
             1.0,
             1.0,
             false,
@@ -98,14 +181,13 @@ pub fn gemm(
             parallelism,
         );
     }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::rng::Rng;
-    use crate::testing::{assert_close, to_f64};
+    use crate::testing::{assert_close, bits, on_threads, to_f64};
 
     /// `op(a)·op(b)` (+ `c` when accumulating) in f64, by the definition.
     fn reference(dims: GemmDims, a: &[f64], b: &[f64], c: &[f64], accumulate: bool) -> Vec<f64> {
@@ -144,6 +226,7 @@ mod tests {
             (1, 40, 31),
             (40, 1, 31),
             (65, 70, 130),
+            (1, 3000, 300),
         ];
         for (m, n, k) in shapes {
             for transpose_a in [false, true] {
@@ -195,11 +278,16 @@ mod tests {
     #[test]
     fn same_bits_on_one_and_two_threads() {
         let mut rng = Rng::new(5);
-        for (transpose_a, transpose_b) in [(false, true), (true, false), (false, false)] {
+        let shapes = [(190, 260, 700), (1, 3000, 300)];
+        let transposes = [(false, true), (true, false), (false, false)];
+        for ((m, n, k), (transpose_a, transpose_b)) in shapes
+            .into_iter()
+            .flat_map(|shape| transposes.map(|t| (shape, t)))
+        {
             let dims = GemmDims {
-                m: 190,
-                n: 260,
-                k: 700,
+                m,
+                n,
+                k,
                 transpose_a,
                 transpose_b,
             };
@@ -207,21 +295,14 @@ mod tests {
             let b = rng.vec_uniform(dims.k * dims.n, -1.0, 1.0);
             let c0 = rng.vec_uniform(dims.m * dims.n, -1.0, 1.0);
             let run = |threads: usize| {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
                 let mut c = c0.clone();
-                pool.install(|| gemm(dims, &a, &b, &mut c, true)).unwrap();
-                c
+                on_threads(threads, || gemm(dims, &a, &b, &mut c, true)).unwrap();
+                bits(&c)
             };
             let one = run(1);
             for threads in [2, 3] {
-                let many = run(threads);
                 assert!(
-                    one.iter()
-                        .zip(&many)
-                        .all(|(x, y)| x.to_bits() == y.to_bits()),
+                    one == run(threads),
                     "{dims:?}: 1 and {threads} threads differ"
                 );
             }

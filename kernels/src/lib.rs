@@ -7,6 +7,8 @@
 //!
 //! Layout: activations are `(batch, len, channels)` with channels contiguous, f32.
 //! Every op module holds the shape struct of its op and the CPU implementation on slices.
+//! The CPU ops return the same bits whatever the size of rayon's thread pool: work is cut
+//! into jobs by the shape alone and partial sums are combined in job order.
 
 pub mod adamw;
 pub mod backend;

@@ -1,6 +1,7 @@
 //! Scalar functions written so that loops calling them auto-vectorise: no libm calls, no
 //! branches, only arithmetic and bit casts (the standard `f32::exp` is an opaque call that
-//! keeps every loop around it scalar).
+//! keeps every loop around it scalar); and reductions over interleaved partial sums, which
+//! vectorise where a plain f32 `sum()` (strictly in order) cannot.
 
 /// `e^x` in f32, within 2 ulp of the exact value for normal results; `+inf` above
 /// ~88.72, `0` below ~-87.3 (no subnormal results), `NaN` for `NaN`.
@@ -85,6 +86,53 @@ pub fn silu_derivative(x: f32) -> f32 {
     s * (1.0 + x * (1.0 - s))
 }
 
+/// Lanes of the partial sums of [`dot`] and [`sum`]: enough for 8-wide SIMD.
+const LANES: usize = 8;
+
+/// `Σ a·b` in f32 over eight interleaved partial sums (so the loop vectorises), added in a
+/// fixed order: the same bits on every call. Pairs beyond the shorter slice are ignored.
+///
+/// ```
+/// use seqmamba_kernels::math::dot;
+/// assert_eq!(dot(&[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0]), 32.0);
+/// ```
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let len = a.len().min(b.len());
+    let (a, b) = (&a[..len], &b[..len]);
+    let mut lanes = [0.0f32; LANES];
+    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = a_chunks
+        .remainder()
+        .iter()
+        .zip(b_chunks.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a_chunks.zip(b_chunks) {
+        for ((lane, &x), &y) in lanes.iter_mut().zip(x).zip(y) {
+            *lane += x * y;
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// `Σ a` in f32, summed like [`dot`].
+///
+/// ```
+/// use seqmamba_kernels::math::sum;
+/// assert_eq!(sum(&[1.0, 2.0, 3.0]), 6.0);
+/// ```
+pub fn sum(a: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let chunks = a.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for chunk in chunks {
+        for (lane, &x) in lanes.iter_mut().zip(chunk) {
+            *lane += x;
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,5 +182,23 @@ mod tests {
         }
         assert_eq!(silu(-200.0), 0.0);
         assert_eq!(silu(200.0), 200.0);
+    }
+
+    #[test]
+    fn dot_and_sum_match_f64_for_every_tail_length() {
+        let mut rng = crate::rng::Rng::new(1);
+        for len in [0, 1, 7, 8, 9, 16, 100, 1003] {
+            let a = rng.vec_uniform(len, -1.0, 1.0);
+            let b = rng.vec_uniform(len, -1.0, 1.0);
+            let exact_dot: f64 = a.iter().zip(&b).map(|(&x, &y)| x as f64 * y as f64).sum();
+            let exact_sum: f64 = a.iter().map(|&x| x as f64).sum();
+            let scale = len.max(1) as f64 * 1e-7;
+            assert!(
+                (dot(&a, &b) as f64 - exact_dot).abs() <= scale,
+                "dot of {len}"
+            );
+            assert!((sum(&a) as f64 - exact_sum).abs() <= scale, "sum of {len}");
+        }
+        assert_eq!(dot(&[2.0, 3.0], &[4.0]), 8.0);
     }
 }

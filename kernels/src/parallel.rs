@@ -34,3 +34,30 @@ where
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::on_threads;
+
+    #[test]
+    fn results_come_back_in_job_order() {
+        let jobs: Vec<usize> = (0..100).collect();
+        let results = on_threads(2, || run_jobs(jobs, |index, job| (index, job * 2)));
+        assert_eq!(results, (0..100).map(|i| (i, i * 2)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_single_job_runs_on_the_calling_thread() {
+        let caller = std::thread::current().id();
+        let ran_on = run_jobs(vec![()], |_, ()| std::thread::current().id());
+        assert_eq!(ran_on, [caller]);
+    }
+
+    #[test]
+    fn rows_per_job_is_at_least_one() {
+        assert_eq!(rows_per_job(JOB_ELEMENTS * 4), 1);
+        assert_eq!(rows_per_job(0), JOB_ELEMENTS);
+        assert_eq!(rows_per_job(1024), JOB_ELEMENTS / 1024);
+    }
+}

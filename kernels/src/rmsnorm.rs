@@ -4,6 +4,7 @@
 //! gradient is summed per job and the job sums added in job order, so results do not
 //! depend on the number of threads.
 
+use crate::math::dot;
 use crate::parallel::{rows_per_job, run_jobs};
 use crate::{check_len, element_count, KernelError};
 
@@ -41,7 +42,8 @@ impl NormDims {
 }
 
 /// `out[r] = x[r] · rstd[r] · weight` with `rstd[r] = 1/sqrt(mean(x[r]²) + eps)`;
-/// `rstd` `(rows)` is saved for the backward. The mean square is summed in f32.
+/// `rstd` `(rows)` is saved for the backward. The mean square is summed in f32 by
+/// [`crate::math::dot`].
 ///
 /// ```
 /// use seqmamba_kernels::rmsnorm::{forward, NormDims};
@@ -78,7 +80,7 @@ pub fn forward(
             .zip(out.chunks_exact_mut(cols))
             .zip(rstd.iter_mut())
         {
-            let sum_squares: f32 = x.iter().map(|v| v * v).sum();
+            let sum_squares = dot(x, x);
             *rstd = 1.0 / (sum_squares / cols as f32 + dims.eps).sqrt();
             for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
                 *o = v * *rstd * w;
@@ -128,22 +130,20 @@ pub fn backward(
         let x = &x[first * cols..][..dx.len()];
         let d_out = &d_out[first * cols..][..dx.len()];
         let mut d_weight = vec![0.0f32; cols];
+        let mut g = vec![0.0f32; cols];
         for (((x, d_out), dx), &rstd) in x
             .chunks_exact(cols)
             .zip(d_out.chunks_exact(cols))
             .zip(dx.chunks_exact_mut(cols))
             .zip(&rstd[first..])
         {
-            // mean(g · x̂) with g = d_out · weight and x̂ = x · rstd.
-            let dot: f32 = x
-                .iter()
-                .zip(d_out)
-                .zip(weight)
-                .map(|((&v, &d), &w)| d * w * v)
-                .sum();
-            let projection = dot * rstd * rstd / cols as f32;
-            for (((dx, &v), &d), &w) in dx.iter_mut().zip(x).zip(d_out).zip(weight) {
-                *dx += rstd * (d * w - v * projection);
+            // g = d_out · weight; dx = rstd · (g − x̂ · mean(g · x̂)) with x̂ = x · rstd.
+            for ((g, &d), &w) in g.iter_mut().zip(d_out).zip(weight) {
+                *g = d * w;
+            }
+            let projection = dot(&g, x) * rstd * rstd / cols as f32;
+            for ((dx, &v), &g) in dx.iter_mut().zip(x).zip(&g) {
+                *dx += rstd * (g - v * projection);
             }
             for ((dw, &v), &d) in d_weight.iter_mut().zip(x).zip(d_out) {
                 *dw += d * v * rstd;
@@ -163,7 +163,7 @@ pub fn backward(
 mod tests {
     use super::*;
     use crate::rng::Rng;
-    use crate::testing::{assert_close, finite_difference_at, to_f64};
+    use crate::testing::{assert_close, bits, finite_difference_at, on_threads, to_f64};
 
     /// The definition in f64.
     fn reference(dims: NormDims, x: &[f64], weight: &[f64]) -> Vec<f64> {
@@ -295,20 +295,16 @@ mod tests {
         let (x, weight) = random(&mut rng, dims);
         let d_out = rng.vec_uniform(x.len(), -1.0, 1.0);
         let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
             let mut out = vec![0.0; x.len()];
             let mut rstd = vec![0.0; dims.rows];
             let mut dx = vec![0.0; x.len()];
             let mut dweight = vec![0.0; dims.cols];
-            pool.install(|| {
+            on_threads(threads, || {
                 forward(dims, &x, &weight, &mut out, &mut rstd)?;
                 backward(dims, &x, &weight, &rstd, &d_out, &mut dx, &mut dweight)
             })
             .unwrap();
-            [out, rstd, dx, dweight].map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>())
+            [out, rstd, dx, dweight].map(|v| bits(&v))
         };
         assert_eq!(run(1), run(2));
     }

@@ -94,3 +94,28 @@ pub fn assert_close(what: &str, actual: &[f32], expected: &[f64], rtol: f64, ato
 pub fn to_f64(xs: &[f32]) -> Vec<f64> {
     xs.iter().map(|&x| x as f64).collect()
 }
+
+/// Runs `work` on a fresh rayon pool of `threads` threads, to check that an op returns the
+/// same bits on any number of threads.
+///
+/// ```
+/// use seqmamba_kernels::testing::on_threads;
+/// assert_eq!(on_threads(2, rayon::current_num_threads), 2);
+/// ```
+pub fn on_threads<R: Send>(threads: usize, work: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("cannot start a rayon thread pool")
+        .install(work)
+}
+
+/// The bit patterns of `xs`, to compare results exactly.
+///
+/// ```
+/// use seqmamba_kernels::testing::bits;
+/// assert_ne!(bits(&[0.0]), bits(&[-0.0]));
+/// ```
+pub fn bits(xs: &[f32]) -> Vec<u32> {
+    xs.iter().map(|x| x.to_bits()).collect()
+}
