@@ -13,7 +13,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::lanes::{prefetch, run_vectorised, Lanes, Vectorised, LANES};
+use super::lanes::{prefetch, prefetch_address, run_vectorised, Lanes, Vectorised, LANES};
 use super::{ScanDims, ScanGrads, ScanInputs};
 use crate::{check_len, KernelError};
 
@@ -424,11 +424,9 @@ impl<'a> Scatter<'a> {
     /// Asks the caches for the line holding element `index`, soon to be written.
     #[inline(always)]
     fn prefetch(&self, index: usize) {
-        // SAFETY: the slice is alive for 'a, and `prefetch` reads nothing outside it.
-        prefetch(
-            unsafe { std::slice::from_raw_parts(self.ptr, self.len) },
-            index,
-        );
+        if index < self.len {
+            prefetch_address(self.ptr.wrapping_add(index));
+        }
     }
 
     /// Writes the first `width` lanes of `values` to `start..start + width`: a tile's

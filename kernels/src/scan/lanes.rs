@@ -152,18 +152,27 @@ impl Mul<f32> for Lanes {
 }
 
 /// Asks the caches to fetch the line holding `data[index]`; nothing when `index` is out of
-/// range or the target has no prefetch. Rows of the tile lie a whole `channels` apart, so
-/// the hardware prefetchers, which stay inside a page, miss them.
+/// range. Rows of the tile lie a whole `channels` apart, so the hardware prefetchers,
+/// which stay inside a page, miss them.
 #[inline(always)]
 pub(crate) fn prefetch(data: &[f32], index: usize) {
-    #[cfg(target_arch = "x86_64")]
     if index < data.len() {
+        prefetch_address(data.as_ptr().wrapping_add(index));
+    }
+}
+
+/// Asks the caches to fetch the line holding `address`; nothing on targets without a
+/// prefetch instruction. A prefetch reads no memory, so any address is allowed.
+#[inline(always)]
+pub(crate) fn prefetch_address(address: *const f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults and has no effect visible to the program.
+    unsafe {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        // SAFETY: the address lies inside `data`, and a prefetch never faults anyway.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(data.as_ptr().add(index).cast()) }
+        _mm_prefetch::<_MM_HINT_T0>(address.cast());
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (data, index);
+    let _ = address;
 }
 
 /// `e^x` in f32 for `x ≤ 88`, with a relative error below 2e-7 wherever the result is a
