@@ -89,7 +89,10 @@ pub fn forward(
 ///
 /// `du`, `ddelta` (with respect to `delta` before bias and softplus), `db`, `dc` and `dz`
 /// are overwritten; `da_log`, `dd_skip` and `ddelta_bias` are accumulated. No gradient
-/// flows into the initial state, and the final state receives none.
+/// flows into the initial state, and the final state receives none. `checkpoints` must
+/// come from [`forward`] with the same `dims` and inputs. Each task recomputes one chunk
+/// of states at a time, so its scratch memory grows with `dims.chunk` (64 by default);
+/// the parameter gradients are bit-identical for any number of threads.
 ///
 /// ```
 /// use seqmamba_kernels::scan::{cpu, ScanDims, ScanGrads, ScanInputs};
