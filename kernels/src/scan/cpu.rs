@@ -13,7 +13,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::lanes::{prefetch, run_vectorised, Lanes, Vectorised, LANES};
+use super::lanes::{prefetch, prefetch_address, run_vectorised, Lanes, Vectorised, LANES};
 use super::{ScanDims, ScanGrads, ScanInputs};
 use crate::{check_len, KernelError};
 
@@ -89,7 +89,10 @@ pub fn forward(
 ///
 /// `du`, `ddelta` (with respect to `delta` before bias and softplus), `db`, `dc` and `dz`
 /// are overwritten; `da_log`, `dd_skip` and `ddelta_bias` are accumulated. No gradient
-/// flows into the initial state, and the final state receives none.
+/// flows into the initial state, and the final state receives none. `checkpoints` must
+/// come from [`forward`] with the same `dims` and inputs. Each task recomputes one chunk
+/// of states at a time, so its scratch memory grows with `dims.chunk` (64 by default);
+/// the parameter gradients are bit-identical for any number of threads.
 ///
 /// ```
 /// use seqmamba_kernels::scan::{cpu, ScanDims, ScanGrads, ScanInputs};
@@ -424,11 +427,9 @@ impl<'a> Scatter<'a> {
     /// Asks the caches for the line holding element `index`, soon to be written.
     #[inline(always)]
     fn prefetch(&self, index: usize) {
-        // SAFETY: the slice is alive for 'a, and `prefetch` reads nothing outside it.
-        prefetch(
-            unsafe { std::slice::from_raw_parts(self.ptr, self.len) },
-            index,
-        );
+        if index < self.len {
+            prefetch_address(self.ptr.wrapping_add(index));
+        }
     }
 
     /// Writes the first `width` lanes of `values` to `start..start + width`: a tile's
