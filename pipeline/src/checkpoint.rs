@@ -29,6 +29,23 @@ pub struct Metadata {
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
+impl Metadata {
+    /// Metadata of a model with `head` and nothing else recorded yet.
+    ///
+    /// ```
+    /// use seqmamba::checkpoint::Metadata;
+    /// use seqmamba::model::Head;
+    /// assert!(Metadata::new(Head::LanguageModel).labels.is_empty());
+    /// ```
+    pub fn new(head: Head) -> Self {
+        Self {
+            head,
+            labels: Vec::new(),
+            extra: Default::default(),
+        }
+    }
+}
+
 /// A loaded checkpoint.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Checkpoint {
@@ -128,11 +145,9 @@ impl Checkpoint {
                 path: dir.join(METADATA_FILE),
                 message: e.to_string(),
             })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Metadata {
-                head: Head::LanguageModel,
-                labels: Vec::new(),
-                extra: Default::default(),
-            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Metadata::new(Head::LanguageModel)
+            }
             Err(source) => {
                 return Err(ModelError::Io {
                     path: dir.join(METADATA_FILE),
@@ -254,11 +269,7 @@ mod tests {
         let params = ParamTable::new(&config, &head).initialise(&config, 3);
         Checkpoint {
             config,
-            metadata: Metadata {
-                head,
-                labels: Vec::new(),
-                extra: Default::default(),
-            },
+            metadata: Metadata::new(head),
             params,
         }
     }

@@ -103,11 +103,7 @@ fn init(args: InitArgs) -> Result<()> {
     let params = ParamTable::new(&config, &head).initialise(&config, args.seed);
     let checkpoint = Checkpoint {
         config,
-        metadata: Metadata {
-            head,
-            labels: Vec::new(),
-            extra: Default::default(),
-        },
+        metadata: Metadata::new(head),
         params,
     };
     checkpoint.save(&args.out)?;
