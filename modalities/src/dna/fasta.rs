@@ -1,0 +1,274 @@
+//! FASTA (plain, gzip, BGZF) as a stream of token records, and random access through a
+//! `.fai` index.
+
+use std::{
+    io::BufRead,
+    ops::Range,
+    path::{Path, PathBuf},
+};
+
+use noodles::core::{Position, Region};
+use noodles::fasta;
+
+use super::{tokenizer, TokenRecord};
+use crate::error::{Error, Location, OnError, Result};
+use crate::input::{self, io_error, Compression};
+
+/// Streams the records of a FASTA file as tokens, one record in memory at a time.
+///
+/// ```
+/// # let path = std::env::temp_dir().join("seqmamba-fasta-doc.fa");
+/// std::fs::write(&path, b">chr1 test\nACGT\nacgn\n>chr2\nTT\n").unwrap();
+/// use seqmamba_modalities::{dna::fasta::FastaReader, error::OnError};
+/// let records: Vec<_> = FastaReader::open(&path, OnError::Fail).unwrap()
+///     .collect::<Result<_, _>>().unwrap();
+/// assert_eq!(records[0].name, "chr1");
+/// assert_eq!(records[0].tokens.len(), 8);
+/// assert_eq!(records[1].tokens.len(), 2);
+/// ```
+pub struct FastaReader {
+    path: PathBuf,
+    inner: fasta::io::Reader<Box<dyn BufRead + Send>>,
+    compression: Compression,
+    on_error: OnError,
+    definition: fasta::record::Definition,
+    record: u64,
+    skipped: u64,
+    done: bool,
+}
+
+impl FastaReader {
+    /// Opens `path` (plain, gzip or BGZF, told by content).
+    pub fn open(path: &Path, on_error: OnError) -> Result<Self> {
+        let (reader, compression) = input::open(path)?;
+        Ok(Self::from_reader(path, reader, compression, on_error))
+    }
+
+    /// Wraps an already decompressed stream; `path` only names it in errors.
+    pub fn from_reader(
+        path: &Path,
+        reader: Box<dyn BufRead + Send>,
+        compression: Compression,
+        on_error: OnError,
+    ) -> Self {
+        Self {
+            path: path.into(),
+            inner: fasta::io::Reader::new(reader),
+            compression,
+            on_error,
+            definition: Default::default(),
+            record: 0,
+            skipped: 0,
+            done: false,
+        }
+    }
+
+    /// The compression the file was found to have.
+    pub fn compression(&self) -> Compression {
+        self.compression
+    }
+
+    /// How many records were skipped under [`OnError::Skip`].
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+
+    fn read_record(&mut self) -> Result<Option<TokenRecord>> {
+        loop {
+            let index = self.record;
+            let at = Location::Record {
+                record: index,
+                name: String::new(),
+            };
+            let n =
+                self.inner
+                    .read_definition(&mut self.definition)
+                    .map_err(|source| match source.kind() {
+                        std::io::ErrorKind::InvalidData => Error::Format {
+                            path: self.path.clone(),
+                            at: at.clone(),
+                            message: format!("not a FASTA definition line ({source})"),
+                        },
+                        _ => io_error(&self.path, at.clone())(source),
+                    })?;
+            if n == 0 {
+                if index == 0 {
+                    return Err(Error::Empty {
+                        path: self.path.clone(),
+                        what: "FASTA records",
+                    });
+                }
+                return Ok(None);
+            }
+            self.record += 1;
+            let name = String::from_utf8_lossy(self.definition.name()).into_owned();
+            let description = self
+                .definition
+                .description()
+                .map(|d| String::from_utf8_lossy(d).into_owned())
+                .unwrap_or_default();
+            match self.read_sequence(index, &name)? {
+                Ok(tokens) => {
+                    return Ok(Some(TokenRecord {
+                        name,
+                        description,
+                        tokens,
+                    }))
+                }
+                Err(_) if self.on_error == OnError::Skip => self.skipped += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Tokenises the sequence lines straight from the reader's buffer. The outer result is a
+    /// broken stream; the inner one a bad base, after which the record has been read to its end.
+    fn read_sequence(&mut self, record: u64, name: &str) -> Result<Result<Vec<u8>>> {
+        let mut tokens = Vec::new();
+        let mut bad = None;
+        let mut sequence = self.inner.sequence_reader();
+        loop {
+            let at = || Location::Base {
+                record,
+                name: name.to_string(),
+                position: tokens.len() as u64 + 1,
+            };
+            let chunk = sequence
+                .fill_buf()
+                .map_err(|e| io_error(&self.path, at())(e))?;
+            if chunk.is_empty() {
+                break;
+            }
+            let len = chunk.len();
+            if bad.is_none() {
+                if let Err((_, byte)) = tokenizer::encode_into(chunk, &mut tokens) {
+                    // encode_into kept the tokens before the bad byte: it is the next base.
+                    bad = Some((tokens.len() as u64 + 1, byte));
+                }
+            }
+            sequence.consume(len);
+        }
+        Ok(match bad {
+            None => Ok(tokens),
+            Some((position, byte)) => Err(Error::InvalidBase {
+                path: self.path.clone(),
+                at: Location::Base {
+                    record,
+                    name: name.to_string(),
+                    position,
+                },
+                byte,
+            }),
+        })
+    }
+}
+
+impl Iterator for FastaReader {
+    type Item = Result<TokenRecord>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.read_record() {
+            Ok(Some(record)) => Some(Ok(record)),
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                // A bad base leaves the stream at the next record; anything else ends it.
+                self.done = !e.is_record_level();
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// Random access to any window of a FASTA file with a `.fai` index (plain, or BGZF with a
+/// `.gzi` index beside it), without reading the rest of the file.
+///
+/// ```
+/// # let path = std::env::temp_dir().join("seqmamba-indexed-doc.fa");
+/// std::fs::write(&path, b">chr1\nACGTA\nCGTAC\nG\n").unwrap();
+/// use seqmamba_modalities::dna::{fasta::IndexedFasta, tokenizer::encode};
+/// IndexedFasta::write_index(&path).unwrap();
+/// let mut fasta = IndexedFasta::open(&path).unwrap();
+/// assert_eq!(fasta.sequences(), vec![("chr1".to_string(), 11)]);
+/// assert_eq!(fasta.fetch("chr1", 3..8).unwrap(), encode(b"TACGT").unwrap());
+/// ```
+pub struct IndexedFasta {
+    path: PathBuf,
+    reader: fasta::io::IndexedReader<fasta::io::BufReader<std::fs::File>>,
+}
+
+impl IndexedFasta {
+    /// Opens `path` with its index `path.fai`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let reader = fasta::io::indexed_reader::Builder::default()
+            .build_from_path(path)
+            .map_err(io_error(path, Location::File))?;
+        Ok(Self {
+            path: path.into(),
+            reader,
+        })
+    }
+
+    /// Builds `path.fai` for an uncompressed FASTA file.
+    pub fn write_index(path: &Path) -> Result<()> {
+        let index = fasta::fs::index(path).map_err(io_error(path, Location::File))?;
+        let fai = path.with_added_extension("fai");
+        fasta::fai::fs::write(&fai, &index).map_err(io_error(&fai, Location::File))
+    }
+
+    /// Names and lengths of the sequences, in file order.
+    pub fn sequences(&self) -> Vec<(String, u64)> {
+        self.reader
+            .index()
+            .as_ref()
+            .iter()
+            .map(|r| (String::from_utf8_lossy(r.name()).into_owned(), r.length()))
+            .collect()
+    }
+
+    /// Tokens of bases `range` (0-based, end exclusive) of sequence `name`.
+    pub fn fetch(&mut self, name: &str, range: Range<u64>) -> Result<Vec<u8>> {
+        let at = Location::Record {
+            record: 0,
+            name: format!("{name}:{}-{}", range.start, range.end),
+        };
+        let length = self
+            .sequences()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, len)| len)
+            .ok_or_else(|| Error::Format {
+                path: self.path.clone(),
+                at: at.clone(),
+                message: format!("no sequence named {name} in the index"),
+            })?;
+        if range.start >= range.end || range.end > length {
+            return Err(Error::Invalid(format!(
+                "{}: window {}..{} outside {name} of length {length}",
+                self.path.display(),
+                range.start,
+                range.end
+            )));
+        }
+        let start = Position::try_from(range.start as usize + 1).expect("start + 1 > 0");
+        let end = Position::try_from(range.end as usize).expect("end > start >= 0");
+        let record = self
+            .reader
+            .query(&Region::new(name, start..=end))
+            .map_err(io_error(&self.path, at.clone()))?;
+        tokenizer::encode(record.sequence().as_ref()).map_err(|(i, byte)| Error::InvalidBase {
+            path: self.path.clone(),
+            at: Location::Base {
+                record: 0,
+                name: name.to_string(),
+                position: range.start + i as u64 + 1,
+            },
+            byte,
+        })
+    }
+}
