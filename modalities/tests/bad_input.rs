@@ -147,6 +147,37 @@ fn fasta_bad_record_is_skipped_under_skip_policy() {
     );
 }
 
+#[test]
+fn streamed_windows_skip_a_bad_record() {
+    let dir = scratch("windows");
+    let path = write(
+        &dir,
+        "w.fa",
+        b">a\nACGTACGT\n>b\nACGT\nAC*T\nACGT\n>c\nGGGG\n",
+    );
+    let mut windows = FastaReader::open(&path, OnError::Skip)
+        .unwrap()
+        .windows(4, 4)
+        .unwrap();
+    let got: Vec<(String, u64)> = (&mut windows)
+        .map(|w| w.map(|w| (w.record, w.start)).unwrap())
+        .collect();
+    let expected = [("a", 0), ("a", 4), ("b", 0), ("c", 0)].map(|(r, s)| (r.to_string(), s));
+    assert_eq!(got, expected);
+    assert_eq!(windows.skipped(), 1);
+    let e = FastaReader::open(&path, OnError::Fail)
+        .unwrap()
+        .windows(4, 4)
+        .unwrap()
+        .find_map(Result::err)
+        .unwrap();
+    assert!(
+        e.to_string()
+            .ends_with("record 1 (b), base 7: invalid base '*' (0x2a)"),
+        "{e}"
+    );
+}
+
 fn bgzf_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let path = dir.join(name);
     let mut writer = bgzf::io::Writer::new(std::fs::File::create(&path).unwrap());

@@ -137,6 +137,38 @@ fn bam_and_sam_reads_with_restored_orientation() {
 }
 
 #[test]
+fn streamed_windows_equal_windows_of_the_whole_genome() {
+    for (file, window, stride) in [
+        ("dna/sars-cov-2.MN908947.fasta", 1_000, 700),
+        ("dna/sars-cov-2.MN908947.fasta.gz", 61, 61),
+        ("dna/lambda-phage.fa.gz", 4_096, 5_000),
+    ] {
+        let genome = all(&sample(file)).remove(0);
+        let expected: Vec<_> = windows::fixed(genome.tokens.len() as u64, window, stride)
+            .unwrap()
+            .map(|r| {
+                (
+                    r.start,
+                    genome.tokens[r.start as usize..r.end as usize].to_vec(),
+                )
+            })
+            .collect();
+        let streamed: Vec<_> = FastaReader::open(&sample(file), OnError::Fail)
+            .unwrap()
+            .windows(window as usize, stride as usize)
+            .unwrap()
+            .map(|w| {
+                let w = w.unwrap();
+                assert_eq!(w.record, genome.name);
+                (w.start, w.tokens)
+            })
+            .collect();
+        assert_eq!(streamed.len(), expected.len(), "{file}");
+        assert!(streamed == expected, "{file}: windows differ");
+    }
+}
+
+#[test]
 fn genome_windows_split_by_position() {
     let genome = all(&sample("dna/sars-cov-2.MN908947.fasta"))
         .remove(0)

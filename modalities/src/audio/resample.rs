@@ -1,5 +1,7 @@
 //! Sample-rate conversion with rubato's windowed-sinc resampler.
 
+use std::cell::RefCell;
+
 use rubato::{
     audioadapter_buffers::direct::InterleavedSlice, Async, FixedAsync, Indexing, Resampler,
     SincInterpolationParameters, WindowFunction,
@@ -11,6 +13,13 @@ use crate::error::{Error, Result};
 const CHUNK: usize = 1024;
 /// Length of the windowed-sinc filter in input frames.
 const SINC_LEN: usize = 128;
+
+/// A resampler and the (from, to) rates it was built for.
+type Cached = Option<((u32, u32), Async<f32>)>;
+
+thread_local! {
+    static LAST: RefCell<Cached> = const { RefCell::new(None) };
+}
 
 /// Resamples mono `samples` from `from` Hz to `to` Hz (a copy when the rates agree).
 ///
@@ -36,9 +45,24 @@ pub fn resample(samples: &[f32], from: u32, to: u32) -> Result<Vec<f32>> {
         Error::Invalid(format!("resampling {from} → {to} Hz: {what}: {e}"))
     };
     let ratio = to as f64 / from as f64;
-    let params = SincInterpolationParameters::new(SINC_LEN, WindowFunction::BlackmanHarris2);
-    let mut resampler = Async::<f32>::new_sinc(ratio, 1.0, &params, CHUNK, 1, FixedAsync::Input)
-        .map_err(|e| fail("construction", &e))?;
+    // Building the sinc table costs about as much as resampling a one-second clip, so each
+    // thread keeps its last resampler and reuses it for clips of the same rates.
+    let cached = LAST.with(|last| match last.borrow_mut().take() {
+        Some((rates, mut resampler)) if rates == (from, to) => {
+            resampler.reset();
+            Some(resampler)
+        }
+        _ => None,
+    });
+    let mut resampler = match cached {
+        Some(resampler) => resampler,
+        None => {
+            let params =
+                SincInterpolationParameters::new(SINC_LEN, WindowFunction::BlackmanHarris2);
+            Async::<f32>::new_sinc(ratio, 1.0, &params, CHUNK, 1, FixedAsync::Input)
+                .map_err(|e| fail("construction", &e))?
+        }
+    };
     let input = InterleavedSlice::new(samples, 1, samples.len()).map_err(|e| fail("input", &e))?;
     // rubato 5.1's process_all trims `floor(SINC_LEN/2 · ratio)` frames, one output frame
     // more than the filter's delay (measured with impulses at several ratios); so we drive
@@ -65,6 +89,7 @@ pub fn resample(samples: &[f32], from: u32, to: u32) -> Result<Vec<f32>> {
     }
     out.drain(..delay);
     out.truncate(wanted);
+    LAST.with(|last| *last.borrow_mut() = Some(((from, to), resampler)));
     Ok(out)
 }
 
@@ -118,6 +143,17 @@ mod tests {
                 "{from} → {to}: bump moved by {shift} samples"
             );
         }
+    }
+
+    #[test]
+    fn a_reused_resampler_gives_the_same_output() {
+        let x = sine(300.0, 8000, 3000);
+        let first = resample(&x, 8000, 16000).unwrap();
+        let _other_rate = resample(&x, 8000, 22050).unwrap();
+        let again = resample(&x, 8000, 16000).unwrap();
+        let third = resample(&x, 8000, 16000).unwrap();
+        assert_eq!(first, again);
+        assert_eq!(first, third);
     }
 
     #[test]

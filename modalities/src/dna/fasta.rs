@@ -185,6 +185,210 @@ impl Iterator for FastaReader {
     }
 }
 
+/// One window of a genome.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GenomeWindow {
+    /// Name of the record (chromosome) it lies in.
+    pub record: String,
+    /// 0-based start in the record.
+    pub start: u64,
+    /// `window` tokens.
+    pub tokens: Vec<u8>,
+}
+
+impl FastaReader {
+    /// Streams windows of `window` bases every `stride` bases over every record, holding only
+    /// about one window in memory (never a whole chromosome). Windows do not cross records; a
+    /// record's tail shorter than a window is dropped, as in [`super::windows::fixed`].
+    ///
+    /// ```
+    /// # let path = std::env::temp_dir().join("seqmamba-windows-doc.fa");
+    /// std::fs::write(&path, b">a\nACGTA\nCGT\n>b\nTTT\n").unwrap();
+    /// use seqmamba_modalities::{dna::{fasta::FastaReader, tokenizer::encode}, error::OnError};
+    /// let windows: Vec<_> = FastaReader::open(&path, OnError::Fail).unwrap()
+    ///     .windows(3, 2).unwrap().collect::<Result<_, _>>().unwrap();
+    /// let starts: Vec<_> = windows.iter().map(|w| (w.record.as_str(), w.start)).collect();
+    /// assert_eq!(starts, [("a", 0), ("a", 2), ("a", 4), ("b", 0)]);
+    /// assert_eq!(windows[1].tokens, encode(b"GTA").unwrap());
+    /// ```
+    pub fn windows(self, window: usize, stride: usize) -> Result<FastaWindows> {
+        if window == 0 || stride == 0 {
+            return Err(Error::Invalid(format!(
+                "window ({window}) and stride ({stride}) must be positive"
+            )));
+        }
+        Ok(FastaWindows {
+            reader: self,
+            window,
+            stride,
+            record: None,
+            buffer: Vec::new(),
+            buffer_start: 0,
+            next_start: 0,
+        })
+    }
+}
+
+/// Streaming windows over a FASTA file; see [`FastaReader::windows`].
+pub struct FastaWindows {
+    reader: FastaReader,
+    window: usize,
+    stride: usize,
+    /// Index and name of the record being read, `None` between records.
+    record: Option<(u64, String)>,
+    /// Tokens from base `buffer_start` of the record on.
+    buffer: Vec<u8>,
+    buffer_start: u64,
+    next_start: u64,
+}
+
+impl FastaWindows {
+    /// How many records were skipped under [`OnError::Skip`].
+    pub fn skipped(&self) -> u64 {
+        self.reader.skipped
+    }
+
+    /// Reads the next definition line; `false` at the end of the file.
+    fn start_record(&mut self) -> Result<bool> {
+        let r = &mut self.reader;
+        let index = r.record;
+        let at = Location::Record {
+            record: index,
+            name: String::new(),
+        };
+        let n = r
+            .inner
+            .read_definition(&mut r.definition)
+            .map_err(|source| match source.kind() {
+                std::io::ErrorKind::InvalidData => Error::Format {
+                    path: r.path.clone(),
+                    at: at.clone(),
+                    message: format!("not a FASTA definition line ({source})"),
+                },
+                _ => io_error(&r.path, at.clone())(source),
+            })?;
+        if n == 0 {
+            return if index == 0 {
+                Err(Error::Empty {
+                    path: r.path.clone(),
+                    what: "FASTA records",
+                })
+            } else {
+                Ok(false)
+            };
+        }
+        r.record += 1;
+        let name = String::from_utf8_lossy(r.definition.name()).into_owned();
+        self.record = Some((index, name));
+        self.buffer.clear();
+        self.buffer_start = 0;
+        self.next_start = 0;
+        Ok(true)
+    }
+
+    /// Appends the next line of bases; `false` at the end of the record.
+    fn fill(&mut self) -> Result<bool> {
+        let (index, name) = self.record.clone().expect("inside a record");
+        let r = &mut self.reader;
+        let mut sequence = r.inner.sequence_reader();
+        let position = self.buffer_start + self.buffer.len() as u64 + 1;
+        let at = || Location::Base {
+            record: index,
+            name: name.clone(),
+            position,
+        };
+        let chunk = sequence
+            .fill_buf()
+            .map_err(|e| io_error(&r.path, at())(e))?;
+        if chunk.is_empty() {
+            return Ok(false);
+        }
+        let len = chunk.len();
+        let result = tokenizer::encode_into(chunk, &mut self.buffer);
+        sequence.consume(len);
+        match result {
+            Ok(()) => Ok(true),
+            Err((_, byte)) => {
+                // Read the rest of the record so the stream stays at the next one.
+                loop {
+                    let chunk = sequence
+                        .fill_buf()
+                        .map_err(|e| io_error(&r.path, at())(e))?;
+                    if chunk.is_empty() {
+                        break;
+                    }
+                    let len = chunk.len();
+                    sequence.consume(len);
+                }
+                self.record = None;
+                Err(Error::InvalidBase {
+                    path: r.path.clone(),
+                    at: Location::Base {
+                        record: index,
+                        name,
+                        position: self.buffer_start + self.buffer.len() as u64 + 1,
+                    },
+                    byte,
+                })
+            }
+        }
+    }
+
+    fn next_window(&mut self) -> Result<Option<GenomeWindow>> {
+        loop {
+            if self.record.is_none() && !self.start_record()? {
+                return Ok(None);
+            }
+            let offset = (self.next_start - self.buffer_start) as usize;
+            if self.buffer.len() >= offset + self.window {
+                let tokens = self.buffer[offset..offset + self.window].to_vec();
+                let start = self.next_start;
+                self.next_start += self.stride as u64;
+                let record = self.record.as_ref().expect("inside a record").1.clone();
+                return Ok(Some(GenomeWindow {
+                    record,
+                    start,
+                    tokens,
+                }));
+            }
+            // Drop what no later window needs (only once it is half the buffer, so each base
+            // is moved O(1) times), then read on.
+            let drop = offset.min(self.buffer.len());
+            if drop > 0 && 2 * drop >= self.buffer.len() {
+                self.buffer.drain(..drop);
+                self.buffer_start += drop as u64;
+            }
+            match self.fill() {
+                Ok(true) => {}
+                Ok(false) => self.record = None,
+                Err(_) if self.reader.on_error == OnError::Skip => self.reader.skipped += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Iterator for FastaWindows {
+    type Item = Result<GenomeWindow>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.reader.done {
+            return None;
+        }
+        match self.next_window() {
+            Ok(Some(w)) => Some(Ok(w)),
+            Ok(None) => {
+                self.reader.done = true;
+                None
+            }
+            Err(e) => {
+                self.reader.done = !e.is_record_level();
+                Some(Err(e))
+            }
+        }
+    }
+}
+
 /// Random access to any window of a FASTA file with a `.fai` index (plain, or BGZF with a
 /// `.gzi` index beside it), without reading the rest of the file.
 ///
