@@ -7,6 +7,8 @@
 //! - BAM → tokens, reads/s on one core (the real 1000 Genomes BAM repeated to ~1M reads);
 //! - audio decode + resample 8 → 16 kHz + mu-law, seconds of audio per second, on one core
 //!   and on all cores (rayon), over the 3,000 FSDD recordings.
+//!
+//! Each figure is the best of three runs (the machine is shared with other work).
 
 use std::{
     fs::File,
@@ -29,19 +31,37 @@ use seqmamba_modalities::{
 
 const FASTA_BYTES: u64 = 200 << 20;
 const BAM_COPIES: usize = 1800;
+const RUNS: usize = 3;
 
 fn mb(bytes: u64) -> f64 {
     bytes as f64 / 1e6
 }
 
-/// Tokenises every record of a FASTA file; returns (bases, seconds).
-fn time_fasta(path: &Path) -> (u64, f64) {
-    let start = Instant::now();
-    let mut bases = 0u64;
-    for record in FastaReader::open(path, OnError::Fail).unwrap() {
-        bases += record.unwrap().tokens.len() as u64;
+/// Runs `f` `RUNS` times and keeps the fastest run (the machine is shared: the best run is
+/// the one least disturbed). `f` returns a count; the result is (count, seconds).
+fn best_of<T: Copy>(mut f: impl FnMut() -> T) -> (T, f64) {
+    let mut best = None;
+    for _ in 0..RUNS {
+        let start = Instant::now();
+        let value = f();
+        let secs = start.elapsed().as_secs_f64();
+        best = match best {
+            Some((v, b)) if b <= secs => Some((v, b)),
+            _ => Some((value, secs)),
+        };
     }
-    (bases, start.elapsed().as_secs_f64())
+    best.expect("RUNS > 0")
+}
+
+/// Tokenises every record of a FASTA file; returns (bases, seconds) of the best run.
+fn time_fasta(path: &Path) -> (u64, f64) {
+    best_of(|| {
+        let mut bases = 0u64;
+        for record in FastaReader::open(path, OnError::Fail).unwrap() {
+            bases += record.unwrap().tokens.len() as u64;
+        }
+        bases
+    })
 }
 
 fn build_fasta(shared: &Path, plain: &Path) {
@@ -112,7 +132,6 @@ fn main() {
         build_fasta(&shared, &plain);
     }
     let size = std::fs::metadata(&plain).unwrap().len();
-    time_fasta(&plain); // warm the page cache
     let (bases, secs) = time_fasta(&plain);
     println!(
         "FASTA plain → tokens: {:.0} MB file, {} bases in {secs:.2} s = {:.0} MB/s ({:.0} Mbases/s)",
@@ -133,7 +152,7 @@ fn main() {
         enc.finish().unwrap().flush().unwrap();
     }
     let gz_size = std::fs::metadata(&gz).unwrap().len();
-    let (bases, secs) = time_fasta(&gz);
+    let (_, secs) = time_fasta(&gz);
     println!(
         "FASTA gzip → tokens: {:.0} MB compressed ({:.0} MB plain) in {secs:.2} s = {:.0} MB/s of FASTA ({:.0} MB/s compressed)",
         mb(gz_size),
@@ -141,29 +160,23 @@ fn main() {
         mb(size) / secs,
         mb(gz_size) / secs
     );
-    let _ = bases;
 
     // BAM.
     let bam_path = scratch.join("reads.bam");
     let reads = build_bam(&shared, &bam_path);
     let bam_size = std::fs::metadata(&bam_path).unwrap().len();
-    let start = Instant::now();
-    let mut count = 0u64;
-    let mut bases = 0u64;
-    for record in AlignmentReader::open_bam(
-        &bam_path,
-        AlignmentOptions {
-            restore_orientation: true,
-            primary_only: false,
-        },
-        OnError::Fail,
-    )
-    .unwrap()
-    {
-        bases += record.unwrap().tokens.len() as u64;
-        count += 1;
-    }
-    let secs = start.elapsed().as_secs_f64();
+    let options = AlignmentOptions {
+        restore_orientation: true,
+        primary_only: false,
+    };
+    let ((count, bases), secs) = best_of(|| {
+        let (mut count, mut bases) = (0u64, 0u64);
+        for record in AlignmentReader::open_bam(&bam_path, options, OnError::Fail).unwrap() {
+            bases += record.unwrap().tokens.len() as u64;
+            count += 1;
+        }
+        (count, bases)
+    });
     assert_eq!(count, reads);
     println!(
         "BAM → tokens: {:.0} MB BAM, {count} reads, {bases} bases in {secs:.2} s = {:.2} M reads/s ({:.0} Mbases/s)",
@@ -178,35 +191,31 @@ fn main() {
         .map(|e| e.unwrap().path())
         .collect();
     wavs.sort();
-    let start = Instant::now();
-    let (seconds, tokens) = wavs
-        .iter()
-        .map(|p| audio_seconds(p))
-        .fold((0.0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
-    let secs = start.elapsed().as_secs_f64();
+    let ((seconds, tokens), secs) = best_of(|| {
+        wavs.iter()
+            .map(|p| audio_seconds(p))
+            .fold((0.0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    });
     println!(
         "audio decode + resample 8→16 kHz + mu-law, one core: {} files, {seconds:.0} s of audio ({tokens} tokens) in {secs:.2} s = {:.0} s of audio/s",
         wavs.len(),
         seconds / secs
     );
-    let start = Instant::now();
-    let seconds: f64 = wavs.par_iter().map(|p| audio_seconds(p).0).sum();
-    let secs = start.elapsed().as_secs_f64();
+    let (seconds, secs) = best_of(|| wavs.par_iter().map(|p| audio_seconds(p).0).sum::<f64>());
     println!(
         "audio decode + resample + mu-law, {} threads: {seconds:.0} s of audio in {secs:.2} s = {:.0} s of audio/s",
         rayon::current_num_threads(),
         seconds / secs
     );
-    let start = Instant::now();
-    let seconds: f64 = wavs
-        .iter()
-        .map(|p| {
-            let clip = decode_mono(p).unwrap();
-            std::hint::black_box(Quantizer::MuLaw.encode_all(&clip.samples));
-            clip.samples.len() as f64 / clip.sample_rate as f64
-        })
-        .sum();
-    let secs = start.elapsed().as_secs_f64();
+    let (seconds, secs) = best_of(|| {
+        wavs.iter()
+            .map(|p| {
+                let clip = decode_mono(p).unwrap();
+                std::hint::black_box(Quantizer::MuLaw.encode_all(&clip.samples));
+                clip.samples.len() as f64 / clip.sample_rate as f64
+            })
+            .sum::<f64>()
+    });
     println!(
         "audio decode + mu-law at 8 kHz (no resampling), one core: {:.0} s of audio/s",
         seconds / secs
