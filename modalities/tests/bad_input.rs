@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use seqmamba_modalities::audio::{decode_mono, AudioStream};
 use seqmamba_modalities::dna::{
     alignment::{AlignmentOptions, AlignmentReader},
-    fasta::FastaReader,
+    fasta::{FastaReader, IndexedFasta},
     fastq::FastqReader,
     read_tokens, TokenRecord,
 };
@@ -176,6 +176,30 @@ fn streamed_windows_skip_a_bad_record() {
             .ends_with("record 1 (b), base 7: invalid base '*' (0x2a)"),
         "{e}"
     );
+}
+
+#[test]
+fn random_access_without_its_index() {
+    let dir = scratch("index");
+    let bgzf = std::fs::read(sample("dna/sars-cov-2.MN908947.fasta.gz")).unwrap();
+    let fai = std::fs::read(sample("dna/sars-cov-2.MN908947.fasta.gz.fai")).unwrap();
+    let path = write(&dir, "g.fa.gz", &bgzf);
+    let e = fails(IndexedFasta::open(&path));
+    assert!(
+        e.to_string().contains("needs the index") && e.to_string().contains("g.fa.gz.fai"),
+        "{e}"
+    );
+    write(&dir, "g.fa.gz.fai", &fai);
+    let e = fails(IndexedFasta::open(&path));
+    assert!(e.to_string().contains("g.fa.gz.gzi"), "{e}");
+    // Plain gzip cannot be read at random.
+    let gz = std::fs::read(sample("dna/lambda-phage.fa.gz")).unwrap();
+    let path = write(&dir, "l.fa.gz", &gz);
+    write(&dir, "l.fa.gz.fai", b"gi\t48502\t75\t70\t71\n");
+    assert!(matches!(
+        fails(IndexedFasta::open(&path)),
+        Error::Unsupported { .. }
+    ));
 }
 
 fn bgzf_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {

@@ -407,8 +407,43 @@ pub struct IndexedFasta {
 }
 
 impl IndexedFasta {
-    /// Opens `path` with its index `path.fai`.
+    /// Opens `path` with its index `path.fai` (and `path.gzi` when it is BGZF-compressed).
     pub fn open(path: &Path) -> Result<Self> {
+        let missing = |index: PathBuf, how: &str| Error::Format {
+            path: path.into(),
+            at: Location::File,
+            message: format!("random access needs the index {} ({how})", index.display()),
+        };
+        let fai = path.with_added_extension("fai");
+        if !fai.exists() {
+            return Err(missing(fai, "IndexedFasta::write_index or samtools faidx"));
+        }
+        let (_, compression) = input::open(path)?;
+        let is_gz = matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("gz" | "bgz")
+        );
+        match compression {
+            Compression::Gzip => {
+                return Err(Error::Unsupported {
+                    path: path.into(),
+                    what: "random access into plain gzip (recompress with bgzip)".into(),
+                })
+            }
+            Compression::Bgzf if !is_gz => {
+                return Err(Error::Unsupported {
+                    path: path.into(),
+                    what: "BGZF FASTA without a .gz or .bgz name".into(),
+                })
+            }
+            Compression::Bgzf => {
+                let gzi = path.with_added_extension("gzi");
+                if !gzi.exists() {
+                    return Err(missing(gzi, "bgzip -r or samtools faidx"));
+                }
+            }
+            Compression::None => {}
+        }
         let reader = fasta::io::indexed_reader::Builder::default()
             .build_from_path(path)
             .map_err(io_error(path, Location::File))?;

@@ -85,6 +85,15 @@ impl DnaFormat {
 }
 
 /// Records of any DNA file, as one iterator.
+///
+/// ```
+/// # let path = std::env::temp_dir().join("seqmamba-dna-records-doc.fq");
+/// std::fs::write(&path, b"@r1\nAC*T\n+\nIIII\n@r2\nGG\n+\nII\n").unwrap();
+/// use seqmamba_modalities::{dna::{read_tokens, alignment::AlignmentOptions}, error::OnError};
+/// let mut records = read_tokens(&path, AlignmentOptions::default(), OnError::Skip).unwrap();
+/// assert_eq!(records.next().unwrap().unwrap().name, "r2");
+/// assert_eq!(records.skipped(), 1);
+/// ```
 pub enum DnaRecords {
     Fasta(FastaReader),
     Fastq(FastqReader),
