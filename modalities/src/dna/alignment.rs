@@ -235,17 +235,8 @@ impl Iterator for AlignmentReader {
         if self.done {
             return None;
         }
-        match self.read_record() {
-            Ok(Some(record)) => Some(Ok(record)),
-            Ok(None) => {
-                self.done = true;
-                None
-            }
-            Err(e) => {
-                self.done = !e.is_record_level();
-                Some(Err(e))
-            }
-        }
+        let next = self.read_record();
+        super::step(&mut self.done, next)
     }
 }
 

@@ -73,40 +73,46 @@ impl FastaReader {
         self.skipped
     }
 
-    fn read_record(&mut self) -> Result<Option<TokenRecord>> {
-        loop {
-            let index = self.record;
-            let at = Location::Record {
-                record: index,
-                name: String::new(),
-            };
-            let n =
-                self.inner
-                    .read_definition(&mut self.definition)
-                    .map_err(|source| match source.kind() {
-                        std::io::ErrorKind::InvalidData => Error::Format {
-                            path: self.path.clone(),
-                            at: at.clone(),
-                            message: format!("not a FASTA definition line ({source})"),
-                        },
-                        _ => io_error(&self.path, at.clone())(source),
-                    })?;
-            if n == 0 {
-                if index == 0 {
-                    return Err(Error::Empty {
-                        path: self.path.clone(),
-                        what: "FASTA records",
-                    });
-                }
-                return Ok(None);
+    /// Reads the next definition line: the record's index, name and description, or `None`
+    /// at the end of the file (an error if the file has no record at all).
+    fn read_definition(&mut self) -> Result<Option<(u64, String, String)>> {
+        let index = self.record;
+        let at = Location::Record {
+            record: index,
+            name: String::new(),
+        };
+        let n = self
+            .inner
+            .read_definition(&mut self.definition)
+            .map_err(|source| match source.kind() {
+                std::io::ErrorKind::InvalidData => Error::Format {
+                    path: self.path.clone(),
+                    at: at.clone(),
+                    message: format!("not a FASTA definition line ({source})"),
+                },
+                _ => io_error(&self.path, at.clone())(source),
+            })?;
+        if n == 0 {
+            if index == 0 {
+                return Err(Error::Empty {
+                    path: self.path.clone(),
+                    what: "FASTA records",
+                });
             }
-            self.record += 1;
-            let name = String::from_utf8_lossy(self.definition.name()).into_owned();
-            let description = self
-                .definition
-                .description()
-                .map(|d| String::from_utf8_lossy(d).into_owned())
-                .unwrap_or_default();
+            return Ok(None);
+        }
+        self.record += 1;
+        let name = String::from_utf8_lossy(self.definition.name()).into_owned();
+        let description = self
+            .definition
+            .description()
+            .map(|d| String::from_utf8_lossy(d).into_owned())
+            .unwrap_or_default();
+        Ok(Some((index, name, description)))
+    }
+
+    fn read_record(&mut self) -> Result<Option<TokenRecord>> {
+        while let Some((index, name, description)) = self.read_definition()? {
             match self.read_sequence(index, &name)? {
                 Ok(tokens) => {
                     return Ok(Some(TokenRecord {
@@ -119,6 +125,7 @@ impl FastaReader {
                 Err(e) => return Err(e),
             }
         }
+        Ok(None)
     }
 
     /// Tokenises the sequence lines straight from the reader's buffer. The outer result is a
@@ -170,18 +177,8 @@ impl Iterator for FastaReader {
         if self.done {
             return None;
         }
-        match self.read_record() {
-            Ok(Some(record)) => Some(Ok(record)),
-            Ok(None) => {
-                self.done = true;
-                None
-            }
-            Err(e) => {
-                // A bad base leaves the stream at the next record; anything else ends it.
-                self.done = !e.is_record_level();
-                Some(Err(e))
-            }
-        }
+        let next = self.read_record();
+        super::step(&mut self.done, next)
     }
 }
 
@@ -250,35 +247,9 @@ impl FastaWindows {
 
     /// Reads the next definition line; `false` at the end of the file.
     fn start_record(&mut self) -> Result<bool> {
-        let r = &mut self.reader;
-        let index = r.record;
-        let at = Location::Record {
-            record: index,
-            name: String::new(),
+        let Some((index, name, _)) = self.reader.read_definition()? else {
+            return Ok(false);
         };
-        let n = r
-            .inner
-            .read_definition(&mut r.definition)
-            .map_err(|source| match source.kind() {
-                std::io::ErrorKind::InvalidData => Error::Format {
-                    path: r.path.clone(),
-                    at: at.clone(),
-                    message: format!("not a FASTA definition line ({source})"),
-                },
-                _ => io_error(&r.path, at.clone())(source),
-            })?;
-        if n == 0 {
-            return if index == 0 {
-                Err(Error::Empty {
-                    path: r.path.clone(),
-                    what: "FASTA records",
-                })
-            } else {
-                Ok(false)
-            };
-        }
-        r.record += 1;
-        let name = String::from_utf8_lossy(r.definition.name()).into_owned();
         self.record = Some((index, name));
         self.buffer.clear();
         self.buffer_start = 0;
@@ -375,17 +346,8 @@ impl Iterator for FastaWindows {
         if self.reader.done {
             return None;
         }
-        match self.next_window() {
-            Ok(Some(w)) => Some(Ok(w)),
-            Ok(None) => {
-                self.reader.done = true;
-                None
-            }
-            Err(e) => {
-                self.reader.done = !e.is_record_level();
-                Some(Err(e))
-            }
-        }
+        let next = self.next_window();
+        super::step(&mut self.reader.done, next)
     }
 }
 

@@ -148,17 +148,7 @@ impl Iterator for FastqReader {
         if self.done {
             return None;
         }
-        match self.read_record() {
-            Ok(Some(record)) => Some(Ok(record)),
-            Ok(None) => {
-                self.done = true;
-                None
-            }
-            Err(e) => {
-                // Record-level errors leave the stream at the next record.
-                self.done = !e.is_record_level();
-                Some(Err(e))
-            }
-        }
+        let next = self.read_record();
+        super::step(&mut self.done, next)
     }
 }

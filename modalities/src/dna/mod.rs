@@ -32,3 +32,22 @@ pub struct TokenRecord {
     /// The bases as tokens, without BOS/EOS.
     pub tokens: Vec<u8>,
 }
+
+/// One step of a record iterator: ends it at the end of the file or after an error that
+/// breaks the stream; after a record-level error (bad base, length mismatch) it goes on.
+fn step<T>(
+    done: &mut bool,
+    next: crate::error::Result<Option<T>>,
+) -> Option<crate::error::Result<T>> {
+    match next {
+        Ok(Some(item)) => Some(Ok(item)),
+        Ok(None) => {
+            *done = true;
+            None
+        }
+        Err(e) => {
+            *done = !e.is_record_level();
+            Some(Err(e))
+        }
+    }
+}
