@@ -316,9 +316,12 @@ fn datasets_from_every_source_kind() {
         .iter()
         .all(|c| c.as_ref().is_some_and(|c| c.len() > 3000)));
 
-    let gb =
-        dataset::from_genomic_benchmarks_csv(&sample("dna/human_nontata_promoters.sample.csv.gz"))
-            .unwrap();
+    let (gb, skipped) = dataset::from_genomic_benchmarks_csv(
+        &sample("dna/human_nontata_promoters.sample.csv.gz"),
+        OnError::Fail,
+    )
+    .unwrap();
+    assert_eq!(skipped, 0);
     assert_eq!(gb.examples.len(), 200);
     assert_eq!(gb.label_counts(), vec![92, 108]);
     assert!(gb
@@ -360,7 +363,7 @@ fn datasets_from_every_source_kind() {
         ),
     )
     .unwrap();
-    let m = dataset::from_manifest(&manifest).unwrap();
+    let (m, _) = dataset::from_manifest(&manifest, OnError::Fail).unwrap();
     assert_eq!(m.examples[0].split, Some(splits::Split::Train));
     assert_eq!(m.examples[0].data, dataset::ExampleData::Path(wav));
 }

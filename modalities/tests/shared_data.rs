@@ -38,10 +38,12 @@ fn fsdd_has_3000_recordings_with_the_usual_split() {
 
 #[test]
 fn genomic_benchmarks_test_split_counts() {
-    let d = dataset::from_genomic_benchmarks_csv(&shared(
-        "dna/genomic-benchmarks/human_nontata_promoters.test.csv.gz",
-    ))
+    let (d, skipped) = dataset::from_genomic_benchmarks_csv(
+        &shared("dna/genomic-benchmarks/human_nontata_promoters.test.csv.gz"),
+        OnError::Fail,
+    )
     .unwrap();
+    assert_eq!(skipped, 0);
     assert_eq!(d.examples.len(), 9034);
     assert_eq!(d.labels.names(), ["0", "1"]);
     assert_eq!(d.label_counts(), vec![4119, 4915]);

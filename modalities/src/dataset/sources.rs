@@ -103,18 +103,21 @@ fn split_fields(line: &str, delimiter: char) -> std::result::Result<Vec<String>,
 
 /// A manifest: a TSV (`.tsv`, `.tsv.gz`) or CSV (otherwise) table with a header row naming
 /// its columns: `path` (relative to the manifest's folder) or `sequence`/`seq` (inline DNA),
-/// `label`, and optionally `split` (train/validation/test) and `group`.
+/// `label`, and optionally `split` (train/validation/test) and `group`. A bad row (bad base,
+/// unknown split, missing field) is an error naming the line, or skipped and counted under
+/// [`OnError::Skip`]. Returns the dataset and the number of skipped rows.
 ///
 /// ```
 /// # let dir = std::env::temp_dir().join("seqmamba-manifest-doc");
 /// # std::fs::create_dir_all(&dir).unwrap();
 /// let path = dir.join("m.tsv");
 /// std::fs::write(&path, "sequence\tlabel\tsplit\tgroup\nACGT\tyes\ttrain\tg1\nGGNN\tno\ttest\tg2\n").unwrap();
-/// let d = seqmamba_modalities::dataset::from_manifest(&path).unwrap();
-/// assert_eq!(d.examples.len(), 2);
+/// use seqmamba_modalities::{dataset::from_manifest, error::OnError};
+/// let (d, skipped) = from_manifest(&path, OnError::Fail).unwrap();
+/// assert_eq!((d.examples.len(), skipped), (2, 0));
 /// assert_eq!(d.examples[1].group.as_deref(), Some("g2"));
 /// ```
-pub fn from_manifest(path: &Path) -> Result<Dataset> {
+pub fn from_manifest(path: &Path, on_error: OnError) -> Result<(Dataset, u64)> {
     let name = path.to_string_lossy().to_ascii_lowercase();
     let delimiter = if name.ends_with(".tsv") || name.ends_with(".tsv.gz") {
         '\t'
@@ -156,13 +159,7 @@ pub fn from_manifest(path: &Path) -> Result<Dataset> {
         ));
     }
     let (split_col, group_col) = (column(&["split"]), column(&["group"]));
-    let mut rows: Vec<Row> = Vec::new();
-    for (i, line) in lines {
-        let line = line.map_err(io_error(path, Location::Line(i as u64 + 1)))?;
-        let line = line.trim_end_matches('\r');
-        if line.is_empty() {
-            continue;
-        }
+    let parse = |i: usize, line: &str| -> Result<Row> {
         let fields = split_fields(line, delimiter).map_err(|m| format_error(i, m.into()))?;
         let field = |c: usize| {
             fields.get(c).map(String::as_str).ok_or_else(|| {
@@ -209,9 +206,24 @@ pub fn from_manifest(path: &Path) -> Result<Dataset> {
             .map(field)
             .transpose()?
             .map(|g| g.trim().to_string());
-        rows.push((id, data, field(label_col)?.trim().to_string(), split, group));
+        Ok((id, data, field(label_col)?.trim().to_string(), split, group))
+    };
+    let mut rows: Vec<Row> = Vec::new();
+    let mut skipped = 0;
+    for (i, line) in lines {
+        // A read error is the file's, not the row's: never skipped.
+        let line = line.map_err(io_error(path, Location::Line(i as u64 + 1)))?;
+        let line = line.trim_end_matches('\r');
+        if line.is_empty() {
+            continue;
+        }
+        match parse(i, line) {
+            Ok(row) => rows.push(row),
+            Err(_) if on_error == OnError::Skip => skipped += 1,
+            Err(e) => return Err(e),
+        }
     }
-    non_empty(Dataset::from_rows(rows), path)
+    Ok((non_empty(Dataset::from_rows(rows), path)?, skipped))
 }
 
 /// The Genomic Benchmarks CSV (`seq,label`, plain or gzip): a manifest with inline sequences.
@@ -219,12 +231,13 @@ pub fn from_manifest(path: &Path) -> Result<Dataset> {
 /// ```
 /// # let path = std::env::temp_dir().join("seqmamba-gb-doc.csv");
 /// std::fs::write(&path, "seq,label\nACGTAC,1\nTTTTGG,0\n").unwrap();
-/// let d = seqmamba_modalities::dataset::from_genomic_benchmarks_csv(&path).unwrap();
+/// use seqmamba_modalities::{dataset::from_genomic_benchmarks_csv, error::OnError};
+/// let (d, _) = from_genomic_benchmarks_csv(&path, OnError::Fail).unwrap();
 /// assert_eq!(d.labels.names(), ["0", "1"]);
 /// assert_eq!(d.examples[0].label, 1);
 /// ```
-pub fn from_genomic_benchmarks_csv(path: &Path) -> Result<Dataset> {
-    from_manifest(path)
+pub fn from_genomic_benchmarks_csv(path: &Path, on_error: OnError) -> Result<(Dataset, u64)> {
+    from_manifest(path, on_error)
 }
 
 /// Where a FASTA header keeps the label.
@@ -386,16 +399,18 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         let path = dir.join("bad.csv");
         fs::write(&path, "seq,label,split\nACGT,1,train\nAC!T,0,test\n").unwrap();
-        let e = from_manifest(&path).unwrap_err().to_string();
+        let e = from_manifest(&path, OnError::Fail).unwrap_err().to_string();
         assert!(
             e.contains("bad.csv") && e.contains("line 3") && e.contains("base 3"),
             "{e}"
         );
+        let (d, skipped) = from_manifest(&path, OnError::Skip).unwrap();
+        assert_eq!((d.examples.len(), skipped), (1, 1));
         fs::write(&path, "seq,label,split\nACGT,1,later\n").unwrap();
-        let e = from_manifest(&path).unwrap_err().to_string();
+        let e = from_manifest(&path, OnError::Fail).unwrap_err().to_string();
         assert!(e.contains("line 2") && e.contains("later"), "{e}");
         fs::write(&path, "name,label\nx,1\n").unwrap();
-        assert!(from_manifest(&path)
+        assert!(from_manifest(&path, OnError::Fail)
             .unwrap_err()
             .to_string()
             .contains("neither a path"));
