@@ -209,23 +209,28 @@ fn header_error(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
     }
 }
 
-/// BAM's 4-bit base codes, in code order.
-const BAM_CODES: &[u8; 16] = b"=ACMGRSVTWYHKDBN";
+/// Marks `=` (a base equal to the reference, which a read on its own cannot tell).
+const EQUAL: u8 = 0xff;
 
-/// Tokens of `len` BAM 4-bit packed bases (high nibble first); on a code that is no base
-/// (`=`), its index and letter.
+/// Token of each BAM 4-bit base code (in code order `=ACMGRSVTWYHKDBN`): A C G T as
+/// themselves, the IUPAC codes and N as N.
+const CODE_TOKENS: [u8; 16] = {
+    use tokenizer::{A, C, G, N, T};
+    [EQUAL, A, C, N, G, N, N, N, T, N, N, N, N, N, N, N]
+};
+
+/// Tokens of `len` BAM 4-bit packed bases (high nibble first); on a `=` code, its index.
 fn decode_packed(packed: &[u8], len: usize) -> std::result::Result<Vec<u8>, (usize, u8)> {
-    let mut tokens = Vec::with_capacity(len);
-    for &byte in packed {
-        tokens.push(byte >> 4);
-        tokens.push(byte & 0x0f);
+    let mut tokens = vec![0u8; packed.len() * 2];
+    for (pair, &byte) in tokens.chunks_exact_mut(2).zip(packed) {
+        pair[0] = CODE_TOKENS[(byte >> 4) as usize];
+        pair[1] = CODE_TOKENS[(byte & 0x0f) as usize];
     }
     tokens.truncate(len);
-    for (i, t) in tokens.iter_mut().enumerate() {
-        let letter = BAM_CODES[*t as usize];
-        *t = tokenizer::token(letter).ok_or((i, letter))?;
+    match tokens.iter().position(|&t| t == EQUAL) {
+        Some(i) => Err((i, b'=')),
+        None => Ok(tokens),
     }
-    Ok(tokens)
 }
 
 impl Iterator for AlignmentReader {
@@ -244,6 +249,19 @@ impl Iterator for AlignmentReader {
 mod tests {
     use super::*;
     use crate::dna::tokenizer::encode;
+
+    #[test]
+    fn code_table_agrees_with_the_tokenizer() {
+        const BAM_CODES: &[u8; 16] = b"=ACMGRSVTWYHKDBN";
+        for (code, &letter) in BAM_CODES.iter().enumerate() {
+            let expected = tokenizer::token(letter).unwrap_or(EQUAL);
+            assert_eq!(
+                CODE_TOKENS[code], expected,
+                "code {code} ({})",
+                letter as char
+            );
+        }
+    }
 
     #[test]
     fn packed_bases_decode_high_nibble_first() {
