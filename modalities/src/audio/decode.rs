@@ -17,15 +17,15 @@ use crate::input::io_error;
 
 /// A decoder over one audio file that yields mono packets, holding one packet at a time.
 ///
-/// ```no_run
+/// ```
 /// use seqmamba_modalities::audio::AudioStream;
-/// let mut stream = AudioStream::open("clip.flac".as_ref()).unwrap();
-/// let rate = stream.sample_rate();
+/// let mut stream = AudioStream::open("../data-samples/audio/0_jackson_0.flac".as_ref()).unwrap();
+/// assert_eq!((stream.container(), stream.codec()), ("flac", "flac"));
 /// let mut frames = 0;
 /// while let Some(packet) = stream.next_mono().unwrap() {
 ///     frames += packet.len();
 /// }
-/// println!("{} s", frames as f64 / rate as f64);
+/// assert_eq!((frames, stream.sample_rate()), (5148, 8000));
 /// ```
 pub struct AudioStream {
     path: PathBuf,
@@ -247,9 +247,10 @@ pub struct DecodedAudio {
 
 /// Decodes a whole file to mono at its own sample rate.
 ///
-/// ```no_run
-/// let clip = seqmamba_modalities::audio::decode_mono("clip.wav".as_ref()).unwrap();
-/// println!("{} samples at {} Hz", clip.samples.len(), clip.sample_rate);
+/// ```
+/// let path = "../data-samples/audio/0_jackson_0.stereo44k.wav";
+/// let clip = seqmamba_modalities::audio::decode_mono(path.as_ref()).unwrap();
+/// assert_eq!((clip.samples.len(), clip.sample_rate, clip.channels), (28_378, 44_100, 2));
 /// ```
 pub fn decode_mono(path: &Path) -> Result<DecodedAudio> {
     let mut stream = AudioStream::open(path)?;
@@ -266,9 +267,13 @@ pub fn decode_mono(path: &Path) -> Result<DecodedAudio> {
 
 /// Decodes a file to mono, resamples it to `rate` Hz and normalises it: what a model eats.
 ///
-/// ```no_run
+/// ```
 /// use seqmamba_modalities::audio::{load_mono, Normalization};
-/// let samples = load_mono("clip.flac".as_ref(), 16_000, Normalization::Peak).unwrap();
+/// let path = "../data-samples/audio/0_jackson_0.mp3";
+/// let samples = load_mono(path.as_ref(), 16_000, Normalization::Peak).unwrap();
+/// assert_eq!(samples.len(), 2 * 5148);
+/// let peak = samples.iter().fold(0.0f32, |m, s| m.max(s.abs()));
+/// assert!((peak - 1.0).abs() < 1e-6);
 /// ```
 pub fn load_mono(path: &Path, rate: u32, normalization: Normalization) -> Result<Vec<f32>> {
     let clip = decode_mono(path)?;

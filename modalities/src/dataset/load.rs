@@ -28,10 +28,11 @@ fn collect<T>(results: Vec<Result<T>>, on_error: OnError) -> Result<(Vec<Option<
 /// Decodes every audio example to mono f32 at `rate` Hz, in parallel. Returns the samples
 /// (in example order, `None` for skipped ones) and how many were skipped.
 ///
-/// ```no_run
+/// ```
 /// use seqmamba_modalities::{audio::Normalization, dataset, error::OnError};
-/// let d = dataset::from_fsdd("../shared/data/fsdd/recordings".as_ref()).unwrap();
+/// let d = dataset::from_fsdd("../data-samples/audio/fsdd".as_ref()).unwrap();
 /// let (clips, skipped) = dataset::decode_audio(&d.examples, 8000, Normalization::Peak, OnError::Skip).unwrap();
+/// assert_eq!((clips.len(), skipped), (8, 0));
 /// ```
 pub fn decode_audio(
     examples: &[Example],

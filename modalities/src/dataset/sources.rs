@@ -332,9 +332,10 @@ pub fn from_fasta_headers(
 /// the digit, the group the speaker, and the split the usual one (index 0–4 test, the rest
 /// train). Other `.wav` names are an error naming the file.
 ///
-/// ```no_run
-/// let d = seqmamba_modalities::dataset::from_fsdd("../shared/data/fsdd/recordings".as_ref()).unwrap();
-/// assert_eq!(d.labels.len(), 10);
+/// ```
+/// let d = seqmamba_modalities::dataset::from_fsdd("../data-samples/audio/fsdd".as_ref()).unwrap();
+/// assert_eq!(d.labels.names(), ["0", "1", "2", "3", "4", "5", "7", "9"]);
+/// assert_eq!(d.examples[1].group.as_deref(), Some("theo"));
 /// ```
 pub fn from_fsdd(dir: &Path) -> Result<Dataset> {
     let mut rows: Vec<Row> = Vec::new();
