@@ -362,6 +362,7 @@ struct TileConstants {
 }
 
 impl TileConstants {
+    #[inline(always)]
     fn new(inputs: &ScanInputs<&[f32]>, shape: &Shape, tile: Tile) -> Self {
         let channels = tile.first..tile.first + tile.width;
         Self {
@@ -506,10 +507,12 @@ impl Vectorised for ForwardTask<'_> {
         let shape = &job.shape;
         let inputs = &job.inputs;
         let n_state = shape.state;
-        let tiles: Vec<TileConstants> = shape
-            .task_tiles(task)
-            .map(|tile| TileConstants::new(inputs, shape, tile))
-            .collect();
+        // A plain loop, not a closure: the closure would be compiled apart, without the
+        // wide instruction set, and its `exp` would call the software fused multiply-add.
+        let mut tiles = Vec::with_capacity(TILES_PER_TASK);
+        for tile in shape.task_tiles(task) {
+            tiles.push(TileConstants::new(inputs, shape, tile));
+        }
         let count = tiles.len();
 
         let mut states = vec![Lanes::ZERO; count * n_state];
@@ -641,10 +644,12 @@ impl Vectorised for BackwardTask<'_> {
         let shape = &job.shape;
         let inputs = &job.inputs;
         let n_state = shape.state;
-        let tiles: Vec<TileConstants> = shape
-            .task_tiles(task)
-            .map(|tile| TileConstants::new(inputs, shape, tile))
-            .collect();
+        // A plain loop, not a closure: the closure would be compiled apart, without the
+        // wide instruction set, and its `exp` would call the software fused multiply-add.
+        let mut tiles = Vec::with_capacity(TILES_PER_TASK);
+        for tile in shape.task_tiles(task) {
+            tiles.push(TileConstants::new(inputs, shape, tile));
+        }
         let count = tiles.len();
         let (db_rows, dc_rows) = partial.split_at_mut(shape.len * n_state);
 
@@ -871,15 +876,14 @@ fn accumulate_parameter_grads(
             d_skip = d_skip + tile_params.dd_skip;
             d_bias = d_bias + tile_params.ddelta_bias;
         }
-        let rates = decay_rates(a_log, shape, tile);
         for lane in 0..tile.width {
             let channel = tile.first + lane;
             dd_skip[channel] += d_skip.0[lane];
             ddelta_bias[channel] += d_bias.0[lane];
-            let row = &mut da_log[channel * shape.state..(channel + 1) * shape.state];
+            let row = channel * shape.state..(channel + 1) * shape.state;
             // dA/da_log = -exp(a_log) = A.
-            for ((grad, da), rate) in row.iter_mut().zip(&da).zip(&rates) {
-                *grad += da.0[lane] * rate.0[lane];
+            for ((grad, da), &a_log) in da_log[row.clone()].iter_mut().zip(&da).zip(&a_log[row]) {
+                *grad += da.0[lane] * -a_log.exp();
             }
         }
     }
