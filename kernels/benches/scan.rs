@@ -18,11 +18,22 @@ fn main() {
         "selective scan on {} rayon threads",
         rayon::current_num_threads()
     );
-    for (batch, channels, len) in [(1, 1024, 8192), (8, 256, 4096)] {
-        bench(ScanDims::new(batch, len, channels, 16));
+    // `cargo bench --bench scan -- decode` runs only the decode steps (likewise `train`).
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let selected =
+        |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
+    if selected("train") {
+        for (batch, channels, len) in [(1, 1024, 8192), (8, 256, 4096)] {
+            bench(ScanDims::new(batch, len, channels, 16));
+        }
     }
-    for (batch, channels) in [(1, 1024), (1, 4096), (16, 1024)] {
-        bench_decode(batch, channels);
+    if selected("decode") {
+        for (batch, channels) in [(1, 1024), (1, 4096), (16, 1024)] {
+            bench_decode(batch, channels);
+        }
     }
 }
 

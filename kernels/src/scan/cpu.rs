@@ -69,13 +69,11 @@ pub fn forward(
     }
     check_len(OP, "out", shape.activations(), out)?;
 
-    let initial = state.as_deref().map(<[f32]>::to_vec);
     let job = ForwardJob {
         shape,
         inputs: *inputs,
         resets,
-        initial: initial.as_deref(),
-        final_state: state.map(Scatter::new),
+        state: state.map(Scatter::new),
         checkpoints: checkpoints.map(Scatter::new),
         out: Scatter::new(out),
     };
@@ -338,14 +336,18 @@ fn is_reset(resets: Option<&[u32]>, shape: &Shape, tile: Tile, t: usize) -> bool
 }
 
 /// `A = -exp(a_log)` of the tile, one vector per state index; padding lanes get `A = -1`
-/// so that they stay finite.
+/// so that they stay finite. Vectorised: a decode step (len 1) would otherwise spend most
+/// of its time here.
+#[inline(always)]
 fn decay_rates(a_log: &[f32], shape: &Shape, tile: Tile) -> Vec<Lanes> {
-    let mut rates = vec![Lanes::splat(-1.0); shape.state];
-    let rows = &a_log[tile.first * shape.state..(tile.first + tile.width) * shape.state];
-    for (lane, row) in rows.chunks_exact(shape.state).enumerate() {
-        for (rate, &a_log) in rates.iter_mut().zip(row) {
-            rate.0[lane] = -a_log.exp();
-        }
+    // `a_log` is `(channels, state)`, laid out like a block of states.
+    let mut rates = vec![Lanes::ZERO; shape.state];
+    load_states(
+        &a_log[shape.state_block(Tile { batch: 0, ..tile })],
+        &mut rates,
+    );
+    for rate in &mut rates {
+        *rate = Lanes::ZERO - rate.exp();
     }
     rates
 }
@@ -360,6 +362,7 @@ struct TileConstants {
 }
 
 impl TileConstants {
+    #[inline(always)]
     fn new(inputs: &ScanInputs<&[f32]>, shape: &Shape, tile: Tile) -> Self {
         let channels = tile.first..tile.first + tile.width;
         Self {
@@ -372,6 +375,7 @@ impl TileConstants {
 }
 
 /// Loads a `(width, state)` block of states into one vector per state index.
+#[inline(always)]
 fn load_states(block: &[f32], states: &mut [Lanes]) {
     states.fill(Lanes::ZERO);
     for (lane, row) in block.chunks_exact(states.len()).enumerate() {
@@ -382,13 +386,18 @@ fn load_states(block: &[f32], states: &mut [Lanes]) {
 }
 
 /// The `(width, state)` block of the first `width` lanes of `states`, into `block`.
+#[inline(always)]
 fn store_states(states: &[Lanes], width: usize, block: &mut Vec<f32>) {
-    block.clear();
-    block.extend((0..width).flat_map(|lane| states.iter().map(move |state| state.0[lane])));
+    block.resize(width * states.len(), 0.0);
+    for (lane, row) in block.chunks_exact_mut(states.len()).enumerate() {
+        for (value, state) in row.iter_mut().zip(states) {
+            *value = state.0[lane];
+        }
+    }
 }
 
-/// An output tensor that the tasks of one op write concurrently, each to index ranges that
-/// no other task touches (a tile's channels, or its block of a state tensor).
+/// A tensor that the tasks of one op write (and read back) concurrently, each in index
+/// ranges that no other task touches (a tile's channels, or its block of a state tensor).
 struct Scatter<'a> {
     ptr: *mut f32,
     len: usize,
@@ -406,6 +415,23 @@ impl<'a> Scatter<'a> {
             ptr: data.as_mut_ptr(),
             len: data.len(),
             _borrow: PhantomData,
+        }
+    }
+
+    /// Copies `start..start + values.len()` into `values`.
+    ///
+    /// # Safety
+    /// No other thread may access that range while the `Scatter` lives.
+    unsafe fn read(&self, start: usize, values: &mut [f32]) {
+        assert!(
+            start <= self.len && values.len() <= self.len - start,
+            "{OP}: read of {} values at {start} outside a tensor of {}",
+            values.len(),
+            self.len
+        );
+        // SAFETY: in bounds (checked above) and not aliased (the caller's promise).
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ptr.add(start), values.as_mut_ptr(), values.len())
         }
     }
 
@@ -461,8 +487,8 @@ struct ForwardJob<'a> {
     shape: Shape,
     inputs: ScanInputs<&'a [f32]>,
     resets: Option<&'a [u32]>,
-    initial: Option<&'a [f32]>,
-    final_state: Option<Scatter<'a>>,
+    /// Read at the start and written at the end, each task its own tiles' blocks.
+    state: Option<Scatter<'a>>,
     checkpoints: Option<Scatter<'a>>,
     out: Scatter<'a>,
 }
@@ -481,19 +507,24 @@ impl Vectorised for ForwardTask<'_> {
         let shape = &job.shape;
         let inputs = &job.inputs;
         let n_state = shape.state;
-        let tiles: Vec<TileConstants> = shape
-            .task_tiles(task)
-            .map(|tile| TileConstants::new(inputs, shape, tile))
-            .collect();
+        // A plain loop, not a closure: the closure would be compiled apart, without the
+        // wide instruction set, and its `exp` would call the software fused multiply-add.
+        let mut tiles = Vec::with_capacity(TILES_PER_TASK);
+        for tile in shape.task_tiles(task) {
+            tiles.push(TileConstants::new(inputs, shape, tile));
+        }
         let count = tiles.len();
 
         let mut states = vec![Lanes::ZERO; count * n_state];
-        if let Some(initial) = job.initial {
+        let mut block = Vec::with_capacity(LANES * n_state);
+        if let Some(initial) = &job.state {
             for (constants, states) in tiles.iter().zip(states.chunks_exact_mut(n_state)) {
-                load_states(&initial[shape.state_block(constants.tile)], states);
+                block.resize(constants.tile.width * n_state, 0.0);
+                // SAFETY: the tile's own block of the state tensor.
+                unsafe { initial.read(shape.state_block(constants.tile).start, &mut block) };
+                load_states(&block, states);
             }
         }
-        let mut block = Vec::with_capacity(LANES * n_state);
         // Per position of the block and tile, at `i * count + k`.
         // (A decode step, len 1, allocates for one position only.)
         let span = BLOCK.min(shape.len) * count;
@@ -566,7 +597,7 @@ impl Vectorised for ForwardTask<'_> {
                 }
             }
         }
-        if let Some(final_state) = &job.final_state {
+        if let Some(final_state) = &job.state {
             for (constants, states) in tiles.iter().zip(states.chunks_exact(n_state)) {
                 store_states(states, constants.tile.width, &mut block);
                 let start = shape.state_block(constants.tile).start;
@@ -613,10 +644,12 @@ impl Vectorised for BackwardTask<'_> {
         let shape = &job.shape;
         let inputs = &job.inputs;
         let n_state = shape.state;
-        let tiles: Vec<TileConstants> = shape
-            .task_tiles(task)
-            .map(|tile| TileConstants::new(inputs, shape, tile))
-            .collect();
+        // A plain loop, not a closure: the closure would be compiled apart, without the
+        // wide instruction set, and its `exp` would call the software fused multiply-add.
+        let mut tiles = Vec::with_capacity(TILES_PER_TASK);
+        for tile in shape.task_tiles(task) {
+            tiles.push(TileConstants::new(inputs, shape, tile));
+        }
         let count = tiles.len();
         let (db_rows, dc_rows) = partial.split_at_mut(shape.len * n_state);
 
@@ -843,15 +876,14 @@ fn accumulate_parameter_grads(
             d_skip = d_skip + tile_params.dd_skip;
             d_bias = d_bias + tile_params.ddelta_bias;
         }
-        let rates = decay_rates(a_log, shape, tile);
         for lane in 0..tile.width {
             let channel = tile.first + lane;
             dd_skip[channel] += d_skip.0[lane];
             ddelta_bias[channel] += d_bias.0[lane];
-            let row = &mut da_log[channel * shape.state..(channel + 1) * shape.state];
+            let row = channel * shape.state..(channel + 1) * shape.state;
             // dA/da_log = -exp(a_log) = A.
-            for ((grad, da), rate) in row.iter_mut().zip(&da).zip(&rates) {
-                *grad += da.0[lane] * rate.0[lane];
+            for ((grad, da), &a_log) in da_log[row.clone()].iter_mut().zip(&da).zip(&a_log[row]) {
+                *grad += da.0[lane] * -a_log.exp();
             }
         }
     }
