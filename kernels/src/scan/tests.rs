@@ -1,7 +1,7 @@
 //! The CPU scan against a plain f64 loop and central finite differences of it.
 
 use super::cpu::{backward, forward};
-use super::{ScanDims, ScanGrads, ScanInputs};
+use super::{reference, ScanDims, ScanGrads, ScanInputs};
 use crate::rng::Rng;
 use crate::testing::{assert_close, finite_difference, to_f64};
 use crate::KernelError;
@@ -208,94 +208,10 @@ impl Grads {
     }
 }
 
-/// The f64 scan, written as the equations read.
-struct Reference {
-    out: Vec<f64>,
-    /// `(batch, len + 1, channels, state)`: the state before position `t` (before its
-    /// reset); index `len` holds the final state.
-    states: Vec<f64>,
-}
-
-fn reference(
-    dims: ScanDims,
-    x: &ScanInputs<&[f64]>,
-    resets: Option<&[u32]>,
-    initial: Option<&[f64]>,
-) -> Reference {
-    let ScanDims {
-        batch,
-        len,
-        channels,
-        state,
-        ..
-    } = dims;
-    let mut out = vec![0.0; batch * len * channels];
-    let mut states = vec![0.0; batch * (len + 1) * channels * state];
-    let softplus = |x: f64| if x > 20.0 { x } else { x.exp().ln_1p() };
-    for b in 0..batch {
-        for d in 0..channels {
-            let mut h = match initial {
-                Some(initial) => initial[(b * channels + d) * state..][..state].to_vec(),
-                None => vec![0.0; state],
-            };
-            for t in 0..=len {
-                let at = ((b * (len + 1) + t) * channels + d) * state;
-                states[at..at + state].copy_from_slice(&h);
-                if t == len {
-                    break;
-                }
-                if resets.is_some_and(|r| r[b * len + t] != 0) {
-                    h.fill(0.0);
-                }
-                let i = (b * len + t) * channels + d;
-                let dt = softplus(x.delta[i] + x.delta_bias[d]);
-                let mut y = x.d_skip[d] * x.u[i];
-                for (n, h) in h.iter_mut().enumerate() {
-                    let a = -x.a_log[d * state + n].exp();
-                    let row = (b * len + t) * state + n;
-                    *h = (dt * a).exp() * *h + dt * x.b[row] * x.u[i];
-                    y += *h * x.c[row];
-                }
-                if let Some(z) = x.z {
-                    y *= z[i] / (1.0 + (-z[i]).exp());
-                }
-                out[i] = y;
-            }
-        }
-    }
-    Reference { out, states }
-}
-
-impl Reference {
-    /// The states at the start of every chunk, laid out as the checkpoints.
-    fn checkpoints(&self, dims: ScanDims) -> Vec<f64> {
-        let block = dims.channels * dims.state;
-        (0..dims.batch)
-            .flat_map(|b| {
-                (0..dims.chunks()).flat_map(move |k| {
-                    let at = (b * (dims.len + 1) + k * dims.chunk) * block;
-                    at..at + block
-                })
-            })
-            .map(|i| self.states[i])
-            .collect()
-    }
-
-    fn final_state(&self, dims: ScanDims) -> Vec<f64> {
-        let block = dims.channels * dims.state;
-        (0..dims.batch)
-            .flat_map(|b| {
-                let at = (b * (dims.len + 1) + dims.len) * block;
-                self.states[at..at + block].iter().copied()
-            })
-            .collect()
-    }
-}
-
-fn reference_of(case: &Case) -> Reference {
+fn reference_of(case: &Case) -> reference::Forward {
     let wide = case.tensors.widen();
     let initial = case.initial.as_deref().map(to_f64);
-    reference(case.dims, &wide.view(), case.resets(), initial.as_deref())
+    reference::forward(case.dims, &wide.view(), case.resets(), initial.as_deref())
 }
 
 fn dims(batch: usize, len: usize, channels: usize, state: usize, chunk: usize) -> ScanDims {
@@ -338,11 +254,11 @@ fn forward_matches_the_f64_reference() {
         let (out, state, checkpoints) = case.forward();
         let expected = reference_of(&case);
         assert_close("out", &out, &expected.out, 1e-5, 1e-7);
-        assert_close("state", &state, &expected.final_state(dims), 1e-5, 1e-7);
+        assert_close("state", &state, &expected.final_state, 1e-5, 1e-7);
         assert_close(
             "checkpoints",
             &checkpoints,
-            &expected.checkpoints(dims),
+            &expected.checkpoints,
             1e-5,
             1e-7,
         );
@@ -491,7 +407,7 @@ fn check_gradients(case: &Case) {
     let initial = case.initial.as_deref().map(to_f64);
     let projection = to_f64(&d_out);
     let loss = |inputs: &ScanInputs<&[f64]>| -> f64 {
-        let out = reference(dims, inputs, case.resets(), initial.as_deref()).out;
+        let out = reference::forward(dims, inputs, case.resets(), initial.as_deref()).out;
         out.iter().zip(&projection).map(|(o, p)| o * p).sum()
     };
     let mut checks = vec![
