@@ -100,3 +100,24 @@ fn score_rejects_bad_input_clearly() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("nope") && err.contains("config.json"), "{err}");
 }
+
+#[test]
+fn inspect_summarises_real_files_and_names_bad_ones() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let bam = root.join("data-samples/dna/range.bam");
+    let text = stdout(&seqmamba(&["inspect", bam.to_str().unwrap()]));
+    assert!(text.contains("records      112"), "{text}");
+    assert!(text.contains("bases        11200"), "{text}");
+
+    let flac = root.join("data-samples/audio/0_jackson_0.flac");
+    let text = stdout(&seqmamba(&["inspect", flac.to_str().unwrap()]));
+    assert!(text.contains("sample rate  8000 Hz"), "{text}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.fa");
+    std::fs::write(&bad, b"\x00\x01binary\xff").unwrap();
+    let out = seqmamba(&["inspect", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.fa"), "{err}");
+}

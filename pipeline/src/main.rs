@@ -11,6 +11,8 @@ use seqmamba::infer::score_tokens;
 use seqmamba::model::{Head, MambaConfig, Model, ParamTable, Shape};
 use seqmamba_kernels::scan::ScanDims;
 use seqmamba_kernels::Cpu;
+use seqmamba_modalities::inspect::inspect;
+use seqmamba_modalities::OnError;
 
 #[derive(Parser)]
 #[command(
@@ -38,6 +40,17 @@ enum Command {
     Score(ScoreArgs),
     /// Measure scan, training and decoding throughput on this machine.
     Bench(BenchArgs),
+    /// Show what a DNA or audio file decodes to: records, lengths, tokens, rate, duration.
+    Inspect(InspectArgs),
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    /// FASTA/FASTQ/SAM/BAM (plain, gzip or BGZF) or WAV/FLAC/OGG/MP3 file.
+    file: PathBuf,
+    /// What to do with a bad record: fail (default) or skip and count it.
+    #[arg(long, default_value = "fail")]
+    on_error: OnError,
 }
 
 #[derive(Args)]
@@ -94,6 +107,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Init(args) => init(args),
         Command::Score(args) => score(args),
         Command::Bench(args) => run_bench(args),
+        Command::Inspect(args) => {
+            println!("{}", inspect(&args.file, args.on_error)?);
+            Ok(())
+        }
     }
 }
 
