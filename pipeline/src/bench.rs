@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use seqmamba_kernels::cuda::Cuda;
+use seqmamba_kernels::cuda::{Cuda, OpSeconds};
 use seqmamba_kernels::rng::Rng;
 use seqmamba_kernels::scan::{self, ScanDims, ScanGrads, ScanInputs};
 use seqmamba_kernels::{Backend, Cpu, KernelError};
@@ -30,11 +30,13 @@ pub struct Measurement {
 pub struct DeviceFigures {
     /// Seconds of one repetition spent in GEMMs.
     pub gemm_seconds: Option<f64>,
+    /// Seconds of one repetition spent in the selective scan.
+    pub scan_seconds: Option<f64>,
     /// The most device memory held at once, in bytes.
     pub peak_memory: Option<u64>,
 }
 
-/// What a backend can report beyond the ops: GEMM time and peak memory.
+/// What a backend can report beyond the ops: GEMM and scan time, peak memory.
 ///
 /// ```
 /// use seqmamba::bench::Profile;
@@ -47,11 +49,11 @@ pub trait Profile {
     fn reset_peak_memory(&self) -> Result<(), KernelError>;
     /// The most memory held at once since [`Profile::reset_peak_memory`], in bytes.
     fn peak_memory(&self) -> Result<Option<u64>, KernelError>;
-    /// Starts timing the GEMMs.
-    fn start_gemm_timing(&self) -> Result<(), KernelError>;
-    /// Seconds the GEMMs took since [`Profile::start_gemm_timing`] (waits for the device);
-    /// stops timing.
-    fn finish_gemm_timing(&self) -> Result<Option<f64>, KernelError>;
+    /// Starts timing the GEMMs and scans.
+    fn start_op_timing(&self) -> Result<(), KernelError>;
+    /// Seconds the GEMMs and scans took since [`Profile::start_op_timing`] (waits for
+    /// the device); stops timing.
+    fn finish_op_timing(&self) -> Result<Option<OpSeconds>, KernelError>;
 }
 
 impl Profile for Cpu {
@@ -61,10 +63,10 @@ impl Profile for Cpu {
     fn peak_memory(&self) -> Result<Option<u64>, KernelError> {
         Ok(None)
     }
-    fn start_gemm_timing(&self) -> Result<(), KernelError> {
+    fn start_op_timing(&self) -> Result<(), KernelError> {
         Ok(())
     }
-    fn finish_gemm_timing(&self) -> Result<Option<f64>, KernelError> {
+    fn finish_op_timing(&self) -> Result<Option<OpSeconds>, KernelError> {
         Ok(None)
     }
 }
@@ -76,12 +78,12 @@ impl Profile for Cuda {
     fn peak_memory(&self) -> Result<Option<u64>, KernelError> {
         Cuda::peak_memory(self).map(Some)
     }
-    fn start_gemm_timing(&self) -> Result<(), KernelError> {
-        self.time_gemms(true)
+    fn start_op_timing(&self) -> Result<(), KernelError> {
+        self.time_ops(true)
     }
-    fn finish_gemm_timing(&self) -> Result<Option<f64>, KernelError> {
-        let seconds = self.gemm_seconds()?;
-        self.time_gemms(false)?;
+    fn finish_op_timing(&self) -> Result<Option<OpSeconds>, KernelError> {
+        let seconds = self.op_seconds()?;
+        self.time_ops(false)?;
         Ok(Some(seconds))
     }
 }
@@ -230,16 +232,17 @@ pub fn train<B: Backend + Profile>(
         return Err(e);
     }
     let peak_memory = model.backend.peak_memory()?;
-    model.backend.start_gemm_timing()?;
+    model.backend.start_op_timing()?;
     trainer.step(&mut model, &batch, &targets, shape.tokens())?;
-    let gemm_seconds = model.backend.finish_gemm_timing()?;
+    let spent = model.backend.finish_op_timing()?;
     Ok(Measurement {
         name: label,
         rate: shape.tokens() as f64 / seconds,
         unit: "tokens/s",
         seconds,
         device: DeviceFigures {
-            gemm_seconds,
+            gemm_seconds: spent.map(|s| s.gemm),
+            scan_seconds: spent.map(|s| s.scan),
             peak_memory,
         },
     })

@@ -79,6 +79,9 @@ struct BenchArgs {
     /// Where the model runs; auto takes the GPU when one opens, else the CPU.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     device: DeviceChoice,
+    /// On the GPU, run the f32 GEMMs in TF32 on the tensor cores (faster, ~1e-3 relative).
+    #[arg(long)]
+    tf32: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -184,7 +187,10 @@ fn run_bench(args: BenchArgs) -> Result<()> {
     let mut results = Vec::new();
     match open_device(args.device)? {
         None => {
-            println!("device: {} ", Cpu.name());
+            if args.tf32 {
+                bail!("--tf32 needs the GPU (--device cuda)");
+            }
+            println!("device: {}", Cpu.name());
             for (batch, len, channels) in [(1, 1024, 8192), (8, 256, 4096)] {
                 let dims = ScanDims::new(batch, len, channels / scale, 16);
                 results.extend(bench::scan(dims, repeats)?);
@@ -193,9 +199,15 @@ fn run_bench(args: BenchArgs) -> Result<()> {
             results.extend(model_benches(|| Ok(Cpu), args.quick, args.quick, repeats)?);
         }
         Some(cuda) => {
-            println!("device: {}", cuda.name());
+            let math = if args.tf32 { "TF32" } else { "f32" };
+            println!("device: {}, GEMMs in {math}", cuda.name());
             drop(cuda);
-            results.extend(model_benches(|| Cuda::new(0), true, args.quick, repeats)?);
+            let open = || {
+                let cuda = Cuda::new(0)?;
+                cuda.allow_tf32(args.tf32)?;
+                Ok(cuda)
+            };
+            results.extend(model_benches(open, true, args.quick, repeats)?);
         }
     }
     for m in &results {
@@ -207,7 +219,10 @@ fn run_bench(args: BenchArgs) -> Result<()> {
             m.seconds * 1e3
         );
         if let Some(gemm) = m.device.gemm_seconds {
-            line += &format!(", GEMM {:.1}% of the step", 100.0 * gemm / m.seconds);
+            line += &format!(", GEMM {:.1}%", 100.0 * gemm / m.seconds);
+        }
+        if let Some(scan) = m.device.scan_seconds {
+            line += &format!(", scan {:.1}% of the step", 100.0 * scan / m.seconds);
         }
         if let Some(peak) = m.device.peak_memory {
             line += &format!(", peak memory {:.2} GB", peak as f64 / 1e9);

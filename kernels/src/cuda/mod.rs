@@ -50,8 +50,8 @@ pub struct Cuda {
     arch: String,
     nvrtc_version: (i32, i32),
     modules: Mutex<HashMap<(&'static str, String), Arc<CudaModule>>>,
-    /// Events around every GEMM while [`Cuda::time_gemms`] is on.
-    gemm_events: Mutex<Option<Vec<(CudaEvent, CudaEvent)>>>,
+    /// Events around every timed op while [`Cuda::time_ops`] is on.
+    op_events: Mutex<Option<Vec<(TimedOp, CudaEvent, CudaEvent)>>>,
 }
 
 impl std::fmt::Debug for Cuda {
@@ -118,7 +118,7 @@ impl Cuda {
             arch: format!("sm_{major}{minor}"),
             nvrtc_version,
             modules: Mutex::new(HashMap::new()),
-            gemm_events: Mutex::new(None),
+            op_events: Mutex::new(None),
         })
     }
 
@@ -178,50 +178,69 @@ impl Cuda {
         &self.blas
     }
 
-    /// Starts (`true`) or stops timing every GEMM with events on the stream; see
-    /// [`Cuda::gemm_seconds`]. Costs two event records per GEMM while on.
-    pub fn time_gemms(&self, on: bool) -> Result<(), KernelError> {
-        let mut events = self.gemm_events.lock().map_err(|_| poisoned())?;
+    /// Lets cuBLAS run f32 GEMMs on the tensor cores in TF32 (inputs rounded to a 10-bit
+    /// mantissa, sums in f32), as PyTorch's `allow_tf32`: several times faster, about 1e-3
+    /// relative error. Off by default; results stay deterministic either way.
+    pub fn allow_tf32(&self, on: bool) -> Result<(), KernelError> {
+        use cudarc::cublas::sys::{cublasMath_t, cublasSetMathMode};
+        let mode = if on {
+            cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH
+        } else {
+            cublasMath_t::CUBLAS_DEFAULT_MATH
+        };
+        // SAFETY: sets a flag of a live handle.
+        unsafe { cublasSetMathMode(*self.blas.handle(), mode) }
+            .result()
+            .map_err(|e| device_error("setting cuBLAS's math mode", e))
+    }
+
+    /// Starts (`true`) or stops timing every GEMM and scan with events on the stream; see
+    /// [`Cuda::op_seconds`]. Costs two event records per op while on.
+    pub fn time_ops(&self, on: bool) -> Result<(), KernelError> {
+        let mut events = self.op_events.lock().map_err(|_| poisoned())?;
         *events = on.then(Vec::new);
         Ok(())
     }
 
-    /// Seconds the GEMMs took on the device since timing started (waits for the stream),
-    /// and restarts the count.
-    pub fn gemm_seconds(&self) -> Result<f64, KernelError> {
+    /// Device seconds of the timed ops since timing started (waits for the stream), and
+    /// restarts the count.
+    pub fn op_seconds(&self) -> Result<OpSeconds, KernelError> {
         self.synchronize()?;
-        let mut events = self.gemm_events.lock().map_err(|_| poisoned())?;
-        let Some(pairs) = events.as_mut() else {
-            return Ok(0.0);
-        };
-        let mut total = 0.0f64;
-        for (start, stop) in pairs.drain(..) {
-            let ms = start
+        let mut events = self.op_events.lock().map_err(|_| poisoned())?;
+        let mut total = OpSeconds::default();
+        for (op, start, stop) in events.iter_mut().flat_map(|pairs| pairs.drain(..)) {
+            let seconds = start
                 .elapsed_ms(&stop)
-                .map_err(|e| device_error("reading a GEMM timing event", e))?;
-            total += ms as f64 * 1e-3;
+                .map_err(|e| device_error("reading an op timing event", e))?
+                as f64
+                * 1e-3;
+            match op {
+                TimedOp::Gemm => total.gemm += seconds,
+                TimedOp::Scan => total.scan += seconds,
+            }
         }
         Ok(total)
     }
 
-    /// Runs `gemm`, bracketed by timing events when [`Cuda::time_gemms`] is on.
-    pub(crate) fn timed_gemm(
+    /// Runs `launch`, bracketed by timing events when [`Cuda::time_ops`] is on.
+    pub(crate) fn timed(
         &self,
-        gemm: impl FnOnce() -> Result<(), KernelError>,
+        op: TimedOp,
+        launch: impl FnOnce() -> Result<(), KernelError>,
     ) -> Result<(), KernelError> {
-        let mut events = self.gemm_events.lock().map_err(|_| poisoned())?;
+        let mut events = self.op_events.lock().map_err(|_| poisoned())?;
         let Some(pairs) = events.as_mut() else {
             drop(events);
-            return gemm();
+            return launch();
         };
         let record = || {
             self.stream
                 .record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
-                .map_err(|e| device_error("recording a GEMM timing event", e))
+                .map_err(|e| device_error("recording an op timing event", e))
         };
         let start = record()?;
-        gemm()?;
-        pairs.push((start, record()?));
+        launch()?;
+        pairs.push((op, start, record()?));
         Ok(())
     }
 
@@ -332,6 +351,30 @@ impl Cuda {
             .map(|_| ())
             .map_err(|e| device_error("launching a kernel", e))
     }
+}
+
+/// The ops [`Cuda::time_ops`] times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TimedOp {
+    Gemm,
+    Scan,
+}
+
+/// Device seconds spent in GEMMs and in the selective scan (forward and backward).
+///
+/// ```no_run
+/// use seqmamba_kernels::cuda::Cuda;
+/// let cuda = Cuda::new(0)?;
+/// cuda.time_ops(true)?;
+/// // ... ops ...
+/// let spent = cuda.op_seconds()?;
+/// assert!(spent.gemm >= 0.0 && spent.scan >= 0.0);
+/// # Ok::<(), seqmamba_kernels::KernelError>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct OpSeconds {
+    pub gemm: f64,
+    pub scan: f64,
 }
 
 /// Threads per block of the one-thread-per-element kernels.

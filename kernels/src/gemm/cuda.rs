@@ -9,7 +9,7 @@
 use cudarc::cublas::sys::cublasOperation_t;
 
 use super::GemmDims;
-use crate::cuda::{check_view, device_error, Cuda, DeviceView, DeviceViewMut};
+use crate::cuda::{check_view, device_error, Cuda, DeviceView, DeviceViewMut, TimedOp};
 use crate::{element_count, KernelError};
 
 /// See [`super::gemm`].
@@ -55,7 +55,7 @@ pub(crate) fn gemm(
     let ldb = if dims.transpose_b { k } else { n };
     let alpha = 1.0f32;
     let beta = if accumulate { 1.0f32 } else { 0.0 };
-    cuda.timed_gemm(|| {
+    cuda.timed(TimedOp::Gemm, || {
         // SAFETY: the views were checked to hold the matrices the dimensions describe, and
         // the handle runs on the stream every other op of this device uses.
         unsafe {
@@ -143,6 +143,45 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn cuda_gemm_in_tf32_is_close_but_not_f32() {
+        let Some(cuda) = device() else { return };
+        let (m, n, k) = (256, 256, 512);
+        let dims = GemmDims {
+            m,
+            n,
+            k,
+            transpose_a: false,
+            transpose_b: true,
+        };
+        let (a, b) = (random(m * k, 1), random(n * k, 2));
+        let mut want = vec![0.0; m * n];
+        gemm::gemm(dims, &a, &b, &mut want, false).unwrap();
+        let (ga, gb) = (cuda.upload(&a).unwrap(), cuda.upload(&b).unwrap());
+        let mut gc = cuda.zeros(m * n).unwrap();
+        let mut run = |tf32: bool| {
+            cuda.allow_tf32(tf32).unwrap();
+            cuda.gemm(
+                dims,
+                cuda.all(&ga),
+                cuda.all(&gb),
+                cuda.all_mut(&mut gc),
+                false,
+            )
+            .unwrap();
+            cuda.download(cuda.all(&gc)).unwrap()
+        };
+        let tf32 = run(true);
+        let f32 = run(false);
+        assert_close("f32", &f32, &to_f64(&want), 1e-5, 1e-6);
+        assert_close("tf32", &tf32, &to_f64(&want), 3e-3, 1e-6);
+        let error = crate::testing::max_scaled_error(&tf32, &to_f64(&want), 1e-5, 1e-6);
+        assert!(
+            error > 1.0,
+            "TF32 was not used: error {error} of the f32 tolerance"
+        );
     }
 
     #[test]

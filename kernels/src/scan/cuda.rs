@@ -3,7 +3,7 @@
 use cudarc::driver::{DeviceRepr, LaunchConfig};
 
 use super::{ScanDims, ScanGrads, ScanInputs};
-use crate::cuda::{check_view, Cuda, DeviceIds, DeviceView, DeviceViewMut};
+use crate::cuda::{check_view, Cuda, DeviceIds, DeviceView, DeviceViewMut, TimedOp};
 use crate::KernelError;
 
 const SOURCE: &str = include_str!("scan.cu");
@@ -363,7 +363,9 @@ pub(crate) fn forward(
     checkpoints: Option<DeviceViewMut<'_>>,
     out: DeviceViewMut<'_>,
 ) -> Result<(), KernelError> {
-    cuda.scan_forward_device(dims, inputs, resets, state, checkpoints, out)
+    cuda.timed(TimedOp::Scan, || {
+        cuda.scan_forward_device(dims, inputs, resets, state, checkpoints, out)
+    })
 }
 
 /// Gradients of [`forward`] from its checkpoints; semantics as [`super::cpu::backward`]:
@@ -378,7 +380,9 @@ pub(crate) fn backward(
     d_out: DeviceView<'_>,
     grads: ScanGrads<DeviceViewMut<'_>>,
 ) -> Result<(), KernelError> {
-    cuda.scan_backward_device(dims, inputs, resets, checkpoints, d_out, grads)
+    cuda.timed(TimedOp::Scan, || {
+        cuda.scan_backward_device(dims, inputs, resets, checkpoints, d_out, grads)
+    })
 }
 
 #[cfg(test)]
