@@ -48,8 +48,12 @@ pub struct Cuda {
     stream: Arc<CudaStream>,
     blas: CudaBlas,
     arch: String,
+    multiprocessors: usize,
     nvrtc_version: (i32, i32),
     modules: Mutex<HashMap<(&'static str, String), Arc<CudaModule>>>,
+    /// Functions already looked up, so a launch costs no driver lookup (decode steps
+    /// launch hundreds of small kernels).
+    functions: Mutex<HashMap<FunctionKey, CudaFunction>>,
     /// Events around every timed op while [`Cuda::time_ops`] is on.
     op_events: Mutex<Option<Vec<(TimedOp, CudaEvent, CudaEvent)>>>,
 }
@@ -109,6 +113,10 @@ impl Cuda {
                     .into(),
             ));
         }
+        let multiprocessors = context
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| device_error("reading the multiprocessor count", e))?
+            .max(1) as usize;
         let blas = CudaBlas::new(stream.clone())
             .map_err(|e| device_error("creating the cuBLAS handle", e))?;
         Ok(Self {
@@ -116,8 +124,10 @@ impl Cuda {
             stream,
             blas,
             arch: format!("sm_{major}{minor}"),
+            multiprocessors,
             nvrtc_version,
             modules: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
             op_events: Mutex::new(None),
         })
     }
@@ -135,6 +145,11 @@ impl Cuda {
     /// The architecture kernels are compiled for, e.g. `sm_90`.
     pub fn arch(&self) -> &str {
         &self.arch
+    }
+
+    /// Streaming multiprocessors on the device.
+    pub fn multiprocessors(&self) -> usize {
+        self.multiprocessors
     }
 
     /// A buffer holding `data`, `None` when empty (the driver refuses zero-byte
@@ -298,7 +313,13 @@ impl Cuda {
         defines: &[String],
         name: &str,
     ) -> Result<CudaFunction, KernelError> {
-        let key = (module, defines.join(" "));
+        let joined = defines.join(" ");
+        let function_key = (module, joined.clone(), name.to_string());
+        let mut functions = self.functions.lock().map_err(|_| poisoned())?;
+        if let Some(function) = functions.get(&function_key) {
+            return Ok(function.clone());
+        }
+        let key = (module, joined);
         let mut modules = self.modules.lock().map_err(|_| poisoned())?;
         let loaded = match modules.get(&key) {
             Some(loaded) => loaded.clone(),
@@ -318,9 +339,11 @@ impl Cuda {
                 loaded
             }
         };
-        loaded
+        let function = loaded
             .load_function(name)
-            .map_err(|e| device_error(&format!("finding kernel {name} in {module}"), e))
+            .map_err(|e| device_error(&format!("finding kernel {name} in {module}"), e))?;
+        functions.insert(function_key, function.clone());
+        Ok(function)
     }
 
     /// Launches `function` with one argument struct.
@@ -352,6 +375,9 @@ impl Cuda {
             .map_err(|e| device_error("launching a kernel", e))
     }
 }
+
+/// A kernel by module, `-D` options and name.
+type FunctionKey = (&'static str, String, String);
 
 /// The ops [`Cuda::time_ops`] times.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

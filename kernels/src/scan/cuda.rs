@@ -144,13 +144,7 @@ fn flat(elements: usize) -> LaunchConfig {
 
 impl Cuda {
     fn target_threads(&self) -> Result<usize, KernelError> {
-        let sms = self
-            .context()
-            .attribute(
-                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
-            )
-            .map_err(|e| crate::cuda::device_error("reading the multiprocessor count", e))?;
-        Ok(sms.max(1) as usize * THREADS_PER_SM)
+        Ok(self.multiprocessors() * THREADS_PER_SM)
     }
 
     fn scan_function(&self, name: &str) -> Result<cudarc::driver::CudaFunction, KernelError> {
