@@ -6,11 +6,11 @@
 //! Times are CUDA-event medians of 30 runs after warm-up. The anchors are the official
 //! mamba_ssm kernels with bf16 inputs, which move half the bytes of ours.
 
-use cudarc::driver::{sys::CUevent_flags, CudaSlice};
+use cudarc::driver::sys::CUevent_flags;
 use seqmamba_kernels::cuda::Cuda;
 use seqmamba_kernels::rng::Rng;
 use seqmamba_kernels::scan::{ScanDims, ScanGrads, ScanInputs};
-use seqmamba_kernels::KernelError;
+use seqmamba_kernels::{Backend, KernelError};
 
 /// (batch, d_inner, len, official forward ms, official backward ms).
 const SHAPES: [(usize, usize, usize, f64, f64); 6] = [
@@ -102,37 +102,51 @@ fn main() -> Result<(), KernelError> {
             .collect())?;
         let d_skip = up(vec![1.0; channels])?;
         let delta_bias = up(tiled(&u_p, channels))?;
-        let mut out: CudaSlice<f32> = cuda.zeros(act)?;
-        let mut checkpoints: CudaSlice<f32> = cuda.zeros(dims.checkpoint_len())?;
+        let mut out = cuda.zeros(act)?;
+        let mut checkpoints = cuda.zeros(dims.checkpoint_len())?;
         let (mut du, mut ddelta, mut dz) = (cuda.zeros(act)?, cuda.zeros(act)?, cuda.zeros(act)?);
         let (mut db, mut dc) = (cuda.zeros(rows)?, cuda.zeros(rows)?);
         let mut da_log = cuda.zeros(channels * STATE)?;
         let (mut dd_skip, mut ddelta_bias) = (cuda.zeros(channels)?, cuda.zeros(channels)?);
         let inputs = ScanInputs {
-            u: &u,
-            delta: &delta,
-            a_log: &a_log,
-            b: &b,
-            c: &c,
-            d_skip: &d_skip,
-            delta_bias: &delta_bias,
-            z: Some(&z),
+            u: cuda.all(&u),
+            delta: cuda.all(&delta),
+            a_log: cuda.all(&a_log),
+            b: cuda.all(&b),
+            c: cuda.all(&c),
+            d_skip: cuda.all(&d_skip),
+            delta_bias: cuda.all(&delta_bias),
+            z: Some(cuda.all(&z)),
         };
         let fwd = median_ms(&cuda, || {
-            cuda.scan_forward(dims, &inputs, None, None, Some(&mut checkpoints), &mut out)
+            cuda.scan_forward(
+                dims,
+                &inputs,
+                None,
+                None,
+                Some(cuda.all_mut(&mut checkpoints)),
+                cuda.all_mut(&mut out),
+            )
         })?;
         let bwd = median_ms(&cuda, || {
             let grads = ScanGrads {
-                du: &mut du,
-                ddelta: &mut ddelta,
-                da_log: &mut da_log,
-                db: &mut db,
-                dc: &mut dc,
-                dd_skip: &mut dd_skip,
-                ddelta_bias: &mut ddelta_bias,
-                dz: Some(&mut dz),
+                du: cuda.all_mut(&mut du),
+                ddelta: cuda.all_mut(&mut ddelta),
+                da_log: cuda.all_mut(&mut da_log),
+                db: cuda.all_mut(&mut db),
+                dc: cuda.all_mut(&mut dc),
+                dd_skip: cuda.all_mut(&mut dd_skip),
+                ddelta_bias: cuda.all_mut(&mut ddelta_bias),
+                dz: Some(cuda.all_mut(&mut dz)),
             };
-            cuda.scan_backward(dims, &inputs, None, &checkpoints, &d_out, grads)
+            cuda.scan_backward(
+                dims,
+                &inputs,
+                None,
+                cuda.all(&checkpoints),
+                cuda.all(&d_out),
+                grads,
+            )
         })?;
         let exps = (act * STATE) as f64 / EXP_RATE * 1e3;
         let fwd_bytes = ((4 * act + 2 * rows) * 4) as f64;

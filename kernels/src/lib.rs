@@ -2,8 +2,8 @@
 //!
 //! One narrow op interface, [`Backend`], holds exactly the ops the Mamba backbone needs,
 //! each with its forward and backward. [`Cpu`] implements it with rayon and SIMD and is the
-//! reference every other backend is tested against. [`cuda`] holds the CUDA device (its
-//! kernels are compiled at run time, so building needs no CUDA) and, for now, the CUDA scan.
+//! reference every other backend is tested against. [`cuda::Cuda`] implements it on an
+//! NVIDIA GPU (cuBLAS and run-time compiled kernels, so building needs no CUDA).
 //!
 //! Layout: activations are `(batch, len, channels)` with channels contiguous, f32.
 //! Every op module holds the shape struct of its op and the CPU implementation on slices.

@@ -1,10 +1,12 @@
-//! Throughput benchmarks of the CPU backbone: the scan, a training step and decoding.
+//! Throughput benchmarks of the backbone on any backend: a training step and decoding;
+//! and of the CPU scan.
 
 use std::time::Instant;
 
+use seqmamba_kernels::cuda::{Cuda, OpSeconds};
 use seqmamba_kernels::rng::Rng;
 use seqmamba_kernels::scan::{self, ScanDims, ScanGrads, ScanInputs};
-use seqmamba_kernels::{Backend, Cpu};
+use seqmamba_kernels::{Backend, Cpu, KernelError};
 
 use crate::model::{Batch, Head, MambaConfig, Model, Shape};
 use crate::train::{OptimizerConfig, Trainer};
@@ -19,6 +21,71 @@ pub struct Measurement {
     pub unit: &'static str,
     /// Median seconds of one repetition.
     pub seconds: f64,
+    /// What the device reports about the run, where it can.
+    pub device: DeviceFigures,
+}
+
+/// Figures only some backends can give.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct DeviceFigures {
+    /// Seconds of one repetition spent in GEMMs.
+    pub gemm_seconds: Option<f64>,
+    /// Seconds of one repetition spent in the selective scan.
+    pub scan_seconds: Option<f64>,
+    /// The most device memory held at once, in bytes.
+    pub peak_memory: Option<u64>,
+}
+
+/// What a backend can report beyond the ops: GEMM and scan time, peak memory.
+///
+/// ```
+/// use seqmamba::bench::Profile;
+/// use seqmamba_kernels::Cpu;
+/// Cpu.reset_peak_memory().unwrap();
+/// assert_eq!(Cpu.peak_memory().unwrap(), None);
+/// ```
+pub trait Profile {
+    /// Starts the peak-memory count from the memory in use now.
+    fn reset_peak_memory(&self) -> Result<(), KernelError>;
+    /// The most memory held at once since [`Profile::reset_peak_memory`], in bytes.
+    fn peak_memory(&self) -> Result<Option<u64>, KernelError>;
+    /// Starts timing the GEMMs and scans.
+    fn start_op_timing(&self) -> Result<(), KernelError>;
+    /// Seconds the GEMMs and scans took since [`Profile::start_op_timing`] (waits for
+    /// the device); stops timing.
+    fn finish_op_timing(&self) -> Result<Option<OpSeconds>, KernelError>;
+}
+
+impl Profile for Cpu {
+    fn reset_peak_memory(&self) -> Result<(), KernelError> {
+        Ok(())
+    }
+    fn peak_memory(&self) -> Result<Option<u64>, KernelError> {
+        Ok(None)
+    }
+    fn start_op_timing(&self) -> Result<(), KernelError> {
+        Ok(())
+    }
+    fn finish_op_timing(&self) -> Result<Option<OpSeconds>, KernelError> {
+        Ok(None)
+    }
+}
+
+impl Profile for Cuda {
+    fn reset_peak_memory(&self) -> Result<(), KernelError> {
+        Cuda::reset_peak_memory(self)
+    }
+    fn peak_memory(&self) -> Result<Option<u64>, KernelError> {
+        Cuda::peak_memory(self).map(Some)
+    }
+    fn start_op_timing(&self) -> Result<(), KernelError> {
+        self.time_ops(true)
+    }
+    fn finish_op_timing(&self) -> Result<Option<OpSeconds>, KernelError> {
+        let seconds = self.op_seconds()?;
+        self.time_ops(false)?;
+        Ok(Some(seconds))
+    }
 }
 
 fn median_seconds(repeats: usize, mut run: impl FnMut()) -> f64 {
@@ -109,66 +176,103 @@ pub fn scan(dims: ScanDims, repeats: usize) -> Result<[Measurement; 2], ModelErr
             rate: elements / forward,
             unit: "elements/s",
             seconds: forward,
+            device: DeviceFigures::default(),
         },
         Measurement {
             name: format!("scan backward ({shape})"),
             rate: elements / backward,
             unit: "elements/s",
             seconds: backward,
+            device: DeviceFigures::default(),
         },
     ])
 }
 
-/// Training throughput (forward, backward, AdamW) of a language model in tokens/s.
-pub fn train(config: MambaConfig, shape: Shape, steps: usize) -> Result<Measurement, ModelError> {
+/// Waits for every queued op of `model`'s backend (a one-element download), so a
+/// repetition's time includes its last asynchronous op.
+fn wait<B: Backend>(model: &Model<B>) -> Result<(), KernelError> {
+    let be = &model.backend;
+    be.download(be.view(&model.params, 0..1)).map(|_| ())
+}
+
+/// Training throughput (forward, backward, AdamW) of a language model in tokens/s, with
+/// the GEMMs' share and the peak memory where the backend reports them (from one extra,
+/// profiled step after the timed ones).
+pub fn train<B: Backend + Profile>(
+    backend: B,
+    config: MambaConfig,
+    shape: Shape,
+    steps: usize,
+) -> Result<Measurement, ModelError> {
     let label = format!(
-        "train step (d_model {}, {} layers, batch {} × len {})",
-        config.d_model, config.n_layer, shape.batch, shape.len
+        "train step (d_model {}, {} layers, vocab {}, batch {} × len {})",
+        config.d_model, config.n_layer, config.vocab_size, shape.batch, shape.len
     );
     let vocab = config.vocab_size as u64;
-    let mut model = Model::initialised(Cpu, config, Head::LanguageModel, 1)?;
+    backend.reset_peak_memory()?; // the peak counts from before the first allocation
+    let mut model = Model::initialised(backend, config, Head::LanguageModel, 1)?;
     let mut rng = Rng::new(2);
     let ids: Vec<u32> = (0..shape.tokens())
         .map(|_| rng.below(vocab) as u32)
         .collect();
     let targets: Vec<u32> = ids[1..].iter().copied().chain([0]).collect();
-    let batch = Batch::new(&Cpu, shape, &ids, None, None)?;
-    let targets = Cpu.upload_ids(&targets)?;
+    let batch = Batch::new(&model.backend, shape, &ids, None, None)?;
+    let targets = model.backend.upload_ids(&targets)?;
     let mut trainer = Trainer::new(&model, shape, OptimizerConfig::default())?;
     let mut failure = None;
     let seconds = median_seconds(steps, || {
-        if let Err(e) = trainer.step(&mut model, &batch, &targets, shape.tokens()) {
+        let outcome = trainer
+            .step(&mut model, &batch, &targets, shape.tokens())
+            .and_then(|_| Ok(wait(&model)?));
+        if let Err(e) = outcome {
             failure = Some(e);
         }
     });
     if let Some(e) = failure {
         return Err(e);
     }
+    let peak_memory = model.backend.peak_memory()?;
+    model.backend.start_op_timing()?;
+    trainer.step(&mut model, &batch, &targets, shape.tokens())?;
+    let spent = model.backend.finish_op_timing()?;
     Ok(Measurement {
         name: label,
         rate: shape.tokens() as f64 / seconds,
         unit: "tokens/s",
         seconds,
+        device: DeviceFigures {
+            gemm_seconds: spent.map(|s| s.gemm),
+            scan_seconds: spent.map(|s| s.scan),
+            peak_memory,
+        },
     })
 }
 
 /// Recurrent decoding throughput (one token a step, batch 1) in tokens/s, including the
-/// LM head.
-pub fn decode(config: MambaConfig, steps: usize) -> Result<Measurement, ModelError> {
+/// LM head and copying the logits to the host (what sampling needs).
+pub fn decode<B: Backend>(
+    backend: B,
+    config: MambaConfig,
+    steps: usize,
+) -> Result<Measurement, ModelError> {
     let label = format!(
         "decode (d_model {}, {} layers, vocab {})",
         config.d_model,
         config.n_layer,
         config.padded_vocab()
     );
-    let model = Model::initialised(Cpu, config, Head::LanguageModel, 1)?;
+    let model = Model::initialised(backend, config, Head::LanguageModel, 1)?;
+    let be = &model.backend;
     let shape = Shape { batch: 1, len: 1 };
     let mut acts = model.activations(shape, false)?;
     let mut state = model.decode_state(1)?;
-    let batch = Batch::new(&Cpu, shape, &[1], None, None)?;
+    let batch = Batch::new(be, shape, &[1], None, None)?;
     let mut failure = None;
     let seconds = median_seconds(steps, || {
-        if let Err(e) = model.forward(&batch, &mut acts, Some(&mut state)) {
+        let outcome = model
+            .forward(&batch, &mut acts, Some(&mut state))
+            .and_then(|()| be.download(be.all(&acts.logits)));
+        if let Err(e) = outcome {
             failure = Some(e);
         }
     });
@@ -180,5 +284,6 @@ pub fn decode(config: MambaConfig, steps: usize) -> Result<Measurement, ModelErr
         rate: 1.0 / seconds,
         unit: "tokens/s",
         seconds,
+        device: DeviceFigures::default(),
     })
 }

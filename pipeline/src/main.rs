@@ -4,13 +4,14 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use seqmamba::bench;
 use seqmamba::checkpoint::{Checkpoint, Metadata};
 use seqmamba::infer::score_tokens;
 use seqmamba::model::{Head, MambaConfig, Model, ParamTable, Shape};
+use seqmamba_kernels::cuda::Cuda;
 use seqmamba_kernels::scan::ScanDims;
-use seqmamba_kernels::Cpu;
+use seqmamba_kernels::{Backend, Cpu};
 use seqmamba_modalities::inspect::inspect;
 use seqmamba_modalities::OnError;
 
@@ -42,6 +43,8 @@ enum Command {
     Bench(BenchArgs),
     /// Show what a DNA or audio file decodes to: records, lengths, tokens, rate, duration.
     Inspect(InspectArgs),
+    /// Describe the CUDA device and check that a kernel compiles and runs on it.
+    Doctor,
 }
 
 #[derive(Args)]
@@ -86,6 +89,19 @@ struct BenchArgs {
     /// Smaller shapes and fewer repetitions (a smoke run, not a measurement).
     #[arg(long)]
     quick: bool,
+    /// Where the model runs; auto takes the GPU when one opens, else the CPU.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
+    /// On the GPU, run the f32 GEMMs in TF32 on the tensor cores (faster, ~1e-3 relative).
+    #[arg(long)]
+    tf32: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DeviceChoice {
+    Cpu,
+    Cuda,
+    Auto,
 }
 
 fn main() {
@@ -111,6 +127,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", inspect(&args.file, args.on_error)?);
             Ok(())
         }
+        Command::Doctor => doctor(),
     }
 }
 
@@ -152,38 +169,125 @@ fn score(args: ScoreArgs) -> Result<()> {
     Ok(())
 }
 
+fn doctor() -> Result<()> {
+    let report = seqmamba_kernels::cuda::doctor().context("no usable CUDA device")?;
+    println!("{report}");
+    if let Err(reason) = &report.smoke_test {
+        bail!("the CUDA smoke test failed: {reason}");
+    }
+    Ok(())
+}
+
+/// The GPU when `choice` allows and one opens (`None`: run on the CPU).
+fn open_device(choice: DeviceChoice) -> Result<Option<Cuda>> {
+    match choice {
+        DeviceChoice::Cpu => Ok(None),
+        DeviceChoice::Cuda => Ok(Some(
+            Cuda::new(0).context("--device cuda: no usable CUDA device")?,
+        )),
+        DeviceChoice::Auto => match Cuda::new(0) {
+            Ok(cuda) => Ok(Some(cuda)),
+            Err(reason) => {
+                eprintln!("note: running on the CPU ({reason})");
+                Ok(None)
+            }
+        },
+    }
+}
+
 fn run_bench(args: BenchArgs) -> Result<()> {
     let (repeats, scale) = if args.quick { (1, 8) } else { (5, 1) };
-    println!("threads: {}", rayon::current_num_threads());
     let mut results = Vec::new();
-    for (batch, len, channels) in [(1, 1024, 8192), (8, 256, 4096)] {
-        let dims = ScanDims::new(batch, len, channels / scale, 16);
-        results.extend(bench::scan(dims, repeats)?);
+    match open_device(args.device)? {
+        None => {
+            if args.tf32 {
+                bail!("--tf32 needs the GPU (--device cuda)");
+            }
+            println!("device: {}", Cpu.name());
+            for (batch, len, channels) in [(1, 1024, 8192), (8, 256, 4096)] {
+                let dims = ScanDims::new(batch, len, channels / scale, 16);
+                results.extend(bench::scan(dims, repeats)?);
+            }
+            // The anchor's training step takes minutes on a CPU: only its quick version.
+            results.extend(model_benches(|| Ok(Cpu), args.quick, args.quick, repeats)?);
+        }
+        Some(cuda) => {
+            let math = if args.tf32 { "TF32" } else { "f32" };
+            println!("device: {}, GEMMs in {math}", cuda.name());
+            drop(cuda);
+            let open = || {
+                let cuda = Cuda::new(0)?;
+                cuda.allow_tf32(args.tf32)?;
+                Ok(cuda)
+            };
+            results.extend(model_benches(open, true, args.quick, repeats)?);
+        }
     }
-    let small = MambaConfig::new(128, 4, 16);
-    results.push(bench::train(
-        small.clone(),
-        Shape {
-            batch: 8,
-            len: 512 / scale,
-        },
-        repeats,
-    )?);
-    results.push(bench::decode(small, 50 * repeats)?);
-    let big = if args.quick {
-        MambaConfig::new(256, 4, 50277)
-    } else {
-        MambaConfig::new(768, 24, 50277)
-    };
-    results.push(bench::decode(big, 5 * repeats)?);
     for m in &results {
-        println!(
-            "{:<70} {:>12.4e} {} ({:.3} ms)",
+        let mut line = format!(
+            "{:<80} {:>12.4e} {} ({:.3} ms)",
             m.name,
             m.rate,
             m.unit,
             m.seconds * 1e3
         );
+        if let Some(gemm) = m.device.gemm_seconds {
+            line += &format!(", GEMM {:.1}%", 100.0 * gemm / m.seconds);
+        }
+        if let Some(scan) = m.device.scan_seconds {
+            line += &format!(", scan {:.1}% of the step", 100.0 * scan / m.seconds);
+        }
+        if let Some(peak) = m.device.peak_memory {
+            line += &format!(", peak memory {:.2} GB", peak as f64 / 1e9);
+        }
+        println!("{line}");
     }
     Ok(())
+}
+
+/// Training and decoding figures on backends made by `backend` (one per model);
+/// `anchor_train` adds the training step of the anchor configuration.
+fn model_benches<B: Backend + bench::Profile>(
+    backend: impl Fn() -> Result<B, seqmamba_kernels::KernelError>,
+    anchor_train: bool,
+    quick: bool,
+    repeats: usize,
+) -> Result<Vec<bench::Measurement>> {
+    let scale = if quick { 8 } else { 1 };
+    let small = MambaConfig::new(128, 4, 16);
+    let mut results = vec![
+        bench::train(
+            backend()?,
+            small.clone(),
+            Shape {
+                batch: 8,
+                len: 512 / scale,
+            },
+            repeats,
+        )?,
+        bench::decode(backend()?, small, 50 * repeats)?,
+    ];
+    // The anchor of issue 6: official Mamba (d 768, 24 layers) at batch 8 × 2048, vocab 256.
+    let (anchor, shape) = if quick {
+        (MambaConfig::new(256, 4, 256), Shape { batch: 2, len: 256 })
+    } else {
+        (
+            MambaConfig::new(768, 24, 256),
+            Shape {
+                batch: 8,
+                len: 2048,
+            },
+        )
+    };
+    if anchor_train {
+        results.push(bench::train(backend()?, anchor.clone(), shape, repeats)?);
+    }
+    results.push(bench::decode(backend()?, anchor, 5 * repeats)?);
+    let big = if quick {
+        MambaConfig::new(256, 4, 50277)
+    } else {
+        MambaConfig::new(768, 24, 50277)
+    };
+    results.push(bench::decode(backend()?, big, 5 * repeats)?);
+    Ok(results)
 }

@@ -5,6 +5,7 @@ use std::fmt;
 use cudarc::driver::{sys, DeviceRepr, LaunchConfig};
 
 use super::{device_error, Cuda};
+use crate::Backend;
 use crate::KernelError;
 
 /// What [`doctor`] found on device 0.
@@ -82,12 +83,12 @@ fn smoke_test(cuda: &Cuda) -> Result<(), KernelError> {
     let out = cuda.upload(&vec![f32::NAN; len as usize])?;
     let function = cuda.function("smoke", include_str!("smoke.cu"), &[], "smoke_affine")?;
     let args = SmokeArgs {
-        x: cuda.address(&x_device),
-        out: cuda.address(&out),
+        x: x_device.address(),
+        out: out.address(),
         len,
     };
     cuda.launch(&function, LaunchConfig::for_num_elems(len), &args)?;
-    let got = cuda.download(&out)?;
+    let got = cuda.download(cuda.all(&out))?;
     match x.iter().zip(&got).position(|(&x, &y)| y != 2.0 * x + 1.0) {
         None => Ok(()),
         Some(i) => Err(KernelError::Device(format!(

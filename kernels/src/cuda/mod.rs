@@ -5,18 +5,31 @@
 //! [`KernelError::Device`] that says what is missing. Kernels live as `.cu` files beside
 //! their Rust launcher, are embedded with `include_str!`, compiled by NVRTC to CUBIN for the
 //! device's own architecture on first use and cached on disk (see [`cache`]).
+//!
+//! [`Cuda`] implements [`crate::Backend`] (`backend.rs`): buffers are `CudaSlice<f32>`,
+//! views are [`DeviceView`]/[`DeviceViewMut`], ids are [`DeviceIds`]. Each op's launcher
+//! is `cuda.rs` in the op's own module folder, beside its kernels in `<op>.cu` (e.g.
+//! `conv1d/cuda.rs` and `conv1d/conv1d.cu`); `common.cuh` holds the reductions they share
+//! and is prepended to each source. GEMMs go to cuBLAS.
 
+mod backend;
 mod cache;
 mod doctor;
+mod view;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream};
-use cudarc::driver::{DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{sys, CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice};
+use cudarc::driver::{CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::Ptx;
 
 pub use doctor::{doctor, Doctor};
+pub(crate) use view::check_view;
+pub use view::{DeviceBuffer, DeviceIds, DeviceView, DeviceViewMut};
+#[cfg(test)]
+pub(crate) mod testing;
 
 use crate::KernelError;
 
@@ -24,17 +37,25 @@ use crate::KernelError;
 ///
 /// ```no_run
 /// use seqmamba_kernels::cuda::Cuda;
+/// use seqmamba_kernels::Backend;
 /// let cuda = Cuda::new(0)?;
 /// let x = cuda.upload(&[1.0, 2.0])?;
-/// assert_eq!(cuda.download(&x)?, vec![1.0, 2.0]);
+/// assert_eq!(cuda.download(cuda.all(&x))?, vec![1.0, 2.0]);
 /// # Ok::<(), seqmamba_kernels::KernelError>(())
 /// ```
 pub struct Cuda {
     context: Arc<CudaContext>,
     stream: Arc<CudaStream>,
+    blas: CudaBlas,
     arch: String,
+    multiprocessors: usize,
     nvrtc_version: (i32, i32),
     modules: Mutex<HashMap<(&'static str, String), Arc<CudaModule>>>,
+    /// Functions already looked up, so a launch costs no driver lookup (decode steps
+    /// launch hundreds of small kernels).
+    functions: Mutex<HashMap<FunctionKey, CudaFunction>>,
+    /// Events around every timed op while [`Cuda::time_ops`] is on.
+    op_events: Mutex<Option<Vec<(TimedOp, CudaEvent, CudaEvent)>>>,
 }
 
 impl std::fmt::Debug for Cuda {
@@ -85,12 +106,29 @@ impl Cuda {
             .map_err(|e| device_error("reading the compute capability", e))?;
         let nvrtc_version = nvrtc_version()?;
         let stream = context.default_stream();
+        // SAFETY: as above.
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Err(KernelError::Device(
+                "cuBLAS (libcublas.so) was not found: install the CUDA toolkit or add its lib64 to LD_LIBRARY_PATH"
+                    .into(),
+            ));
+        }
+        let multiprocessors = context
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| device_error("reading the multiprocessor count", e))?
+            .max(1) as usize;
+        let blas = CudaBlas::new(stream.clone())
+            .map_err(|e| device_error("creating the cuBLAS handle", e))?;
         Ok(Self {
             context,
             stream,
+            blas,
             arch: format!("sm_{major}{minor}"),
+            multiprocessors,
             nvrtc_version,
             modules: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
+            op_events: Mutex::new(None),
         })
     }
 
@@ -109,21 +147,24 @@ impl Cuda {
         &self.arch
     }
 
-    /// A buffer holding `data`.
-    pub fn upload<T: DeviceRepr>(&self, data: &[T]) -> Result<CudaSlice<T>, KernelError> {
-        self.stream
-            .clone_htod(data)
-            .map_err(|e| device_error("copying to the device", e))
+    /// Streaming multiprocessors on the device.
+    pub fn multiprocessors(&self) -> usize {
+        self.multiprocessors
     }
 
-    /// A zero-filled buffer of `len` elements.
-    pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(
+    /// A buffer holding `data`, `None` when empty (the driver refuses zero-byte
+    /// allocations; f32 buffers go through [`crate::Backend::upload`]).
+    pub(crate) fn upload_slice<T: DeviceRepr>(
         &self,
-        len: usize,
-    ) -> Result<CudaSlice<T>, KernelError> {
+        data: &[T],
+    ) -> Result<Option<CudaSlice<T>>, KernelError> {
+        if data.is_empty() {
+            return Ok(None);
+        }
         self.stream
-            .alloc_zeros(len)
-            .map_err(|e| device_error(&format!("allocating {len} elements"), e))
+            .clone_htod(data)
+            .map(Some)
+            .map_err(|e| device_error("copying to the device", e))
     }
 
     /// A buffer of `len` elements with undefined contents, for scratch that a kernel
@@ -135,13 +176,6 @@ impl Cuda {
             .map_err(|e| device_error(&format!("allocating {len} elements"), e))
     }
 
-    /// The contents of a buffer, on the host (waits for the stream).
-    pub fn download<T: DeviceRepr>(&self, buffer: &CudaSlice<T>) -> Result<Vec<T>, KernelError> {
-        self.stream
-            .clone_dtoh(buffer)
-            .map_err(|e| device_error("copying from the device", e))
-    }
-
     /// Waits until every queued op has finished.
     pub fn synchronize(&self) -> Result<(), KernelError> {
         self.stream
@@ -151,9 +185,123 @@ impl Cuda {
 
     /// The device address of `buffer`, for a kernel's argument struct.
     pub(crate) fn address<T>(&self, buffer: &CudaSlice<T>) -> u64 {
-        // Event tracking is off, so the guard has nothing to record.
-        let (address, _guard) = buffer.device_ptr(&self.stream);
-        address
+        view::slice_address(buffer)
+    }
+
+    /// The cuBLAS handle, bound to [`Cuda::stream`].
+    pub(crate) fn blas(&self) -> &CudaBlas {
+        &self.blas
+    }
+
+    /// Lets cuBLAS run f32 GEMMs on the tensor cores in TF32 (inputs rounded to a 10-bit
+    /// mantissa, sums in f32), as PyTorch's `allow_tf32`: several times faster, about 1e-3
+    /// relative error. Off by default; results stay deterministic either way.
+    pub fn allow_tf32(&self, on: bool) -> Result<(), KernelError> {
+        use cudarc::cublas::sys::{cublasMath_t, cublasSetMathMode};
+        let mode = if on {
+            cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH
+        } else {
+            cublasMath_t::CUBLAS_DEFAULT_MATH
+        };
+        // SAFETY: sets a flag of a live handle.
+        unsafe { cublasSetMathMode(*self.blas.handle(), mode) }
+            .result()
+            .map_err(|e| device_error("setting cuBLAS's math mode", e))
+    }
+
+    /// Starts (`true`) or stops timing every GEMM and scan with events on the stream; see
+    /// [`Cuda::op_seconds`]. Costs two event records per op while on.
+    pub fn time_ops(&self, on: bool) -> Result<(), KernelError> {
+        let mut events = self.op_events.lock().map_err(|_| poisoned())?;
+        *events = on.then(Vec::new);
+        Ok(())
+    }
+
+    /// Device seconds of the timed ops since timing started (waits for the stream), and
+    /// restarts the count.
+    pub fn op_seconds(&self) -> Result<OpSeconds, KernelError> {
+        self.synchronize()?;
+        let mut events = self.op_events.lock().map_err(|_| poisoned())?;
+        let mut total = OpSeconds::default();
+        for (op, start, stop) in events.iter_mut().flat_map(|pairs| pairs.drain(..)) {
+            let seconds = start
+                .elapsed_ms(&stop)
+                .map_err(|e| device_error("reading an op timing event", e))?
+                as f64
+                * 1e-3;
+            match op {
+                TimedOp::Gemm => total.gemm += seconds,
+                TimedOp::Scan => total.scan += seconds,
+            }
+        }
+        Ok(total)
+    }
+
+    /// Runs `launch`, bracketed by timing events when [`Cuda::time_ops`] is on.
+    pub(crate) fn timed(
+        &self,
+        op: TimedOp,
+        launch: impl FnOnce() -> Result<(), KernelError>,
+    ) -> Result<(), KernelError> {
+        let mut events = self.op_events.lock().map_err(|_| poisoned())?;
+        let Some(pairs) = events.as_mut() else {
+            drop(events);
+            return launch();
+        };
+        let record = || {
+            self.stream
+                .record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(|e| device_error("recording an op timing event", e))
+        };
+        let start = record()?;
+        launch()?;
+        pairs.push((op, start, record()?));
+        Ok(())
+    }
+
+    /// The most device memory this process's buffers held at once since the last
+    /// [`Cuda::reset_peak_memory`], in bytes (the stream-ordered pool's high-water mark;
+    /// cuBLAS's own workspace is not counted).
+    pub fn peak_memory(&self) -> Result<u64, KernelError> {
+        let pool = self.memory_pool()?;
+        let mut bytes = 0u64;
+        // SAFETY: the attribute is a u64 written into `bytes`.
+        unsafe {
+            sys::cuMemPoolGetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+                &mut bytes as *mut u64 as *mut std::ffi::c_void,
+            )
+        }
+        .result()
+        .map_err(|e| device_error("reading the memory pool's high-water mark", e))?;
+        Ok(bytes)
+    }
+
+    /// Restarts [`Cuda::peak_memory`] from the memory in use now.
+    pub fn reset_peak_memory(&self) -> Result<(), KernelError> {
+        self.synchronize()?;
+        let pool = self.memory_pool()?;
+        let mut zero = 0u64;
+        // SAFETY: setting the high-water mark takes a u64 zero.
+        unsafe {
+            sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+                &mut zero as *mut u64 as *mut std::ffi::c_void,
+            )
+        }
+        .result()
+        .map_err(|e| device_error("resetting the memory pool's high-water mark", e))
+    }
+
+    fn memory_pool(&self) -> Result<sys::CUmemoryPool, KernelError> {
+        let mut pool = std::ptr::null_mut();
+        // SAFETY: writes one pool handle for this context's device.
+        unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, self.context.cu_device()) }
+            .result()
+            .map_err(|e| device_error("finding the device's memory pool", e))?;
+        Ok(pool)
     }
 
     /// Function `name` of the module compiled from `source` with `defines`
@@ -165,11 +313,14 @@ impl Cuda {
         defines: &[String],
         name: &str,
     ) -> Result<CudaFunction, KernelError> {
-        let key = (module, defines.join(" "));
-        let mut modules = self
-            .modules
-            .lock()
-            .map_err(|_| KernelError::Device("the module cache lock was poisoned".into()))?;
+        let joined = defines.join(" ");
+        let function_key = (module, joined.clone(), name.to_string());
+        let mut functions = self.functions.lock().map_err(|_| poisoned())?;
+        if let Some(function) = functions.get(&function_key) {
+            return Ok(function.clone());
+        }
+        let key = (module, joined);
+        let mut modules = self.modules.lock().map_err(|_| poisoned())?;
         let loaded = match modules.get(&key) {
             Some(loaded) => loaded.clone(),
             None => {
@@ -188,9 +339,11 @@ impl Cuda {
                 loaded
             }
         };
-        loaded
+        let function = loaded
             .load_function(name)
-            .map_err(|e| device_error(&format!("finding kernel {name} in {module}"), e))
+            .map_err(|e| device_error(&format!("finding kernel {name} in {module}"), e))?;
+        functions.insert(function_key, function.clone());
+        Ok(function)
     }
 
     /// Launches `function` with one argument struct.
@@ -223,6 +376,96 @@ impl Cuda {
     }
 }
 
+/// A kernel by module, `-D` options and name.
+type FunctionKey = (&'static str, String, String);
+
+/// The ops [`Cuda::time_ops`] times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TimedOp {
+    Gemm,
+    Scan,
+}
+
+/// Device seconds spent in GEMMs and in the selective scan (forward and backward).
+///
+/// ```no_run
+/// use seqmamba_kernels::cuda::Cuda;
+/// let cuda = Cuda::new(0)?;
+/// cuda.time_ops(true)?;
+/// // ... ops ...
+/// let spent = cuda.op_seconds()?;
+/// assert!(spent.gemm >= 0.0 && spent.scan >= 0.0);
+/// # Ok::<(), seqmamba_kernels::KernelError>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct OpSeconds {
+    pub gemm: f64,
+    pub scan: f64,
+}
+
+/// Threads per block of the one-thread-per-element kernels.
+pub(crate) const FLAT_THREADS: u32 = 256;
+
+/// One thread per element of `elements`, in blocks of [`FLAT_THREADS`].
+pub(crate) fn flat_grid(elements: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (elements.div_ceil(FLAT_THREADS as usize).max(1) as u32, 1, 1),
+        block_dim: (FLAT_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// The argument of `sum_columns` in `common.cuh`.
+#[repr(C)]
+struct SumColumnsArgs {
+    partials: u64,
+    out: u64,
+    groups: i64,
+    stride: i64,
+    first: i64,
+    columns: i64,
+}
+
+// SAFETY: plain old data laid out as the kernel's struct.
+unsafe impl DeviceRepr for SumColumnsArgs {}
+
+/// Where [`Cuda::sum_columns`] reads: `groups` rows of `stride` partial sums, columns
+/// `first..first + columns` of them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Partials {
+    pub groups: usize,
+    pub stride: usize,
+    pub first: usize,
+    pub columns: usize,
+}
+
+impl Cuda {
+    /// `out[c] += Σ_g partials[g][first + c]` with the groups added in order, using the
+    /// `sum_columns` kernel of `module` (every op's source starts with `common.cuh`).
+    pub(crate) fn sum_columns(
+        &self,
+        module: &'static str,
+        source: &'static str,
+        partials: &CudaSlice<f32>,
+        shape: Partials,
+        out: u64,
+    ) -> Result<(), KernelError> {
+        if shape.columns == 0 {
+            return Ok(());
+        }
+        let args = SumColumnsArgs {
+            partials: self.address(partials),
+            out,
+            groups: shape.groups as i64,
+            stride: shape.stride as i64,
+            first: shape.first as i64,
+            columns: shape.columns as i64,
+        };
+        let function = self.function(module, source, &[], "sum_columns")?;
+        self.launch(&function, flat_grid(shape.columns), &args)
+    }
+}
+
 /// NVRTC's version as (major, minor).
 fn nvrtc_version() -> Result<(i32, i32), KernelError> {
     let (mut major, mut minor) = (0, 0);
@@ -233,21 +476,6 @@ fn nvrtc_version() -> Result<(i32, i32), KernelError> {
     Ok((major, minor))
 }
 
-/// Checks that a device buffer holds exactly `expected` elements.
-pub(crate) fn check_device_len<T>(
-    op: &'static str,
-    tensor: &'static str,
-    expected: usize,
-    buffer: &CudaSlice<T>,
-) -> Result<(), KernelError> {
-    if buffer.len() == expected {
-        Ok(())
-    } else {
-        Err(KernelError::Shape {
-            op,
-            tensor,
-            expected,
-            actual: buffer.len(),
-        })
-    }
+fn poisoned() -> KernelError {
+    KernelError::Device("a lock of the CUDA device was poisoned by a panic".into())
 }

@@ -1,9 +1,9 @@
 //! CUDA selective scan: the launcher of the kernels in `scan.cu` (design notes there).
 
-use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig};
+use cudarc::driver::{DeviceRepr, LaunchConfig};
 
 use super::{ScanDims, ScanGrads, ScanInputs};
-use crate::cuda::{check_device_len, Cuda};
+use crate::cuda::{check_view, Cuda, DeviceIds, DeviceView, DeviceViewMut, TimedOp};
 use crate::KernelError;
 
 const SOURCE: &str = include_str!("scan.cu");
@@ -28,7 +28,7 @@ const REDUCE_THREADS: u32 = 256;
 const THREADS_PER_SM: usize = 1024;
 
 /// Device inputs of the scan.
-pub type DeviceInputs<'a> = ScanInputs<&'a CudaSlice<f32>>;
+pub type DeviceInputs<'a> = ScanInputs<DeviceView<'a>>;
 
 /// The kernels' one argument, laid out as `struct ScanArgs` in `scan.cu`.
 #[repr(C)]
@@ -144,13 +144,7 @@ fn flat(elements: usize) -> LaunchConfig {
 
 impl Cuda {
     fn target_threads(&self) -> Result<usize, KernelError> {
-        let sms = self
-            .context()
-            .attribute(
-                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
-            )
-            .map_err(|e| crate::cuda::device_error("reading the multiprocessor count", e))?;
-        Ok(sms.max(1) as usize * THREADS_PER_SM)
+        Ok(self.multiprocessors() * THREADS_PER_SM)
     }
 
     fn scan_function(&self, name: &str) -> Result<cudarc::driver::CudaFunction, KernelError> {
@@ -162,34 +156,34 @@ impl Cuda {
         dims: ScanDims,
         op: &'static str,
         inputs: &DeviceInputs<'_>,
-        resets: Option<&CudaSlice<u32>>,
+        resets: Option<&DeviceIds>,
     ) -> Result<ScanArgs, KernelError> {
         validate(dims, op)?;
         let activations = dims.batch * dims.len * dims.channels;
         let rows = dims.batch * dims.len * dims.state;
-        check_device_len(op, "u", activations, inputs.u)?;
-        check_device_len(op, "delta", activations, inputs.delta)?;
-        check_device_len(op, "a_log", dims.channels * dims.state, inputs.a_log)?;
-        check_device_len(op, "b", rows, inputs.b)?;
-        check_device_len(op, "c", rows, inputs.c)?;
-        check_device_len(op, "d_skip", dims.channels, inputs.d_skip)?;
-        check_device_len(op, "delta_bias", dims.channels, inputs.delta_bias)?;
+        check_view(op, "u", activations, inputs.u.len())?;
+        check_view(op, "delta", activations, inputs.delta.len())?;
+        check_view(op, "a_log", dims.channels * dims.state, inputs.a_log.len())?;
+        check_view(op, "b", rows, inputs.b.len())?;
+        check_view(op, "c", rows, inputs.c.len())?;
+        check_view(op, "d_skip", dims.channels, inputs.d_skip.len())?;
+        check_view(op, "delta_bias", dims.channels, inputs.delta_bias.len())?;
         if let Some(z) = inputs.z {
-            check_device_len(op, "z", activations, z)?;
+            check_view(op, "z", activations, z.len())?;
         }
         if let Some(resets) = resets {
-            check_device_len(op, "resets", dims.batch * dims.len, resets)?;
+            check_view(op, "resets", dims.batch * dims.len, resets.host().len())?;
         }
         Ok(ScanArgs {
-            u: self.address(inputs.u),
-            delta: self.address(inputs.delta),
-            a_log: self.address(inputs.a_log),
-            b: self.address(inputs.b),
-            c: self.address(inputs.c),
-            d_skip: self.address(inputs.d_skip),
-            delta_bias: self.address(inputs.delta_bias),
-            z: inputs.z.map_or(0, |z| self.address(z)),
-            resets: resets.map_or(0, |r| self.address(r)),
+            u: inputs.u.address(),
+            delta: inputs.delta.address(),
+            a_log: inputs.a_log.address(),
+            b: inputs.b.address(),
+            c: inputs.c.address(),
+            d_skip: inputs.d_skip.address(),
+            delta_bias: inputs.delta_bias.address(),
+            z: inputs.z.map_or(0, |z| z.address()),
+            resets: resets.map_or(0, |r| r.device_address()),
             batch: dims.batch as i32,
             len: dims.len as i32,
             channels: dims.channels as i32,
@@ -201,31 +195,31 @@ impl Cuda {
 
     /// Forward scan on the device; arguments and semantics as [`super::cpu::forward`]
     /// (`resets` as u32 flags, `state` and `checkpoints` optional). Queued on the stream.
-    pub fn scan_forward(
+    fn scan_forward_device(
         &self,
         dims: ScanDims,
         inputs: &DeviceInputs<'_>,
-        resets: Option<&CudaSlice<u32>>,
-        state: Option<&mut CudaSlice<f32>>,
-        checkpoints: Option<&mut CudaSlice<f32>>,
-        out: &mut CudaSlice<f32>,
+        resets: Option<&DeviceIds>,
+        state: Option<DeviceViewMut<'_>>,
+        checkpoints: Option<DeviceViewMut<'_>>,
+        out: DeviceViewMut<'_>,
     ) -> Result<(), KernelError> {
         const OP: &str = "scan_forward (cuda)";
         let mut args = self.input_args(dims, OP, inputs, resets)?;
-        check_device_len(OP, "out", dims.batch * dims.len * dims.channels, out)?;
+        check_view(OP, "out", dims.batch * dims.len * dims.channels, out.len())?;
         if let Some(state) = &state {
-            check_device_len(OP, "state", dims.state_len(), state)?;
+            check_view(OP, "state", dims.state_len(), state.len())?;
         }
         if let Some(checkpoints) = &checkpoints {
-            check_device_len(OP, "checkpoints", dims.checkpoint_len(), checkpoints)?;
+            check_view(OP, "checkpoints", dims.checkpoint_len(), checkpoints.len())?;
         }
         let cut = segments_for(dims, 1, self.target_threads()?);
         let slots = dims.batch * cut.segments * dims.channels;
         let seg_state = self.scratch::<f32>(slots * STATE)?;
         let seg_sum = self.scratch::<f32>(slots)?;
-        args.state = state.as_ref().map_or(0, |s| self.address(s));
-        args.checkpoints = checkpoints.as_ref().map_or(0, |c| self.address(c));
-        args.out = self.address(out);
+        args.state = state.as_ref().map_or(0, |s| s.address());
+        args.checkpoints = checkpoints.as_ref().map_or(0, |c| c.address());
+        args.out = out.address();
         args.seg_state = self.address(&seg_state);
         args.seg_sum = self.address(&seg_sum);
         args.seg_len = cut.seg_len as i32;
@@ -252,30 +246,30 @@ impl Cuda {
     /// Gradients of [`Cuda::scan_forward`] from its checkpoints; semantics as
     /// [`super::cpu::backward`]: activation gradients overwritten, `da_log`, `dd_skip` and
     /// `ddelta_bias` accumulated. Deterministic: no floating-point atomics.
-    pub fn scan_backward(
+    fn scan_backward_device(
         &self,
         dims: ScanDims,
         inputs: &DeviceInputs<'_>,
-        resets: Option<&CudaSlice<u32>>,
-        checkpoints: &CudaSlice<f32>,
-        d_out: &CudaSlice<f32>,
-        grads: ScanGrads<&mut CudaSlice<f32>>,
+        resets: Option<&DeviceIds>,
+        checkpoints: DeviceView<'_>,
+        d_out: DeviceView<'_>,
+        grads: ScanGrads<DeviceViewMut<'_>>,
     ) -> Result<(), KernelError> {
         const OP: &str = "scan_backward (cuda)";
         let mut args = self.input_args(dims, OP, inputs, resets)?;
         let activations = dims.batch * dims.len * dims.channels;
         let rows = dims.batch * dims.len * dims.state;
-        check_device_len(OP, "checkpoints", dims.checkpoint_len(), checkpoints)?;
-        check_device_len(OP, "d_out", activations, d_out)?;
-        check_device_len(OP, "du", activations, grads.du)?;
-        check_device_len(OP, "ddelta", activations, grads.ddelta)?;
-        check_device_len(OP, "da_log", dims.channels * dims.state, grads.da_log)?;
-        check_device_len(OP, "db", rows, grads.db)?;
-        check_device_len(OP, "dc", rows, grads.dc)?;
-        check_device_len(OP, "dd_skip", dims.channels, grads.dd_skip)?;
-        check_device_len(OP, "ddelta_bias", dims.channels, grads.ddelta_bias)?;
+        check_view(OP, "checkpoints", dims.checkpoint_len(), checkpoints.len())?;
+        check_view(OP, "d_out", activations, d_out.len())?;
+        check_view(OP, "du", activations, grads.du.len())?;
+        check_view(OP, "ddelta", activations, grads.ddelta.len())?;
+        check_view(OP, "da_log", dims.channels * dims.state, grads.da_log.len())?;
+        check_view(OP, "db", rows, grads.db.len())?;
+        check_view(OP, "dc", rows, grads.dc.len())?;
+        check_view(OP, "dd_skip", dims.channels, grads.dd_skip.len())?;
+        check_view(OP, "ddelta_bias", dims.channels, grads.ddelta_bias.len())?;
         match (&inputs.z, &grads.dz) {
-            (Some(_), Some(dz)) => check_device_len(OP, "dz", activations, dz)?,
+            (Some(_), Some(dz)) => check_view(OP, "dz", activations, dz.len())?,
             (None, None) => {}
             _ => {
                 return Err(KernelError::Invalid {
@@ -295,23 +289,23 @@ impl Cuda {
         let part_bias = self.scratch::<f32>(slots)?;
         let part_b = self.scratch::<f32>(channel_blocks * rows)?;
         let part_c = self.scratch::<f32>(channel_blocks * rows)?;
-        args.checkpoints = self.address(checkpoints);
+        args.checkpoints = checkpoints.address();
         args.seg_state = self.address(&seg_state);
         args.seg_sum = self.address(&seg_sum);
-        args.d_out = self.address(d_out);
-        args.du = self.address(grads.du);
-        args.ddelta = self.address(grads.ddelta);
-        args.dz = grads.dz.as_ref().map_or(0, |dz| self.address(dz));
+        args.d_out = d_out.address();
+        args.du = grads.du.address();
+        args.ddelta = grads.ddelta.address();
+        args.dz = grads.dz.as_ref().map_or(0, |dz| dz.address());
         args.part_a = self.address(&part_a);
         args.part_d = self.address(&part_d);
         args.part_bias = self.address(&part_bias);
         args.part_b = self.address(&part_b);
         args.part_c = self.address(&part_c);
-        args.da_log = self.address(grads.da_log);
-        args.dd_skip = self.address(grads.dd_skip);
-        args.ddelta_bias = self.address(grads.ddelta_bias);
-        args.db = self.address(grads.db);
-        args.dc = self.address(grads.dc);
+        args.da_log = grads.da_log.address();
+        args.dd_skip = grads.dd_skip.address();
+        args.ddelta_bias = grads.ddelta_bias.address();
+        args.db = grads.db.address();
+        args.dc = grads.dc.address();
         args.seg_len = cut.seg_len as i32;
         args.segments = cut.segments as i32;
         args.channel_blocks = channel_blocks as i32;
@@ -351,6 +345,38 @@ impl Cuda {
         )?;
         Ok(())
     }
+}
+
+/// See [`super::cpu::forward`]; `Backend::scan_forward` of [`Cuda`].
+pub(crate) fn forward(
+    cuda: &Cuda,
+    dims: ScanDims,
+    inputs: &DeviceInputs<'_>,
+    resets: Option<&DeviceIds>,
+    state: Option<DeviceViewMut<'_>>,
+    checkpoints: Option<DeviceViewMut<'_>>,
+    out: DeviceViewMut<'_>,
+) -> Result<(), KernelError> {
+    cuda.timed(TimedOp::Scan, || {
+        cuda.scan_forward_device(dims, inputs, resets, state, checkpoints, out)
+    })
+}
+
+/// Gradients of [`forward`] from its checkpoints; semantics as [`super::cpu::backward`]:
+/// activation gradients overwritten, `da_log`, `dd_skip` and `ddelta_bias` accumulated.
+/// Deterministic: no floating-point atomics.
+pub(crate) fn backward(
+    cuda: &Cuda,
+    dims: ScanDims,
+    inputs: &DeviceInputs<'_>,
+    resets: Option<&DeviceIds>,
+    checkpoints: DeviceView<'_>,
+    d_out: DeviceView<'_>,
+    grads: ScanGrads<DeviceViewMut<'_>>,
+) -> Result<(), KernelError> {
+    cuda.timed(TimedOp::Scan, || {
+        cuda.scan_backward_device(dims, inputs, resets, checkpoints, d_out, grads)
+    })
 }
 
 #[cfg(test)]

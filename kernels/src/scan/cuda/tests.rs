@@ -1,19 +1,12 @@
 //! The CUDA scan against the f64 reference. Each test skips (and says so) without a GPU.
 
 use super::*;
+use crate::cuda::testing::device;
+use crate::cuda::DeviceBuffer;
 use crate::rng::Rng;
 use crate::scan::reference;
 use crate::testing::{assert_close, to_f64};
-
-fn device() -> Option<Cuda> {
-    match Cuda::new(0) {
-        Ok(cuda) => Some(cuda),
-        Err(reason) => {
-            println!("skipping: no CUDA device ({reason})");
-            None
-        }
-    }
-}
+use crate::Backend;
 
 /// Host data of one scan problem, f32 as the device sees it.
 struct Problem {
@@ -100,9 +93,9 @@ fn as_inputs(v: &[Vec<f64>; 8], gated: bool) -> ScanInputs<&[f64]> {
 
 /// The problem's inputs on the device.
 struct OnDevice {
-    tensors: Vec<CudaSlice<f32>>,
-    z: Option<CudaSlice<f32>>,
-    resets: Option<CudaSlice<u32>>,
+    tensors: Vec<DeviceBuffer>,
+    z: Option<DeviceBuffer>,
+    resets: Option<DeviceIds>,
 }
 
 impl OnDevice {
@@ -122,21 +115,21 @@ impl OnDevice {
         Self {
             tensors,
             z: p.z.as_ref().map(|z| cuda.upload(z).unwrap()),
-            resets: p.resets.as_ref().map(|r| cuda.upload(r).unwrap()),
+            resets: p.resets.as_ref().map(|r| cuda.upload_ids(r).unwrap()),
         }
     }
 
-    fn inputs(&self) -> DeviceInputs<'_> {
+    fn inputs<'a>(&'a self, cuda: &Cuda) -> DeviceInputs<'a> {
         let t = &self.tensors;
         ScanInputs {
-            u: &t[0],
-            delta: &t[1],
-            a_log: &t[2],
-            b: &t[3],
-            c: &t[4],
-            d_skip: &t[5],
-            delta_bias: &t[6],
-            z: self.z.as_ref(),
+            u: cuda.all(&t[0]),
+            delta: cuda.all(&t[1]),
+            a_log: cuda.all(&t[2]),
+            b: cuda.all(&t[3]),
+            c: cuda.all(&t[4]),
+            d_skip: cuda.all(&t[5]),
+            delta_bias: cuda.all(&t[6]),
+            z: self.z.as_ref().map(|z| cuda.all(z)),
         }
     }
 }
@@ -144,7 +137,7 @@ impl OnDevice {
 struct DeviceForward {
     out: Vec<f32>,
     final_state: Vec<f32>,
-    checkpoints: CudaSlice<f32>,
+    checkpoints: DeviceBuffer,
 }
 
 fn run_forward(cuda: &Cuda, p: &Problem, on: &OnDevice) -> DeviceForward {
@@ -158,19 +151,19 @@ fn run_forward(cuda: &Cuda, p: &Problem, on: &OnDevice) -> DeviceForward {
         .clone()
         .unwrap_or_else(|| vec![0.0; dims.state_len()]);
     let mut state = cuda.upload(&initial).unwrap();
-    let state_arg = p.initial.is_some().then_some(&mut state);
+    let state_arg = p.initial.is_some().then(|| cuda.all_mut(&mut state));
     cuda.scan_forward(
         dims,
-        &on.inputs(),
+        &on.inputs(cuda),
         on.resets.as_ref(),
         state_arg,
-        Some(&mut checkpoints),
-        &mut out,
+        Some(cuda.all_mut(&mut checkpoints)),
+        cuda.all_mut(&mut out),
     )
     .unwrap();
     DeviceForward {
-        out: cuda.download(&out).unwrap(),
-        final_state: cuda.download(&state).unwrap(),
+        out: cuda.download(cuda.all(&out)).unwrap(),
+        final_state: cuda.download(cuda.all(&state)).unwrap(),
         checkpoints,
     }
 }
@@ -186,7 +179,7 @@ fn run_backward(
     cuda: &Cuda,
     p: &Problem,
     on: &OnDevice,
-    checkpoints: &CudaSlice<f32>,
+    checkpoints: &DeviceBuffer,
 ) -> DeviceGrads {
     let dims = p.dims;
     let act = dims.batch * dims.len * dims.channels;
@@ -200,35 +193,36 @@ fn run_backward(
     let (mut dd_skip, mut ddelta_bias) = (prior(dims.channels), prior(dims.channels));
     let d_out = cuda.upload(&p.d_out).unwrap();
     let grads = ScanGrads {
-        du: &mut du,
-        ddelta: &mut ddelta,
-        da_log: &mut da_log,
-        db: &mut db,
-        dc: &mut dc,
-        dd_skip: &mut dd_skip,
-        ddelta_bias: &mut ddelta_bias,
-        dz: dz.as_mut(),
+        du: cuda.all_mut(&mut du),
+        ddelta: cuda.all_mut(&mut ddelta),
+        da_log: cuda.all_mut(&mut da_log),
+        db: cuda.all_mut(&mut db),
+        dc: cuda.all_mut(&mut dc),
+        dd_skip: cuda.all_mut(&mut dd_skip),
+        ddelta_bias: cuda.all_mut(&mut ddelta_bias),
+        dz: dz.as_mut().map(|dz| cuda.all_mut(dz)),
     };
     cuda.scan_backward(
         dims,
-        &on.inputs(),
+        &on.inputs(cuda),
         on.resets.as_ref(),
-        checkpoints,
-        &d_out,
+        cuda.all(checkpoints),
+        cuda.all(&d_out),
         grads,
     )
     .unwrap();
+    let down = |x: &DeviceBuffer| cuda.download(cuda.all(x)).unwrap();
     let mut all = vec![
-        ("du", cuda.download(&du).unwrap()),
-        ("ddelta", cuda.download(&ddelta).unwrap()),
-        ("da_log", cuda.download(&da_log).unwrap()),
-        ("db", cuda.download(&db).unwrap()),
-        ("dc", cuda.download(&dc).unwrap()),
-        ("dd_skip", cuda.download(&dd_skip).unwrap()),
-        ("ddelta_bias", cuda.download(&ddelta_bias).unwrap()),
+        ("du", down(&du)),
+        ("ddelta", down(&ddelta)),
+        ("da_log", down(&da_log)),
+        ("db", down(&db)),
+        ("dc", down(&dc)),
+        ("dd_skip", down(&dd_skip)),
+        ("ddelta_bias", down(&ddelta_bias)),
     ];
     if let Some(dz) = &dz {
-        all.push(("dz", cuda.download(dz).unwrap()));
+        all.push(("dz", down(dz)));
     }
     DeviceGrads { all }
 }
@@ -246,7 +240,7 @@ fn check_against_reference(cuda: &Cuda, p: &Problem) {
     assert_close("out", &got.out, &want.out, 1e-5, 1e-7);
     assert_close(
         "checkpoints",
-        &cuda.download(&got.checkpoints).unwrap(),
+        &cuda.download(cuda.all(&got.checkpoints)).unwrap(),
         &want.checkpoints,
         1e-5,
         1e-7,
@@ -374,9 +368,16 @@ fn cuda_scan_rejects_bad_shapes() {
     };
     let p = Problem::random(dims, 6, false, false, false);
     let on = OnDevice::new(&cuda, &p);
-    let mut short = cuda.zeros::<f32>(39).unwrap();
+    let mut short = cuda.zeros(39).unwrap();
     let error = cuda
-        .scan_forward(dims, &on.inputs(), None, None, None, &mut short)
+        .scan_forward(
+            dims,
+            &on.inputs(&cuda),
+            None,
+            None,
+            None,
+            cuda.all_mut(&mut short),
+        )
         .unwrap_err();
     assert!(matches!(
         error,
@@ -387,10 +388,17 @@ fn cuda_scan_rejects_bad_shapes() {
             ..
         }
     ));
-    let mut out = cuda.zeros::<f32>(40).unwrap();
+    let mut out = cuda.zeros(40).unwrap();
     let eight = ScanDims { state: 8, ..dims };
     let error = cuda
-        .scan_forward(eight, &on.inputs(), None, None, None, &mut out)
+        .scan_forward(
+            eight,
+            &on.inputs(&cuda),
+            None,
+            None,
+            None,
+            cuda.all_mut(&mut out),
+        )
         .unwrap_err();
     assert!(matches!(error, KernelError::Invalid { .. }), "{error}");
 }
@@ -474,7 +482,7 @@ fn cuda_scan_matches_the_cpu_op() {
     let got = run_forward(&cuda, &p, &on);
     assert_close("out", &got.out, &to_f64(&out), 1e-5, 1e-7);
     assert_close("final state", &got.final_state, &to_f64(&state), 1e-5, 1e-7);
-    let device_checkpoints = cuda.download(&got.checkpoints).unwrap();
+    let device_checkpoints = cuda.download(cuda.all(&got.checkpoints)).unwrap();
     assert_close(
         "checkpoints",
         &device_checkpoints,

@@ -1,5 +1,7 @@
 //! AdamW over one flat parameter buffer.
 
+pub(crate) mod cuda;
+
 use crate::parallel::{run_jobs, JOB_ELEMENTS};
 use crate::{check_len, KernelError};
 
@@ -42,6 +44,50 @@ impl AdamW {
     }
 }
 
+const OP: &str = "adamw";
+
+/// The per-step scalars of [`step`], shared with the other backends' AdamW.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StepConstants {
+    /// `lr / (1 - beta1^step)`.
+    pub step_size: f32,
+    /// `sqrt(1 - beta2^step)`.
+    pub correction2_sqrt: f32,
+    /// `1 - lr · weight_decay`.
+    pub decay: f32,
+}
+
+impl StepConstants {
+    /// Checks the step's arguments and forms its scalars.
+    pub(crate) fn new(
+        config: &AdamW,
+        step: u64,
+        decay_len: usize,
+        params: usize,
+    ) -> Result<Self, KernelError> {
+        config.check(OP)?;
+        if step == 0 {
+            return Err(KernelError::Invalid {
+                op: OP,
+                message: "step counts from 1".into(),
+            });
+        }
+        if decay_len > params {
+            return Err(KernelError::Invalid {
+                op: OP,
+                message: format!("decay_len {decay_len} exceeds the {params} parameters"),
+            });
+        }
+        // Powers in f64: beta2^step underflows gracefully and stays accurate for long runs.
+        let steps = step as f64;
+        Ok(Self {
+            step_size: (config.lr as f64 / (1.0 - (config.beta1 as f64).powf(steps))) as f32,
+            correction2_sqrt: (1.0 - (config.beta2 as f64).powf(steps)).sqrt() as f32,
+            decay: 1.0 - config.lr * config.weight_decay,
+        })
+    }
+}
+
 /// One AdamW step (`step` counts from 1, for bias correction) over all parameters.
 /// Decoupled weight decay applies to `params[..decay_len]` only: the parameter table puts
 /// the matrices first and A_log, D, norms and biases after them.
@@ -75,39 +121,17 @@ pub fn step(
     m: &mut [f32],
     v: &mut [f32],
 ) -> Result<(), KernelError> {
-    const OP: &str = "adamw";
-    config.check(OP)?;
-    if step == 0 {
-        return Err(KernelError::Invalid {
-            op: OP,
-            message: "step counts from 1".into(),
-        });
-    }
-    if decay_len > params.len() {
-        return Err(KernelError::Invalid {
-            op: OP,
-            message: format!(
-                "decay_len {decay_len} exceeds the {} parameters",
-                params.len()
-            ),
-        });
-    }
+    let StepConstants {
+        step_size,
+        correction2_sqrt,
+        decay,
+    } = StepConstants::new(config, step, decay_len, params.len())?;
     check_len(OP, "grads", params.len(), grads)?;
     check_len(OP, "m", params.len(), m)?;
     check_len(OP, "v", params.len(), v)?;
-
     let AdamW {
-        lr,
-        beta1,
-        beta2,
-        eps,
-        weight_decay,
+        beta1, beta2, eps, ..
     } = *config;
-    // Powers in f64: beta2^step underflows gracefully and stays accurate for long runs.
-    let steps = step as f64;
-    let step_size = (lr as f64 / (1.0 - (beta1 as f64).powf(steps))) as f32;
-    let correction2_sqrt = (1.0 - (beta2 as f64).powf(steps)).sqrt() as f32;
-    let decay = 1.0 - lr * weight_decay;
     let jobs: Vec<_> = params
         .chunks_mut(JOB_ELEMENTS)
         .zip(m.chunks_mut(JOB_ELEMENTS))

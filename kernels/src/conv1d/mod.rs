@@ -5,6 +5,8 @@
 //! channels (they vectorise). The weight and bias gradients are summed per job and the job
 //! sums added in job order, so results do not depend on the number of threads.
 
+pub(crate) mod cuda;
+
 use crate::math::{silu, silu_derivative};
 use crate::parallel::{rows_per_job, run_jobs};
 use crate::{check_len, element_count, KernelError};

@@ -1,5 +1,7 @@
 //! Token embedding lookup.
 
+pub(crate) mod cuda;
+
 use crate::parallel::{rows_per_job, run_jobs};
 use crate::{check_len, element_count, KernelError};
 
@@ -19,7 +21,11 @@ pub struct EmbeddingDims {
 
 impl EmbeddingDims {
     /// Checks `ids` and returns the elements of `(tokens, dim)` and of the table.
-    fn check(&self, op: &'static str, ids: &[u32]) -> Result<(usize, usize), KernelError> {
+    pub(crate) fn check(
+        &self,
+        op: &'static str,
+        ids: &[u32],
+    ) -> Result<(usize, usize), KernelError> {
         check_len(op, "ids", self.tokens, ids)?;
         if let Some(position) = ids.iter().position(|&id| id as usize >= self.vocab) {
             return Err(KernelError::Invalid {
@@ -97,21 +103,8 @@ pub fn backward(
     if d_out.is_empty() {
         return Ok(());
     }
-    let (vocab, dim) = (dims.vocab, dims.dim);
-    // starts[v]..starts[v + 1] indexes the positions of id v in `by_id`, in token order.
-    let mut starts = vec![0usize; vocab + 1];
-    for &id in ids {
-        starts[id as usize + 1] += 1;
-    }
-    for v in 0..vocab {
-        starts[v + 1] += starts[v];
-    }
-    let mut next = starts.clone();
-    let mut by_id = vec![0usize; ids.len()];
-    for (t, &id) in ids.iter().enumerate() {
-        by_id[next[id as usize]] = t;
-        next[id as usize] += 1;
-    }
+    let dim = dims.dim;
+    let (starts, by_id) = group_by_id(dims.vocab, ids);
     let rows = rows_per_job(dim);
     let jobs: Vec<_> = dtable.chunks_mut(rows * dim).collect();
     run_jobs(jobs, |job, dtable| {
@@ -125,6 +118,25 @@ pub fn backward(
         }
     });
     Ok(())
+}
+
+/// The tokens grouped by id with a stable counting sort: `starts[v]..starts[v + 1]` indexes
+/// the positions of id `v` in `by_id`, in token order. `ids` must be below `vocab`.
+pub(crate) fn group_by_id(vocab: usize, ids: &[u32]) -> (Vec<usize>, Vec<usize>) {
+    let mut starts = vec![0usize; vocab + 1];
+    for &id in ids {
+        starts[id as usize + 1] += 1;
+    }
+    for v in 0..vocab {
+        starts[v + 1] += starts[v];
+    }
+    let mut next = starts.clone();
+    let mut by_id = vec![0usize; ids.len()];
+    for (t, &id) in ids.iter().enumerate() {
+        by_id[next[id as usize]] = t;
+        next[id as usize] += 1;
+    }
+    (starts, by_id)
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@
 //! gradient is summed per job and the job sums added in job order, so results do not
 //! depend on the number of threads.
 
+pub(crate) mod cuda;
+
 use crate::math::dot;
 use crate::parallel::{rows_per_job, run_jobs};
 use crate::{check_len, element_count, KernelError};
@@ -24,7 +26,7 @@ pub struct NormDims {
 }
 
 impl NormDims {
-    fn check(&self, op: &'static str) -> Result<usize, KernelError> {
+    pub(crate) fn check(&self, op: &'static str) -> Result<usize, KernelError> {
         if self.cols == 0 {
             return Err(KernelError::Invalid {
                 op,

@@ -3,6 +3,8 @@
 //! Each batch row is one job; rows never share outputs, so results do not depend on the
 //! number of threads.
 
+pub(crate) mod cuda;
+
 use crate::parallel::run_jobs;
 use crate::{check_len, element_count, KernelError};
 
@@ -22,7 +24,7 @@ pub struct PoolDims {
 
 impl PoolDims {
     /// Checks `lengths` and returns the elements of `(batch, len, dim)`.
-    fn check(&self, op: &'static str, lengths: &[u32]) -> Result<usize, KernelError> {
+    pub(crate) fn check(&self, op: &'static str, lengths: &[u32]) -> Result<usize, KernelError> {
         check_len(op, "lengths", self.batch, lengths)?;
         if let Some(row) = lengths
             .iter()

@@ -1,5 +1,7 @@
 //! Matrix multiplication, row-major, f32: the linear layers' forward and backward.
 
+pub(crate) mod cuda;
+
 use gemm::Parallelism;
 
 use crate::parallel::run_jobs;

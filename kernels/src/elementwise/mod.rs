@@ -1,5 +1,7 @@
 //! Small element-wise ops and reductions: residual add, scaling, sum of squares.
 
+pub(crate) mod cuda;
+
 use crate::parallel::{run_jobs, JOB_ELEMENTS};
 use crate::{check_len, KernelError};
 

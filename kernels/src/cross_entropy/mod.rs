@@ -1,5 +1,7 @@
 //! Softmax cross-entropy fused with its gradient.
 
+pub(crate) mod cuda;
+
 use crate::math::{exp, sum};
 use crate::parallel::{rows_per_job, run_jobs};
 use crate::{check_len, element_count, KernelError};
@@ -15,6 +17,29 @@ use crate::{check_len, element_count, KernelError};
 pub struct CrossEntropyDims {
     pub rows: usize,
     pub vocab: usize,
+}
+
+/// An error naming the first target that is neither below `vocab` nor `ignore_index`.
+pub(crate) fn check_targets(
+    op: &'static str,
+    vocab: usize,
+    targets: &[u32],
+    ignore_index: u32,
+) -> Result<(), KernelError> {
+    let bad = targets
+        .iter()
+        .position(|&t| t != ignore_index && t as usize >= vocab);
+    match bad {
+        Some(row) => Err(KernelError::Invalid {
+            op,
+            message: format!(
+                "target {} of row {row} is neither below the vocabulary size {vocab} nor the \
+                 ignore index {ignore_index}",
+                targets[row]
+            ),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// `losses[r] = -ln softmax(logits[r])[targets[r]]` (0 where `targets[r] == ignore_index`).
@@ -61,19 +86,7 @@ pub fn forward_backward(
     if let Some(dlogits) = &dlogits {
         check_len(OP, "dlogits", elements, dlogits)?;
     }
-    let bad = targets
-        .iter()
-        .position(|&t| t != ignore_index && t as usize >= vocab);
-    if let Some(row) = bad {
-        return Err(KernelError::Invalid {
-            op: OP,
-            message: format!(
-                "target {} of row {row} is neither below the vocabulary size {vocab} nor the \
-                 ignore index {ignore_index}",
-                targets[row]
-            ),
-        });
-    }
+    check_targets(OP, vocab, targets, ignore_index)?;
 
     let per_job = rows_per_job(vocab);
     // The loss of row `r`; `work` receives e^(z - max), turned into the gradient when

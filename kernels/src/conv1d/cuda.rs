@@ -1,0 +1,299 @@
+//! CUDA launchers of the causal conv1d + SiLU (kernels in `conv1d.cu`).
+
+use cudarc::driver::{DeviceRepr, LaunchConfig};
+
+use super::ConvDims;
+use crate::cuda::{check_view, flat_grid, Cuda, DeviceIds, DeviceView, DeviceViewMut, Partials};
+use crate::{element_count, KernelError};
+
+const MODULE: &str = "conv1d";
+const SOURCE: &str = concat!(
+    include_str!("../cuda/common.cuh"),
+    include_str!("conv1d.cu")
+);
+/// Taps the parameter-gradient kernel holds in registers (`MAX_TAPS`).
+const MAX_TAPS: usize = 8;
+/// Positions per group of the parameter gradients' first stage (`GROUP_ROWS`).
+const GROUP_ROWS: usize = 256;
+
+#[repr(C)]
+#[derive(Default)]
+struct ConvArgs {
+    x: u64,
+    weight: u64,
+    bias: u64,
+    resets: u64,
+    state: u64,
+    out: u64,
+    d_out: u64,
+    d_pre: u64,
+    dx: u64,
+    partials: u64,
+    batch: i64,
+    len: i64,
+    channels: i32,
+    kernel: i32,
+}
+
+// SAFETY: plain old data laid out as the kernel's struct.
+unsafe impl DeviceRepr for ConvArgs {}
+
+/// Checks the inputs both directions share and fills their part of the arguments.
+fn input_args(
+    op: &'static str,
+    dims: ConvDims,
+    x: DeviceView<'_>,
+    weight: DeviceView<'_>,
+    bias: DeviceView<'_>,
+    resets: Option<&DeviceIds>,
+    state_len: Option<usize>,
+) -> Result<(ConvArgs, usize), KernelError> {
+    let ConvDims {
+        batch,
+        len,
+        channels,
+        kernel,
+    } = dims;
+    if kernel == 0 || kernel > MAX_TAPS || channels > i32::MAX as usize {
+        return Err(KernelError::Invalid {
+            op,
+            message: format!("{dims:?}: the CUDA conv1d takes 1 to {MAX_TAPS} taps"),
+        });
+    }
+    let elements = element_count(op, &[batch, len, channels])?;
+    check_view(op, "x", elements, x.len())?;
+    check_view(op, "weight", channels * kernel, weight.len())?;
+    if !bias.is_empty() {
+        check_view(op, "bias", channels, bias.len())?;
+    }
+    if let Some(resets) = resets {
+        check_view(op, "resets", batch * len, resets.host().len())?;
+    }
+    if let Some(state_len) = state_len {
+        check_view(op, "state", dims.state_len(), state_len)?;
+    }
+    let args = ConvArgs {
+        x: x.address(),
+        weight: weight.address(),
+        bias: if bias.is_empty() { 0 } else { bias.address() },
+        resets: resets.map_or(0, |r| r.device_address()),
+        batch: batch as i64,
+        len: len as i64,
+        channels: channels as i32,
+        kernel: kernel as i32,
+        ..Default::default()
+    };
+    Ok((args, elements))
+}
+
+/// See [`super::forward`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn forward(
+    cuda: &Cuda,
+    dims: ConvDims,
+    x: DeviceView<'_>,
+    weight: DeviceView<'_>,
+    bias: DeviceView<'_>,
+    resets: Option<&DeviceIds>,
+    state: Option<DeviceViewMut<'_>>,
+    out: DeviceViewMut<'_>,
+) -> Result<(), KernelError> {
+    const OP: &str = "conv1d_forward";
+    let state_len = state.as_ref().map(|s| s.len());
+    let (mut args, elements) = input_args(OP, dims, x, weight, bias, resets, state_len)?;
+    check_view(OP, "out", elements, out.len())?;
+    if elements == 0 {
+        return Ok(());
+    }
+    args.state = state.as_ref().map_or(0, |s| s.address());
+    args.out = out.address();
+    let function = cuda.function(MODULE, SOURCE, &[], "conv1d_forward")?;
+    cuda.launch(&function, flat_grid(elements), &args)?;
+    if state.is_some() && dims.kernel > 1 {
+        let function = cuda.function(MODULE, SOURCE, &[], "conv1d_carry_state")?;
+        cuda.launch(&function, flat_grid(dims.batch * dims.channels), &args)?;
+    }
+    Ok(())
+}
+
+/// See [`super::backward`]: `dx` overwritten, `dweight` and `dbias` accumulated.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward(
+    cuda: &Cuda,
+    dims: ConvDims,
+    x: DeviceView<'_>,
+    weight: DeviceView<'_>,
+    bias: DeviceView<'_>,
+    resets: Option<&DeviceIds>,
+    initial_state: Option<DeviceView<'_>>,
+    d_out: DeviceView<'_>,
+    dx: DeviceViewMut<'_>,
+    dweight: DeviceViewMut<'_>,
+    dbias: DeviceViewMut<'_>,
+) -> Result<(), KernelError> {
+    const OP: &str = "conv1d_backward";
+    let state_len = initial_state.as_ref().map(|s| s.len());
+    let (mut args, elements) = input_args(OP, dims, x, weight, bias, resets, state_len)?;
+    check_view(OP, "d_out", elements, d_out.len())?;
+    check_view(OP, "dx", elements, dx.len())?;
+    check_view(OP, "dweight", weight.len(), dweight.len())?;
+    check_view(OP, "dbias", bias.len(), dbias.len())?;
+    if elements == 0 {
+        return Ok(());
+    }
+    let ConvDims {
+        channels, kernel, ..
+    } = dims;
+    let positions = dims.batch * dims.len;
+    let groups = positions.div_ceil(GROUP_ROWS);
+    let stride = channels * (kernel + 1);
+    let d_pre = cuda.scratch::<f32>(elements)?;
+    let partials = cuda.scratch::<f32>(groups * stride)?;
+    args.state = initial_state.as_ref().map_or(0, |s| s.address());
+    args.d_out = d_out.address();
+    args.d_pre = cuda.address(&d_pre);
+    args.dx = dx.address();
+    args.partials = cuda.address(&partials);
+    let function = cuda.function(MODULE, SOURCE, &[], "conv1d_backward_pre")?;
+    cuda.launch(&function, flat_grid(elements), &args)?;
+    let function = cuda.function(MODULE, SOURCE, &[], "conv1d_backward_dx")?;
+    cuda.launch(&function, flat_grid(elements), &args)?;
+    let function = cuda.function(MODULE, SOURCE, &[], "conv1d_backward_params")?;
+    let grid = LaunchConfig {
+        grid_dim: (channels.div_ceil(32) as u32, groups as u32, 1),
+        block_dim: (32, 8, 1),
+        shared_mem_bytes: 0,
+    };
+    cuda.launch(&function, grid, &args)?;
+    let weights = Partials {
+        groups,
+        stride,
+        first: 0,
+        columns: channels * kernel,
+    };
+    cuda.sum_columns(MODULE, SOURCE, &partials, weights, dweight.address())?;
+    if !dbias.is_empty() {
+        let biases = Partials {
+            first: channels * kernel,
+            columns: channels,
+            ..weights
+        };
+        cuda.sum_columns(MODULE, SOURCE, &partials, biases, dbias.address())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::conv1d::{self, ConvDims};
+    use crate::cuda::testing::{device, random};
+    use crate::rng::Rng;
+    use crate::testing::{assert_close, to_f64};
+    use crate::Backend;
+
+    /// Forward (output and carried state) and backward against the CPU op.
+    fn check(dims: ConvDims, bias: bool, resets: bool, state: bool, seed: u64) {
+        let Some(cuda) = device() else { return };
+        let n = dims.batch * dims.len * dims.channels;
+        let mut rng = Rng::new(seed);
+        let x = random(n, seed + 1);
+        let weight = random(dims.channels * dims.kernel, seed + 2);
+        let bias = if bias {
+            random(dims.channels, seed + 3)
+        } else {
+            vec![]
+        };
+        let resets: Option<Vec<u32>> = resets.then(|| {
+            (0..dims.batch * dims.len)
+                .map(|_| u32::from(rng.below(4) == 0))
+                .collect()
+        });
+        let state0 = state.then(|| random(dims.state_len(), seed + 4));
+        let d_out = random(n, seed + 5);
+        let (dw0, db0) = (random(weight.len(), seed + 6), random(bias.len(), seed + 7));
+
+        let mut out = vec![0.0; n];
+        let mut state = state0.clone();
+        conv1d::forward(
+            dims,
+            &x,
+            &weight,
+            &bias,
+            resets.as_deref(),
+            state.as_deref_mut(),
+            &mut out,
+        )
+        .unwrap();
+        let (mut dx, mut dw, mut db) = (vec![0.0; n], dw0.clone(), db0.clone());
+        conv1d::backward(
+            dims,
+            &x,
+            &weight,
+            &bias,
+            resets.as_deref(),
+            state0.as_deref(),
+            &d_out,
+            &mut dx,
+            &mut dw,
+            &mut db,
+        )
+        .unwrap();
+
+        let up = |v: &[f32]| cuda.upload(v).unwrap();
+        let (gx, gw, gb, gd) = (up(&x), up(&weight), up(&bias), up(&d_out));
+        let gr = resets.as_ref().map(|r| cuda.upload_ids(r).unwrap());
+        let gs0 = state0.as_ref().map(|s| up(s));
+        let mut gs = state0.as_ref().map(|s| up(s));
+        let mut gout = up(&vec![f32::NAN; n]);
+        cuda.conv1d_forward(
+            dims,
+            cuda.all(&gx),
+            cuda.all(&gw),
+            cuda.all(&gb),
+            gr.as_ref(),
+            gs.as_mut().map(|s| cuda.all_mut(s)),
+            cuda.all_mut(&mut gout),
+        )
+        .unwrap();
+        let (mut gdx, mut gdw, mut gdb) = (up(&vec![f32::NAN; n]), up(&dw0), up(&db0));
+        cuda.conv1d_backward(
+            dims,
+            cuda.all(&gx),
+            cuda.all(&gw),
+            cuda.all(&gb),
+            gr.as_ref(),
+            gs0.as_ref().map(|s| cuda.all(s)),
+            cuda.all(&gd),
+            cuda.all_mut(&mut gdx),
+            cuda.all_mut(&mut gdw),
+            cuda.all_mut(&mut gdb),
+        )
+        .unwrap();
+        let down = |b| cuda.download(cuda.all(b)).unwrap();
+        assert_close("out", &down(&gout), &to_f64(&out), 1e-5, 1e-7);
+        if let (Some(gs), Some(state)) = (&gs, &state) {
+            assert_close("state", &down(gs), &to_f64(state), 0.0, 0.0);
+        }
+        assert_close("dx", &down(&gdx), &to_f64(&dx), 1e-4, 1e-7);
+        assert_close("dweight", &down(&gdw), &to_f64(&dw), 1e-4, 1e-7);
+        if !bias.is_empty() {
+            assert_close("dbias", &down(&gdb), &to_f64(&db), 1e-4, 1e-7);
+        }
+    }
+
+    #[test]
+    fn cuda_conv1d_matches_the_cpu() {
+        let dims = |batch, len, channels, kernel| ConvDims {
+            batch,
+            len,
+            channels,
+            kernel,
+        };
+        check(dims(2, 300, 70, 4), true, false, false, 10);
+        check(dims(3, 257, 33, 4), true, true, true, 20);
+        check(dims(1, 600, 1536, 4), false, true, false, 30);
+        check(dims(2, 1, 40, 4), true, false, true, 40); // a decode step
+        check(dims(2, 2, 40, 4), true, true, true, 50); // shorter than the state
+        check(dims(1, 50, 8, 1), true, true, true, 60);
+    }
+}

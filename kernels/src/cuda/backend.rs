@@ -1,0 +1,370 @@
+//! [`Backend`] for [`Cuda`]: buffer management here, each op in its module's `cuda.rs`.
+
+use std::ops::Range;
+
+use cudarc::driver::result;
+
+use super::{device_error, Cuda, DeviceBuffer, DeviceIds, DeviceView, DeviceViewMut};
+use crate::adamw::AdamW;
+use crate::backend::Backend;
+use crate::conv1d::ConvDims;
+use crate::cross_entropy::CrossEntropyDims;
+use crate::embedding::EmbeddingDims;
+use crate::gemm::GemmDims;
+use crate::pool::{PoolDims, Pooling};
+use crate::rmsnorm::NormDims;
+use crate::scan::{ScanDims, ScanGrads, ScanInputs};
+use crate::KernelError;
+use crate::{adamw, conv1d, cross_entropy, elementwise, embedding, gemm, pool, rmsnorm, scan};
+
+impl Cuda {
+    /// Queues `dst[..len] = 0` for the f32s at `address`.
+    pub(crate) fn fill_zero_at(&self, address: u64, len: usize) -> Result<(), KernelError> {
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: the caller's view covers `len` f32s at `address`.
+        unsafe { result::memset_d8_async(address, 0, len * 4, self.stream.cu_stream()) }
+            .map_err(|e| device_error("zeroing device memory", e))
+    }
+}
+
+impl Backend for Cuda {
+    type Buffer = DeviceBuffer;
+    type Ids = DeviceIds;
+    type View<'a> = DeviceView<'a>;
+    type ViewMut<'a> = DeviceViewMut<'a>;
+
+    fn name(&self) -> String {
+        let name = self.context.name().unwrap_or_else(|_| "unknown GPU".into());
+        format!("cuda ({name}, {})", self.arch)
+    }
+
+    fn zeros(&self, len: usize) -> Result<DeviceBuffer, KernelError> {
+        if len == 0 {
+            return Ok(DeviceBuffer::new(None));
+        }
+        self.stream
+            .alloc_zeros(len)
+            .map(|slice| DeviceBuffer::new(Some(slice)))
+            .map_err(|e| device_error(&format!("allocating {len} floats"), e))
+    }
+
+    fn upload(&self, data: &[f32]) -> Result<DeviceBuffer, KernelError> {
+        self.upload_slice(data).map(DeviceBuffer::new)
+    }
+
+    fn download(&self, view: DeviceView<'_>) -> Result<Vec<f32>, KernelError> {
+        let mut host = vec![0.0f32; view.len()];
+        if !host.is_empty() {
+            // SAFETY: the view covers `host.len()` f32s; the stream is synchronised before
+            // `host` is read or dropped.
+            unsafe {
+                result::memcpy_dtoh_async(&mut host, view.address(), self.stream.cu_stream())
+            }
+            .map_err(|e| device_error("copying from the device", e))?;
+        }
+        self.synchronize()?;
+        Ok(host)
+    }
+
+    fn upload_ids(&self, ids: &[u32]) -> Result<DeviceIds, KernelError> {
+        Ok(DeviceIds::new(self.upload_slice(ids)?, ids.to_vec()))
+    }
+
+    fn buffer_len(&self, buffer: &DeviceBuffer) -> usize {
+        buffer.len()
+    }
+
+    fn view<'a>(&self, buffer: &'a DeviceBuffer, range: Range<usize>) -> DeviceView<'a> {
+        DeviceView::new(buffer.address(), buffer.len(), range)
+    }
+
+    fn view_mut<'a>(&self, buffer: &'a mut DeviceBuffer, range: Range<usize>) -> DeviceViewMut<'a> {
+        DeviceViewMut::new(buffer.address(), buffer.len(), range)
+    }
+
+    fn reborrow_mut<'a, 'b>(&self, view: &'b mut DeviceViewMut<'a>) -> DeviceViewMut<'b>
+    where
+        'a: 'b,
+    {
+        view.reborrow()
+    }
+
+    fn split_mut<'a, const K: usize>(
+        &self,
+        buffer: &'a mut DeviceBuffer,
+        ranges: [Range<usize>; K],
+    ) -> [DeviceViewMut<'a>; K] {
+        let (base, len) = (buffer.address(), buffer.len());
+        let mut consumed = 0;
+        ranges.map(|range| {
+            assert!(
+                range.start >= consumed,
+                "split_mut: ranges overlap or are unsorted"
+            );
+            consumed = range.end;
+            DeviceViewMut::new(base, len, range)
+        })
+    }
+
+    fn fill_zero(&self, dst: DeviceViewMut<'_>) -> Result<(), KernelError> {
+        self.fill_zero_at(dst.address(), dst.len())
+    }
+
+    fn copy(&self, src: DeviceView<'_>, dst: DeviceViewMut<'_>) -> Result<(), KernelError> {
+        super::check_view("copy", "dst", src.len(), dst.len())?;
+        if src.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: both views cover `src.len()` f32s; `dst` is borrowed mutably, so the two
+        // do not overlap.
+        unsafe {
+            result::memcpy_dtod_async(
+                dst.address(),
+                src.address(),
+                src.len() * 4,
+                self.stream.cu_stream(),
+            )
+        }
+        .map_err(|e| device_error("copying on the device", e))
+    }
+
+    fn add(
+        &self,
+        a: DeviceView<'_>,
+        b: DeviceView<'_>,
+        out: DeviceViewMut<'_>,
+    ) -> Result<(), KernelError> {
+        elementwise::cuda::add(self, a, b, out)
+    }
+
+    fn scale(&self, x: DeviceViewMut<'_>, factor: f32) -> Result<(), KernelError> {
+        elementwise::cuda::scale(self, x, factor)
+    }
+
+    fn sum_squares(&self, x: DeviceView<'_>) -> Result<f64, KernelError> {
+        elementwise::cuda::sum_squares(self, x)
+    }
+
+    fn gemm(
+        &self,
+        dims: GemmDims,
+        a: DeviceView<'_>,
+        b: DeviceView<'_>,
+        c: DeviceViewMut<'_>,
+        accumulate: bool,
+    ) -> Result<(), KernelError> {
+        gemm::cuda::gemm(self, dims, a, b, c, accumulate)
+    }
+
+    fn conv1d_forward(
+        &self,
+        dims: ConvDims,
+        x: DeviceView<'_>,
+        weight: DeviceView<'_>,
+        bias: DeviceView<'_>,
+        resets: Option<&DeviceIds>,
+        state: Option<DeviceViewMut<'_>>,
+        out: DeviceViewMut<'_>,
+    ) -> Result<(), KernelError> {
+        conv1d::cuda::forward(self, dims, x, weight, bias, resets, state, out)
+    }
+
+    fn conv1d_backward(
+        &self,
+        dims: ConvDims,
+        x: DeviceView<'_>,
+        weight: DeviceView<'_>,
+        bias: DeviceView<'_>,
+        resets: Option<&DeviceIds>,
+        initial_state: Option<DeviceView<'_>>,
+        d_out: DeviceView<'_>,
+        dx: DeviceViewMut<'_>,
+        dweight: DeviceViewMut<'_>,
+        dbias: DeviceViewMut<'_>,
+    ) -> Result<(), KernelError> {
+        conv1d::cuda::backward(
+            self,
+            dims,
+            x,
+            weight,
+            bias,
+            resets,
+            initial_state,
+            d_out,
+            dx,
+            dweight,
+            dbias,
+        )
+    }
+
+    fn scan_forward(
+        &self,
+        dims: ScanDims,
+        inputs: &ScanInputs<DeviceView<'_>>,
+        resets: Option<&DeviceIds>,
+        state: Option<DeviceViewMut<'_>>,
+        checkpoints: Option<DeviceViewMut<'_>>,
+        out: DeviceViewMut<'_>,
+    ) -> Result<(), KernelError> {
+        scan::cuda::forward(self, dims, inputs, resets, state, checkpoints, out)
+    }
+
+    fn scan_backward(
+        &self,
+        dims: ScanDims,
+        inputs: &ScanInputs<DeviceView<'_>>,
+        resets: Option<&DeviceIds>,
+        checkpoints: DeviceView<'_>,
+        d_out: DeviceView<'_>,
+        grads: ScanGrads<DeviceViewMut<'_>>,
+    ) -> Result<(), KernelError> {
+        scan::cuda::backward(self, dims, inputs, resets, checkpoints, d_out, grads)
+    }
+
+    fn rmsnorm_forward(
+        &self,
+        dims: NormDims,
+        x: DeviceView<'_>,
+        weight: DeviceView<'_>,
+        out: DeviceViewMut<'_>,
+        rstd: DeviceViewMut<'_>,
+    ) -> Result<(), KernelError> {
+        rmsnorm::cuda::forward(self, dims, x, weight, out, rstd)
+    }
+
+    fn rmsnorm_backward(
+        &self,
+        dims: NormDims,
+        x: DeviceView<'_>,
+        weight: DeviceView<'_>,
+        rstd: DeviceView<'_>,
+        d_out: DeviceView<'_>,
+        dx: DeviceViewMut<'_>,
+        dweight: DeviceViewMut<'_>,
+    ) -> Result<(), KernelError> {
+        rmsnorm::cuda::backward(self, dims, x, weight, rstd, d_out, dx, dweight)
+    }
+
+    fn embedding_forward(
+        &self,
+        dims: EmbeddingDims,
+        ids: &DeviceIds,
+        table: DeviceView<'_>,
+        out: DeviceViewMut<'_>,
+    ) -> Result<(), KernelError> {
+        embedding::cuda::forward(self, dims, ids, table, out)
+    }
+
+    fn embedding_backward(
+        &self,
+        dims: EmbeddingDims,
+        ids: &DeviceIds,
+        d_out: DeviceView<'_>,
+        dtable: DeviceViewMut<'_>,
+    ) -> Result<(), KernelError> {
+        embedding::cuda::backward(self, dims, ids, d_out, dtable)
+    }
+
+    fn cross_entropy(
+        &self,
+        dims: CrossEntropyDims,
+        logits: DeviceView<'_>,
+        targets: &DeviceIds,
+        ignore_index: u32,
+        losses: DeviceViewMut<'_>,
+        dlogits: Option<DeviceViewMut<'_>>,
+        grad_scale: f32,
+    ) -> Result<(), KernelError> {
+        cross_entropy::cuda::forward_backward(
+            self,
+            dims,
+            logits,
+            targets,
+            ignore_index,
+            losses,
+            dlogits,
+            grad_scale,
+        )
+    }
+
+    fn pool_forward(
+        &self,
+        dims: PoolDims,
+        pooling: Pooling,
+        lengths: &DeviceIds,
+        x: DeviceView<'_>,
+        out: DeviceViewMut<'_>,
+    ) -> Result<(), KernelError> {
+        pool::cuda::forward(self, dims, pooling, lengths, x, out)
+    }
+
+    fn pool_backward(
+        &self,
+        dims: PoolDims,
+        pooling: Pooling,
+        lengths: &DeviceIds,
+        d_out: DeviceView<'_>,
+        dx: DeviceViewMut<'_>,
+    ) -> Result<(), KernelError> {
+        pool::cuda::backward(self, dims, pooling, lengths, d_out, dx)
+    }
+
+    fn reverse(
+        &self,
+        dims: PoolDims,
+        lengths: &DeviceIds,
+        x: DeviceView<'_>,
+        out: DeviceViewMut<'_>,
+    ) -> Result<(), KernelError> {
+        pool::cuda::reverse(self, dims, lengths, x, out)
+    }
+
+    fn adamw(
+        &self,
+        config: &AdamW,
+        step: u64,
+        decay_len: usize,
+        params: DeviceViewMut<'_>,
+        grads: DeviceView<'_>,
+        m: DeviceViewMut<'_>,
+        v: DeviceViewMut<'_>,
+    ) -> Result<(), KernelError> {
+        adamw::cuda::step(self, config, step, decay_len, params, grads, m, v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{device, random};
+    use crate::Backend;
+
+    #[test]
+    fn cuda_views_copy_fill_and_split() {
+        let Some(cuda) = device() else { return };
+        let data = random(10, 1);
+        let mut buffer = cuda.upload(&data).unwrap();
+        assert_eq!(cuda.download(cuda.view(&buffer, 2..5)).unwrap(), data[2..5]);
+        let [mut low, high] = cuda.split_mut(&mut buffer, [0..3, 6..9]);
+        cuda.fill_zero(cuda.reborrow_mut(&mut low)).unwrap();
+        cuda.fill_zero(high).unwrap();
+        let mut want = data.clone();
+        want[..3].fill(0.0);
+        want[6..9].fill(0.0);
+        assert_eq!(cuda.download(cuda.all(&buffer)).unwrap(), want);
+        let source = cuda.upload(&[7.0, 8.0]).unwrap();
+        cuda.copy(cuda.all(&source), cuda.view_mut(&mut buffer, 4..6))
+            .unwrap();
+        want[4..6].copy_from_slice(&[7.0, 8.0]);
+        assert_eq!(cuda.download(cuda.all(&buffer)).unwrap(), want);
+        assert!(cuda
+            .copy(cuda.all(&source), cuda.view_mut(&mut buffer, 0..3))
+            .is_err());
+        assert_eq!(cuda.upload_ids(&[4, 2]).unwrap().host(), &[4, 2]);
+        // Empty buffers allocate nothing and still give (empty) views.
+        let empty = cuda.zeros(0).unwrap();
+        assert!(cuda.download(cuda.all(&empty)).unwrap().is_empty());
+        assert_eq!(cuda.upload(&[]).unwrap().len(), 0);
+    }
+}

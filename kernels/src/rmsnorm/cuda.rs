@@ -1,0 +1,201 @@
+//! CUDA launchers of RMSNorm (kernels in `rmsnorm.cu`).
+
+use cudarc::driver::{DeviceRepr, LaunchConfig};
+
+use super::NormDims;
+use crate::cuda::{check_view, Cuda, DeviceView, DeviceViewMut, Partials};
+use crate::KernelError;
+
+const MODULE: &str = "rmsnorm";
+const SOURCE: &str = concat!(
+    include_str!("../cuda/common.cuh"),
+    include_str!("rmsnorm.cu")
+);
+/// Warps (rows) per block of the row kernels (`ROWS_PER_BLOCK`).
+const ROWS_PER_BLOCK: usize = 8;
+/// Rows per group of the weight gradient's first stage (`GROUP_ROWS`).
+const GROUP_ROWS: usize = 256;
+
+#[repr(C)]
+#[derive(Default)]
+struct NormArgs {
+    x: u64,
+    weight: u64,
+    out: u64,
+    rstd: u64,
+    d_out: u64,
+    dx: u64,
+    partials: u64,
+    rows: i64,
+    cols: i32,
+    eps: f32,
+}
+
+// SAFETY: plain old data laid out as the kernel's struct.
+unsafe impl DeviceRepr for NormArgs {}
+
+fn rows_grid(rows: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows.div_ceil(ROWS_PER_BLOCK) as u32, 1, 1),
+        block_dim: (32 * ROWS_PER_BLOCK as u32, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn checked(op: &'static str, dims: NormDims) -> Result<usize, KernelError> {
+    let elements = dims.check(op)?;
+    if dims.cols > i32::MAX as usize {
+        return Err(KernelError::Invalid {
+            op,
+            message: format!("{} columns exceed the CUDA kernels' limit", dims.cols),
+        });
+    }
+    Ok(elements)
+}
+
+/// See [`super::forward`].
+pub(crate) fn forward(
+    cuda: &Cuda,
+    dims: NormDims,
+    x: DeviceView<'_>,
+    weight: DeviceView<'_>,
+    out: DeviceViewMut<'_>,
+    rstd: DeviceViewMut<'_>,
+) -> Result<(), KernelError> {
+    const OP: &str = "rmsnorm_forward";
+    let elements = checked(OP, dims)?;
+    check_view(OP, "x", elements, x.len())?;
+    check_view(OP, "weight", dims.cols, weight.len())?;
+    check_view(OP, "out", elements, out.len())?;
+    check_view(OP, "rstd", dims.rows, rstd.len())?;
+    if dims.rows == 0 {
+        return Ok(());
+    }
+    let args = NormArgs {
+        x: x.address(),
+        weight: weight.address(),
+        out: out.address(),
+        rstd: rstd.address(),
+        rows: dims.rows as i64,
+        cols: dims.cols as i32,
+        eps: dims.eps,
+        ..Default::default()
+    };
+    let function = cuda.function(MODULE, SOURCE, &[], "rmsnorm_forward")?;
+    cuda.launch(&function, rows_grid(dims.rows), &args)
+}
+
+/// See [`super::backward`]: `dx` and `dweight` accumulated; the weight gradient is summed
+/// per group of rows, then over the groups in order.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward(
+    cuda: &Cuda,
+    dims: NormDims,
+    x: DeviceView<'_>,
+    weight: DeviceView<'_>,
+    rstd: DeviceView<'_>,
+    d_out: DeviceView<'_>,
+    dx: DeviceViewMut<'_>,
+    dweight: DeviceViewMut<'_>,
+) -> Result<(), KernelError> {
+    const OP: &str = "rmsnorm_backward";
+    let elements = checked(OP, dims)?;
+    check_view(OP, "x", elements, x.len())?;
+    check_view(OP, "weight", dims.cols, weight.len())?;
+    check_view(OP, "rstd", dims.rows, rstd.len())?;
+    check_view(OP, "d_out", elements, d_out.len())?;
+    check_view(OP, "dx", elements, dx.len())?;
+    check_view(OP, "dweight", dims.cols, dweight.len())?;
+    if dims.rows == 0 {
+        return Ok(());
+    }
+    let groups = dims.rows.div_ceil(GROUP_ROWS);
+    let partials = cuda.scratch::<f32>(groups * dims.cols)?;
+    let args = NormArgs {
+        x: x.address(),
+        weight: weight.address(),
+        rstd: rstd.address(),
+        d_out: d_out.address(),
+        dx: dx.address(),
+        partials: cuda.address(&partials),
+        rows: dims.rows as i64,
+        cols: dims.cols as i32,
+        eps: dims.eps,
+        ..Default::default()
+    };
+    let function = cuda.function(MODULE, SOURCE, &[], "rmsnorm_backward_dx")?;
+    cuda.launch(&function, rows_grid(dims.rows), &args)?;
+    let function = cuda.function(MODULE, SOURCE, &[], "rmsnorm_backward_dweight")?;
+    let grid = LaunchConfig {
+        grid_dim: (dims.cols.div_ceil(32) as u32, groups as u32, 1),
+        block_dim: (32, 8, 1),
+        shared_mem_bytes: 0,
+    };
+    cuda.launch(&function, grid, &args)?;
+    let shape = Partials {
+        groups,
+        stride: dims.cols,
+        first: 0,
+        columns: dims.cols,
+    };
+    cuda.sum_columns(MODULE, SOURCE, &partials, shape, dweight.address())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cuda::testing::{device, random};
+    use crate::rmsnorm::{self, NormDims};
+    use crate::testing::{assert_close, to_f64};
+    use crate::Backend;
+
+    #[test]
+    fn cuda_rmsnorm_matches_the_cpu() {
+        let Some(cuda) = device() else { return };
+        for (rows, cols) in [(1, 1), (37, 100), (600, 768)] {
+            let dims = NormDims {
+                rows,
+                cols,
+                eps: 1e-5,
+            };
+            let (x, weight, d_out) = (
+                random(rows * cols, 1),
+                random(cols, 2),
+                random(rows * cols, 3),
+            );
+            let (dx0, dw0) = (random(rows * cols, 4), random(cols, 5));
+            let (mut out, mut rstd) = (vec![0.0; rows * cols], vec![0.0; rows]);
+            rmsnorm::forward(dims, &x, &weight, &mut out, &mut rstd).unwrap();
+            let (mut dx, mut dw) = (dx0.clone(), dw0.clone());
+            rmsnorm::backward(dims, &x, &weight, &rstd, &d_out, &mut dx, &mut dw).unwrap();
+
+            let up = |v: &[f32]| cuda.upload(v).unwrap();
+            let (gx, gw, gd) = (up(&x), up(&weight), up(&d_out));
+            let (mut gout, mut grstd) =
+                (cuda.zeros(rows * cols).unwrap(), cuda.zeros(rows).unwrap());
+            cuda.rmsnorm_forward(
+                dims,
+                cuda.all(&gx),
+                cuda.all(&gw),
+                cuda.all_mut(&mut gout),
+                cuda.all_mut(&mut grstd),
+            )
+            .unwrap();
+            let (mut gdx, mut gdw) = (up(&dx0), up(&dw0));
+            cuda.rmsnorm_backward(
+                dims,
+                cuda.all(&gx),
+                cuda.all(&gw),
+                cuda.all(&grstd),
+                cuda.all(&gd),
+                cuda.all_mut(&mut gdx),
+                cuda.all_mut(&mut gdw),
+            )
+            .unwrap();
+            let down = |b| cuda.download(cuda.all(b)).unwrap();
+            assert_close("out", &down(&gout), &to_f64(&out), 1e-5, 1e-7);
+            assert_close("rstd", &down(&grstd), &to_f64(&rstd), 1e-5, 1e-7);
+            assert_close("dx", &down(&gdx), &to_f64(&dx), 1e-4, 1e-7);
+            assert_close("dweight", &down(&gdw), &to_f64(&dw), 1e-4, 1e-7);
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! The whole model on the GPU against the CPU backend: one training step's loss and every
+//! parameter gradient, decoding against the parallel forward, and bit-identical training
+//! runs. Each test skips, saying so, where there is no CUDA device.
+
+use seqmamba::model::{
+    Batch, Bidirectional, DecodeState, Head, MambaConfig, Model, PoolingKind, Shape, IGNORE_INDEX,
+};
+use seqmamba::train::{OptimizerConfig, Trainer};
+use seqmamba_kernels::cuda::Cuda;
+use seqmamba_kernels::rng::Rng;
+use seqmamba_kernels::testing::{max_scaled_error, to_f64};
+use seqmamba_kernels::{Backend, Cpu};
+
+fn device() -> Option<Cuda> {
+    match Cuda::new(0) {
+        Ok(cuda) => Some(cuda),
+        Err(reason) => {
+            println!("skipping: no CUDA device ({reason})");
+            None
+        }
+    }
+}
+
+fn random_ids(rng: &mut Rng, n: usize, vocab: usize) -> Vec<u32> {
+    (0..n).map(|_| rng.below(vocab as u64) as u32).collect()
+}
+
+/// Loss, logits and gradients of one forward + backward on a backend.
+struct Step {
+    loss: f64,
+    logits: Vec<f32>,
+    grads: Vec<f32>,
+}
+
+/// Inputs of one step, uploaded to each backend.
+struct Problem<'a> {
+    shape: Shape,
+    ids: &'a [u32],
+    lengths: Option<&'a [u32]>,
+    resets: Option<&'a [u32]>,
+    targets: &'a [u32],
+    count: usize,
+}
+
+fn step<B: Backend>(model: &Model<B>, p: &Problem<'_>) -> Step {
+    let be = &model.backend;
+    let batch = Batch::new(be, p.shape, p.ids, p.lengths, p.resets).unwrap();
+    let targets = be.upload_ids(p.targets).unwrap();
+    let mut acts = model.activations(p.shape, true).unwrap();
+    let mut scratch = model.scratch(p.shape).unwrap();
+    let mut grads = be.zeros(model.table.total).unwrap();
+    model.forward(&batch, &mut acts, None).unwrap();
+    let losses = model
+        .loss(&mut acts, &targets, Some(1.0 / p.count as f32))
+        .unwrap();
+    model
+        .backward(&batch, &acts, &mut scratch, &mut grads)
+        .unwrap();
+    Step {
+        loss: losses.iter().map(|&l| l as f64).sum::<f64>() / p.count as f64,
+        logits: be.download(be.all(&acts.logits)).unwrap(),
+        grads: be.download(be.all(&grads)).unwrap(),
+    }
+}
+
+/// The GPU step against the CPU step: the loss to 1e-5 relative, the logits to 1e-5 of
+/// their scale, every parameter tensor's gradient to 1e-4 of that tensor's scale.
+fn compare_step(cuda: Cuda, config: MambaConfig, head: Head, p: &Problem<'_>) {
+    let cpu_model = Model::initialised(Cpu, config.clone(), head.clone(), 21).unwrap();
+    let params = cpu_model.params.clone();
+    let gpu_model = Model::new(cuda, config, head, &params).unwrap();
+    let want = step(&cpu_model, p);
+    let got = step(&gpu_model, p);
+    let loss_error = (got.loss - want.loss).abs() / want.loss.abs();
+    println!(
+        "loss: cpu {} cuda {} (relative error {loss_error:e})",
+        want.loss, got.loss
+    );
+    assert!(loss_error <= 1e-5, "loss {} vs {}", got.loss, want.loss);
+    let logits_error = max_scaled_error(&got.logits, &to_f64(&want.logits), 1e-5, 0.0);
+    println!("logits: {logits_error:.3} of the tolerance");
+    assert!(
+        logits_error <= 1.0,
+        "logits off by {logits_error}× the tolerance"
+    );
+    let mut worst = (0.0f64, String::new());
+    for entry in &cpu_model.table.entries {
+        let range = entry.range.clone();
+        let error = max_scaled_error(
+            &got.grads[range.clone()],
+            &to_f64(&want.grads[range]),
+            1e-4,
+            1e-12,
+        );
+        if error > worst.0 {
+            worst = (error, entry.name.clone());
+        }
+        assert!(
+            error <= 1.0,
+            "gradient of {} off by {error}× the tolerance",
+            entry.name
+        );
+    }
+    println!(
+        "worst gradient: {} at {:.3} of the tolerance",
+        worst.1, worst.0
+    );
+}
+
+#[test]
+fn cuda_language_model_step_equals_the_cpu() {
+    let Some(cuda) = device() else { return };
+    let config = MambaConfig::new(64, 2, 11);
+    let shape = Shape { batch: 2, len: 150 };
+    let mut rng = Rng::new(1);
+    let ids = random_ids(&mut rng, shape.tokens(), 11);
+    let mut targets = random_ids(&mut rng, shape.tokens(), 11);
+    targets[7] = IGNORE_INDEX;
+    let mut resets = vec![0u32; shape.tokens()];
+    resets[70] = 1;
+    resets[150 + 3] = 1;
+    let problem = Problem {
+        shape,
+        ids: &ids,
+        lengths: None,
+        resets: Some(&resets),
+        targets: &targets,
+        count: shape.tokens() - 1,
+    };
+    compare_step(cuda, config, Head::LanguageModel, &problem);
+}
+
+#[test]
+fn cuda_bidirectional_classifier_step_equals_the_cpu() {
+    let Some(cuda) = device() else { return };
+    let head = Head::Classifier {
+        classes: 3,
+        pooling: PoolingKind::Mean,
+        bidirectional: Bidirectional::Separate,
+    };
+    let shape = Shape { batch: 3, len: 90 };
+    let mut rng = Rng::new(2);
+    let ids = random_ids(&mut rng, shape.tokens(), 7);
+    let problem = Problem {
+        shape,
+        ids: &ids,
+        lengths: Some(&[90, 41, 1]),
+        resets: None,
+        targets: &[2, 0, 1],
+        count: 3,
+    };
+    compare_step(cuda, MambaConfig::new(32, 2, 7), head, &problem);
+}
+
+fn lm_logits(model: &Model<Cuda>, ids: &[u32], state: Option<&mut DecodeState<Cuda>>) -> Vec<f32> {
+    let be = &model.backend;
+    let shape = Shape {
+        batch: 1,
+        len: ids.len(),
+    };
+    let batch = Batch::new(be, shape, ids, None, None).unwrap();
+    let mut acts = model.activations(shape, false).unwrap();
+    model.forward(&batch, &mut acts, state).unwrap();
+    be.download(be.all(&acts.logits)).unwrap()
+}
+
+#[test]
+fn cuda_decode_equals_the_parallel_forward() {
+    let Some(cuda) = device() else { return };
+    let model =
+        Model::initialised(cuda, MambaConfig::new(32, 3, 12), Head::LanguageModel, 11).unwrap();
+    let mut rng = Rng::new(12);
+    let ids = random_ids(&mut rng, 150, 12);
+    let parallel = lm_logits(&model, &ids, None);
+    let mut state = model.decode_state(1).unwrap();
+    let mut stepped = Vec::new();
+    for &id in &ids {
+        stepped.extend(lm_logits(&model, &[id], Some(&mut state)));
+    }
+    let width = model.logit_width();
+    let mut worst = 0.0f64;
+    for (pos, (a, e)) in stepped
+        .chunks(width)
+        .zip(parallel.chunks(width))
+        .enumerate()
+    {
+        let error = max_scaled_error(a, &to_f64(e), 1e-5, 1e-30);
+        worst = worst.max(error);
+        assert!(error <= 1.0, "position {pos} off by {error}× the tolerance");
+    }
+    println!("decode: worst position at {worst:.3} of the tolerance");
+}
+
+/// Trains a small LM for a few steps on the GPU; returns the parameters and losses.
+fn train_on_gpu(cuda: Cuda) -> (Vec<f32>, Vec<f64>) {
+    let config = MambaConfig::new(32, 2, 6);
+    let mut model = Model::initialised(cuda, config, Head::LanguageModel, 42).unwrap();
+    let shape = Shape { batch: 4, len: 64 };
+    let optimizer = OptimizerConfig {
+        lr: 1e-2,
+        warmup_steps: 2,
+        total_steps: 20,
+        ..Default::default()
+    };
+    let mut trainer = Trainer::new(&model, shape, optimizer).unwrap();
+    let mut rng = Rng::new(43);
+    let mut losses = Vec::new();
+    for _ in 0..20 {
+        let ids: Vec<u32> = (0..shape.batch)
+            .flat_map(|_| {
+                let phase = rng.below(6) as u32;
+                (0..shape.len as u32).map(move |t| (t * 5 + phase) % 6)
+            })
+            .collect();
+        let targets: Vec<u32> = (0..ids.len())
+            .map(|i| {
+                if (i + 1) % shape.len == 0 {
+                    IGNORE_INDEX
+                } else {
+                    ids[i + 1]
+                }
+            })
+            .collect();
+        let be = &model.backend;
+        let batch = Batch::new(be, shape, &ids, None, None).unwrap();
+        let targets = be.upload_ids(&targets).unwrap();
+        let count = shape.tokens() - shape.batch;
+        let stats = trainer.step(&mut model, &batch, &targets, count).unwrap();
+        losses.push(stats.loss);
+    }
+    let be = &model.backend;
+    (be.download(be.all(&model.params)).unwrap(), losses)
+}
+
+#[test]
+fn cuda_training_is_bit_identical_across_runs_and_learns() {
+    let Some(first) = device() else { return };
+    let Some(second) = device() else { return };
+    let (params_1, losses_1) = train_on_gpu(first);
+    let (params_2, losses_2) = train_on_gpu(second);
+    assert_eq!(losses_1, losses_2);
+    assert!(params_1
+        .iter()
+        .zip(&params_2)
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
+    println!("losses: {losses_1:?}");
+    assert!(
+        *losses_1.last().unwrap() < 0.5 * losses_1[0],
+        "{losses_1:?}"
+    );
+}
