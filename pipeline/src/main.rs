@@ -38,6 +38,18 @@ enum Command {
     Score(ScoreArgs),
     /// Measure scan, training and decoding throughput on this machine.
     Bench(BenchArgs),
+    /// Re-render the report of each run folder; with several, also compare them.
+    Report(ReportArgs),
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// Run folders written by `seqmamba run`.
+    #[arg(required = true)]
+    runs: Vec<PathBuf>,
+    /// Folder for the side-by-side comparison (needed with several runs).
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -94,7 +106,27 @@ fn run(cli: Cli) -> Result<()> {
         Command::Init(args) => init(args),
         Command::Score(args) => score(args),
         Command::Bench(args) => run_bench(args),
+        Command::Report(args) => report(args),
     }
+}
+
+fn report(args: ReportArgs) -> Result<()> {
+    if args.runs.len() > 1 && args.out.is_none() {
+        bail!("comparing {} runs needs --out DIR", args.runs.len());
+    }
+    for run in &args.runs {
+        let summary = seqmamba::report::render(run)?;
+        println!(
+            "wrote {} ({} files)",
+            run.join("report.md").display(),
+            summary.files.len()
+        );
+    }
+    if let (Some(out), true) = (&args.out, args.runs.len() > 1) {
+        seqmamba::report::compare(&args.runs, out)?;
+        println!("wrote {}", out.join("report.md").display());
+    }
+    Ok(())
 }
 
 fn init(args: InitArgs) -> Result<()> {

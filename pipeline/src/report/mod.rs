@@ -184,12 +184,12 @@ pub fn render(run_dir: &Path) -> Result<ReportSummary, ReportError> {
         let spectrogram = format!("plots/sample-{index}-spectrogram.png");
         plots::waveform(
             &run_dir.join(&waveform),
-            &format!("sample-{index}.wav"),
+            &format!("sample-{index}.wav: waveform"),
             &clip,
         )?;
         plots::spectrogram(
             &run_dir.join(&spectrogram),
-            &format!("sample-{index}.wav"),
+            &format!("sample-{index}.wav: spectrogram"),
             &clip,
         )?;
         let seconds = clip.samples.len() as f64 / f64::from(clip.sample_rate.max(1));

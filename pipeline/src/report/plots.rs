@@ -169,7 +169,11 @@ pub fn confusion_heat_map(
             .margin(12)
             .x_label_area_size(56)
             .y_label_area_size(110)
-            .build_cartesian_2d((0..classes).into_segmented(), (0..classes).into_segmented())
+            // Integer ranges include their end: `0..classes - 1` has `classes` segments.
+            .build_cartesian_2d(
+                (0..classes - 1).into_segmented(),
+                (0..classes - 1).into_segmented(),
+            )
             .map_err(text)?;
         chart
             .configure_mesh()
