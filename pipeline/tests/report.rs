@@ -212,6 +212,13 @@ fn report_of_a_synthetic_run() {
         strings(&confusion, "label_name"),
         strings(&confusion, "predicted_name"),
     );
+    assert!(
+        folds
+            .iter()
+            .all(|f| ["0", "1", "all"].contains(&f.as_str())),
+        "{folds:?}"
+    );
+    assert_eq!(confusion.height(), 3 * 9);
     let counts = floats(&confusion, "count");
     let pooled_counts: Vec<f64> = (0..confusion.height())
         .filter(|&i| folds[i] == "all")
