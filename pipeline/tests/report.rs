@@ -260,6 +260,12 @@ fn report_of_a_synthetic_run() {
     assert_eq!((rows[2].0.as_str(), rows[2].1), ("512", Some(5.0)));
     assert!(close(rows[2].2, 0.8));
 
+    let predictions = read_parquet(&tables.join("predictions.parquet"));
+    assert_eq!(predictions.height(), 12);
+    assert_eq!(strings(&predictions, "predicted_name")[5], "exon");
+    assert_eq!(strings(&predictions, "correct")[..2], ["true", "false"]);
+    assert!(close(floats(&predictions, "prob_1")[1], 0.6));
+
     let training = read_parquet(&tables.join("training.parquet"));
     assert_eq!(training.height(), 10);
     assert_eq!(
@@ -310,7 +316,7 @@ fn report_of_a_synthetic_run() {
             file.display()
         );
     }
-    assert_eq!(summary.files.len(), 6 * 2 + 4 + 1);
+    assert_eq!(summary.files.len(), 7 * 2 + 4 + 1);
 }
 
 #[test]

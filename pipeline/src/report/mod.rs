@@ -171,6 +171,8 @@ pub fn render(run_dir: &Path) -> Result<ReportSummary, ReportError> {
             tables::confusion(&csv("confusion"), groups, names)?,
         )?;
         save("by_length", tables::by_length(&csv("by_length"), groups)?)?;
+        let table = tables::predictions(&csv("predictions"), predictions)?;
+        save("predictions", table)?;
         for g in groups.iter().filter(|g| g.metrics.fold == ALL_FOLDS) {
             let split = &g.metrics.split;
             let link = format!("plots/confusion-{}.png", file_stem(split));
