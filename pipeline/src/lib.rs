@@ -10,4 +10,6 @@ pub mod bench;
 pub mod checkpoint;
 pub mod fsutil;
 pub mod infer;
+pub mod metrics;
+pub mod report;
 pub mod train;

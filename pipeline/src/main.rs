@@ -41,6 +41,8 @@ enum Command {
     Score(ScoreArgs),
     /// Measure scan, training and decoding throughput on this machine.
     Bench(BenchArgs),
+    /// Re-render the report of each run folder; with several, also compare them.
+    Report(ReportArgs),
     /// Show what a DNA or audio file decodes to: records, lengths, tokens, rate, duration.
     Inspect(InspectArgs),
     /// Describe the CUDA device and check that a kernel compiles and runs on it.
@@ -54,6 +56,16 @@ struct InspectArgs {
     /// What to do with a bad record: fail (default) or skip and count it.
     #[arg(long, default_value = "fail")]
     on_error: OnError,
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// Run folders written by `seqmamba run`.
+    #[arg(required = true)]
+    runs: Vec<PathBuf>,
+    /// Folder for the side-by-side comparison (needed with several runs).
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -128,7 +140,27 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Doctor => doctor(),
+        Command::Report(args) => report(args),
     }
+}
+
+fn report(args: ReportArgs) -> Result<()> {
+    if args.runs.len() > 1 && args.out.is_none() {
+        bail!("comparing {} runs needs --out DIR", args.runs.len());
+    }
+    for run in &args.runs {
+        let summary = seqmamba::report::render(run)?;
+        println!(
+            "wrote {} ({} files)",
+            run.join("report.md").display(),
+            summary.files.len()
+        );
+    }
+    if let (Some(out), true) = (&args.out, args.runs.len() > 1) {
+        seqmamba::report::compare(&args.runs, out)?;
+        println!("wrote {}", out.join("report.md").display());
+    }
+    Ok(())
 }
 
 fn init(args: InitArgs) -> Result<()> {
