@@ -8,9 +8,9 @@ use seqmamba_kernels::rng::Rng;
 use seqmamba_kernels::scan::{self, ScanDims, ScanGrads, ScanInputs};
 use seqmamba_kernels::{Backend, Cpu, KernelError};
 
+use crate::ModelError;
 use crate::model::{Batch, Head, MambaConfig, Model, Shape};
 use crate::train::{OptimizerConfig, Trainer};
-use crate::ModelError;
 
 /// One measured figure.
 #[derive(Clone, Debug, PartialEq)]

@@ -13,9 +13,9 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
+use crate::ModelError;
 use crate::fsutil::write_atomic;
 use crate::model::{Head, MambaConfig, ParamTable};
-use crate::ModelError;
 
 /// Our metadata beside the official files.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -152,7 +152,7 @@ impl Checkpoint {
                 return Err(ModelError::Io {
                     path: dir.join(METADATA_FILE),
                     source,
-                })
+                });
             }
         };
         if !dir.join(MODEL_FILE).exists() && dir.join("pytorch_model.bin").exists() {
@@ -248,7 +248,7 @@ fn to_f32(view: &TensorView<'_>) -> Result<Vec<f32>, String> {
         other => {
             return Err(format!(
                 "dtype {other:?} is not supported (f32, f16, bf16 are)"
-            ))
+            ));
         }
     };
     if let Some(bad) = values.iter().position(|v| !v.is_finite()) {

@@ -1,12 +1,12 @@
 //! Inference with a language model: per-token log-likelihoods of long sequences, processed
 //! in chunks with the recurrent state carried between them.
 
-use seqmamba_kernels::rng::Rng;
 use seqmamba_kernels::Backend;
+use seqmamba_kernels::rng::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Batch, Head, Model, Shape, IGNORE_INDEX};
 use crate::ModelError;
+use crate::model::{Batch, Head, IGNORE_INDEX, Model, Shape};
 
 /// Natural-log probability of each token given all before it: entry `i` is for position
 /// `i + 1` (position 0 has no context). Memory stays bounded by `chunk_len` positions
@@ -25,7 +25,7 @@ pub fn score_tokens<B: Backend>(
     if let Some((pos, id)) = tokens
         .iter()
         .enumerate()
-        .find(|(_, &id)| id as usize >= vocab)
+        .find(|&(_, &id)| id as usize >= vocab)
     {
         return Err(ModelError::Input(format!(
             "token id {id} at position {pos} is outside the model's vocabulary of {vocab}"
@@ -56,7 +56,7 @@ pub fn score_tokens<B: Backend>(
             losses
                 .iter()
                 .zip(&targets)
-                .filter(|(_, &t)| t != IGNORE_INDEX)
+                .filter(|&(_, &t)| t != IGNORE_INDEX)
                 .map(|(&l, _)| -l),
         );
     }

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use seqmamba::bench;
 use seqmamba::checkpoint::{Checkpoint, Metadata};
@@ -12,8 +12,8 @@ use seqmamba::model::{Head, MambaConfig, Model, ParamTable, Shape};
 use seqmamba_kernels::cuda::Cuda;
 use seqmamba_kernels::scan::ScanDims;
 use seqmamba_kernels::{Backend, Cpu};
-use seqmamba_modalities::inspect::inspect;
 use seqmamba_modalities::OnError;
+use seqmamba_modalities::inspect::inspect;
 
 #[derive(Parser)]
 #[command(

@@ -2,12 +2,12 @@
 //! warm-up and cosine learning-rate schedule. Gradients and both AdamW moments are flat
 //! buffers laid out as the parameters.
 
-use seqmamba_kernels::adamw::AdamW;
 use seqmamba_kernels::Backend;
+use seqmamba_kernels::adamw::AdamW;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Activations, Batch, Model, Scratch, Shape};
 use crate::ModelError;
+use crate::model::{Activations, Batch, Model, Scratch, Shape};
 
 /// Optimiser and schedule settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -166,8 +166,8 @@ impl<B: Backend> Trainer<B> {
 
 #[cfg(test)]
 mod tests {
-    use seqmamba_kernels::rng::Rng;
     use seqmamba_kernels::Cpu;
+    use seqmamba_kernels::rng::Rng;
 
     use super::*;
     use crate::model::{Head, MambaConfig};
@@ -223,10 +223,12 @@ mod tests {
         let (params_1, losses_1) = train_steps(1);
         let (params_2, losses_2) = train_steps(2);
         assert_eq!(losses_1, losses_2);
-        assert!(params_1
-            .iter()
-            .zip(&params_2)
-            .all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(
+            params_1
+                .iter()
+                .zip(&params_2)
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+        );
         // ln 8 ≈ 2.08 (padded vocabulary) at the start; the period-6 pattern is learnt quickly.
         assert!(losses_1[0] > 1.8, "{losses_1:?}");
         assert!(

@@ -3,7 +3,7 @@
 //! runs. Each test skips, saying so, where there is no CUDA device.
 
 use seqmamba::model::{
-    Batch, Bidirectional, DecodeState, Head, MambaConfig, Model, PoolingKind, Shape, IGNORE_INDEX,
+    Batch, Bidirectional, DecodeState, Head, IGNORE_INDEX, MambaConfig, Model, PoolingKind, Shape,
 };
 use seqmamba::train::{OptimizerConfig, Trainer};
 use seqmamba_kernels::cuda::Cuda;
@@ -239,10 +239,12 @@ fn cuda_training_is_bit_identical_across_runs_and_learns() {
     let (params_1, losses_1) = train_on_gpu(first);
     let (params_2, losses_2) = train_on_gpu(second);
     assert_eq!(losses_1, losses_2);
-    assert!(params_1
-        .iter()
-        .zip(&params_2)
-        .all(|(a, b)| a.to_bits() == b.to_bits()));
+    assert!(
+        params_1
+            .iter()
+            .zip(&params_2)
+            .all(|(a, b)| a.to_bits() == b.to_bits())
+    );
     println!("losses: {losses_1:?}");
     assert!(
         *losses_1.last().unwrap() < 0.5 * losses_1[0],

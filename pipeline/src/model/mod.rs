@@ -26,7 +26,7 @@ use seqmamba_kernels::pool::{PoolDims, Pooling};
 use seqmamba_kernels::rmsnorm::NormDims;
 use seqmamba_kernels::{Backend, KernelError};
 
-use mixer::{linear, linear_input_grad, linear_weight_grad, MixerActivations, MixerScratch};
+use mixer::{MixerActivations, MixerScratch, linear, linear_input_grad, linear_weight_grad};
 
 /// Target id that contributes no loss.
 pub const IGNORE_INDEX: u32 = u32::MAX;
@@ -475,7 +475,7 @@ impl<B: Backend> Model<B> {
                 return Err(KernelError::Invalid {
                     op: "loss",
                     message: "gradients need activations made for training".into(),
-                })
+                });
             }
             Some(_) => Some(be.all_mut(&mut acts.dlogits)),
             None => None,

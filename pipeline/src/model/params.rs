@@ -313,9 +313,11 @@ mod tests {
         let a_log = &p[t.layers[0].mixer.a_log.clone()];
         assert_eq!(a_log[0], 0.0);
         assert!((a_log[15] - 16f32.ln()).abs() < 1e-6);
-        assert!(p[t.layers[1].mixer.d_skip.clone()]
-            .iter()
-            .all(|&d| d == 1.0));
+        assert!(
+            p[t.layers[1].mixer.d_skip.clone()]
+                .iter()
+                .all(|&d| d == 1.0)
+        );
         for &b in &p[t.layers[0].mixer.dt_proj_bias.clone()] {
             let dt = (b as f64).exp().ln_1p(); // softplus
             assert!((1e-3 * 0.999..=1e-1 * 1.001).contains(&dt), "dt {dt}");

@@ -1,8 +1,8 @@
 //! Whole-model checks: gradients against finite differences, decoding and chunking against
 //! the parallel forward, padding invariance of the classifier.
 
-use seqmamba_kernels::rng::Rng;
 use seqmamba_kernels::Cpu;
+use seqmamba_kernels::rng::Rng;
 
 use super::*;
 

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::records::{Prediction, Predictions};
-use crate::metrics::{auroc, ConfusionMatrix};
+use crate::metrics::{ConfusionMatrix, auroc};
 
 /// Headline metrics of one split and fold (`fold` is the fold number, `all` for the
 /// predictions of every fold pooled, `mean` for the mean over folds).

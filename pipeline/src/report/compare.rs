@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use polars::prelude::{Column, DataFrame};
 
 use super::markdown::{number, table};
-use super::{summarise, tables, ReportError, ReportSummary};
+use super::{ReportError, ReportSummary, summarise, tables};
 
 /// One run and split of the comparison.
 struct Row {

@@ -2,9 +2,9 @@
 
 use std::fmt::Write;
 
-use super::analysis::{Classification, ALL_FOLDS};
-use super::records::{RunRecords, TrainStep};
 use super::ReportError;
+use super::analysis::{ALL_FOLDS, Classification};
+use super::records::{RunRecords, TrainStep};
 
 /// A Markdown table; `|` in cells is escaped.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {

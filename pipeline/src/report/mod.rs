@@ -28,7 +28,7 @@ pub use compare::compare;
 pub use error::ReportError;
 pub use records::LmScore;
 
-use analysis::{analyse, Classification, ALL_FOLDS};
+use analysis::{ALL_FOLDS, Classification, analyse};
 use records::RunRecords;
 
 /// The headline numbers of one run, for `--json` summaries and comparisons.

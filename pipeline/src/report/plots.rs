@@ -10,9 +10,9 @@ use std::sync::OnceLock;
 use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
 
+use super::ReportError;
 use super::records::TrainStep;
 use super::spectrum::spectrogram_db;
-use super::ReportError;
 use crate::fsutil::write_atomic;
 use crate::metrics::ConfusionMatrix;
 

@@ -144,7 +144,7 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, R
             return Err(ReportError::Io {
                 path: path.to_path_buf(),
                 source,
-            })
+            });
         }
     };
     serde_json::from_slice(&bytes)
@@ -325,7 +325,7 @@ fn first_ragged_record(text: &str) -> Option<RaggedRecord> {
                                 line: record_line,
                                 fields,
                                 expected: e,
-                            })
+                            });
                         }
                         Some(_) => {}
                     }
@@ -417,7 +417,7 @@ fn read_predictions(
                     "{} label names but predictions.csv has {classes} classes",
                     names.len()
                 ),
-            })
+            });
         }
         Some(names) => names,
         None => names_from_predictions(table, &label, classes)?,

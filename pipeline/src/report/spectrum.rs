@@ -127,9 +127,11 @@ mod tests {
         let frames = spectrogram_db(&vec![0.0; 100], 32, 16);
         // 1 + ceil((100 − 32) / 16) frames, 17 bins each, silence at the −120 dB floor.
         assert_eq!(frames.len(), 6);
-        assert!(frames
-            .iter()
-            .all(|f| f.len() == 17 && f.iter().all(|&d| (d + 120.0).abs() < 1e-9)));
+        assert!(
+            frames
+                .iter()
+                .all(|f| f.len() == 17 && f.iter().all(|&d| (d + 120.0).abs() < 1e-9))
+        );
         assert_eq!(spectrogram_db(&[1.0; 5], 32, 16).len(), 1);
     }
 }

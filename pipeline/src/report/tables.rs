@@ -4,9 +4,9 @@ use std::path::{Path, PathBuf};
 
 use polars::prelude::{Column, CsvWriter, DataFrame, NamedFrom, ParquetWriter, SerWriter, Series};
 
+use super::ReportError;
 use super::analysis::{Group, SplitMetrics};
 use super::records::{LmScore, Predictions, TrainStep};
-use super::ReportError;
 use crate::fsutil::write_atomic;
 
 fn frame(path: &Path, columns: Vec<Column>) -> Result<DataFrame, ReportError> {
