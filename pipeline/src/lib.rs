@@ -10,4 +10,5 @@ pub mod bench;
 pub mod checkpoint;
 pub mod fsutil;
 pub mod infer;
+pub mod parallel;
 pub mod train;
