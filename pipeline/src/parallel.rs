@@ -80,6 +80,8 @@ struct Shard {
 }
 
 enum Command {
+    /// Join the NCCL communicator (once every rank has opened its device).
+    Join,
     Step(Shard),
     Params,
 }
@@ -182,7 +184,22 @@ impl DataParallel {
             head,
             ranks,
         };
-        // Every rank reports after joining the communicator (which waits for all of them).
+        // Two phases: every rank opens its device and allocates its replica, and only when
+        // all have succeeded do they join the communicator (a join waits for every rank, so
+        // one that failed to open would leave the others waiting). On an error, dropping
+        // `dp` closes the channels and the ranks end.
+        let mut failure = None;
+        for rank in 0..dp.ranks.len() {
+            if let Err(e) = dp.reply(rank) {
+                failure.get_or_insert(e);
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        for rank in 0..dp.ranks.len() {
+            dp.send(rank, Command::Join)?;
+        }
         for rank in 0..dp.ranks.len() {
             dp.reply(rank)?;
         }
@@ -350,9 +367,9 @@ struct Replica {
 }
 
 fn run_rank(setup: Setup, commands: Receiver<Command>, replies: Sender<Result<Reply, ModelError>>) {
-    let shape = setup.shape;
-    let mut replica = match open_replica(setup) {
-        Ok(replica) => replica,
+    let (shape, id, rank, world_size) = (setup.shape, setup.id, setup.rank, setup.world_size);
+    let (model, trainer) = match open_replica(setup) {
+        Ok(parts) => parts,
         Err(e) => {
             let _ = replies.send(Err(e));
             return;
@@ -361,6 +378,24 @@ fn run_rank(setup: Setup, commands: Receiver<Command>, replies: Sender<Result<Re
     if replies.send(Ok(Reply::Ready)).is_err() {
         return;
     }
+    if !matches!(commands.recv(), Ok(Command::Join)) {
+        return;
+    }
+    let comm = match Communicator::join(&model.backend, &id, rank, world_size) {
+        Ok(comm) => comm,
+        Err(e) => {
+            let _ = replies.send(Err(e.into()));
+            return;
+        }
+    };
+    if replies.send(Ok(Reply::Ready)).is_err() {
+        return;
+    }
+    let mut replica = Replica {
+        model,
+        trainer,
+        comm,
+    };
     for command in commands {
         let reply = match command {
             Command::Step(shard) => replica.step(shape, &shard),
@@ -370,6 +405,9 @@ fn run_rank(setup: Setup, commands: Receiver<Command>, replies: Sender<Result<Re
                     .map(Reply::Params)
                     .map_err(ModelError::from)
             }
+            Command::Join => Err(ModelError::Input(format!(
+                "rank {rank} was asked to join its communicator twice"
+            ))),
         };
         if replies.send(reply).is_err() {
             return;
@@ -377,17 +415,13 @@ fn run_rank(setup: Setup, commands: Receiver<Command>, replies: Sender<Result<Re
     }
 }
 
-fn open_replica(setup: Setup) -> Result<Replica, ModelError> {
+/// A rank's device, model replica and trainer, before it joins the communicator.
+fn open_replica(setup: Setup) -> Result<(Model<Cuda>, Trainer<Cuda>), ModelError> {
     let cuda = Cuda::new(setup.ordinal)?;
     cuda.allow_tf32(setup.tf32)?;
-    let comm = Communicator::join(&cuda, &setup.id, setup.rank, setup.world_size)?;
     let model = Model::new(cuda, setup.config, setup.head, &setup.params)?;
     let trainer = Trainer::new(&model, setup.shape, setup.optimizer)?;
-    Ok(Replica {
-        model,
-        trainer,
-        comm,
-    })
+    Ok((model, trainer))
 }
 
 impl Replica {
