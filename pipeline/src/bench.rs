@@ -287,3 +287,61 @@ pub fn decode<B: Backend>(
         device: DeviceFigures::default(),
     })
 }
+
+/// Data-parallel training throughput of a language model in tokens/s over the whole
+/// global batch (`micro_batch` on each GPU of `layout`), one step including NCCL's
+/// all-reduce of the gradients.
+pub fn train_parallel(
+    layout: crate::parallel::ParallelConfig,
+    config: MambaConfig,
+    steps: usize,
+) -> Result<Measurement, ModelError> {
+    let global = layout.global_batch();
+    let label = format!(
+        "data-parallel train step on {} GPU(s) (d_model {}, {} layers, vocab {}, batch {} × len {} per GPU)",
+        layout.world_size(),
+        config.d_model,
+        config.n_layer,
+        config.vocab_size,
+        layout.micro_batch.batch * layout.accumulation,
+        global.len
+    );
+    let vocab = config.vocab_size as u64;
+    let params =
+        crate::model::ParamTable::new(&config, &Head::LanguageModel).initialise(&config, 1);
+    let mut dp = crate::parallel::DataParallel::new(
+        layout,
+        config,
+        Head::LanguageModel,
+        &params,
+        OptimizerConfig::default(),
+    )?;
+    let mut rng = Rng::new(2);
+    let ids: Vec<u32> = (0..global.tokens())
+        .map(|_| rng.below(vocab) as u32)
+        .collect();
+    let targets: Vec<u32> = ids[1..].iter().copied().chain([0]).collect();
+    let batch = crate::parallel::HostBatch {
+        shape: global,
+        ids: &ids,
+        lengths: None,
+        resets: None,
+        targets: &targets,
+    };
+    let mut failure = None;
+    let seconds = median_seconds(steps, || {
+        if let Err(e) = dp.step(&batch) {
+            failure = Some(e);
+        }
+    });
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    Ok(Measurement {
+        name: label,
+        rate: global.tokens() as f64 / seconds,
+        unit: "tokens/s",
+        seconds,
+        device: DeviceFigures::default(),
+    })
+}

@@ -11,5 +11,6 @@ pub mod checkpoint;
 pub mod fsutil;
 pub mod infer;
 pub mod metrics;
+pub mod parallel;
 pub mod report;
 pub mod train;

@@ -47,6 +47,21 @@ enum Command {
     Inspect(InspectArgs),
     /// Describe the CUDA device and check that a kernel compiles and runs on it.
     Doctor,
+    /// Data-parallel training throughput on 1, 2, 4, … GPUs and the scaling efficiency.
+    BenchParallel(BenchParallelArgs),
+}
+
+#[derive(Args)]
+struct BenchParallelArgs {
+    /// Small model and batch (a smoke run, not a measurement).
+    #[arg(long)]
+    quick: bool,
+    /// Run the f32 GEMMs in TF32 on the tensor cores.
+    #[arg(long)]
+    tf32: bool,
+    /// Rows per GPU per step.
+    #[arg(long, default_value_t = 8)]
+    batch_per_gpu: usize,
 }
 
 #[derive(Args)]
@@ -141,6 +156,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Doctor => doctor(),
         Command::Report(args) => report(args),
+        Command::BenchParallel(args) => bench_parallel(args),
     }
 }
 
@@ -273,6 +289,50 @@ fn run_bench(args: BenchArgs) -> Result<()> {
             line += &format!(", peak memory {:.2} GB", peak as f64 / 1e9);
         }
         println!("{line}");
+    }
+    Ok(())
+}
+
+fn bench_parallel(args: BenchParallelArgs) -> Result<()> {
+    use seqmamba::parallel::ParallelConfig;
+    let gpus = seqmamba_kernels::cuda::device_count();
+    if gpus == 0 {
+        bail!("bench-parallel needs at least one CUDA device");
+    }
+    let (config, len, repeats) = if args.quick {
+        (MambaConfig::new(256, 4, 256), 256, 2)
+    } else {
+        (MambaConfig::new(768, 24, 256), 2048, 5)
+    };
+    let math = if args.tf32 { "TF32" } else { "f32" };
+    println!(
+        "{gpus} GPU(s), GEMMs in {math}, NCCL_NVLS_ENABLE={:?}",
+        std::env::var("NCCL_NVLS_ENABLE").ok()
+    );
+    let worlds: Vec<usize> = std::iter::successors(Some(1), |w| Some(w * 2))
+        .take_while(|&w| w <= gpus)
+        .collect();
+    let mut single = None;
+    for world in worlds {
+        let layout = ParallelConfig {
+            devices: (0..world).collect(),
+            micro_batch: Shape {
+                batch: args.batch_per_gpu,
+                len,
+            },
+            accumulation: 1,
+            tf32: args.tf32,
+        };
+        let m = bench::train_parallel(layout, config.clone(), repeats)?;
+        let base = *single.get_or_insert(m.rate);
+        println!(
+            "{:<110} {:>12.4e} {} ({:.3} ms), scaling efficiency {:.1}%",
+            m.name,
+            m.rate,
+            m.unit,
+            m.seconds * 1e3,
+            100.0 * m.rate / (base * world as f64)
+        );
     }
     Ok(())
 }

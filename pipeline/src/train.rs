@@ -110,7 +110,8 @@ impl<B: Backend> Trainer<B> {
 
     /// One optimisation step on `batch`: `targets` are next tokens `(batch, len)` for a
     /// language model or labels `(batch)` for a classifier; `count` is how many of them are
-    /// not ignored (the loss is their mean).
+    /// not ignored (the loss is their mean). The same as [`Trainer::zero_grads`], one
+    /// [`Trainer::accumulate`] and [`Trainer::update`].
     pub fn step(
         &mut self,
         model: &mut Model<B>,
@@ -118,21 +119,49 @@ impl<B: Backend> Trainer<B> {
         targets: &B::Ids,
         count: usize,
     ) -> Result<StepStats, ModelError> {
-        if count == 0 {
-            return Err(ModelError::Input("a training batch has no targets".into()));
-        }
+        self.zero_grads(model)?;
+        let loss_sum = self.accumulate(model, batch, targets, count)?;
+        self.update(model, loss_sum / count as f64)
+    }
+
+    /// Clears the gradient buffer: the start of a step made of several micro-batches.
+    pub fn zero_grads(&mut self, model: &Model<B>) -> Result<(), ModelError> {
         let be = &model.backend;
         be.fill_zero(be.all_mut(&mut self.grads))?;
+        Ok(())
+    }
+
+    /// Adds the gradient of one micro-batch (of the trainer's shape) to the gradient
+    /// buffer. `total_count` is the number of counted targets over every micro-batch of the
+    /// step (over every rank, in data-parallel training), so the summed gradients are
+    /// those of the mean loss. Returns this micro-batch's loss summed over its targets.
+    pub fn accumulate(
+        &mut self,
+        model: &Model<B>,
+        batch: &Batch<B>,
+        targets: &B::Ids,
+        total_count: usize,
+    ) -> Result<f64, ModelError> {
+        if total_count == 0 {
+            return Err(ModelError::Input("a training batch has no targets".into()));
+        }
         model.forward(batch, &mut self.acts, None)?;
-        let losses = model.loss(&mut self.acts, targets, Some(1.0 / count as f32))?;
-        let loss = losses.iter().map(|&l| l as f64).sum::<f64>() / count as f64;
-        if !loss.is_finite() {
+        let losses = model.loss(&mut self.acts, targets, Some(1.0 / total_count as f32))?;
+        let loss_sum = losses.iter().map(|&l| l as f64).sum::<f64>();
+        if !loss_sum.is_finite() {
             return Err(ModelError::Input(format!(
-                "the loss became {loss} at step {}; lower the learning rate",
+                "the loss became {loss_sum} at step {}; lower the learning rate",
                 self.step + 1
             )));
         }
         model.backward(batch, &self.acts, &mut self.scratch, &mut self.grads)?;
+        Ok(loss_sum)
+    }
+
+    /// Ends a step: clips the summed gradients to the global norm limit and applies AdamW.
+    /// `loss` is the step's mean loss, reported back in the stats.
+    pub fn update(&mut self, model: &mut Model<B>, loss: f64) -> Result<StepStats, ModelError> {
+        let be = &model.backend;
         let grad_norm = be.sum_squares(be.all(&self.grads))?.sqrt();
         let clip = self.config.clip_norm as f64;
         if clip > 0.0 && grad_norm > clip {
@@ -168,9 +197,10 @@ impl<B: Backend> Trainer<B> {
 mod tests {
     use seqmamba_kernels::Cpu;
     use seqmamba_kernels::rng::Rng;
+    use seqmamba_kernels::testing::{max_scaled_error, to_f64};
 
     use super::*;
-    use crate::model::{Head, MambaConfig};
+    use crate::model::{Head, MambaConfig, ParamTable};
 
     /// Trains a few steps of a small LM on a repetitive sequence; returns the parameters and
     /// the losses.
@@ -235,5 +265,72 @@ mod tests {
             *losses_1.last().unwrap() < 0.2 * losses_1[0],
             "{losses_1:?}"
         );
+    }
+
+    /// Next-token targets of `(rows, len)` ids, the last position of each row ignored.
+    fn next_token_targets(ids: &[u32], len: usize) -> Vec<u32> {
+        (0..ids.len())
+            .map(|i| {
+                if (i + 1) % len == 0 {
+                    crate::model::IGNORE_INDEX
+                } else {
+                    ids[i + 1]
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn accumulated_micro_batches_equal_one_batch() {
+        let config = MambaConfig::new(32, 2, 6);
+        let len = 32;
+        let whole_shape = Shape { batch: 4, len };
+        let half_shape = Shape { batch: 2, len };
+        let optimizer = OptimizerConfig {
+            lr: 1e-2,
+            warmup_steps: 1,
+            ..Default::default()
+        };
+        let mut whole = Model::initialised(Cpu, config.clone(), Head::LanguageModel, 42).unwrap();
+        let mut halves = Model::initialised(Cpu, config, Head::LanguageModel, 42).unwrap();
+        let mut whole_trainer = Trainer::new(&whole, whole_shape, optimizer.clone()).unwrap();
+        let mut halves_trainer = Trainer::new(&halves, half_shape, optimizer).unwrap();
+        let mut rng = Rng::new(5);
+        for _ in 0..3 {
+            let ids: Vec<u32> = (0..whole_shape.tokens())
+                .map(|_| rng.below(6) as u32)
+                .collect();
+            let targets = next_token_targets(&ids, len);
+            let count = whole_shape.tokens() - whole_shape.batch;
+            let batch = Batch::new(&Cpu, whole_shape, &ids, None, None).unwrap();
+            let want = whole_trainer
+                .step(&mut whole, &batch, &targets, count)
+                .unwrap();
+
+            halves_trainer.zero_grads(&halves).unwrap();
+            let mut loss_sum = 0.0;
+            for half in [0..half_shape.tokens(), half_shape.tokens()..ids.len()] {
+                let batch = Batch::new(&Cpu, half_shape, &ids[half.clone()], None, None).unwrap();
+                loss_sum += halves_trainer
+                    .accumulate(&halves, &batch, &targets[half].to_vec(), count)
+                    .unwrap();
+            }
+            let got = halves_trainer
+                .update(&mut halves, loss_sum / count as f64)
+                .unwrap();
+            assert!(
+                (got.loss - want.loss).abs() <= 1e-6 * want.loss,
+                "{got:?} {want:?}"
+            );
+            assert!(
+                (got.grad_norm - want.grad_norm).abs() <= 1e-5 * want.grad_norm,
+                "{got:?} {want:?}"
+            );
+        }
+        let error = max_scaled_error(&halves.params, &to_f64(&whole.params), 1e-5, 0.0);
+        assert!(error <= 1.0, "parameters differ: {error}");
+        // Not trivially equal: the parameters moved from their initial values.
+        let initial = ParamTable::new(&whole.config, &whole.head).initialise(&whole.config, 42);
+        assert!(max_scaled_error(&whole.params, &to_f64(&initial), 1e-3, 0.0) > 1.0);
     }
 }

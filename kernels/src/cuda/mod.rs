@@ -15,6 +15,7 @@
 mod backend;
 mod cache;
 mod doctor;
+mod nccl;
 mod view;
 
 use std::collections::HashMap;
@@ -26,6 +27,7 @@ use cudarc::driver::{CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::Ptx;
 
 pub use doctor::{doctor, Doctor};
+pub use nccl::{device_count, Communicator, CommunicatorId};
 pub(crate) use view::check_view;
 pub use view::{DeviceBuffer, DeviceIds, DeviceView, DeviceViewMut};
 #[cfg(test)]

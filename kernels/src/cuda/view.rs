@@ -142,6 +142,11 @@ impl DeviceBuffer {
     pub(crate) fn address(&self) -> u64 {
         self.slice.as_ref().map_or(0, slice_address)
     }
+
+    /// The allocation, for collectives that take cudarc's own types (`None` when empty).
+    pub(crate) fn slice_mut(&mut self) -> Option<&mut CudaSlice<f32>> {
+        self.slice.as_mut()
+    }
 }
 
 /// The device address of a slice. Event tracking is off (see `Cuda::new`), so the guard

@@ -119,12 +119,12 @@ impl MambaConfig {
             .and_then(Value::as_bool)
             .unwrap_or(true);
         if let Some(ssm) = value.get("ssm_cfg").filter(|v| !v.is_null()) {
-            if let Some(layer) = ssm.get("layer").and_then(Value::as_str) {
-                if layer != "Mamba1" {
-                    return Err(ModelError::Config(format!(
-                        "ssm_cfg.layer = {layer}: only Mamba1 is supported"
-                    )));
-                }
+            if let Some(layer) = ssm.get("layer").and_then(Value::as_str)
+                && layer != "Mamba1"
+            {
+                return Err(ModelError::Config(format!(
+                    "ssm_cfg.layer = {layer}: only Mamba1 is supported"
+                )));
             }
             reject_true(ssm, "bias", "in/out projection biases")?;
             if ssm.get("conv_bias").and_then(Value::as_bool) == Some(false) {

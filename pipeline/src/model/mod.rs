@@ -310,14 +310,14 @@ impl<B: Backend> Model<B> {
             cols: d,
             eps: c.norm_eps,
         };
-        if let Some(state) = &state {
-            if state.batch != shape.batch || self.bidirectional() != Bidirectional::Off {
-                return Err(KernelError::Invalid {
-                    op: "model",
-                    message: "a recurrent state needs a causal model and the batch it was made for"
-                        .into(),
-                });
-            }
+        if let Some(state) = &state
+            && (state.batch != shape.batch || self.bidirectional() != Bidirectional::Off)
+        {
+            return Err(KernelError::Invalid {
+                op: "model",
+                message: "a recurrent state needs a causal model and the batch it was made for"
+                    .into(),
+            });
         }
         be.embedding_forward(
             EmbeddingDims {
