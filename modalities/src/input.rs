@@ -1,0 +1,116 @@
+//! Opening files: plain, gzip or BGZF, told apart by their first bytes, never by name alone.
+
+use std::{
+    fs::File,
+    io::{self, BufRead, BufReader},
+    path::Path,
+};
+
+use flate2::bufread::MultiGzDecoder;
+
+use crate::error::{Error, Location, Result};
+
+const BUFFER: usize = 1 << 17;
+
+/// How a file's bytes are compressed.
+///
+/// ```
+/// use seqmamba_modalities::input::Compression;
+/// assert_eq!(Compression::sniff(b">chr1\nACGT"), Compression::None);
+/// assert_eq!(Compression::sniff(&[0x1f, 0x8b, 8, 0]), Compression::Gzip);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    /// Blocked gzip (gzip members with a `BC` extra field), as BAM and indexed FASTA use.
+    Bgzf,
+}
+
+impl Compression {
+    /// Tells the compression from the first bytes of a file.
+    pub fn sniff(head: &[u8]) -> Self {
+        match head {
+            [0x1f, 0x8b, 8, flags, ..]
+                if flags & 4 != 0 && head.len() >= 16 && &head[12..14] == b"BC" =>
+            {
+                Compression::Bgzf
+            }
+            [0x1f, 0x8b, ..] => Compression::Gzip,
+            _ => Compression::None,
+        }
+    }
+}
+
+/// Opens a file for streaming, decompressing gzip and BGZF (both read as concatenated gzip
+/// members), and returns the detected compression.
+///
+/// ```
+/// # let dir = std::env::temp_dir().join("seqmamba-input-doc");
+/// # std::fs::create_dir_all(&dir).unwrap();
+/// # let path = dir.join("a.fa");
+/// std::fs::write(&path, b">a\nACGT\n").unwrap();
+/// let (mut reader, compression) = seqmamba_modalities::input::open(&path).unwrap();
+/// let mut text = String::new();
+/// reader.read_to_string(&mut text).unwrap();
+/// assert_eq!(text, ">a\nACGT\n");
+/// assert_eq!(compression, seqmamba_modalities::input::Compression::None);
+/// ```
+pub fn open(path: &Path) -> Result<(Box<dyn BufRead + Send>, Compression)> {
+    let file = File::open(path).map_err(|source| Error::Io {
+        path: path.into(),
+        at: Location::File,
+        source,
+    })?;
+    let mut reader = BufReader::with_capacity(BUFFER, file);
+    let head = reader.fill_buf().map_err(|source| Error::Io {
+        path: path.into(),
+        at: Location::Byte(0),
+        source,
+    })?;
+    let compression = Compression::sniff(head);
+    let stream: Box<dyn BufRead + Send> = match compression {
+        Compression::None => Box::new(reader),
+        Compression::Gzip | Compression::Bgzf => Box::new(BufReader::with_capacity(
+            BUFFER,
+            MultiGzDecoder::new(reader),
+        )),
+    };
+    Ok((stream, compression))
+}
+
+/// Reads the first `n` decompressed bytes (fewer at end of file), to tell formats apart.
+pub(crate) fn peek(reader: &mut dyn BufRead, n: usize, path: &Path) -> Result<Vec<u8>> {
+    // fill_buf on a fresh decoder may return fewer bytes than asked; the BufReader keeps them.
+    let head = reader.fill_buf().map_err(|source| Error::Io {
+        path: path.into(),
+        at: Location::Byte(0),
+        source,
+    })?;
+    Ok(head[..head.len().min(n)].to_vec())
+}
+
+/// Wraps an `io::Error` met at `at` in `path`.
+pub(crate) fn io_error(path: &Path, at: Location) -> impl FnOnce(io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.into(),
+        at,
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sniffs_bgzf_apart_from_gzip() {
+        // A real BGZF header: gzip magic, FEXTRA flag, XLEN 6, subfield 'B' 'C'.
+        let bgzf = [
+            0x1f, 0x8b, 8, 4, 0, 0, 0, 0, 0, 0xff, 6, 0, b'B', b'C', 2, 0, 0x1b, 0,
+        ];
+        assert_eq!(Compression::sniff(&bgzf), Compression::Bgzf);
+        assert_eq!(Compression::sniff(&bgzf[..4]), Compression::Gzip);
+        assert_eq!(Compression::sniff(b""), Compression::None);
+    }
+}
