@@ -11,3 +11,4 @@ pub mod checkpoint;
 pub mod fsutil;
 pub mod infer;
 pub mod train;
+pub mod workflow;
