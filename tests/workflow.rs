@@ -277,7 +277,7 @@ fn a_killed_run_resumes_to_the_same_result() {
     assert_eq!(params(&killed), params(&whole));
     let manifest: serde_json::Value =
         serde_json::from_str(&read(&killed.join("manifest.json"))).unwrap();
-    assert_eq!(manifest["resumed_from"], summary["resumed_from"]);
+    assert_eq!(manifest["resumed_from"][0], summary["resumed_from"]);
 }
 
 #[test]
