@@ -266,6 +266,27 @@ fn wav_with_a_lying_header() {
 }
 
 #[test]
+fn float_wav_with_nan_or_infinity() {
+    let dir = scratch("nan");
+    let mut wav = std::fs::read(sample("audio/0_jackson_0.f32.wav")).unwrap();
+    let data = wav.windows(4).position(|w| w == b"data").unwrap() + 8;
+    // Frame 10 becomes NaN (found by the audio fuzz target), frame 20 infinity.
+    wav[data + 40..data + 44].copy_from_slice(&f32::NAN.to_le_bytes());
+    let path = write(&dir, "nan.wav", &wav);
+    let e = fails(decode_mono(&path));
+    assert!(
+        e.to_string()
+            .contains("nan.wav: packet 0: sample 10 is NaN"),
+        "{e}"
+    );
+    wav[data + 40..data + 44].copy_from_slice(&0.5f32.to_le_bytes());
+    wav[data + 80..data + 84].copy_from_slice(&f32::INFINITY.to_le_bytes());
+    let path = write(&dir, "inf.wav", &wav);
+    let e = fails(decode_mono(&path));
+    assert!(e.to_string().contains("sample 20 is inf"), "{e}");
+}
+
+#[test]
 fn unsupported_codec_and_unknown_format() {
     let dir = scratch("codec");
     let mut wav = std::fs::read(sample("audio/fsdd/0_jackson_0.wav")).unwrap();
@@ -322,11 +343,17 @@ proptest! {
 
     #[test]
     fn corrupted_audio_never_panics(
-        index in 0usize..4,
+        index in 0usize..5,
         flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
         cut in any::<usize>(),
     ) {
-        let files = ["fsdd/1_theo_5.wav", "0_jackson_0.flac", "0_jackson_0.ogg", "0_jackson_0.mp3"];
+        let files = [
+            "fsdd/1_theo_5.wav",
+            "0_jackson_0.flac",
+            "0_jackson_0.ogg",
+            "0_jackson_0.mp3",
+            "0_jackson_0.f32.wav",
+        ];
         let mut bytes = std::fs::read(sample(&format!("audio/{}", files[index]))).unwrap();
         for (at, value) in flips {
             let i = at % bytes.len();

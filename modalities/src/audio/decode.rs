@@ -143,6 +143,7 @@ impl AudioStream {
     }
 
     /// The next packet downmixed to mono (the mean of the channels), or `None` at the end.
+    /// A NaN or infinite sample (possible in float WAV) is an error naming its frame.
     ///
     /// A stream that ends before the frame count its header declares is an error: a WAV whose
     /// header lies about its data length must not pass as a shorter clip.
@@ -164,7 +165,7 @@ impl AudioStream {
             let buffer = self
                 .decoder
                 .decode(&packet)
-                .map_err(|e| sym_error(&self.path, at, e))?;
+                .map_err(|e| sym_error(&self.path, at.clone(), e))?;
             let channels = buffer.num_planes().max(1);
             let frames = buffer.frames();
             if frames == 0 {
@@ -182,6 +183,18 @@ impl AudioStream {
                     .map(|frame| frame.iter().sum::<f32>() * scale)
                     .collect()
             };
+            // Float WAV can hold NaN and infinity; no model input may.
+            if let Some(i) = mono.iter().position(|s| !s.is_finite()) {
+                return Err(Error::Format {
+                    path: self.path.clone(),
+                    at,
+                    message: format!(
+                        "sample {} is {}",
+                        self.frames - frames as u64 + i as u64,
+                        mono[i]
+                    ),
+                });
+            }
             return Ok(Some(mono));
         }
     }

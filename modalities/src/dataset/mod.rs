@@ -161,3 +161,43 @@ impl Dataset {
 
 /// A source row: id, data, label name, split, group.
 pub type Row = (String, ExampleData, String, Option<Split>, Option<String>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str, label: &str) -> Row {
+        (
+            id.into(),
+            ExampleData::Tokens(vec![]),
+            label.into(),
+            None,
+            None,
+        )
+    }
+
+    #[test]
+    fn label_ids_do_not_depend_on_row_order() {
+        let a = Dataset::from_rows(vec![row("1", "zebra"), row("2", "ant"), row("3", "mole")]);
+        let b = Dataset::from_rows(vec![row("3", "mole"), row("1", "zebra"), row("2", "ant")]);
+        assert_eq!(a.labels, b.labels);
+        assert_eq!(a.labels.names(), ["ant", "mole", "zebra"]);
+        assert_eq!(
+            a.examples.iter().map(|e| e.label).collect::<Vec<_>>(),
+            [2, 0, 1]
+        );
+        assert_eq!(a.labels.id("cat"), None);
+    }
+
+    #[test]
+    fn splits_are_set_per_example_and_checked_for_length() {
+        let mut d = Dataset::from_rows(vec![row("1", "x"), row("2", "y"), row("3", "x")]);
+        assert_eq!(d.split(Split::Test).count(), 0);
+        d.set_splits(&[Split::Train, Split::Test, Split::Validation])
+            .unwrap();
+        let test: Vec<&str> = d.split(Split::Test).map(|e| e.id.as_str()).collect();
+        assert_eq!(test, ["2"]);
+        assert!(d.set_splits(&[Split::Train]).is_err());
+        assert_eq!(d.label_counts(), vec![2, 1]);
+    }
+}
