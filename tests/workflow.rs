@@ -216,13 +216,38 @@ fn runs_are_bit_identical_across_runs_and_thread_counts() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
 }
 
+/// Starts `seqmamba` with `args` and kills it once `checkpoint` exists.
+fn run_and_kill(args: &[&str], checkpoint: &Path) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_seqmamba"))
+        .current_dir(root())
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !checkpoint.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no checkpoint appeared"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the run ended before it was killed"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 #[test]
 fn a_killed_run_resumes_to_the_same_result() {
     let tmp = tempfile::tempdir().unwrap();
     let (killed, whole) = (tmp.path().join("killed"), tmp.path().join("whole"));
     let long = [
         "--set",
-        "training.steps=150",
+        "training.steps=40",
         "--set",
         "training.checkpoint_every=10",
     ];
@@ -235,28 +260,10 @@ fn a_killed_run_resumes_to_the_same_result() {
     ];
     args.extend(SMALL);
     args.extend(long);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_seqmamba"))
-        .current_dir(root())
-        .args(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    let checkpoint = killed.join("checkpoints/step-10/trainer.safetensors");
-    while !checkpoint.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "no checkpoint appeared"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "the run ended before it was killed"
+    run_and_kill(
+        &args,
+        &killed.join("checkpoints/step-10/trainer.safetensors"),
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
     assert!(!killed.join("checkpoints/final").exists());
 
     let resumed = ok(seqmamba(&[
@@ -278,6 +285,60 @@ fn a_killed_run_resumes_to_the_same_result() {
     let manifest: serde_json::Value =
         serde_json::from_str(&read(&killed.join("manifest.json"))).unwrap();
     assert_eq!(manifest["resumed_from"][0], summary["resumed_from"]);
+}
+
+#[test]
+fn a_killed_cross_validation_resumes_inside_its_second_fold() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (killed, whole) = (tmp.path().join("killed"), tmp.path().join("whole"));
+    let args = |out: &Path| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "--quiet",
+            "--threads",
+            "1",
+            "run",
+            "workflows/demo-promoters.toml",
+            "--out",
+        ]
+        .map(String::from)
+        .to_vec();
+        a.push(out.to_str().unwrap().into());
+        for set in [
+            "training.epochs=0",
+            "training.steps=20",
+            "training.seq_len=64",
+            "training.checkpoint_every=5",
+            "data.split={ method = 'kfold', folds = 4, run_folds = 2 }",
+        ] {
+            a.extend(["--set".into(), set.into()]);
+        }
+        a
+    };
+    let killed_args = args(&killed);
+    run_and_kill(
+        &killed_args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &killed.join("checkpoints/fold-1/step-5/trainer.safetensors"),
+    );
+    ok(seqmamba(&[
+        "--quiet",
+        "run",
+        "--resume",
+        killed.to_str().unwrap(),
+    ]));
+    ok(seqmamba(
+        &args(&whole).iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
+    assert_eq!(log_without_seconds(&killed), log_without_seconds(&whole));
+    let predictions = read(&whole.join("predictions.csv"));
+    assert_eq!(read(&killed.join("predictions.csv")), predictions);
+    // Two folds of 50 sequences each are predicted, each by the model that did not see them.
+    assert_eq!(predictions.lines().count(), 101);
+    assert!(predictions.contains("\ntest,1,"));
+    let manifest = read(&whole.join("manifest.json"));
+    assert!(
+        manifest.contains("4-fold cross-validation within the given data"),
+        "{manifest}"
+    );
 }
 
 #[test]

@@ -153,6 +153,7 @@ fn run(cli: Cli) -> Result<()> {
         quiet: cli.quiet || cli.json,
         verbose: cli.verbose,
         overwrite: false,
+        render: None,
     };
     if let Some(threads) = cli.threads {
         rayon::ThreadPoolBuilder::new()

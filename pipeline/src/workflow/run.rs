@@ -26,7 +26,11 @@ use crate::fsutil::write_atomic;
 use crate::model::{Batch, Head, Model, ParamTable, Shape};
 use crate::train::Trainer;
 
-/// How a run talks to the person at the terminal.
+/// Renders the report of a finished run folder (the binary passes the report module's
+/// `render`); errors are shown as text.
+pub type Renderer = fn(&Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// How a run talks to the person at the terminal, and what it does after the raw records.
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {
     /// No progress bars or notices.
@@ -35,6 +39,9 @@ pub struct RunOptions {
     pub verbose: bool,
     /// Replace an existing run folder instead of refusing.
     pub overwrite: bool,
+    /// Called on the run folder at the end when `outputs.report` is set (timed as the
+    /// stage `report`).
+    pub render: Option<Renderer>,
 }
 
 /// What a finished run reports (`--json` prints it).
@@ -276,6 +283,15 @@ fn execute(
     }
     ctx.manifest.finished = Some(now_rfc3339());
     ctx.write_manifest()?;
+    // The report reads the finished raw records; its own time is added afterwards.
+    if let Some(render) = options.render.filter(|_| workflow.outputs.report) {
+        ctx.stage("report", |c| {
+            render(&c.dir).map_err(|e| WorkflowError::RunFolder {
+                path: c.dir.clone(),
+                message: format!("rendering the report: {e}"),
+            })
+        })?;
+    }
     Ok(RunSummary {
         name: workflow.name.clone(),
         task: workflow.task.name().into(),
