@@ -407,7 +407,6 @@ fn every_shipped_workflow_parses_and_starts() {
             "model.preset=tiny",
             "generation.length=8",
             "evaluation.max_tokens=200",
-            "evaluation.markov_orders=[0, 1]",
             "device=cpu",
             "data.max_examples=24",
             "data.max_windows_per_label=4",

@@ -601,7 +601,12 @@ impl Workflow {
             ));
         }
         let vocab = super::data::vocab_size(d.modality) as u64;
-        for &order in &self.evaluation.markov_orders {
+        let markov_orders: &[usize] = if self.task == Task::Pretrain {
+            &self.evaluation.markov_orders
+        } else {
+            &[]
+        };
+        for &order in markov_orders {
             if vocab
                 .checked_pow(order as u32 + 1)
                 .is_none_or(|n| n > 1 << 27)
@@ -679,6 +684,21 @@ split = { method = "tail" }
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn markov_orders_are_bounded_for_language_models_only() {
+        let audio = [
+            "data.modality=audio".to_string(),
+            "data.format=fsdd".to_string(),
+        ];
+        let e = Workflow::parse(MINIMAL, Path::new("t.toml"), &audio)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("order 3 over 256 tokens"), "{e}");
+        let mut classify = audio.to_vec();
+        classify.extend(["task=classify".into(), "data.split.method=given".into()]);
+        assert!(Workflow::parse(MINIMAL, Path::new("t.toml"), &classify).is_ok());
     }
 
     #[test]
