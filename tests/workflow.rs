@@ -5,6 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use seqmamba::checkpoint::Checkpoint;
+use seqmamba::model::ParamTable;
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -179,6 +182,81 @@ fn demo_fills_every_run_folder() {
     let fields: Vec<&str> = lines[9].split('\t').collect();
     assert_eq!(fields[..2], ["NC_001422.1", "10"]);
     assert!(fields[3].parse::<f64>().unwrap() < 0.0);
+
+    // The score task writes the same log-likelihoods; the generate task samples FASTA.
+    let model = model.to_str().unwrap();
+    let with_model = |task: &str| {
+        let dir = out.path().join(task);
+        ok(seqmamba(&[
+            "--quiet",
+            "run",
+            "workflows/demo.toml",
+            "--out",
+            dir.to_str().unwrap(),
+            "--set",
+            &format!("task={task}"),
+            "--set",
+            &format!("model.checkpoint='{model}'"),
+            "--set",
+            "generation.length=30",
+        ]));
+        dir
+    };
+    let scores = read(&with_model("score").join("scores.tsv"));
+    let columns = |line: &str| {
+        line.split('\t')
+            .skip(1)
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(scores.lines().count(), 5385);
+    assert!(scores
+        .lines()
+        .map(columns)
+        .eq(lines.iter().map(|l| columns(l))));
+    let generated = with_model("generate");
+    let sample = read(&generated.join("generated/sample-1.fa"));
+    assert_eq!(sample.lines().skip(1).map(str::len).sum::<usize>(), 30);
+    let manifest = read(&generated.join("manifest.json"));
+    assert!(
+        manifest.contains("model.safetensors"),
+        "the checkpoint is an input"
+    );
+
+    // A classifier fine-tuned from the language model starts from its backbone.
+    let tuned = out.path().join("tuned");
+    ok(seqmamba(&[
+        "--quiet",
+        "run",
+        "workflows/demo-promoters.toml",
+        "--out",
+        tuned.to_str().unwrap(),
+        "--set",
+        &format!("model.checkpoint='{model}'"),
+        "--set",
+        "training.epochs=0",
+        "--set",
+        "training.steps=1",
+        "--set",
+        "training.lr=1e-12",
+    ]));
+    let lm = Checkpoint::load(Path::new(model)).unwrap();
+    let classifier = Checkpoint::load(&tuned.join("checkpoints/final")).unwrap();
+    let embedding = |c: &Checkpoint| {
+        let table = ParamTable::new(&c.config, &c.metadata.head);
+        let range = table
+            .entry("backbone.embedding.weight")
+            .unwrap()
+            .range
+            .clone();
+        c.params[range].to_vec()
+    };
+    let (a, b) = (embedding(&lm), embedding(&classifier));
+    assert!(a
+        .iter()
+        .zip(&b)
+        .all(|(x, y)| (x - y).abs() <= 1e-6 * x.abs().max(1e-3)));
+    assert_ne!(lm.metadata.head, classifier.metadata.head);
 }
 
 fn run_demo_dna(out: &Path, threads: &str, extra: &[&str]) -> Output {
