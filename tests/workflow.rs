@@ -199,6 +199,8 @@ fn demo_fills_every_run_folder() {
             &format!("model.checkpoint='{model}'"),
             "--set",
             "generation.length=30",
+            "--set",
+            "data.sources=['data-samples/dna/phix174.fasta']",
         ]));
         dir
     };
