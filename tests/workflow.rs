@@ -72,6 +72,9 @@ const SMALL: [&str; 14] = [
     "model.preset=tiny",
 ];
 
+/// Reports are rendered (and checked) in the demo test only; elsewhere they cost time.
+const NO_REPORT: [&str; 2] = ["--set", "outputs.report=false"];
+
 #[test]
 fn demo_fills_every_run_folder() {
     let out = tempfile::tempdir().unwrap();
@@ -121,6 +124,9 @@ fn demo_fills_every_run_folder() {
             .all(|r| r[2].parse::<f64>().unwrap().is_finite()));
         assert!(dir.join("checkpoints/final/model.safetensors").exists());
         assert!(dir.join("checkpoints/step-6/trainer.safetensors").exists());
+        // The report module reads the raw records back (outputs.report is on by default).
+        assert!(dir.join("report.md").exists(), "{name}: no report.md");
+        assert!(stages.contains(&"report"), "{stages:?}");
         assert!(
             !dir.join("checkpoints/step-4").exists(),
             "older checkpoints are removed"
@@ -201,6 +207,8 @@ fn demo_fills_every_run_folder() {
             "generation.length=30",
             "--set",
             "data.sources=['data-samples/dna/phix174.fasta']",
+            "--set",
+            "outputs.report=false",
         ]));
         dir
     };
@@ -241,6 +249,8 @@ fn demo_fills_every_run_folder() {
         "training.steps=1",
         "--set",
         "training.lr=1e-12",
+        "--set",
+        "outputs.report=false",
     ]));
     let lm = Checkpoint::load(Path::new(model)).unwrap();
     let classifier = Checkpoint::load(&tuned.join("checkpoints/final")).unwrap();
@@ -272,6 +282,7 @@ fn run_demo_dna(out: &Path, threads: &str, extra: &[&str]) -> Output {
         out.to_str().unwrap(),
     ];
     args.extend(SMALL);
+    args.extend(NO_REPORT);
     args.extend(extra);
     seqmamba(&args)
 }
@@ -340,6 +351,7 @@ fn a_killed_run_resumes_to_the_same_result() {
     ];
     args.extend(SMALL);
     args.extend(long);
+    args.extend(NO_REPORT);
     run_and_kill(
         &args,
         &killed.join("checkpoints/step-10/trainer.safetensors"),
@@ -389,6 +401,7 @@ fn a_killed_cross_validation_resumes_inside_its_second_fold() {
             "training.seq_len=64",
             "training.checkpoint_every=5",
             "data.split={ method = 'kfold', folds = 4, run_folds = 2 }",
+            "outputs.report=false",
         ] {
             a.extend(["--set".into(), set.into()]);
         }
@@ -491,6 +504,7 @@ fn every_shipped_workflow_parses_and_starts() {
             "data.max_examples=24",
             "data.max_windows_per_label=4",
             "data.split.run_folds=1",
+            "outputs.report=false",
         ] {
             set(s);
         }

@@ -10,5 +10,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod fsutil;
 pub mod infer;
+pub mod metrics;
+pub mod report;
 pub mod train;
 pub mod workflow;

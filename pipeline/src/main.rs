@@ -61,6 +61,18 @@ enum Command {
     Demo(DemoArgs),
     /// Measure scan, training and decoding throughput on this machine.
     Bench(BenchArgs),
+    /// Re-render the report of each run folder; with several, also compare them.
+    Report(ReportArgs),
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// Run folders written by `seqmamba run`.
+    #[arg(required = true)]
+    runs: Vec<PathBuf>,
+    /// Folder for the side-by-side comparison (needed with several runs).
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -153,7 +165,7 @@ fn run(cli: Cli) -> Result<()> {
         quiet: cli.quiet || cli.json,
         verbose: cli.verbose,
         overwrite: false,
-        render: None,
+        render: Some(render_report),
     };
     if let Some(threads) = cli.threads {
         rayon::ThreadPoolBuilder::new()
@@ -167,7 +179,27 @@ fn run(cli: Cli) -> Result<()> {
         Command::Run(args) => run_workflow(args, options, cli.json),
         Command::Demo(args) => demo(args, options, cli.json),
         Command::Bench(args) => run_bench(args),
+        Command::Report(args) => report(args),
     }
+}
+
+fn report(args: ReportArgs) -> Result<()> {
+    if args.runs.len() > 1 && args.out.is_none() {
+        bail!("comparing {} runs needs --out DIR", args.runs.len());
+    }
+    for run in &args.runs {
+        let summary = seqmamba::report::render(run)?;
+        println!(
+            "wrote {} ({} files)",
+            run.join("report.md").display(),
+            summary.files.len()
+        );
+    }
+    if let (Some(out), true) = (&args.out, args.runs.len() > 1) {
+        seqmamba::report::compare(&args.runs, out)?;
+        println!("wrote {}", out.join("report.md").display());
+    }
+    Ok(())
 }
 
 fn init(args: InitArgs) -> Result<()> {
@@ -216,6 +248,12 @@ fn score(args: ScoreArgs) -> Result<()> {
         writeln!(out, "{}\t{}\t{logprob}", i + 1, args.token_ids[i + 1])?;
     }
     out.flush()?;
+    Ok(())
+}
+
+/// The report of a finished run folder, rendered at the end of `run` and `demo`.
+fn render_report(dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    seqmamba::report::render(dir)?;
     Ok(())
 }
 
