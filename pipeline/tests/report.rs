@@ -212,6 +212,13 @@ fn report_of_a_synthetic_run() {
         strings(&confusion, "label_name"),
         strings(&confusion, "predicted_name"),
     );
+    assert!(
+        folds
+            .iter()
+            .all(|f| ["0", "1", "all"].contains(&f.as_str())),
+        "{folds:?}"
+    );
+    assert_eq!(confusion.height(), 3 * 9);
     let counts = floats(&confusion, "count");
     let pooled_counts: Vec<f64> = (0..confusion.height())
         .filter(|&i| folds[i] == "all")
@@ -252,6 +259,12 @@ fn report_of_a_synthetic_run() {
     assert!(close(rows[1].2, 0.75));
     assert_eq!((rows[2].0.as_str(), rows[2].1), ("512", Some(5.0)));
     assert!(close(rows[2].2, 0.8));
+
+    let predictions = read_parquet(&tables.join("predictions.parquet"));
+    assert_eq!(predictions.height(), 12);
+    assert_eq!(strings(&predictions, "predicted_name")[5], "exon");
+    assert_eq!(strings(&predictions, "correct")[..2], ["true", "false"]);
+    assert!(close(floats(&predictions, "prob_1")[1], 0.6));
 
     let training = read_parquet(&tables.join("training.parquet"));
     assert_eq!(training.height(), 10);
@@ -303,7 +316,7 @@ fn report_of_a_synthetic_run() {
             file.display()
         );
     }
-    assert_eq!(summary.files.len(), 6 * 2 + 4 + 1);
+    assert_eq!(summary.files.len(), 7 * 2 + 4 + 1);
 }
 
 #[test]

@@ -46,12 +46,20 @@ pub struct Group {
     pub by_length: Vec<LengthBucket>,
 }
 
+/// The groups of every split, and the metrics rows in display order: per fold, pooled,
+/// then the mean over folds (which has no confusion matrix of its own).
+#[derive(Clone, Debug, Default)]
+pub struct Classification {
+    pub groups: Vec<Group>,
+    pub metrics: Vec<SplitMetrics>,
+}
+
 /// The label used for pooled predictions of every fold.
 pub const ALL_FOLDS: &str = "all";
 
-/// Groups per split (in order of first appearance): one per fold when there are several,
-/// then the pooled `all`, then the `mean` over folds when there are several.
-pub fn analyse(predictions: &Predictions) -> Vec<Group> {
+/// Analyses each split (in order of first appearance): one group per fold when there are
+/// several, then the pooled `all`; the metrics add the `mean` over folds.
+pub fn analyse(predictions: &Predictions) -> Classification {
     let classes = predictions.class_names.len();
     let mut splits: Vec<&str> = Vec::new();
     for row in &predictions.rows {
@@ -59,7 +67,7 @@ pub fn analyse(predictions: &Predictions) -> Vec<Group> {
             splits.push(&row.split);
         }
     }
-    let mut groups = Vec::new();
+    let mut result = Classification::default();
     for split in splits {
         let rows: Vec<&Prediction> = predictions
             .rows
@@ -78,12 +86,19 @@ pub fn analyse(predictions: &Predictions) -> Vec<Group> {
             }
         }
         let pooled = group(split, ALL_FOLDS, classes, &rows);
-        let mean = (!per_fold.is_empty()).then(|| mean_over_folds(&per_fold, &pooled));
-        groups.extend(per_fold);
-        groups.push(pooled);
-        groups.extend(mean);
+        result
+            .metrics
+            .extend(per_fold.iter().map(|g| g.metrics.clone()));
+        result.metrics.push(pooled.metrics.clone());
+        if !per_fold.is_empty() {
+            result
+                .metrics
+                .push(mean_over_folds(&per_fold, &pooled.metrics));
+        }
+        result.groups.extend(per_fold);
+        result.groups.push(pooled);
     }
-    groups
+    result
 }
 
 fn group(split: &str, fold: &str, classes: usize, rows: &[&Prediction]) -> Group {
@@ -112,25 +127,21 @@ fn group(split: &str, fold: &str, classes: usize, rows: &[&Prediction]) -> Group
     }
 }
 
-/// The unweighted mean of each metric over folds; the counts are the pooled ones.
-fn mean_over_folds(per_fold: &[Group], pooled: &Group) -> Group {
+/// The unweighted mean of each metric over folds; the example count is the pooled one.
+fn mean_over_folds(per_fold: &[Group], pooled: &SplitMetrics) -> SplitMetrics {
     let mean = |f: fn(&SplitMetrics) -> f64| {
         per_fold.iter().map(|g| f(&g.metrics)).sum::<f64>() / per_fold.len() as f64
     };
     let aurocs: Vec<f64> = per_fold.iter().filter_map(|g| g.metrics.auroc).collect();
-    Group {
-        metrics: SplitMetrics {
-            split: pooled.metrics.split.clone(),
-            fold: "mean".into(),
-            examples: pooled.metrics.examples,
-            accuracy: mean(|m| m.accuracy),
-            macro_f1: mean(|m| m.macro_f1),
-            mcc: mean(|m| m.mcc),
-            auroc: (aurocs.len() == per_fold.len())
-                .then(|| aurocs.iter().sum::<f64>() / aurocs.len() as f64),
-        },
-        confusion: pooled.confusion.clone(),
-        by_length: pooled.by_length.clone(),
+    SplitMetrics {
+        split: pooled.split.clone(),
+        fold: "mean".into(),
+        examples: pooled.examples,
+        accuracy: mean(|m| m.accuracy),
+        macro_f1: mean(|m| m.macro_f1),
+        mcc: mean(|m| m.mcc),
+        auroc: (aurocs.len() == per_fold.len())
+            .then(|| aurocs.iter().sum::<f64>() / aurocs.len() as f64),
     }
 }
 
@@ -215,10 +226,10 @@ mod tests {
                 prediction("validation", 0, 300, 0, 0, 0.3),
             ],
         };
-        let groups = analyse(&predictions);
-        let labels: Vec<(&str, &str)> = groups
+        let Classification { groups, metrics } = analyse(&predictions);
+        let labels: Vec<(&str, &str)> = metrics
             .iter()
-            .map(|g| (g.metrics.split.as_str(), g.metrics.fold.as_str()))
+            .map(|m| (m.split.as_str(), m.fold.as_str()))
             .collect();
         assert_eq!(
             labels,
@@ -230,16 +241,19 @@ mod tests {
                 ("validation", "all")
             ]
         );
-        assert_eq!(groups[0].metrics.accuracy, 1.0);
-        assert_eq!(groups[1].metrics.accuracy, 0.5);
-        assert_eq!(groups[2].metrics.accuracy, 0.75);
-        assert_eq!(groups[3].metrics.accuracy, 0.75);
+        let folds: Vec<&str> = groups.iter().map(|g| g.metrics.fold.as_str()).collect();
+        assert_eq!(folds, ["0", "1", "all", "all"]);
+        assert_eq!(metrics[0].accuracy, 1.0);
+        assert_eq!(metrics[1].accuracy, 0.5);
+        assert_eq!(metrics[2].accuracy, 0.75);
+        assert_eq!(metrics[3].accuracy, 0.75);
         // Pooled scores 0.9, 0.4 (positive) vs 0.2, 0.3: every pair right.
-        assert_eq!(groups[2].metrics.auroc, Some(1.0));
+        assert_eq!(metrics[2].auroc, Some(1.0));
         // Fold 1: positive 0.4 over negative 0.3.
-        assert_eq!(groups[1].metrics.auroc, Some(1.0));
+        assert_eq!(metrics[1].auroc, Some(1.0));
         // Validation has no positive example.
-        assert_eq!(groups[4].metrics.auroc, None);
+        assert_eq!(metrics[4].auroc, None);
+        assert_eq!(groups[2].confusion.total(), 4);
         let buckets = &groups[2].by_length;
         assert_eq!(buckets.len(), 2);
         assert_eq!(

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use super::analysis::{Group, ALL_FOLDS};
+use super::analysis::{Classification, ALL_FOLDS};
 use super::records::{RunRecords, TrainStep};
 use super::ReportError;
 
@@ -26,7 +26,7 @@ pub fn number(value: Option<f64>) -> String {
 /// Everything `report.md` shows, computed and written by the caller.
 pub struct Contents<'a> {
     pub records: &'a RunRecords,
-    pub groups: &'a [Group],
+    pub classification: &'a Classification,
     /// Link to each plot of the pooled confusion matrix, by split.
     pub confusion_plots: &'a [(String, String)],
     pub training_plot: Option<&'a str>,
@@ -44,7 +44,7 @@ pub fn render(title: &str, c: &Contents) -> Result<String, ReportError> {
     if let Some(predictions) = &c.records.predictions {
         classification(
             &mut md,
-            c.groups,
+            c.classification,
             &predictions.class_names,
             c.confusion_plots,
         );
@@ -207,12 +207,17 @@ fn training(md: &mut String, log: &[TrainStep], plot: Option<&str>) {
     *md += "\n";
 }
 
-fn classification(md: &mut String, groups: &[Group], names: &[String], plots: &[(String, String)]) {
+fn classification(
+    md: &mut String,
+    classification: &Classification,
+    names: &[String],
+    plots: &[(String, String)],
+) {
     *md += "## Classification\n\n`all`: predictions of every fold pooled; `mean`: mean over folds.\n\n";
-    let rows: Vec<Vec<String>> = groups
+    let rows: Vec<Vec<String>> = classification
+        .metrics
         .iter()
-        .map(|g| {
-            let m = &g.metrics;
+        .map(|m| {
             vec![
                 m.split.clone(),
                 m.fold.clone(),
@@ -231,7 +236,11 @@ fn classification(md: &mut String, groups: &[Group], names: &[String], plots: &[
         &rows,
     );
     *md += "\n";
-    for g in groups.iter().filter(|g| g.metrics.fold == ALL_FOLDS) {
+    let pooled = classification
+        .groups
+        .iter()
+        .filter(|g| g.metrics.fold == ALL_FOLDS);
+    for g in pooled {
         let split = &g.metrics.split;
         let _ = write!(md, "### {split}: per class (all folds)\n\n");
         let rows: Vec<Vec<String>> = (0..g.confusion.classes())

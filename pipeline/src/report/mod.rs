@@ -28,7 +28,7 @@ pub use compare::compare;
 pub use error::ReportError;
 pub use records::LmScore;
 
-use analysis::{analyse, Group, ALL_FOLDS};
+use analysis::{analyse, Classification, ALL_FOLDS};
 use records::RunRecords;
 
 /// The headline numbers of one run, for `--json` summaries and comparisons.
@@ -54,18 +54,21 @@ pub struct ReportSummary {
 
 struct Analysis {
     records: RunRecords,
-    groups: Vec<Group>,
+    classification: Classification,
 }
 
 impl Analysis {
     fn of(run_dir: &Path) -> Result<Self, ReportError> {
         let records = RunRecords::load(run_dir)?;
-        let groups = records
+        let classification = records
             .predictions
             .as_ref()
             .map(analyse)
             .unwrap_or_default();
-        Ok(Self { records, groups })
+        Ok(Self {
+            records,
+            classification,
+        })
     }
 
     fn summary(&self, run_dir: &Path) -> ReportSummary {
@@ -77,10 +80,11 @@ impl Analysis {
             run_dir: run_dir.to_path_buf(),
             name: self.records.manifest_str("name").map(str::to_string),
             classification: self
-                .groups
+                .classification
+                .metrics
                 .iter()
-                .filter(|g| g.metrics.fold == ALL_FOLDS)
-                .map(|g| g.metrics.clone())
+                .filter(|m| m.fold == ALL_FOLDS)
+                .cloned()
                 .collect(),
             language_model: self.records.lm_eval.clone().unwrap_or_default(),
             final_loss,
@@ -155,8 +159,9 @@ pub fn render(run_dir: &Path) -> Result<ReportSummary, ReportError> {
     }
     let mut confusion_plots = Vec::new();
     if let Some(predictions) = &records.predictions {
-        let (groups, names) = (&analysis.groups, &predictions.class_names);
-        save("metrics", tables::metrics(&csv("metrics"), groups)?)?;
+        let (groups, names) = (&analysis.classification.groups, &predictions.class_names);
+        let metrics = &analysis.classification.metrics;
+        save("metrics", tables::metrics(&csv("metrics"), metrics)?)?;
         save(
             "per_class",
             tables::per_class(&csv("per_class"), groups, names)?,
@@ -166,6 +171,8 @@ pub fn render(run_dir: &Path) -> Result<ReportSummary, ReportError> {
             tables::confusion(&csv("confusion"), groups, names)?,
         )?;
         save("by_length", tables::by_length(&csv("by_length"), groups)?)?;
+        let table = tables::predictions(&csv("predictions"), predictions)?;
+        save("predictions", table)?;
         for g in groups.iter().filter(|g| g.metrics.fold == ALL_FOLDS) {
             let split = &g.metrics.split;
             let link = format!("plots/confusion-{}.png", file_stem(split));
@@ -204,7 +211,7 @@ pub fn render(run_dir: &Path) -> Result<ReportSummary, ReportError> {
         &title,
         &markdown::Contents {
             records,
-            groups: &analysis.groups,
+            classification: &analysis.classification,
             confusion_plots: &confusion_plots,
             training_plot: training_plot.as_deref(),
             audio_plots: &audio_plots,

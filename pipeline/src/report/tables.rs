@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use polars::prelude::{Column, CsvWriter, DataFrame, NamedFrom, ParquetWriter, SerWriter, Series};
 
-use super::analysis::Group;
-use super::records::{LmScore, TrainStep};
+use super::analysis::{Group, SplitMetrics};
+use super::records::{LmScore, Predictions, TrainStep};
 use super::ReportError;
 use crate::fsutil::write_atomic;
 
@@ -37,29 +37,32 @@ fn group_keys(groups: &[Group], repeat: impl Fn(&Group) -> usize) -> Vec<Column>
 }
 
 /// `metrics`: accuracy, macro-F1, MCC and AUROC of each split and fold.
-pub fn metrics(path: &Path, groups: &[Group]) -> Result<DataFrame, ReportError> {
-    let m = |f: fn(&Group) -> f64| groups.iter().map(f).collect::<Vec<f64>>();
-    let mut columns = group_keys(groups, |_| 1);
-    columns.extend([
-        column(
-            "examples",
-            groups
-                .iter()
-                .map(|g| g.metrics.examples)
-                .collect::<Vec<u64>>(),
-        ),
-        column("accuracy", m(|g| g.metrics.accuracy)),
-        column("macro_f1", m(|g| g.metrics.macro_f1)),
-        column("mcc", m(|g| g.metrics.mcc)),
-        column(
-            "auroc",
-            groups
-                .iter()
-                .map(|g| g.metrics.auroc)
-                .collect::<Vec<Option<f64>>>(),
-        ),
-    ]);
-    frame(path, columns)
+pub fn metrics(path: &Path, rows: &[SplitMetrics]) -> Result<DataFrame, ReportError> {
+    let m = |f: fn(&SplitMetrics) -> f64| rows.iter().map(f).collect::<Vec<f64>>();
+    frame(
+        path,
+        vec![
+            column(
+                "split",
+                rows.iter().map(|r| r.split.clone()).collect::<Vec<_>>(),
+            ),
+            column(
+                "fold",
+                rows.iter().map(|r| r.fold.clone()).collect::<Vec<_>>(),
+            ),
+            column(
+                "examples",
+                rows.iter().map(|r| r.examples).collect::<Vec<u64>>(),
+            ),
+            column("accuracy", m(|r| r.accuracy)),
+            column("macro_f1", m(|r| r.macro_f1)),
+            column("mcc", m(|r| r.mcc)),
+            column(
+                "auroc",
+                rows.iter().map(|r| r.auroc).collect::<Vec<Option<f64>>>(),
+            ),
+        ],
+    )
 }
 
 /// `per_class`: precision, recall, F1 and support of each class in each split and fold.
@@ -143,6 +146,56 @@ pub fn by_length(path: &Path, groups: &[Group]) -> Result<DataFrame, ReportError
             buckets().map(|b| b.accuracy).collect::<Vec<f64>>(),
         ),
     ]);
+    frame(path, columns)
+}
+
+/// `predictions`: every example with its class names, whether it was right, and the
+/// probability of each class.
+pub fn predictions(path: &Path, predictions: &Predictions) -> Result<DataFrame, ReportError> {
+    let rows = &predictions.rows;
+    let names = &predictions.class_names;
+    let mut columns = vec![
+        column(
+            "split",
+            rows.iter().map(|r| r.split.clone()).collect::<Vec<_>>(),
+        ),
+        column("fold", rows.iter().map(|r| r.fold).collect::<Vec<u32>>()),
+        column("id", rows.iter().map(|r| r.id.clone()).collect::<Vec<_>>()),
+        column(
+            "length",
+            rows.iter().map(|r| r.length).collect::<Vec<u64>>(),
+        ),
+        column(
+            "label",
+            rows.iter().map(|r| r.label as u32).collect::<Vec<_>>(),
+        ),
+        column(
+            "label_name",
+            rows.iter()
+                .map(|r| names[r.label].clone())
+                .collect::<Vec<_>>(),
+        ),
+        column(
+            "predicted",
+            rows.iter().map(|r| r.predicted as u32).collect::<Vec<_>>(),
+        ),
+        column(
+            "predicted_name",
+            rows.iter()
+                .map(|r| names[r.predicted].clone())
+                .collect::<Vec<_>>(),
+        ),
+        column(
+            "correct",
+            rows.iter()
+                .map(|r| r.label == r.predicted)
+                .collect::<Vec<bool>>(),
+        ),
+    ];
+    for k in 0..names.len() {
+        let probability: Vec<f64> = rows.iter().map(|r| r.probabilities[k]).collect();
+        columns.push(column(&format!("prob_{k}"), probability));
+    }
     frame(path, columns)
 }
 
