@@ -14,3 +14,4 @@ pub mod metrics;
 pub mod parallel;
 pub mod report;
 pub mod train;
+pub mod workflow;

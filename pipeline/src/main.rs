@@ -9,6 +9,7 @@ use seqmamba::bench;
 use seqmamba::checkpoint::{Checkpoint, Metadata};
 use seqmamba::infer::score_tokens;
 use seqmamba::model::{Head, MambaConfig, Model, ParamTable, Shape};
+use seqmamba::workflow::{self, RunOptions, RunSummary, Workflow};
 use seqmamba_kernels::cuda::Cuda;
 use seqmamba_kernels::scan::ScanDims;
 use seqmamba_kernels::{Backend, Cpu};
@@ -21,14 +22,26 @@ use seqmamba_modalities::inspect::inspect;
     version,
     about = "Long-context DNA and audio modelling with a Mamba backbone",
     after_help = "Examples:\n  \
+        seqmamba demo\n  \
+        seqmamba run workflows/promoters.toml --set training.steps=500\n  \
+        seqmamba run --resume runs/promoters\n  \
         seqmamba init --preset small --vocab-size 16 --out runs/lm\n  \
-        seqmamba score --model runs/lm --token-ids 3,1,4,1,5\n  \
+        seqmamba score --model runs/demo/demo-dna/checkpoints/final --fasta data-samples/dna/phix174.fasta\n  \
         seqmamba bench --quick"
 )]
 struct Cli {
     /// Worker threads (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// No progress bars or notices.
+    #[arg(long, short, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// A line per stage and checkpoint.
+    #[arg(long, short, global = true)]
+    verbose: bool,
+    /// Print a machine-readable summary (JSON) on stdout.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -39,6 +52,16 @@ enum Command {
     Init(InitArgs),
     /// Print the log-probability of every token given the tokens before it.
     Score(ScoreArgs),
+    /// Run a workflow file (TOML) into a run folder, or resume an interrupted run.
+    #[command(after_help = "Examples:\n  \
+        seqmamba run workflows/demo.toml\n  \
+        seqmamba run workflows/fsdd-digits.toml --set training.steps=50 --set data.max_examples=200\n  \
+        seqmamba run --resume runs/fsdd-digits\n\n\
+        The run folder (default runs/<name>) holds workflow.toml, manifest.json, train_log.csv,\n\
+        checkpoints/, and predictions.csv or lm_eval.csv; see docs/workflows.md.")]
+    Run(RunArgs),
+    /// Train and evaluate the shipped demo workflows (DNA and audio) on data-samples/.
+    Demo(DemoArgs),
     /// Measure scan, training and decoding throughput on this machine.
     Bench(BenchArgs),
     /// Re-render the report of each run folder; with several, also compare them.
@@ -99,16 +122,58 @@ struct InitArgs {
 }
 
 #[derive(Args)]
+#[command(
+    after_help = "Output: position<TAB>token_id<TAB>logprob for --token-ids;\n\
+    record<TAB>position<TAB>token_id<TAB>logprob for --fasta (natural-log probabilities;\n\
+    position 0 of a record has no context and no line)."
+)]
 struct ScoreArgs {
     /// Checkpoint folder (official or Hugging Face layout).
     #[arg(long)]
     model: PathBuf,
     /// Comma-separated token ids.
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        required_unless_present = "fasta",
+        conflicts_with = "fasta"
+    )]
     token_ids: Vec<u32>,
+    /// DNA file (FASTA, FASTQ, SAM or BAM; plain or gzip) to score record by record.
+    #[arg(long)]
+    fasta: Option<PathBuf>,
     /// Positions per forward pass; the state is carried across passes.
     #[arg(long, default_value_t = 8192)]
     chunk_len: usize,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Workflow file (TOML).
+    #[arg(required_unless_present = "resume", conflicts_with = "resume")]
+    workflow: Option<PathBuf>,
+    /// Continue the interrupted run in this folder from its last checkpoint.
+    #[arg(long, value_name = "RUN_DIR")]
+    resume: Option<PathBuf>,
+    /// Override a value: dotted key and TOML value, e.g. training.steps=100 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Run folder (overrides outputs.dir).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Replace an existing run folder.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Folder for the demo's run folders.
+    #[arg(long, default_value = "runs/demo")]
+    out: PathBuf,
+    /// Override a value in every demo workflow, e.g. training.steps=20 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
 }
 
 #[derive(Args)]
@@ -140,6 +205,12 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    let options = RunOptions {
+        quiet: cli.quiet || cli.json,
+        verbose: cli.verbose,
+        overwrite: false,
+        render: Some(render_report),
+    };
     if let Some(threads) = cli.threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -149,6 +220,8 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Init(args) => init(args),
         Command::Score(args) => score(args),
+        Command::Run(args) => run_workflow(args, options, cli.json),
+        Command::Demo(args) => demo(args, options, cli.json),
         Command::Bench(args) => run_bench(args),
         Command::Inspect(args) => {
             println!("{}", inspect(&args.file, args.on_error)?);
@@ -205,6 +278,13 @@ fn score(args: ScoreArgs) -> Result<()> {
         checkpoint.metadata.head,
         &checkpoint.params,
     )?;
+    if let Some(path) = &args.fasta {
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        workflow::generate::score_dna_file(&model, path, args.chunk_len, &mut out)
+            .with_context(|| format!("scoring {}", path.display()))?;
+        out.flush()?;
+        return Ok(());
+    }
     if args.token_ids.len() < 2 {
         bail!("--token-ids needs at least two tokens (position 0 has no prediction)");
     }
@@ -226,6 +306,52 @@ fn doctor() -> Result<()> {
     Ok(())
 }
 
+/// The report of a finished run folder, rendered at the end of `run` and `demo`.
+fn render_report(dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    seqmamba::report::render(dir)?;
+    Ok(())
+}
+
+fn print_summary(summary: &RunSummary) {
+    println!(
+        "{} ({}): {} steps in {:.1} s -> {}",
+        summary.name,
+        summary.task,
+        summary.steps,
+        summary.seconds,
+        summary.run_dir.display()
+    );
+    for (key, value) in &summary.metrics {
+        println!("  {key:<16} {value:.4}");
+    }
+}
+
+fn run_workflow(args: RunArgs, mut options: RunOptions, json: bool) -> Result<()> {
+    options.overwrite = args.force;
+    let summary = if let Some(dir) = &args.resume {
+        if !args.set.is_empty() || args.out.is_some() {
+            bail!("--resume continues the run as it was written; --set and --out do not apply");
+        }
+        workflow::resume(dir, &options).with_context(|| format!("resuming {}", dir.display()))?
+    } else {
+        let path = args
+            .workflow
+            .as_ref()
+            .expect("clap requires a workflow or --resume");
+        let mut workflow = Workflow::load(path, &args.set)?;
+        if let Some(out) = args.out {
+            workflow.outputs.dir = out;
+        }
+        workflow::run(&workflow, &options).with_context(|| format!("running {}", path.display()))?
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else if !options.quiet {
+        print_summary(&summary);
+    }
+    Ok(())
+}
+
 /// The GPU when `choice` allows and one opens (`None`: run on the CPU).
 fn open_device(choice: DeviceChoice) -> Result<Option<Cuda>> {
     match choice {
@@ -241,6 +367,28 @@ fn open_device(choice: DeviceChoice) -> Result<Option<Cuda>> {
             }
         },
     }
+}
+
+fn demo(args: DemoArgs, mut options: RunOptions, json: bool) -> Result<()> {
+    options.overwrite = true;
+    let mut summaries = Vec::new();
+    for (file, text) in workflow::DEMO_WORKFLOWS {
+        let mut workflow = Workflow::parse(text, file.as_ref(), &args.set)?;
+        workflow.outputs.dir = args.out.join(&workflow.name);
+        if !options.quiet {
+            eprintln!("== {} ({file})", workflow.name);
+        }
+        let summary = workflow::run(&workflow, &options)
+            .with_context(|| format!("running the demo workflow {file}"))?;
+        if !json && !options.quiet {
+            print_summary(&summary);
+        }
+        summaries.push(summary);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summaries)?);
+    }
+    Ok(())
 }
 
 fn run_bench(args: BenchArgs) -> Result<()> {

@@ -1,0 +1,226 @@
+//! Sampling and scoring with a language model: DNA samples as FASTA, audio samples as WAV,
+//! per-token log-likelihoods as `record<TAB>position<TAB>token_id<TAB>logprob` lines.
+
+use std::io::Write;
+use std::path::Path;
+
+use seqmamba_kernels::Cpu;
+use seqmamba_modalities::OnError;
+use seqmamba_modalities::audio::wav::write_tokens_wav;
+use seqmamba_modalities::dna::alignment::AlignmentOptions;
+use seqmamba_modalities::dna::{read_tokens, tokenizer};
+
+use super::data::{self, Corpus};
+use super::pretrain::{LmEval, model_bits, write_lm_eval};
+use super::run::RunContext;
+use super::schema::Modality;
+use super::{WorkflowError, io_error};
+use crate::checkpoint::Checkpoint;
+use crate::infer::{generate, score_tokens};
+use crate::model::{Head, Model};
+
+/// DNA tokens as FASTA text (70 bases a line; tokens that are not bases become `N`).
+///
+/// ```
+/// use seqmamba::workflow::generate::fasta_record;
+/// assert_eq!(fasta_record("s", &[5, 6, 7, 8, 1]), ">s\nACGTN\n");
+/// ```
+pub fn fasta_record(name: &str, tokens: &[u8]) -> String {
+    let bases: Vec<u8> = tokens
+        .iter()
+        .map(|&t| tokenizer::decode_base(t).unwrap_or(b'N'))
+        .collect();
+    let mut text = format!(">{name}\n");
+    for line in bases.chunks(70) {
+        text.push_str(&String::from_utf8_lossy(line));
+        text.push('\n');
+    }
+    text
+}
+
+/// Writes `generation.samples` samples into `generated/`: each continues the first
+/// `prompt_len` tokens of a prompt sequence (taken in turn); DNA as `sample-<i>.fa` (the
+/// generated bases only), audio as `sample-<i>.wav` (prompt and continuation).
+pub(crate) fn write_samples(
+    ctx: &mut RunContext,
+    model: &Model<Cpu>,
+    prompts: &[Vec<u8>],
+) -> Result<(), WorkflowError> {
+    let w = ctx.workflow;
+    let g = &w.generation;
+    let prompts: Vec<&Vec<u8>> = prompts.iter().filter(|p| !p.is_empty()).collect();
+    if prompts.is_empty() {
+        return Err(WorkflowError::Invalid(
+            "no sequence to take a prompt from".into(),
+        ));
+    }
+    let dir = ctx.dir.join("generated");
+    std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+    let bar = ctx.progress(g.samples as u64, "generate");
+    for i in 0..g.samples {
+        let source = prompts[i % prompts.len()];
+        let prompt: Vec<u32> = source[..g.prompt_len.min(source.len())]
+            .iter()
+            .map(|&t| u32::from(t))
+            .collect();
+        let seed = w.seed.wrapping_add(1 + i as u64);
+        let tokens: Vec<u8> = generate(model, &prompt, g.length, &g.sampling(), seed)?
+            .into_iter()
+            .map(|t| t as u8)
+            .collect();
+        match w.data.modality {
+            Modality::Dna => {
+                let name = format!(
+                    "sample-{i} prompt_len={} temperature={} top_k={} top_p={} seed={seed}",
+                    prompt.len(),
+                    g.temperature,
+                    g.top_k,
+                    g.top_p
+                );
+                ctx.write(
+                    &format!("generated/sample-{i}.fa"),
+                    fasta_record(&name, &tokens).as_bytes(),
+                )?;
+            }
+            Modality::Audio => {
+                let mut all: Vec<u8> = prompt.iter().map(|&t| t as u8).collect();
+                all.extend(&tokens);
+                let target = dir.join(format!("sample-{i}.wav"));
+                let temp = dir.join(format!(".sample-{i}.wav.tmp"));
+                write_tokens_wav(&temp, &all, data::quantizer(&w.data), w.data.sample_rate)?;
+                std::fs::rename(&temp, &target).map_err(io_error(&target))?;
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    ctx.metrics.insert("samples".into(), g.samples as f64);
+    Ok(())
+}
+
+fn load_model(ctx: &RunContext) -> Result<Model<Cpu>, WorkflowError> {
+    let path = ctx
+        .workflow
+        .model
+        .checkpoint
+        .as_ref()
+        .expect("validated: generate and score need a checkpoint");
+    let checkpoint = Checkpoint::load(path)?;
+    if checkpoint.metadata.head != Head::LanguageModel {
+        return Err(WorkflowError::Invalid(format!(
+            "{}: holds a classifier; generation and scoring need a language model",
+            path.display()
+        )));
+    }
+    let vocab = data::vocab_size(ctx.workflow.data.modality);
+    if checkpoint.config.vocab_size != vocab {
+        return Err(WorkflowError::Invalid(format!(
+            "{}: the model's vocabulary has {} tokens, {:?} data {vocab}",
+            path.display(),
+            checkpoint.config.vocab_size,
+            ctx.workflow.data.modality
+        )));
+    }
+    Ok(Model::new(
+        Cpu,
+        checkpoint.config,
+        checkpoint.metadata.head,
+        &checkpoint.params,
+    )?)
+}
+
+/// The generate task: samples from `model.checkpoint`, prompts from the data's test split.
+pub(crate) fn run_generate(ctx: &mut RunContext) -> Result<(), WorkflowError> {
+    let w = ctx.workflow;
+    let model = ctx.stage("load model", |c| load_model(c))?;
+    let loaded = ctx.stage("load data", |_| {
+        data::load(&w.data, w.seed, w.training.seq_len)
+    })?;
+    ctx.stage("hash inputs", |c| c.record_inputs(&loaded.inputs))?;
+    let split = &w.data.split;
+    let corpus = Corpus::new(&loaded, split.method, split.validation, split.test);
+    let prompts = if corpus.test.iter().any(|s| !s.is_empty()) {
+        corpus.test
+    } else {
+        corpus.train
+    };
+    if w.generation.samples == 0 {
+        ctx.note("generation.samples is 0: nothing generated".into());
+        return Ok(());
+    }
+    ctx.stage("generate", |c| write_samples(c, &model, &prompts))
+}
+
+/// The score task: `scores.tsv` with every token's log-likelihood (natural log) of every
+/// example, and the mean bits per token in `lm_eval.csv` (split `all`).
+pub(crate) fn run_score(ctx: &mut RunContext) -> Result<(), WorkflowError> {
+    let w = ctx.workflow;
+    let model = ctx.stage("load model", |c| load_model(c))?;
+    let loaded = ctx.stage("load data", |_| {
+        data::load(&w.data, w.seed, w.training.seq_len)
+    })?;
+    ctx.stage("hash inputs", |c| c.record_inputs(&loaded.inputs))?;
+    let text = ctx.stage("score", |_| {
+        let mut out = Vec::new();
+        for e in &loaded.examples {
+            let ids: Vec<u32> = e.tokens.iter().map(|&t| u32::from(t)).collect();
+            write_scores(&model, &e.id, &ids, w.evaluation.chunk_len, &mut out)?;
+        }
+        Ok(out)
+    })?;
+    ctx.write("scores.tsv", &text)?;
+    let sequences: Vec<Vec<u8>> = loaded.examples.iter().map(|e| e.tokens.clone()).collect();
+    let (bits, tokens) = model_bits(&model, &sequences, w.evaluation.chunk_len)?;
+    write_lm_eval(
+        ctx,
+        &[LmEval {
+            split: "all".into(),
+            model: "mamba".into(),
+            bits_per_token: bits,
+            tokens,
+        }],
+    )?;
+    ctx.metrics.insert("bits_per_token".into(), bits);
+    Ok(())
+}
+
+/// Writes `record<TAB>position<TAB>token_id<TAB>logprob` for positions 1.. of `ids`
+/// (position 0 has no context; logprob is the natural log).
+pub fn write_scores(
+    model: &Model<Cpu>,
+    record: &str,
+    ids: &[u32],
+    chunk_len: usize,
+    out: &mut impl Write,
+) -> Result<(), WorkflowError> {
+    if ids.len() < 2 {
+        return Ok(());
+    }
+    let logprobs = score_tokens(model, ids, chunk_len)?;
+    let io = |e| WorkflowError::Io {
+        path: "<output>".into(),
+        source: e,
+    };
+    for (i, logprob) in logprobs.iter().enumerate() {
+        writeln!(out, "{record}\t{}\t{}\t{logprob}", i + 1, ids[i + 1]).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// Scores every record of a DNA file (FASTA, FASTQ, SAM, BAM) into `out` as
+/// [`write_scores`] lines, record by record.
+pub fn score_dna_file(
+    model: &Model<Cpu>,
+    path: &Path,
+    chunk_len: usize,
+    out: &mut impl Write,
+) -> Result<usize, WorkflowError> {
+    let mut records = 0;
+    for record in read_tokens(path, AlignmentOptions::default(), OnError::Fail)? {
+        let record = record?;
+        let ids: Vec<u32> = record.tokens.iter().map(|&t| u32::from(t)).collect();
+        write_scores(model, &record.name, &ids, chunk_len, out)?;
+        records += 1;
+    }
+    Ok(records)
+}

@@ -1,0 +1,541 @@
+//! End-to-end tests of workflows: the demo's run folders, bit-identical reruns, resume after
+//! a kill, error messages, and every shipped workflow starting on shrunken settings.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use seqmamba::checkpoint::Checkpoint;
+use seqmamba::model::ParamTable;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn seqmamba(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_seqmamba"))
+        .current_dir(root())
+        .args(args)
+        .output()
+        .expect("seqmamba runs")
+}
+
+fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "seqmamba failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A CSV as rows of fields (no quoted fields in the files compared here).
+fn rows(path: &Path) -> Vec<Vec<String>> {
+    read(path)
+        .lines()
+        .map(|l| l.split(',').map(String::from).collect())
+        .collect()
+}
+
+/// The training log without its wall-clock column.
+fn log_without_seconds(dir: &Path) -> Vec<Vec<String>> {
+    rows(&dir.join("train_log.csv"))
+        .into_iter()
+        .map(|mut r| {
+            r.pop();
+            r
+        })
+        .collect()
+}
+
+const SMALL: [&str; 14] = [
+    "--set",
+    "training.steps=6",
+    "--set",
+    "training.epochs=0",
+    "--set",
+    "training.seq_len=64",
+    "--set",
+    "training.checkpoint_every=4",
+    "--set",
+    "generation.length=40",
+    "--set",
+    "evaluation.max_tokens=300",
+    "--set",
+    "model.preset=tiny",
+];
+
+/// Reports are rendered (and checked) in the demo test only; elsewhere they cost time.
+const NO_REPORT: [&str; 2] = ["--set", "outputs.report=false"];
+
+#[test]
+fn demo_fills_every_run_folder() {
+    let out = tempfile::tempdir().unwrap();
+    let mut args = vec!["--json", "demo", "--out", out.path().to_str().unwrap()];
+    args.extend(SMALL);
+    let summaries: serde_json::Value = serde_json::from_str(&ok(seqmamba(&args))).unwrap();
+    assert_eq!(summaries.as_array().unwrap().len(), 3);
+
+    for name in ["demo-dna", "demo-audio", "demo-promoters"] {
+        let dir = out.path().join(name);
+        let manifest: serde_json::Value =
+            serde_json::from_str(&read(&dir.join("manifest.json"))).unwrap();
+        assert_eq!(manifest["name"], name);
+        assert_eq!(manifest["device"], "cpu");
+        assert_eq!(manifest["world_size"], 1);
+        assert!(manifest["finished"].is_string());
+        let inputs = manifest["inputs"].as_array().unwrap();
+        assert!(!inputs.is_empty());
+        for input in inputs {
+            assert_eq!(input["sha256"].as_str().unwrap().len(), 64);
+            let path = root().join(input["path"].as_str().unwrap());
+            assert_eq!(
+                input["bytes"].as_u64().unwrap(),
+                std::fs::metadata(path).unwrap().len()
+            );
+        }
+        let stages: Vec<&str> = manifest["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap())
+            .collect();
+        assert!(
+            stages.contains(&"train") && stages.contains(&"load data"),
+            "{stages:?}"
+        );
+        let resolved = read(&dir.join("workflow.toml"));
+        assert!(resolved.contains("steps = 6"), "{resolved}");
+        let log = rows(&dir.join("train_log.csv"));
+        assert_eq!(
+            log[0].join(","),
+            "step,fold,loss,grad_norm,lr,tokens,seconds"
+        );
+        assert_eq!(log.len(), 7);
+        assert!(
+            log[1..]
+                .iter()
+                .all(|r| r[2].parse::<f64>().unwrap().is_finite())
+        );
+        assert!(dir.join("checkpoints/final/model.safetensors").exists());
+        assert!(dir.join("checkpoints/step-6/trainer.safetensors").exists());
+        // The report module reads the raw records back (outputs.report is on by default).
+        assert!(dir.join("report.md").exists(), "{name}: no report.md");
+        assert!(stages.contains(&"report"), "{stages:?}");
+        assert!(
+            !dir.join("checkpoints/step-4").exists(),
+            "older checkpoints are removed"
+        );
+    }
+
+    for (name, extension) in [("demo-dna", "fa"), ("demo-audio", "wav")] {
+        let dir = out.path().join(name);
+        let eval = rows(&dir.join("lm_eval.csv"));
+        assert_eq!(eval[0].join(","), "split,model,bits_per_token,tokens");
+        let models: Vec<&str> = eval[1..].iter().map(|r| r[1].as_str()).collect();
+        assert!(
+            models.contains(&"mamba")
+                && models.contains(&"markov-0")
+                && models.contains(&"deflate")
+        );
+        for r in &eval[1..] {
+            let bits: f64 = r[2].parse().unwrap();
+            assert!(bits > 0.0 && bits < 9.0, "{r:?}");
+        }
+        assert!(dir.join(format!("generated/sample-0.{extension}")).exists());
+        assert!(dir.join(format!("generated/sample-1.{extension}")).exists());
+    }
+    let fasta = read(&out.path().join("demo-dna/generated/sample-0.fa"));
+    let bases: String = fasta.lines().skip(1).collect();
+    assert!(
+        fasta.starts_with(">sample-0") && bases.len() == 40,
+        "{fasta}"
+    );
+
+    let dir = out.path().join("demo-promoters");
+    let labels: Vec<String> = serde_json::from_str(&read(&dir.join("labels.json"))).unwrap();
+    assert_eq!(labels, ["0", "1"]);
+    let predictions = rows(&dir.join("predictions.csv"));
+    assert_eq!(
+        predictions[0].join(","),
+        "split,fold,id,length,label,label_name,predicted,predicted_name,prob_0,prob_1"
+    );
+    assert_eq!(predictions.len() - 1, 40, "20% of 200 sequences are tested");
+    for r in &predictions[1..] {
+        let p: f64 = r[8].parse::<f64>().unwrap() + r[9].parse::<f64>().unwrap();
+        assert!(
+            (p - 1.0).abs() < 1e-9 && r[0] == "test" && r[3] == "251",
+            "{r:?}"
+        );
+    }
+
+    // The trained DNA model scores a FASTA file: record, position, token id, log-probability.
+    let model = out.path().join("demo-dna/checkpoints/final");
+    let text = ok(seqmamba(&[
+        "score",
+        "--model",
+        model.to_str().unwrap(),
+        "--fasta",
+        "data-samples/dna/phix174.fasta",
+    ]));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 5385);
+    let fields: Vec<&str> = lines[9].split('\t').collect();
+    assert_eq!(fields[..2], ["NC_001422.1", "10"]);
+    assert!(fields[3].parse::<f64>().unwrap() < 0.0);
+
+    // The score task writes the same log-likelihoods; the generate task samples FASTA.
+    let model = model.to_str().unwrap();
+    let with_model = |task: &str| {
+        let dir = out.path().join(task);
+        ok(seqmamba(&[
+            "--quiet",
+            "run",
+            "workflows/demo.toml",
+            "--out",
+            dir.to_str().unwrap(),
+            "--set",
+            &format!("task={task}"),
+            "--set",
+            &format!("model.checkpoint='{model}'"),
+            "--set",
+            "generation.length=30",
+            "--set",
+            "data.sources=['data-samples/dna/phix174.fasta']",
+            "--set",
+            "outputs.report=false",
+        ]));
+        dir
+    };
+    let scores = read(&with_model("score").join("scores.tsv"));
+    let columns = |line: &str| {
+        line.split('\t')
+            .skip(1)
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(scores.lines().count(), 5385);
+    assert!(
+        scores
+            .lines()
+            .map(columns)
+            .eq(lines.iter().map(|l| columns(l)))
+    );
+    let generated = with_model("generate");
+    let sample = read(&generated.join("generated/sample-1.fa"));
+    assert_eq!(sample.lines().skip(1).map(str::len).sum::<usize>(), 30);
+    let manifest = read(&generated.join("manifest.json"));
+    assert!(
+        manifest.contains("model.safetensors"),
+        "the checkpoint is an input"
+    );
+
+    // A classifier fine-tuned from the language model starts from its backbone.
+    let tuned = out.path().join("tuned");
+    ok(seqmamba(&[
+        "--quiet",
+        "run",
+        "workflows/demo-promoters.toml",
+        "--out",
+        tuned.to_str().unwrap(),
+        "--set",
+        &format!("model.checkpoint='{model}'"),
+        "--set",
+        "training.epochs=0",
+        "--set",
+        "training.steps=1",
+        "--set",
+        "training.lr=1e-12",
+        "--set",
+        "outputs.report=false",
+    ]));
+    let lm = Checkpoint::load(Path::new(model)).unwrap();
+    let classifier = Checkpoint::load(&tuned.join("checkpoints/final")).unwrap();
+    let embedding = |c: &Checkpoint| {
+        let table = ParamTable::new(&c.config, &c.metadata.head);
+        let range = table
+            .entry("backbone.embedding.weight")
+            .unwrap()
+            .range
+            .clone();
+        c.params[range].to_vec()
+    };
+    let (a, b) = (embedding(&lm), embedding(&classifier));
+    assert!(
+        a.iter()
+            .zip(&b)
+            .all(|(x, y)| (x - y).abs() <= 1e-6 * x.abs().max(1e-3))
+    );
+    assert_ne!(lm.metadata.head, classifier.metadata.head);
+}
+
+fn run_demo_dna(out: &Path, threads: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "--quiet",
+        "--threads",
+        threads,
+        "run",
+        "workflows/demo.toml",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend(SMALL);
+    args.extend(NO_REPORT);
+    args.extend(extra);
+    seqmamba(&args)
+}
+
+#[test]
+fn runs_are_bit_identical_across_runs_and_thread_counts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    ok(run_demo_dna(&a, "1", &[]));
+    ok(run_demo_dna(&b, "2", &[]));
+    assert_eq!(log_without_seconds(&a), log_without_seconds(&b));
+    assert_eq!(read(&a.join("lm_eval.csv")), read(&b.join("lm_eval.csv")));
+    assert_eq!(
+        read(&a.join("generated/sample-0.fa")),
+        read(&b.join("generated/sample-0.fa"))
+    );
+    let params = |d: &Path| std::fs::read(d.join("checkpoints/final/model.safetensors")).unwrap();
+    assert_eq!(params(&a), params(&b));
+    // A second run into an existing folder is refused unless forced.
+    let again = run_demo_dna(&a, "1", &[]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
+}
+
+/// Starts `seqmamba` with `args` and kills it once `checkpoint` exists.
+fn run_and_kill(args: &[&str], checkpoint: &Path) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_seqmamba"))
+        .current_dir(root())
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !checkpoint.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no checkpoint appeared"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the run ended before it was killed"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn a_killed_run_resumes_to_the_same_result() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (killed, whole) = (tmp.path().join("killed"), tmp.path().join("whole"));
+    let long = [
+        "--set",
+        "training.steps=40",
+        "--set",
+        "training.checkpoint_every=10",
+    ];
+    let mut args = vec![
+        "--quiet",
+        "run",
+        "workflows/demo.toml",
+        "--out",
+        killed.to_str().unwrap(),
+    ];
+    args.extend(SMALL);
+    args.extend(long);
+    args.extend(NO_REPORT);
+    run_and_kill(
+        &args,
+        &killed.join("checkpoints/step-10/trainer.safetensors"),
+    );
+    assert!(!killed.join("checkpoints/final").exists());
+
+    let resumed = ok(seqmamba(&[
+        "--json",
+        "run",
+        "--resume",
+        killed.to_str().unwrap(),
+    ]));
+    let summary: serde_json::Value = serde_json::from_str(&resumed).unwrap();
+    assert!(summary["resumed_from"].as_u64().unwrap() >= 10);
+    ok(run_demo_dna(&whole, "2", &long));
+    assert_eq!(log_without_seconds(&killed), log_without_seconds(&whole));
+    assert_eq!(
+        read(&killed.join("lm_eval.csv")),
+        read(&whole.join("lm_eval.csv"))
+    );
+    let params = |d: &Path| std::fs::read(d.join("checkpoints/final/model.safetensors")).unwrap();
+    assert_eq!(params(&killed), params(&whole));
+    let manifest: serde_json::Value =
+        serde_json::from_str(&read(&killed.join("manifest.json"))).unwrap();
+    assert_eq!(manifest["resumed_from"][0], summary["resumed_from"]);
+}
+
+#[test]
+fn a_killed_cross_validation_resumes_inside_its_second_fold() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (killed, whole) = (tmp.path().join("killed"), tmp.path().join("whole"));
+    let args = |out: &Path| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "--quiet",
+            "--threads",
+            "1",
+            "run",
+            "workflows/demo-promoters.toml",
+            "--out",
+        ]
+        .map(String::from)
+        .to_vec();
+        a.push(out.to_str().unwrap().into());
+        for set in [
+            "training.epochs=0",
+            "training.steps=20",
+            "training.seq_len=64",
+            "training.checkpoint_every=5",
+            "data.split={ method = 'kfold', folds = 4, run_folds = 2 }",
+            "outputs.report=false",
+        ] {
+            a.extend(["--set".into(), set.into()]);
+        }
+        a
+    };
+    let killed_args = args(&killed);
+    run_and_kill(
+        &killed_args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &killed.join("checkpoints/fold-1/step-5/trainer.safetensors"),
+    );
+    ok(seqmamba(&[
+        "--quiet",
+        "run",
+        "--resume",
+        killed.to_str().unwrap(),
+    ]));
+    ok(seqmamba(
+        &args(&whole).iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
+    assert_eq!(log_without_seconds(&killed), log_without_seconds(&whole));
+    let predictions = read(&whole.join("predictions.csv"));
+    assert_eq!(read(&killed.join("predictions.csv")), predictions);
+    // Two folds of 50 sequences each are predicted, each by the model that did not see them.
+    assert_eq!(predictions.lines().count(), 101);
+    assert!(predictions.contains("\ntest,1,"));
+    let manifest = read(&whole.join("manifest.json"));
+    assert!(
+        manifest.contains("4-fold cross-validation within the given data"),
+        "{manifest}"
+    );
+}
+
+#[test]
+fn unknown_keys_and_bad_overrides_say_what_is_wrong() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().to_str().unwrap();
+    for (set, expected) in [
+        ("training.stepz=3", "unknown field `stepz`"),
+        ("training.steps", "KEY=VALUE"),
+        ("training.steps=many", "invalid type"),
+        ("name.inner=1", "is a value, not a section"),
+        ("device=cuda", "CUDA training is not available yet"),
+    ] {
+        let output = seqmamba(&["run", "workflows/demo.toml", "--out", dir, "--set", set]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{set}");
+        assert!(stderr.contains(expected), "{set}: {stderr}");
+    }
+    let bad = out.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        read(&root().join("workflows/demo.toml")) + "\n[outputs]\nformat = 1\n",
+    )
+    .unwrap();
+    let output = seqmamba(&["run", bad.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown field `format`"));
+}
+
+#[test]
+fn every_shipped_workflow_parses_and_starts() {
+    let shared = root().join("../shared/data");
+    let mut names: Vec<PathBuf> = std::fs::read_dir(root().join("workflows"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 9, "{names:?}");
+    let out = tempfile::tempdir().unwrap();
+    for path in names {
+        let text = read(&path);
+        let stem = path.file_stem().unwrap().to_str().unwrap();
+        // The real workflows read ../shared/data; their sources must be there.
+        if text.contains("../shared/data") && shared.exists() {
+            let value: toml::Table = text.parse().unwrap();
+            for source in value["data"]["sources"].as_array().unwrap() {
+                let p = root().join(source.as_str().unwrap());
+                assert!(p.exists(), "{stem}: {} is missing", p.display());
+            }
+        }
+        let mut args: Vec<String> = [
+            "--quiet",
+            "run",
+            path.to_str().unwrap(),
+            "--out",
+            out.path().join(stem).to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec();
+        let mut set = |s: &str| args.extend(["--set".to_string(), s.to_string()]);
+        for s in [
+            "training.steps=1",
+            "training.epochs=0",
+            "training.batch_size=2",
+            "training.seq_len=64",
+            "model.preset=tiny",
+            "generation.length=8",
+            "evaluation.max_tokens=200",
+            "device=cpu",
+            "data.max_examples=24",
+            "data.max_windows_per_label=4",
+            "data.split.run_folds=1",
+            "outputs.report=false",
+        ] {
+            set(s);
+        }
+        // Genomes and big sequence files are swapped for the small ones in data-samples/.
+        match stem {
+            "species" | "dna-pretrain" => {
+                set("data.sources=['data-samples/dna/lambda-phage.fa.gz', \
+                 'data-samples/dna/sars-cov-2.MN908947.fasta']")
+            }
+            s if !shared.exists() && !s.starts_with("demo") => continue,
+            _ => {}
+        }
+        if stem == "species" {
+            set("data.split.block=2000");
+            set("data.split.test=0.3");
+        }
+        let output = Command::new(env!("CARGO_BIN_EXE_seqmamba"))
+            .current_dir(root())
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{stem}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(out.path().join(stem).join("manifest.json").exists());
+    }
+}
