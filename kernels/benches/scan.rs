@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use seqmamba_kernels::rng::Rng;
-use seqmamba_kernels::scan::{cpu, ScanDims, ScanGrads, ScanInputs};
+use seqmamba_kernels::scan::{cpu, ScanDims, ScanInputs};
 
 const REPEATS: usize = 8;
 
@@ -116,27 +116,9 @@ fn bench(dims: ScanDims) {
         time(|| cpu::forward(dims, &inputs, None, None, Some(&mut checkpoints), &mut out).unwrap());
 
     let d_out = tensor(&mut rng, activations, -1.0, 1.0);
-    let (mut du, mut ddelta, mut dz) = (
-        vec![0.0; activations],
-        vec![0.0; activations],
-        vec![0.0; activations],
-    );
-    let (mut db, mut dc) = (vec![0.0; per_position], vec![0.0; per_position]);
-    let mut da_log = vec![0.0; dims.channels * dims.state];
-    let (mut dd_skip, mut ddelta_bias) = (vec![0.0; dims.channels], vec![0.0; dims.channels]);
-    let backward = time(|| {
-        let grads = ScanGrads {
-            du: &mut du[..],
-            ddelta: &mut ddelta,
-            da_log: &mut da_log,
-            db: &mut db,
-            dc: &mut dc,
-            dd_skip: &mut dd_skip,
-            ddelta_bias: &mut ddelta_bias,
-            dz: Some(&mut dz[..]),
-        };
-        cpu::backward(dims, &inputs, None, &checkpoints, &d_out, grads).unwrap()
-    });
+    let mut grads = cpu::GradBuffers::zeros(dims, true);
+    let backward =
+        time(|| cpu::backward(dims, &inputs, None, &checkpoints, &d_out, grads.views()).unwrap());
 
     let elements = activations as f64;
     println!(

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use seqmamba_kernels::cuda::{Cuda, OpSeconds};
 use seqmamba_kernels::rng::Rng;
-use seqmamba_kernels::scan::{self, ScanDims, ScanGrads, ScanInputs};
+use seqmamba_kernels::scan::{self, ScanDims, ScanInputs};
 use seqmamba_kernels::{Backend, Cpu, KernelError};
 
 use crate::ModelError;
@@ -134,34 +134,10 @@ pub fn scan(dims: ScanDims, repeats: usize) -> Result<[Measurement; 2], ModelErr
             failure = Some(e);
         }
     });
-    let mut grads: Vec<Vec<f32>> = [
-        b * l * d,
-        b * l * d,
-        d * n,
-        b * l * n,
-        b * l * n,
-        d,
-        d,
-        b * l * d,
-    ]
-    .iter()
-    .map(|&len| vec![0.0; len])
-    .collect();
+    let mut grads = scan::cpu::GradBuffers::zeros(dims, true);
     let backward = median_seconds(repeats, || {
-        let [du, ddelta, da_log, db, dc, dd_skip, ddelta_bias, dz] = &mut grads[..] else {
-            unreachable!("eight gradient buffers")
-        };
-        let grads = ScanGrads {
-            du: &mut du[..],
-            ddelta: &mut ddelta[..],
-            da_log: &mut da_log[..],
-            db: &mut db[..],
-            dc: &mut dc[..],
-            dd_skip: &mut dd_skip[..],
-            ddelta_bias: &mut ddelta_bias[..],
-            dz: Some(&mut dz[..]),
-        };
-        if let Err(e) = scan::cpu::backward(dims, &inputs, None, &checkpoints, &out, grads) {
+        if let Err(e) = scan::cpu::backward(dims, &inputs, None, &checkpoints, &out, grads.views())
+        {
             failure = Some(e);
         }
     });

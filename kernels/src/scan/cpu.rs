@@ -888,3 +888,56 @@ fn accumulate_parameter_grads(
         }
     }
 }
+
+/// Host buffers for every gradient of [`backward`], zero-filled: what a caller of the CPU
+/// scan owns before it lends [`GradBuffers::views`] to the backward.
+///
+/// ```
+/// use seqmamba_kernels::scan::{cpu::GradBuffers, ScanDims};
+/// let mut grads = GradBuffers::zeros(ScanDims::new(2, 8, 4, 16), true);
+/// assert_eq!(grads.views().db.len(), 2 * 8 * 16);
+/// assert!(grads.dz.is_some());
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct GradBuffers {
+    pub du: Vec<f32>,
+    pub ddelta: Vec<f32>,
+    pub da_log: Vec<f32>,
+    pub db: Vec<f32>,
+    pub dc: Vec<f32>,
+    pub dd_skip: Vec<f32>,
+    pub ddelta_bias: Vec<f32>,
+    pub dz: Option<Vec<f32>>,
+}
+
+impl GradBuffers {
+    /// Zeroed buffers for `dims`; `dz` only with a gate.
+    pub fn zeros(dims: ScanDims, gate: bool) -> Self {
+        let activations = dims.batch * dims.len * dims.channels;
+        let per_position = dims.batch * dims.len * dims.state;
+        Self {
+            du: vec![0.0; activations],
+            ddelta: vec![0.0; activations],
+            da_log: vec![0.0; dims.channels * dims.state],
+            db: vec![0.0; per_position],
+            dc: vec![0.0; per_position],
+            dd_skip: vec![0.0; dims.channels],
+            ddelta_bias: vec![0.0; dims.channels],
+            dz: gate.then(|| vec![0.0; activations]),
+        }
+    }
+
+    /// The buffers as the backward takes them.
+    pub fn views(&mut self) -> ScanGrads<&mut [f32]> {
+        ScanGrads {
+            du: &mut self.du,
+            ddelta: &mut self.ddelta,
+            da_log: &mut self.da_log,
+            db: &mut self.db,
+            dc: &mut self.dc,
+            dd_skip: &mut self.dd_skip,
+            ddelta_bias: &mut self.ddelta_bias,
+            dz: self.dz.as_deref_mut(),
+        }
+    }
+}

@@ -1,7 +1,7 @@
 //! The CPU scan against a plain f64 loop and central finite differences of it.
 
-use super::cpu::{backward, forward};
-use super::{reference, ScanDims, ScanGrads, ScanInputs};
+use super::cpu::{backward, forward, GradBuffers};
+use super::{reference, ScanDims, ScanInputs};
 use crate::rng::Rng;
 use crate::testing::{assert_close, finite_difference, to_f64};
 use crate::KernelError;
@@ -150,9 +150,9 @@ impl Case {
     }
 
     /// The CPU backward of the loss `Σ out · d_out`, into zeroed accumulators.
-    fn backward(&self, d_out: &[f32]) -> Grads {
+    fn backward(&self, d_out: &[f32]) -> GradBuffers {
         let (_, _, checkpoints) = self.forward();
-        let mut grads = Grads::zeros(self.dims, self.tensors.z.is_some());
+        let mut grads = GradBuffers::zeros(self.dims, self.tensors.z.is_some());
         backward(
             self.dims,
             &self.tensors.view(),
@@ -163,48 +163,6 @@ impl Case {
         )
         .unwrap();
         grads
-    }
-}
-
-#[derive(Clone, Debug, PartialEq)]
-struct Grads {
-    du: Vec<f32>,
-    ddelta: Vec<f32>,
-    da_log: Vec<f32>,
-    db: Vec<f32>,
-    dc: Vec<f32>,
-    dd_skip: Vec<f32>,
-    ddelta_bias: Vec<f32>,
-    dz: Option<Vec<f32>>,
-}
-
-impl Grads {
-    fn zeros(dims: ScanDims, gate: bool) -> Self {
-        let activations = dims.batch * dims.len * dims.channels;
-        let per_position = dims.batch * dims.len * dims.state;
-        Self {
-            du: vec![0.0; activations],
-            ddelta: vec![0.0; activations],
-            da_log: vec![0.0; dims.channels * dims.state],
-            db: vec![0.0; per_position],
-            dc: vec![0.0; per_position],
-            dd_skip: vec![0.0; dims.channels],
-            ddelta_bias: vec![0.0; dims.channels],
-            dz: gate.then(|| vec![0.0; activations]),
-        }
-    }
-
-    fn views(&mut self) -> ScanGrads<&mut [f32]> {
-        ScanGrads {
-            du: &mut self.du,
-            ddelta: &mut self.ddelta,
-            da_log: &mut self.da_log,
-            db: &mut self.db,
-            dc: &mut self.dc,
-            dd_skip: &mut self.dd_skip,
-            ddelta_bias: &mut self.ddelta_bias,
-            dz: self.dz.as_deref_mut(),
-        }
     }
 }
 
@@ -594,7 +552,7 @@ fn bad_shapes_are_errors_not_panics() {
 
     let (_, _, checkpoints) = case.forward();
     let d_out = vec![0.0; out.len()];
-    let mut grads = Grads::zeros(dims, true);
+    let mut grads = GradBuffers::zeros(dims, true);
     shape_error(
         backward(
             dims,
@@ -618,7 +576,7 @@ fn bad_shapes_are_errors_not_panics() {
         ),
         "db",
     );
-    let mut ungated = Grads::zeros(dims, false);
+    let mut ungated = GradBuffers::zeros(dims, false);
     assert!(matches!(
         backward(
             dims,
