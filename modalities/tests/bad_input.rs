@@ -306,6 +306,22 @@ fn unsupported_codec_and_unknown_format() {
     assert!(matches!(e, Error::Unsupported { .. }), "{e:?}");
 }
 
+#[test]
+fn corrupt_wav_header_that_overflows_the_decoder_is_an_error() {
+    let dir = scratch("overflow");
+    let mut wav = std::fs::read(sample("audio/fsdd/1_theo_5.wav")).unwrap();
+    // 65535 channels of 16 bits: symphonia multiplies them into a u16 block align, which
+    // overflows (a panic in debug builds) before it rejects the channel count.
+    wav[22] = 0xff;
+    wav[23] = 0xff;
+    let path = write(&dir, "channels.wav", &wav);
+    let e = fails(decode_mono(&path));
+    assert!(
+        e.to_string().starts_with(&path.display().to_string()),
+        "{e}"
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 

@@ -40,6 +40,8 @@ pub struct AudioStream {
     packet: u64,
     frames: u64,
     interleaved: Vec<f32>,
+    /// Set by the first error: the decoder's state can no longer be trusted after it.
+    failed: bool,
 }
 
 impl AudioStream {
@@ -67,14 +69,14 @@ impl AudioStream {
         if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
             hint.with_extension(ext);
         }
-        let format = symphonia::default::get_probe()
-            .probe(
+        let format = guarded(path, Location::File, || {
+            symphonia::default::get_probe().probe(
                 &hint,
                 stream,
                 FormatOptions::default(),
                 MetadataOptions::default(),
             )
-            .map_err(|e| sym_error(path, Location::File, e))?;
+        })?;
         let track = format
             .default_track(TrackType::Audio)
             .ok_or_else(|| Error::Unsupported {
@@ -92,9 +94,10 @@ impl AudioStream {
             .clone();
         let track_id = track.id;
         let declared_frames = track.num_frames;
-        let decoder = symphonia::default::get_codecs()
-            .make_audio_decoder(&params, &AudioDecoderOptions::default())
-            .map_err(|e| sym_error(path, Location::File, e))?;
+        let decoder = guarded(path, Location::File, || {
+            symphonia::default::get_codecs()
+                .make_audio_decoder(&params, &AudioDecoderOptions::default())
+        })?;
         let sample_rate = params
             .sample_rate
             .filter(|&r| r > 0)
@@ -119,6 +122,7 @@ impl AudioStream {
             packet: 0,
             frames: 0,
             interleaved: Vec::new(),
+            failed: false,
         })
     }
 
@@ -146,26 +150,44 @@ impl AudioStream {
     /// A NaN or infinite sample (possible in float WAV) is an error naming its frame.
     ///
     /// A stream that ends before the frame count its header declares is an error: a WAV whose
-    /// header lies about its data length must not pass as a shorter clip.
+    /// header lies about its data length must not pass as a shorter clip. The first error ends
+    /// the stream: later calls report that decoding stopped.
     pub fn next_mono(&mut self) -> Result<Option<Vec<f32>>> {
         loop {
             let at = Location::Packet(self.packet);
-            let packet = match self.format.next_packet() {
+            if self.failed {
+                return Err(Error::Format {
+                    path: self.path.clone(),
+                    at,
+                    message: "decoding stopped at an earlier error".into(),
+                });
+            }
+            let format = &mut self.format;
+            let packet = match guarded(&self.path, at.clone(), || match format.next_packet() {
+                Err(SymError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    Ok(None)
+                }
+                other => other,
+            }) {
                 Ok(Some(packet)) => packet,
                 Ok(None) => return self.finish().map(|_| None),
-                Err(SymError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                    return self.finish().map(|_| None)
+                Err(e) => {
+                    self.failed = true;
+                    return Err(e);
                 }
-                Err(e) => return Err(sym_error(&self.path, at, e)),
             };
             self.packet += 1;
             if packet.track_id != self.track_id {
                 continue;
             }
-            let buffer = self
-                .decoder
-                .decode(&packet)
-                .map_err(|e| sym_error(&self.path, at.clone(), e))?;
+            let decoder = &mut self.decoder;
+            let buffer = match guarded(&self.path, at.clone(), || decoder.decode(&packet)) {
+                Ok(buffer) => buffer,
+                Err(e) => {
+                    self.failed = true;
+                    return Err(e);
+                }
+            };
             let channels = buffer.num_planes().max(1);
             let frames = buffer.frames();
             if frames == 0 {
@@ -224,6 +246,31 @@ impl AudioStream {
                 })
             }
             _ => Ok(()),
+        }
+    }
+}
+
+/// Runs one symphonia call, turning its errors into ours and a panic inside it (a decoder bug
+/// on malformed input, such as an arithmetic overflow on a corrupt header) into a format error
+/// naming the file, so that bad input never takes the program down.
+fn guarded<T>(
+    path: &Path,
+    at: Location,
+    call: impl FnOnce() -> std::result::Result<T, SymError>,
+) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)) {
+        Ok(result) => result.map_err(|e| sym_error(path, at, e)),
+        Err(panic) => {
+            let cause = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown cause".into());
+            Err(Error::Format {
+                path: path.into(),
+                at,
+                message: format!("malformed data made the decoder fail ({cause})"),
+            })
         }
     }
 }
