@@ -448,7 +448,7 @@ fn unknown_keys_and_bad_overrides_say_what_is_wrong() {
         ("training.steps", "KEY=VALUE"),
         ("training.steps=many", "invalid type"),
         ("name.inner=1", "is a value, not a section"),
-        ("device=cuda", "CUDA training is not available yet"),
+        ("device=gpu", "unknown device \"gpu\""),
     ] {
         let output = seqmamba(&["run", "workflows/demo.toml", "--out", dir, "--set", set]);
         let stderr = String::from_utf8_lossy(&output.stderr);

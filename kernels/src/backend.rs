@@ -18,7 +18,8 @@ use crate::KernelError;
 /// moments each live in one flat [`Backend::Buffer`]; ops take views of ranges of it.
 /// Semantics of every op are documented on the CPU function of its module
 /// (e.g. [`crate::scan::cpu::forward`]), which is the reference implementation.
-pub trait Backend: Send + Sync {
+/// A backend is a cheap handle: clones share one device.
+pub trait Backend: Clone + Send + Sync {
     /// Owned f32 storage.
     type Buffer: Send + Sync;
     /// Owned u32 storage (token ids, targets, lengths, reset flags).

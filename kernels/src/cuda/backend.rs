@@ -24,7 +24,7 @@ impl Cuda {
             return Ok(());
         }
         // SAFETY: the caller's view covers `len` f32s at `address`.
-        unsafe { result::memset_d8_async(address, 0, len * 4, self.stream.cu_stream()) }
+        unsafe { result::memset_d8_async(address, 0, len * 4, self.shared.stream.cu_stream()) }
             .map_err(|e| device_error("zeroing device memory", e))
     }
 }
@@ -36,15 +36,20 @@ impl Backend for Cuda {
     type ViewMut<'a> = DeviceViewMut<'a>;
 
     fn name(&self) -> String {
-        let name = self.context.name().unwrap_or_else(|_| "unknown GPU".into());
-        format!("cuda ({name}, {})", self.arch)
+        let name = self
+            .shared
+            .context
+            .name()
+            .unwrap_or_else(|_| "unknown GPU".into());
+        format!("cuda ({name}, {})", self.shared.arch)
     }
 
     fn zeros(&self, len: usize) -> Result<DeviceBuffer, KernelError> {
         if len == 0 {
             return Ok(DeviceBuffer::new(None));
         }
-        self.stream
+        self.shared
+            .stream
             .alloc_zeros(len)
             .map(|slice| DeviceBuffer::new(Some(slice)))
             .map_err(|e| device_error(&format!("allocating {len} floats"), e))
@@ -60,7 +65,7 @@ impl Backend for Cuda {
             // SAFETY: the view covers `host.len()` f32s; the stream is synchronised before
             // `host` is read or dropped.
             unsafe {
-                result::memcpy_dtoh_async(&mut host, view.address(), self.stream.cu_stream())
+                result::memcpy_dtoh_async(&mut host, view.address(), self.shared.stream.cu_stream())
             }
             .map_err(|e| device_error("copying from the device", e))?;
         }
@@ -124,7 +129,7 @@ impl Backend for Cuda {
                 dst.address(),
                 src.address(),
                 src.len() * 4,
-                self.stream.cu_stream(),
+                self.shared.stream.cu_stream(),
             )
         }
         .map_err(|e| device_error("copying on the device", e))

@@ -58,7 +58,7 @@ pub fn doctor() -> Result<Doctor, KernelError> {
         name,
         compute_capability,
         driver_version: (driver / 1000, driver % 1000 / 10),
-        nvrtc_version: cuda.nvrtc_version,
+        nvrtc_version: cuda.shared.nvrtc_version,
         multiprocessors,
         total_memory,
         free_memory,

@@ -45,7 +45,15 @@ use crate::KernelError;
 /// assert_eq!(cuda.download(cuda.all(&x))?, vec![1.0, 2.0]);
 /// # Ok::<(), seqmamba_kernels::KernelError>(())
 /// ```
+#[derive(Clone)]
 pub struct Cuda {
+    /// Shared by clones: every model, trainer and evaluator of a run uses one context,
+    /// stream, cuBLAS handle and kernel cache.
+    shared: Arc<Shared>,
+}
+
+/// The state of one opened device.
+struct Shared {
     context: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     blas: CudaBlas,
@@ -63,8 +71,8 @@ pub struct Cuda {
 impl std::fmt::Debug for Cuda {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cuda")
-            .field("ordinal", &self.context.ordinal())
-            .field("arch", &self.arch)
+            .field("ordinal", &self.shared.context.ordinal())
+            .field("arch", &self.shared.arch)
             .finish()
     }
 }
@@ -122,36 +130,38 @@ impl Cuda {
         let blas = CudaBlas::new(stream.clone())
             .map_err(|e| device_error("creating the cuBLAS handle", e))?;
         Ok(Self {
-            context,
-            stream,
-            blas,
-            arch: format!("sm_{major}{minor}"),
-            multiprocessors,
-            nvrtc_version,
-            modules: Mutex::new(HashMap::new()),
-            functions: Mutex::new(HashMap::new()),
-            op_events: Mutex::new(None),
+            shared: Arc::new(Shared {
+                context,
+                stream,
+                blas,
+                arch: format!("sm_{major}{minor}"),
+                multiprocessors,
+                nvrtc_version,
+                modules: Mutex::new(HashMap::new()),
+                functions: Mutex::new(HashMap::new()),
+                op_events: Mutex::new(None),
+            }),
         })
     }
 
     /// The stream every op of this device runs on.
     pub fn stream(&self) -> &Arc<CudaStream> {
-        &self.stream
+        &self.shared.stream
     }
 
     /// The driver context.
     pub fn context(&self) -> &Arc<CudaContext> {
-        &self.context
+        &self.shared.context
     }
 
     /// The architecture kernels are compiled for, e.g. `sm_90`.
     pub fn arch(&self) -> &str {
-        &self.arch
+        &self.shared.arch
     }
 
     /// Streaming multiprocessors on the device.
     pub fn multiprocessors(&self) -> usize {
-        self.multiprocessors
+        self.shared.multiprocessors
     }
 
     /// A buffer holding `data`, `None` when empty (the driver refuses zero-byte
@@ -163,7 +173,8 @@ impl Cuda {
         if data.is_empty() {
             return Ok(None);
         }
-        self.stream
+        self.shared
+            .stream
             .clone_htod(data)
             .map(Some)
             .map_err(|e| device_error("copying to the device", e))
@@ -174,13 +185,14 @@ impl Cuda {
     pub(crate) fn scratch<T: DeviceRepr>(&self, len: usize) -> Result<CudaSlice<T>, KernelError> {
         // SAFETY: device memory is never read on the host uninitialised; the callers'
         // kernels write every element before reading it.
-        unsafe { self.stream.alloc(len) }
+        unsafe { self.shared.stream.alloc(len) }
             .map_err(|e| device_error(&format!("allocating {len} elements"), e))
     }
 
     /// Waits until every queued op has finished.
     pub fn synchronize(&self) -> Result<(), KernelError> {
-        self.stream
+        self.shared
+            .stream
             .synchronize()
             .map_err(|e| device_error("synchronizing the stream", e))
     }
@@ -192,7 +204,7 @@ impl Cuda {
 
     /// The cuBLAS handle, bound to [`Cuda::stream`].
     pub(crate) fn blas(&self) -> &CudaBlas {
-        &self.blas
+        &self.shared.blas
     }
 
     /// Lets cuBLAS run f32 GEMMs on the tensor cores in TF32 (inputs rounded to a 10-bit
@@ -206,7 +218,7 @@ impl Cuda {
             cublasMath_t::CUBLAS_DEFAULT_MATH
         };
         // SAFETY: sets a flag of a live handle.
-        unsafe { cublasSetMathMode(*self.blas.handle(), mode) }
+        unsafe { cublasSetMathMode(*self.shared.blas.handle(), mode) }
             .result()
             .map_err(|e| device_error("setting cuBLAS's math mode", e))
     }
@@ -214,7 +226,7 @@ impl Cuda {
     /// Starts (`true`) or stops timing every GEMM and scan with events on the stream; see
     /// [`Cuda::op_seconds`]. Costs two event records per op while on.
     pub fn time_ops(&self, on: bool) -> Result<(), KernelError> {
-        let mut events = self.op_events.lock().map_err(|_| poisoned())?;
+        let mut events = self.shared.op_events.lock().map_err(|_| poisoned())?;
         *events = on.then(Vec::new);
         Ok(())
     }
@@ -223,7 +235,7 @@ impl Cuda {
     /// restarts the count.
     pub fn op_seconds(&self) -> Result<OpSeconds, KernelError> {
         self.synchronize()?;
-        let mut events = self.op_events.lock().map_err(|_| poisoned())?;
+        let mut events = self.shared.op_events.lock().map_err(|_| poisoned())?;
         let mut total = OpSeconds::default();
         for (op, start, stop) in events.iter_mut().flat_map(|pairs| pairs.drain(..)) {
             let seconds = start
@@ -245,13 +257,14 @@ impl Cuda {
         op: TimedOp,
         launch: impl FnOnce() -> Result<(), KernelError>,
     ) -> Result<(), KernelError> {
-        let mut events = self.op_events.lock().map_err(|_| poisoned())?;
+        let mut events = self.shared.op_events.lock().map_err(|_| poisoned())?;
         let Some(pairs) = events.as_mut() else {
             drop(events);
             return launch();
         };
         let record = || {
-            self.stream
+            self.shared
+                .stream
                 .record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
                 .map_err(|e| device_error("recording an op timing event", e))
         };
@@ -300,7 +313,7 @@ impl Cuda {
     fn memory_pool(&self) -> Result<sys::CUmemoryPool, KernelError> {
         let mut pool = std::ptr::null_mut();
         // SAFETY: writes one pool handle for this context's device.
-        unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, self.context.cu_device()) }
+        unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, self.shared.context.cu_device()) }
             .result()
             .map_err(|e| device_error("finding the device's memory pool", e))?;
         Ok(pool)
@@ -317,23 +330,24 @@ impl Cuda {
     ) -> Result<CudaFunction, KernelError> {
         let joined = defines.join(" ");
         let function_key = (module, joined.clone(), name.to_string());
-        let mut functions = self.functions.lock().map_err(|_| poisoned())?;
+        let mut functions = self.shared.functions.lock().map_err(|_| poisoned())?;
         if let Some(function) = functions.get(&function_key) {
             return Ok(function.clone());
         }
         let key = (module, joined);
-        let mut modules = self.modules.lock().map_err(|_| poisoned())?;
+        let mut modules = self.shared.modules.lock().map_err(|_| poisoned())?;
         let loaded = match modules.get(&key) {
             Some(loaded) => loaded.clone(),
             None => {
                 let mut options = vec![
-                    format!("--gpu-architecture={}", self.arch),
+                    format!("--gpu-architecture={}", self.shared.arch),
                     "--std=c++17".to_string(),
                     "--extra-device-vectorization".to_string(),
                 ];
                 options.extend(defines.iter().cloned());
-                let cubin = cache::compiled(module, source, &options, self.nvrtc_version)?;
+                let cubin = cache::compiled(module, source, &options, self.shared.nvrtc_version)?;
                 let loaded = self
+                    .shared
                     .context
                     .load_module(Ptx::from_binary(cubin))
                     .map_err(|e| device_error(&format!("loading kernel module {module}"), e))?;
@@ -368,7 +382,7 @@ impl Cuda {
             .result()
             .map_err(|e| device_error("raising a kernel's shared-memory limit", e))?;
         }
-        let mut builder = self.stream.launch_builder(function);
+        let mut builder = self.shared.stream.launch_builder(function);
         builder.arg(args);
         // SAFETY: every kernel of this crate takes exactly one argument struct, laid out
         // as `A` (`#[repr(C)]`), whose addresses point into live buffers of this stream.

@@ -2,7 +2,7 @@
 //! validation) predictions with their softmax probabilities, optionally averaged with the
 //! reverse complement's.
 
-use seqmamba_kernels::{Backend, Cpu};
+use seqmamba_kernels::Backend;
 use seqmamba_modalities::dataset::splits::Split;
 
 use super::WorkflowError;
@@ -13,8 +13,8 @@ use crate::model::{Batch, Head, Model, Shape};
 
 /// Softmax probabilities of every example, in order, batch by batch (centre crops of
 /// `len`); with `reverse_complement` averaged with those of the reverse complement.
-pub fn predict(
-    model: &Model<Cpu>,
+pub fn predict<B: Backend>(
+    model: &Model<B>,
     examples: &[&TokenExample],
     batch: usize,
     len: usize,
@@ -69,7 +69,7 @@ fn argmax(p: &[f64]) -> usize {
 }
 
 /// Runs a classification workflow.
-pub(crate) fn run(ctx: &mut RunContext) -> Result<(), WorkflowError> {
+pub(crate) fn run<B: Backend>(ctx: &mut RunContext<B>) -> Result<(), WorkflowError> {
     let w = ctx.workflow;
     let loaded = ctx.stage("load data", |_| {
         data::load(&w.data, w.seed, w.training.seq_len)
@@ -186,7 +186,7 @@ pub(crate) fn run(ctx: &mut RunContext) -> Result<(), WorkflowError> {
             let final_dir = ctx.checkpoint_root(fold, folds).join("final");
             let checkpoint = crate::checkpoint::Checkpoint::load(&final_dir)?;
             model = Model::new(
-                Cpu,
+                ctx.backend.clone(),
                 checkpoint.config,
                 checkpoint.metadata.head,
                 &checkpoint.params,
@@ -239,7 +239,7 @@ pub(crate) fn run(ctx: &mut RunContext) -> Result<(), WorkflowError> {
 }
 
 /// Prediction rows of folds a resumed run finished before (none for a fresh run).
-fn kept_predictions(ctx: &RunContext) -> Vec<String> {
+fn kept_predictions<B: Backend>(ctx: &RunContext<B>) -> Vec<String> {
     let Some(point) = &ctx.resume else {
         return Vec::new();
     };
@@ -256,8 +256,8 @@ fn kept_predictions(ctx: &RunContext) -> Vec<String> {
         .collect()
 }
 
-fn write_predictions(
-    ctx: &RunContext,
+fn write_predictions<B: Backend>(
+    ctx: &RunContext<B>,
     lines: &[String],
     classes: usize,
 ) -> Result<(), WorkflowError> {
@@ -277,6 +277,7 @@ fn write_predictions(
 mod tests {
     use super::*;
     use crate::model::{Bidirectional, MambaConfig, PoolingKind};
+    use seqmamba_kernels::Cpu;
 
     #[test]
     fn predictions_do_not_depend_on_the_batch_size_and_rc_averaging_is_symmetric() {

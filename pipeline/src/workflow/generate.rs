@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use seqmamba_kernels::Cpu;
+use seqmamba_kernels::Backend;
 use seqmamba_modalities::OnError;
 use seqmamba_modalities::audio::wav::write_tokens_wav;
 use seqmamba_modalities::dna::alignment::AlignmentOptions;
@@ -41,9 +41,9 @@ pub fn fasta_record(name: &str, tokens: &[u8]) -> String {
 /// Writes `generation.samples` samples into `generated/`: each continues the first
 /// `prompt_len` tokens of a prompt sequence (taken in turn); DNA as `sample-<i>.fa` (the
 /// generated bases only), audio as `sample-<i>.wav` (prompt and continuation).
-pub(crate) fn write_samples(
-    ctx: &mut RunContext,
-    model: &Model<Cpu>,
+pub(crate) fn write_samples<B: Backend>(
+    ctx: &mut RunContext<B>,
+    model: &Model<B>,
     prompts: &[Vec<u8>],
 ) -> Result<(), WorkflowError> {
     let w = ctx.workflow;
@@ -98,7 +98,7 @@ pub(crate) fn write_samples(
     Ok(())
 }
 
-fn load_model(ctx: &RunContext) -> Result<Model<Cpu>, WorkflowError> {
+fn load_model<B: Backend>(ctx: &RunContext<B>) -> Result<Model<B>, WorkflowError> {
     let path = ctx
         .workflow
         .model
@@ -122,7 +122,7 @@ fn load_model(ctx: &RunContext) -> Result<Model<Cpu>, WorkflowError> {
         )));
     }
     Ok(Model::new(
-        Cpu,
+        ctx.backend.clone(),
         checkpoint.config,
         checkpoint.metadata.head,
         &checkpoint.params,
@@ -130,7 +130,7 @@ fn load_model(ctx: &RunContext) -> Result<Model<Cpu>, WorkflowError> {
 }
 
 /// The generate task: samples from `model.checkpoint`, prompts from the data's test split.
-pub(crate) fn run_generate(ctx: &mut RunContext) -> Result<(), WorkflowError> {
+pub(crate) fn run_generate<B: Backend>(ctx: &mut RunContext<B>) -> Result<(), WorkflowError> {
     let w = ctx.workflow;
     let model = ctx.stage("load model", |c| load_model(c))?;
     let loaded = ctx.stage("load data", |_| {
@@ -153,7 +153,7 @@ pub(crate) fn run_generate(ctx: &mut RunContext) -> Result<(), WorkflowError> {
 
 /// The score task: `scores.tsv` with every token's log-likelihood (natural log) of every
 /// example, and the mean bits per token in `lm_eval.csv` (split `all`).
-pub(crate) fn run_score(ctx: &mut RunContext) -> Result<(), WorkflowError> {
+pub(crate) fn run_score<B: Backend>(ctx: &mut RunContext<B>) -> Result<(), WorkflowError> {
     let w = ctx.workflow;
     let model = ctx.stage("load model", |c| load_model(c))?;
     let loaded = ctx.stage("load data", |_| {
@@ -186,8 +186,8 @@ pub(crate) fn run_score(ctx: &mut RunContext) -> Result<(), WorkflowError> {
 
 /// Writes `record<TAB>position<TAB>token_id<TAB>logprob` for positions 1.. of `ids`
 /// (position 0 has no context; logprob is the natural log).
-pub fn write_scores(
-    model: &Model<Cpu>,
+pub fn write_scores<B: Backend>(
+    model: &Model<B>,
     record: &str,
     ids: &[u32],
     chunk_len: usize,
@@ -209,8 +209,8 @@ pub fn write_scores(
 
 /// Scores every record of a DNA file (FASTA, FASTQ, SAM, BAM) into `out` as
 /// [`write_scores`] lines, record by record.
-pub fn score_dna_file(
-    model: &Model<Cpu>,
+pub fn score_dna_file<B: Backend>(
+    model: &Model<B>,
     path: &Path,
     chunk_len: usize,
     out: &mut impl Write,

@@ -2,7 +2,7 @@
 //! token on the held-out sequences against order-k Markov and DEFLATE baselines
 //! (`lm_eval.csv`), then optional samples.
 
-use seqmamba_kernels::Cpu;
+use seqmamba_kernels::Backend;
 
 use super::WorkflowError;
 use super::data::{self, Corpus, lm_batch, step_rng};
@@ -51,8 +51,8 @@ fn capped(sequences: &[Vec<u8>], max_tokens: usize) -> Vec<Vec<u8>> {
 
 /// Bits per token of `model` over `sequences` (each scored from its start; position 0 of
 /// each has no prediction) and the number of predicted tokens.
-pub fn model_bits(
-    model: &Model<Cpu>,
+pub fn model_bits<B: Backend>(
+    model: &Model<B>,
     sequences: &[Vec<u8>],
     chunk_len: usize,
 ) -> Result<(f64, usize), WorkflowError> {
@@ -115,7 +115,10 @@ pub fn baselines(
 }
 
 /// Writes `lm_eval.csv`.
-pub(crate) fn write_lm_eval(ctx: &RunContext, rows: &[LmEval]) -> Result<(), WorkflowError> {
+pub(crate) fn write_lm_eval<B: Backend>(
+    ctx: &RunContext<B>,
+    rows: &[LmEval],
+) -> Result<(), WorkflowError> {
     let mut text = String::from("split,model,bits_per_token,tokens\n");
     for r in rows {
         text.push_str(&format!(
@@ -127,7 +130,7 @@ pub(crate) fn write_lm_eval(ctx: &RunContext, rows: &[LmEval]) -> Result<(), Wor
 }
 
 /// Runs a pretraining workflow.
-pub(crate) fn run(ctx: &mut RunContext) -> Result<(), WorkflowError> {
+pub(crate) fn run<B: Backend>(ctx: &mut RunContext<B>) -> Result<(), WorkflowError> {
     let w = ctx.workflow;
     let loaded = ctx.stage("load data", |_| {
         data::load(&w.data, w.seed, w.training.seq_len)

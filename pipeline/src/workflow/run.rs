@@ -14,6 +14,7 @@ use std::time::{Instant, SystemTime};
 use indicatif::{ProgressBar, ProgressStyle};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
+use seqmamba_kernels::cuda::Cuda;
 use seqmamba_kernels::{Backend, Cpu};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -80,7 +81,11 @@ pub struct InputFile {
 pub struct Manifest {
     pub name: String,
     pub seed: u64,
+    /// `cpu` or `cuda:N`.
     pub device: String,
+    /// What the backend says it is, e.g. `cuda (NVIDIA H200, sm_90)`.
+    #[serde(default)]
+    pub device_name: String,
     pub threads: usize,
     pub program_version: String,
     pub git_commit: Option<String>,
@@ -111,8 +116,10 @@ pub(crate) struct ResumePoint {
     pub seconds: f64,
 }
 
-/// The state of a run in progress.
-pub(crate) struct RunContext<'a> {
+/// The state of a run in progress on backend `B`.
+pub(crate) struct RunContext<'a, B: Backend> {
+    /// Every model of the run lives here (clones share one device).
+    pub backend: B,
     pub dir: PathBuf,
     pub workflow: &'a Workflow,
     pub options: &'a RunOptions,
@@ -128,24 +135,47 @@ fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
-/// `auto` and `cpu` run on the CPU; CUDA training is not wired yet.
-pub fn check_device(device: &str, quiet: bool) -> Result<String, WorkflowError> {
-    match device {
-        "cpu" => Ok("cpu".into()),
-        "auto" => {
-            if !quiet {
-                eprintln!(
-                    "note: device = \"auto\" runs on the CPU (CUDA training is not available yet)"
-                );
+/// Where a run computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    /// A CUDA device by ordinal.
+    Cuda(usize),
+}
+
+impl Device {
+    /// Parses a workflow's `device`: `cpu`, `cuda` (device 0), `cuda:N`, or `auto` (the first
+    /// CUDA device when one can be opened, else the CPU).
+    ///
+    /// ```
+    /// use seqmamba::workflow::run::Device;
+    /// assert_eq!(Device::parse("cuda:1").unwrap(), Some(Device::Cuda(1)));
+    /// assert_eq!(Device::parse("auto").unwrap(), None);
+    /// assert!(Device::parse("tpu").is_err());
+    /// ```
+    pub fn parse(device: &str) -> Result<Option<Device>, WorkflowError> {
+        let bad = || {
+            WorkflowError::Device(format!(
+                "unknown device {device:?}: use \"auto\", \"cpu\", \"cuda\" or \"cuda:N\""
+            ))
+        };
+        match device {
+            "auto" => Ok(None),
+            "cpu" => Ok(Some(Device::Cpu)),
+            "cuda" => Ok(Some(Device::Cuda(0))),
+            d => {
+                let ordinal = d.strip_prefix("cuda:").ok_or_else(bad)?;
+                Ok(Some(Device::Cuda(ordinal.parse().map_err(|_| bad())?)))
             }
-            Ok("cpu".into())
         }
-        d if d == "cuda" || d.starts_with("cuda:") => Err(WorkflowError::Device(format!(
-            "{d}: CUDA training is not available yet; set device = \"cpu\" (or --set device=cpu)"
-        ))),
-        d => Err(WorkflowError::Device(format!(
-            "unknown device {d:?}: use \"auto\", \"cpu\", \"cuda\" or \"cuda:N\""
-        ))),
+    }
+
+    /// The name the manifest records: `cpu` or `cuda:N`.
+    pub fn name(self) -> String {
+        match self {
+            Device::Cpu => "cpu".into(),
+            Device::Cuda(n) => format!("cuda:{n}"),
+        }
     }
 }
 
@@ -198,21 +228,54 @@ pub fn resume(dir: &Path, options: &RunOptions) -> Result<RunSummary, WorkflowEr
     execute(&workflow, options, dir.to_path_buf(), point)
 }
 
+/// Opens the workflow's device and runs on it.
 fn execute(
     workflow: &Workflow,
     options: &RunOptions,
     dir: PathBuf,
     resume: Option<ResumePoint>,
 ) -> Result<RunSummary, WorkflowError> {
+    let open = |ordinal: usize| {
+        Cuda::new(ordinal).map_err(|e| {
+            WorkflowError::Device(format!(
+                "cuda:{ordinal}: {e}; run on the CPU with --set device=cpu"
+            ))
+        })
+    };
+    match Device::parse(&workflow.device)? {
+        Some(Device::Cpu) => execute_on(Cpu, Device::Cpu, workflow, options, dir, resume),
+        Some(Device::Cuda(n)) => {
+            execute_on(open(n)?, Device::Cuda(n), workflow, options, dir, resume)
+        }
+        None => match open(0) {
+            Ok(cuda) => execute_on(cuda, Device::Cuda(0), workflow, options, dir, resume),
+            Err(e) => {
+                if !options.quiet {
+                    eprintln!("note: device = \"auto\" runs on the CPU ({e})");
+                }
+                execute_on(Cpu, Device::Cpu, workflow, options, dir, resume)
+            }
+        },
+    }
+}
+
+fn execute_on<B: Backend>(
+    backend: B,
+    device: Device,
+    workflow: &Workflow,
+    options: &RunOptions,
+    dir: PathBuf,
+    resume: Option<ResumePoint>,
+) -> Result<RunSummary, WorkflowError> {
     let clock = Instant::now();
-    let device = check_device(&workflow.device, options.quiet)?;
     let previous: Option<Manifest> = std::fs::read(dir.join("manifest.json"))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
     let mut manifest = Manifest {
         name: workflow.name.clone(),
         seed: workflow.seed,
-        device,
+        device: device.name(),
+        device_name: backend.name(),
         threads: rayon::current_num_threads(),
         program_version: env!("CARGO_PKG_VERSION").into(),
         git_commit: option_env!("SEQMAMBA_GIT_COMMIT").map(String::from),
@@ -252,6 +315,7 @@ fn execute(
             .unwrap_or(0.0);
     }
     let mut ctx = RunContext {
+        backend,
         dir: dir.clone(),
         workflow,
         options,
@@ -400,7 +464,7 @@ fn read_trainer_state(dir: &Path) -> Result<(usize, u64, Vec<f32>, Vec<f32>), Wo
     Ok((fold, step, read("m")?, read("v")?))
 }
 
-impl RunContext<'_> {
+impl<B: Backend> RunContext<'_, B> {
     /// Runs `f` as a named stage, timing it into the manifest.
     pub fn stage<T>(
         &mut self,
@@ -490,7 +554,7 @@ impl RunContext<'_> {
     /// resumable `step-<n>` and `final`). Resumes from the run's checkpoint of this fold.
     pub fn fit(
         &mut self,
-        model: &mut Model<Cpu>,
+        model: &mut Model<B>,
         metadata: &Metadata,
         shape: Shape,
         total_steps: u64,
@@ -526,8 +590,15 @@ impl RunContext<'_> {
         while trainer.step < total_steps {
             let step = trainer.step;
             let host = make(step);
-            let batch = Batch::new(&Cpu, shape, &host.ids, host.lengths.as_deref(), None)?;
-            let stats = trainer.step(model, &batch, &host.targets, host.count)?;
+            let batch = Batch::new(
+                &model.backend,
+                shape,
+                &host.ids,
+                host.lengths.as_deref(),
+                None,
+            )?;
+            let targets = model.backend.upload_ids(&host.targets)?;
+            let stats = trainer.step(model, &batch, &targets, host.count)?;
             tokens_done += host.tokens;
             let seconds = seconds_offset + start.elapsed().as_secs_f64();
             self.train_log.push(format!(
@@ -566,8 +637,8 @@ impl RunContext<'_> {
     /// then removes older step folders of the fold; writes the training log.
     fn save_checkpoint(
         &self,
-        model: &Model<Cpu>,
-        trainer: &Trainer<Cpu>,
+        model: &Model<B>,
+        trainer: &Trainer<B>,
         metadata: &Metadata,
         root: &Path,
         fold: usize,
@@ -614,7 +685,7 @@ impl RunContext<'_> {
         vocab: usize,
         init_seed: u64,
         labels: &[String],
-    ) -> Result<(Model<Cpu>, Metadata), WorkflowError> {
+    ) -> Result<(Model<B>, Metadata), WorkflowError> {
         let spec = &self.workflow.model;
         let metadata = Metadata {
             head: head.clone(),
@@ -626,7 +697,7 @@ impl RunContext<'_> {
         };
         let Some(path) = &spec.checkpoint else {
             let config = spec.config(vocab)?;
-            let model = Model::initialised(Cpu, config, head, init_seed)?;
+            let model = Model::initialised(self.backend.clone(), config, head, init_seed)?;
             return Ok((model, metadata));
         };
         let checkpoint = Checkpoint::load(path)?;
@@ -639,7 +710,10 @@ impl RunContext<'_> {
         }
         let config = checkpoint.config.clone();
         if checkpoint.metadata.head == head {
-            return Ok((Model::new(Cpu, config, head, &checkpoint.params)?, metadata));
+            return Ok((
+                Model::new(self.backend.clone(), config, head, &checkpoint.params)?,
+                metadata,
+            ));
         }
         // A new head: initialise it, copy every backbone tensor the checkpoint has.
         let table = ParamTable::new(&config, &head);
@@ -650,7 +724,10 @@ impl RunContext<'_> {
                 params[entry.range.clone()].copy_from_slice(&checkpoint.params[from.range.clone()]);
             }
         }
-        Ok((Model::new(Cpu, config, head, &params)?, metadata))
+        Ok((
+            Model::new(self.backend.clone(), config, head, &params)?,
+            metadata,
+        ))
     }
 
     /// A progress bar with ETA, hidden when quiet or when stderr is not a terminal.
@@ -703,11 +780,14 @@ mod tests {
     }
 
     #[test]
-    fn devices_resolve_to_the_cpu_or_say_what_to_do() {
-        assert_eq!(check_device("auto", true).unwrap(), "cpu");
-        let e = check_device("cuda:1", true).unwrap_err().to_string();
-        assert!(e.contains("CUDA training is not available yet"), "{e}");
-        assert!(check_device("tpu", true).is_err());
+    fn devices_parse_or_say_what_to_use() {
+        assert_eq!(Device::parse("cpu").unwrap(), Some(Device::Cpu));
+        assert_eq!(Device::parse("cuda").unwrap(), Some(Device::Cuda(0)));
+        assert_eq!(Device::Cuda(3).name(), "cuda:3");
+        for bad in ["tpu", "cuda:", "cuda:x", "cuda:-1", "CPU"] {
+            let e = Device::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("use \"auto\", \"cpu\""), "{bad}: {e}");
+        }
     }
 
     #[test]
