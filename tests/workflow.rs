@@ -554,7 +554,7 @@ fn demo_on_cuda_matches_the_cpu() {
     }
     let out = tempfile::tempdir().unwrap();
     let run_on = |device: &str| {
-        let dir = out.path().join(device);
+        let dir = out.path().join(device.replace([':', ','], "-"));
         let mut args = vec!["--quiet", "demo", "--out", dir.to_str().unwrap()];
         args.extend(SMALL);
         args.extend(NO_REPORT);
@@ -563,18 +563,28 @@ fn demo_on_cuda_matches_the_cpu() {
         ok(seqmamba(&args));
         dir
     };
-    let (cpu, gpu) = (run_on("cpu"), run_on("cuda"));
+    let cpu = run_on("cpu");
+    // One GPU, then the data-parallel path (NCCL) with a world of one.
+    for (device, recorded) in [("cuda", "cuda:0"), ("cuda:0,", "cuda:0,")] {
+        let gpu = run_on(device);
+        check_same_results(&cpu, &gpu, recorded);
+    }
+}
+
+/// The demo's run folders on the GPU (`gpu`) against the CPU's: same data, same
+/// initialisation, results equal up to f32 reduction order.
+fn check_same_results(cpu: &Path, gpu: &Path, device: &str) {
     for name in ["demo-dna", "demo-audio", "demo-promoters"] {
         let manifest: serde_json::Value =
             serde_json::from_str(&read(&gpu.join(name).join("manifest.json"))).unwrap();
-        assert_eq!(manifest["device"], "cuda:0");
+        assert_eq!(manifest["device"], device);
+        assert_eq!(manifest["world_size"], 1);
         assert!(
             manifest["device_name"]
                 .as_str()
                 .unwrap()
                 .starts_with("cuda (")
         );
-        // Same initialisation and batches: the losses agree to f32 reduction order.
         let (a, b) = (
             log_without_seconds(&cpu.join(name)),
             log_without_seconds(&gpu.join(name)),
@@ -582,7 +592,10 @@ fn demo_on_cuda_matches_the_cpu() {
         assert_eq!(a.len(), b.len());
         for (x, y) in a[1..].iter().zip(&b[1..]) {
             assert_eq!(x[..2], y[..2]);
-            assert!(relative_gap(&x[2], &y[2]) < 1e-4, "{name}: {x:?} vs {y:?}");
+            assert!(
+                relative_gap(&x[2], &y[2]) < 1e-4,
+                "{device} {name}: {x:?} vs {y:?}"
+            );
         }
     }
     for name in ["demo-dna", "demo-audio"] {
@@ -597,7 +610,7 @@ fn demo_on_cuda_matches_the_cpu() {
             let tolerance = if x[1] == "mamba" { 1e-4 } else { 0.0 };
             assert!(
                 relative_gap(&x[2], &y[2]) <= tolerance,
-                "{name}: {x:?} vs {y:?}"
+                "{device} {name}: {x:?} vs {y:?}"
             );
         }
     }
@@ -609,6 +622,6 @@ fn demo_on_cuda_matches_the_cpu() {
     for (x, y) in a[1..].iter().zip(&b[1..]) {
         assert_eq!(x[..6], y[..6]);
         let (p, q): (f64, f64) = (x[8].parse().unwrap(), y[8].parse().unwrap());
-        assert!((p - q).abs() < 1e-4, "{x:?} vs {y:?}");
+        assert!((p - q).abs() < 1e-4, "{device}: {x:?} vs {y:?}");
     }
 }

@@ -17,7 +17,7 @@ use seqmamba_kernels::cuda::{Communicator, CommunicatorId, Cuda};
 
 use crate::ModelError;
 use crate::model::{Batch, Head, IGNORE_INDEX, MambaConfig, Model, Shape};
-use crate::train::{OptimizerConfig, StepStats, Trainer};
+use crate::train::{OptimizerConfig, OptimizerState, StepStats, Trainer};
 
 /// One global batch on the host: `ids` (and `resets`) hold `shape.tokens()` values,
 /// `lengths` one per row, `targets` one per token (language model) or per row (classifier).
@@ -84,6 +84,8 @@ enum Command {
     Join,
     Step(Shard),
     Params,
+    State,
+    Restore(OptimizerState),
 }
 
 enum Reply {
@@ -91,6 +93,7 @@ enum Reply {
     /// This rank's summed loss and the stats of its update.
     Step(f64, StepStats),
     Params(Vec<f32>),
+    State(OptimizerState),
 }
 
 struct Rank {
@@ -261,6 +264,29 @@ impl DataParallel {
         }
     }
 
+    /// Rank 0's parameters, moments and step (every rank holds the same).
+    pub fn state(&self) -> Result<OptimizerState, ModelError> {
+        self.send(0, Command::State)?;
+        match self.reply(0)? {
+            Reply::State(state) => Ok(state),
+            _ => Err(out_of_turn(0)),
+        }
+    }
+
+    /// Puts `state` on every rank: a resumed run continues from its checkpoint.
+    pub fn restore(&self, state: &OptimizerState) -> Result<(), ModelError> {
+        for rank in 0..self.ranks.len() {
+            self.send(rank, Command::Restore(state.clone()))?;
+        }
+        for rank in 0..self.ranks.len() {
+            match self.reply(rank)? {
+                Reply::Ready => {}
+                _ => return Err(out_of_turn(rank)),
+            }
+        }
+        Ok(())
+    }
+
     /// Each rank's rows of `batch`, checked against the layout.
     fn split(&self, batch: &HostBatch<'_>) -> Result<Vec<Shard>, ModelError> {
         let global = self.layout.global_batch();
@@ -405,6 +431,11 @@ fn run_rank(setup: Setup, commands: Receiver<Command>, replies: Sender<Result<Re
                     .map(Reply::Params)
                     .map_err(ModelError::from)
             }
+            Command::State => replica.trainer.state(&replica.model).map(Reply::State),
+            Command::Restore(state) => replica
+                .trainer
+                .restore(&mut replica.model, &state)
+                .map(|_| Reply::Ready),
             Command::Join => Err(ModelError::Input(format!(
                 "rank {rank} was asked to join its communicator twice"
             ))),

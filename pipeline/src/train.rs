@@ -88,7 +88,50 @@ pub struct Trainer<B: Backend> {
     scratch: Scratch<B>,
 }
 
+/// Parameters, AdamW moments and step count on the host: what a resumable checkpoint holds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OptimizerState {
+    pub params: Vec<f32>,
+    pub m: Vec<f32>,
+    pub v: Vec<f32>,
+    pub step: u64,
+}
+
 impl<B: Backend> Trainer<B> {
+    /// `model`'s parameters with this trainer's moments and step, on the host.
+    pub fn state(&self, model: &Model<B>) -> Result<OptimizerState, ModelError> {
+        let be = &model.backend;
+        Ok(OptimizerState {
+            params: be.download(be.all(&model.params))?,
+            m: be.download(be.all(&self.m))?,
+            v: be.download(be.all(&self.v))?,
+            step: self.step,
+        })
+    }
+
+    /// Puts `state` into `model` and this trainer, which then continue where it was taken.
+    pub fn restore(
+        &mut self,
+        model: &mut Model<B>,
+        state: &OptimizerState,
+    ) -> Result<(), ModelError> {
+        let n = model.table.total;
+        if [&state.params, &state.m, &state.v]
+            .iter()
+            .any(|x| x.len() != n)
+        {
+            return Err(ModelError::Input(format!(
+                "an optimizer state for this model holds {n} values per buffer"
+            )));
+        }
+        let be = &model.backend;
+        model.params = be.upload(&state.params)?;
+        self.m = be.upload(&state.m)?;
+        self.v = be.upload(&state.v)?;
+        self.step = state.step;
+        Ok(())
+    }
+
     /// A trainer for `model` on batches of `shape`, at step 0.
     pub fn new(
         model: &Model<B>,

@@ -22,10 +22,12 @@ use sha2::{Digest, Sha256};
 use super::data::HostBatch;
 use super::schema::{Task, Workflow};
 use super::{WorkflowError, classify, generate, io_error, pretrain};
+use crate::ModelError;
 use crate::checkpoint::{Checkpoint, Metadata};
 use crate::fsutil::write_atomic;
 use crate::model::{Batch, Head, Model, ParamTable, Shape};
-use crate::train::Trainer;
+use crate::parallel::{DataParallel, HostBatch as GlobalBatch, ParallelConfig};
+use crate::train::{OptimizerState, StepStats, Trainer};
 
 /// Renders the report of a finished run folder (the binary passes the report module's
 /// `render`); errors are shown as text.
@@ -120,6 +122,8 @@ pub(crate) struct ResumePoint {
 pub(crate) struct RunContext<'a, B: Backend> {
     /// Every model of the run lives here (clones share one device).
     pub backend: B,
+    /// Data-parallel training opens its own ranks; evaluation uses `backend`.
+    pub device: Device,
     pub dir: PathBuf,
     pub workflow: &'a Workflow,
     pub options: &'a RunOptions,
@@ -136,45 +140,82 @@ fn now_rfc3339() -> String {
 }
 
 /// Where a run computes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Device {
     Cpu,
-    /// A CUDA device by ordinal.
+    /// One CUDA device by ordinal.
     Cuda(usize),
+    /// Data-parallel training over these CUDA devices through NCCL (a world of one GPU
+    /// included); evaluation runs on the first. Empty until `cuda:all` is resolved.
+    DataParallel(Vec<usize>),
 }
 
 impl Device {
-    /// Parses a workflow's `device`: `cpu`, `cuda` (device 0), `cuda:N`, or `auto` (the first
-    /// CUDA device when one can be opened, else the CPU).
+    /// Parses a workflow's `device`: `cpu`, `cuda` (device 0), `cuda:N`, `cuda:all` or a
+    /// list `cuda:0,1` (data-parallel; `cuda:0,` is a world of one GPU), or `auto` (`None`: the first CUDA device when one can
+    /// be opened, else the CPU).
     ///
     /// ```
     /// use seqmamba::workflow::run::Device;
     /// assert_eq!(Device::parse("cuda:1").unwrap(), Some(Device::Cuda(1)));
+    /// assert_eq!(Device::parse("cuda:0,2").unwrap(), Some(Device::DataParallel(vec![0, 2])));
+    /// assert_eq!(Device::parse("cuda:3,").unwrap(), Some(Device::DataParallel(vec![3])));
+    /// assert_eq!(Device::DataParallel(vec![3]).name(), "cuda:3,");
     /// assert_eq!(Device::parse("auto").unwrap(), None);
     /// assert!(Device::parse("tpu").is_err());
     /// ```
     pub fn parse(device: &str) -> Result<Option<Device>, WorkflowError> {
         let bad = || {
             WorkflowError::Device(format!(
-                "unknown device {device:?}: use \"auto\", \"cpu\", \"cuda\" or \"cuda:N\""
+                "unknown device {device:?}: use \"auto\", \"cpu\", \"cuda\", \"cuda:N\", \
+                 \"cuda:all\" or \"cuda:N,M,..\""
             ))
         };
         match device {
             "auto" => Ok(None),
             "cpu" => Ok(Some(Device::Cpu)),
             "cuda" => Ok(Some(Device::Cuda(0))),
+            "cuda:all" => Ok(Some(Device::DataParallel(Vec::new()))),
             d => {
-                let ordinal = d.strip_prefix("cuda:").ok_or_else(bad)?;
-                Ok(Some(Device::Cuda(ordinal.parse().map_err(|_| bad())?)))
+                let list = d.strip_prefix("cuda:").ok_or_else(bad)?;
+                // A trailing comma makes a list of one: a data-parallel world of one GPU.
+                let ordinals = list
+                    .strip_suffix(',')
+                    .unwrap_or(list)
+                    .split(',')
+                    .map(|n| n.trim().parse::<usize>().map_err(|_| bad()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut unique = ordinals.clone();
+                unique.sort_unstable();
+                unique.dedup();
+                match ordinals.len() {
+                    _ if unique.len() != ordinals.len() => Err(bad()),
+                    1 if !list.contains(',') => Ok(Some(Device::Cuda(ordinals[0]))),
+                    _ => Ok(Some(Device::DataParallel(ordinals))),
+                }
             }
         }
     }
 
-    /// The name the manifest records: `cpu` or `cuda:N`.
-    pub fn name(self) -> String {
+    /// The name the manifest records, which [`Device::parse`] reads back: `cpu`, `cuda:N`,
+    /// or the data-parallel list `cuda:N,M` (`cuda:N,` for one GPU).
+    pub fn name(&self) -> String {
         match self {
             Device::Cpu => "cpu".into(),
             Device::Cuda(n) => format!("cuda:{n}"),
+            Device::DataParallel(ordinals) => {
+                let list: Vec<String> = ordinals.iter().map(usize::to_string).collect();
+                let comma = if list.len() == 1 { "," } else { "" };
+                format!("cuda:{}{comma}", list.join(","))
+            }
+        }
+    }
+
+    /// Ranks that train: the GPUs of a data-parallel run, else 1.
+    pub fn world_size(&self) -> usize {
+        match self {
+            Device::DataParallel(ordinals) => ordinals.len(),
+            _ => 1,
         }
     }
 }
@@ -247,6 +288,18 @@ fn execute(
         Some(Device::Cuda(n)) => {
             execute_on(open(n)?, Device::Cuda(n), workflow, options, dir, resume)
         }
+        Some(Device::DataParallel(mut ordinals)) => {
+            if ordinals.is_empty() {
+                ordinals = (0..seqmamba_kernels::cuda::device_count()).collect();
+            }
+            let first = *ordinals.first().ok_or_else(|| {
+                WorkflowError::Device(
+                    "cuda:all: no CUDA device found; run on the CPU with --set device=cpu".into(),
+                )
+            })?;
+            let device = Device::DataParallel(ordinals);
+            execute_on(open(first)?, device, workflow, options, dir, resume)
+        }
         None => match open(0) {
             Ok(cuda) => execute_on(cuda, Device::Cuda(0), workflow, options, dir, resume),
             Err(e) => {
@@ -276,6 +329,7 @@ fn execute_on<B: Backend>(
         seed: workflow.seed,
         device: device.name(),
         device_name: backend.name(),
+        world_size: device.world_size(),
         threads: rayon::current_num_threads(),
         program_version: env!("CARGO_PKG_VERSION").into(),
         git_commit: option_env!("SEQMAMBA_GIT_COMMIT").map(String::from),
@@ -283,7 +337,6 @@ fn execute_on<B: Backend>(
         finished: None,
         stages: Vec::new(),
         inputs: Vec::new(),
-        world_size: 1,
         task: workflow.task.name().into(),
         resumed_from: Vec::new(),
         notes: Vec::new(),
@@ -316,6 +369,7 @@ fn execute_on<B: Backend>(
     }
     let mut ctx = RunContext {
         backend,
+        device,
         dir: dir.clone(),
         workflow,
         options,
@@ -552,6 +606,7 @@ impl<B: Backend> RunContext<'_, B> {
     /// Trains `model` for `total_steps` on the batches `make(step)` gives, logging every
     /// step, checkpointing every `training.checkpoint_every` steps and at the end (a
     /// resumable `step-<n>` and `final`). Resumes from the run's checkpoint of this fold.
+    /// A data-parallel device trains on its ranks and leaves the result in `model`.
     pub fn fit(
         &mut self,
         model: &mut Model<B>,
@@ -561,63 +616,84 @@ impl<B: Backend> RunContext<'_, B> {
         (fold, folds): (usize, usize),
         make: impl Fn(u64) -> HostBatch,
     ) -> Result<(), WorkflowError> {
-        let workflow = self.workflow;
-        let training = &workflow.training;
-        let mut trainer = Trainer::new(model, shape, training.optimizer(total_steps))?;
+        let training = &self.workflow.training;
+        let optimizer = training.optimizer(total_steps);
+        let mut engine = match &self.device {
+            Device::DataParallel(ordinals) => {
+                let world = ordinals.len();
+                if !shape.batch.is_multiple_of(world) {
+                    return Err(WorkflowError::Invalid(format!(
+                        "training.batch_size ({}) must be a multiple of the number of GPUs ({world})",
+                        shape.batch
+                    )));
+                }
+                let layout = ParallelConfig {
+                    devices: ordinals.clone(),
+                    micro_batch: Shape {
+                        batch: shape.batch / world,
+                        len: shape.len,
+                    },
+                    accumulation: 1,
+                    tf32: false,
+                };
+                let params = model.backend.download(model.backend.all(&model.params))?;
+                let head = model.head.clone();
+                let config = model.config.clone();
+                Engine::Parallel(DataParallel::new(layout, config, head, &params, optimizer)?)
+            }
+            _ => Engine::Single(Trainer::new(model, shape, optimizer)?),
+        };
         let mut seconds_offset = 0.0;
+        let mut step = 0;
         let root = self.checkpoint_root(fold, folds);
         if let Some(point) = self.resume.as_ref().filter(|p| p.fold == fold) {
             let checkpoint = Checkpoint::load(&point.dir)?;
-            let (_, step, m, v) = read_trainer_state(&point.dir)?;
-            let be = &model.backend;
-            if checkpoint.params.len() != model.table.total || m.len() != model.table.total {
-                return Err(WorkflowError::RunFolder {
+            let (_, saved_step, m, v) = read_trainer_state(&point.dir)?;
+            let state = OptimizerState {
+                params: checkpoint.params,
+                m,
+                v,
+                step: saved_step,
+            };
+            engine
+                .restore(model, &state)
+                .map_err(|e| WorkflowError::RunFolder {
                     path: point.dir.clone(),
-                    message: "checkpoint does not match the workflow's model".into(),
-                });
-            }
-            model.params = be.upload(&checkpoint.params)?;
-            trainer.m = be.upload(&m)?;
-            trainer.v = be.upload(&v)?;
-            trainer.step = step;
+                    message: format!("checkpoint does not match the workflow's model: {e}"),
+                })?;
+            step = saved_step;
             seconds_offset = point.seconds;
         }
         let every = training.checkpoint_every;
         let bar = self.progress(total_steps, &format!("train{}", fold_suffix(fold, folds)));
-        bar.set_position(trainer.step);
+        bar.set_position(step);
         let start = Instant::now();
         let mut tokens_done = 0usize;
-        while trainer.step < total_steps {
-            let step = trainer.step;
+        while step < total_steps {
             let host = make(step);
-            let batch = Batch::new(
-                &model.backend,
-                shape,
-                &host.ids,
-                host.lengths.as_deref(),
-                None,
-            )?;
-            let targets = model.backend.upload_ids(&host.targets)?;
-            let stats = trainer.step(model, &batch, &targets, host.count)?;
+            let stats = engine.step(model, shape, &host)?;
+            step += 1;
             tokens_done += host.tokens;
             let seconds = seconds_offset + start.elapsed().as_secs_f64();
             self.train_log.push(format!(
-                "{},{fold},{},{},{},{},{seconds:.3}",
-                trainer.step, stats.loss, stats.grad_norm, stats.lr, host.tokens
+                "{step},{fold},{},{},{},{},{seconds:.3}",
+                stats.loss, stats.grad_norm, stats.lr, host.tokens
             ));
-            bar.set_position(trainer.step);
+            bar.set_position(step);
             bar.set_message(format!(
                 "loss {:.4} · {:.0} tok/s",
                 stats.loss,
                 tokens_done as f64 / start.elapsed().as_secs_f64().max(1e-9)
             ));
-            let last = trainer.step == total_steps;
-            if last || (every > 0 && trainer.step % every == 0) {
-                self.save_checkpoint(model, &trainer, metadata, &root, fold)?;
+            let last = step == total_steps;
+            if last || (every > 0 && step % every == 0) {
+                let state = engine.state(model)?;
+                self.save_checkpoint(model, &state, metadata, &root, fold)?;
+                if last && matches!(engine, Engine::Parallel(_)) {
+                    model.params = model.backend.upload(&state.params)?;
+                }
                 if self.options.verbose {
-                    bar.suspend(|| {
-                        eprintln!("checkpoint step {} loss {:.4}", trainer.step, stats.loss)
-                    });
+                    bar.suspend(|| eprintln!("checkpoint step {step} loss {:.4}", stats.loss));
                 }
             }
         }
@@ -638,14 +714,13 @@ impl<B: Backend> RunContext<'_, B> {
     fn save_checkpoint(
         &self,
         model: &Model<B>,
-        trainer: &Trainer<B>,
+        state: &OptimizerState,
         metadata: &Metadata,
         root: &Path,
         fold: usize,
     ) -> Result<(), WorkflowError> {
         self.write_train_log()?;
-        let be = &model.backend;
-        let name = format!("step-{}", trainer.step);
+        let name = format!("step-{}", state.step);
         let temp = root.join(format!(".{name}.tmp"));
         let target = root.join(&name);
         if temp.exists() {
@@ -654,16 +729,10 @@ impl<B: Backend> RunContext<'_, B> {
         Checkpoint {
             config: model.config.clone(),
             metadata: metadata.clone(),
-            params: be.download(be.all(&model.params))?,
+            params: state.params.clone(),
         }
         .save(&temp)?;
-        write_trainer_state(
-            &temp,
-            fold,
-            trainer.step,
-            &be.download(be.all(&trainer.m))?,
-            &be.download(be.all(&trainer.v))?,
-        )?;
+        write_trainer_state(&temp, fold, state.step, &state.m, &state.v)?;
         if target.exists() {
             std::fs::remove_dir_all(&target).map_err(io_error(&target))?;
         }
@@ -746,6 +815,56 @@ impl<B: Backend> RunContext<'_, B> {
     }
 }
 
+/// What takes the optimiser steps of [`RunContext::fit`]: a trainer beside the model on its
+/// backend, or data-parallel ranks (which hold their own replicas until the end).
+enum Engine<B: Backend> {
+    Single(Trainer<B>),
+    Parallel(DataParallel),
+}
+
+impl<B: Backend> Engine<B> {
+    fn step(
+        &mut self,
+        model: &mut Model<B>,
+        shape: Shape,
+        host: &HostBatch,
+    ) -> Result<StepStats, ModelError> {
+        match self {
+            Engine::Single(trainer) => {
+                let be = &model.backend;
+                let batch = Batch::new(be, shape, &host.ids, host.lengths.as_deref(), None)?;
+                let targets = be.upload_ids(&host.targets)?;
+                trainer.step(model, &batch, &targets, host.count)
+            }
+            Engine::Parallel(dp) => dp.step(&GlobalBatch {
+                shape,
+                ids: &host.ids,
+                lengths: host.lengths.as_deref(),
+                resets: None,
+                targets: &host.targets,
+            }),
+        }
+    }
+
+    fn state(&self, model: &Model<B>) -> Result<OptimizerState, ModelError> {
+        match self {
+            Engine::Single(trainer) => trainer.state(model),
+            Engine::Parallel(dp) => dp.state(),
+        }
+    }
+
+    fn restore(&mut self, model: &mut Model<B>, state: &OptimizerState) -> Result<(), ModelError> {
+        match self {
+            Engine::Single(trainer) => trainer.restore(model, state),
+            Engine::Parallel(dp) => {
+                dp.restore(state)?;
+                model.params = model.backend.upload(&state.params)?;
+                Ok(())
+            }
+        }
+    }
+}
+
 fn fold_suffix(fold: usize, folds: usize) -> String {
     if folds > 1 {
         format!(" fold {fold}")
@@ -784,7 +903,25 @@ mod tests {
         assert_eq!(Device::parse("cpu").unwrap(), Some(Device::Cpu));
         assert_eq!(Device::parse("cuda").unwrap(), Some(Device::Cuda(0)));
         assert_eq!(Device::Cuda(3).name(), "cuda:3");
-        for bad in ["tpu", "cuda:", "cuda:x", "cuda:-1", "CPU"] {
+        assert_eq!(
+            Device::parse("cuda:all").unwrap(),
+            Some(Device::DataParallel(vec![]))
+        );
+        for list in [vec![1], vec![0, 1], vec![3, 0, 2]] {
+            let device = Device::DataParallel(list.clone());
+            assert_eq!(Device::parse(&device.name()).unwrap(), Some(device));
+            assert_eq!(Device::DataParallel(list.clone()).world_size(), list.len());
+        }
+        for bad in [
+            "tpu",
+            "cuda:",
+            "cuda:x",
+            "cuda:-1",
+            "CPU",
+            "cuda:1,1",
+            "cuda:,",
+            "cuda:0,,1",
+        ] {
             let e = Device::parse(bad).unwrap_err().to_string();
             assert!(e.contains("use \"auto\", \"cpu\""), "{bad}: {e}");
         }
