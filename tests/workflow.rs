@@ -44,12 +44,12 @@ fn rows(path: &Path) -> Vec<Vec<String>> {
         .collect()
 }
 
-/// The training log without its wall-clock column.
+/// The training log without its wall-clock column (the seventh).
 fn log_without_seconds(dir: &Path) -> Vec<Vec<String>> {
     rows(&dir.join("train_log.csv"))
         .into_iter()
         .map(|mut r| {
-            r.pop();
+            r.remove(6);
             r
         })
         .collect()
@@ -116,7 +116,7 @@ fn demo_fills_every_run_folder() {
         let log = rows(&dir.join("train_log.csv"));
         assert_eq!(
             log[0].join(","),
-            "step,fold,loss,grad_norm,lr,tokens,seconds"
+            "step,fold,loss,grad_norm,lr,tokens,seconds,val_loss"
         );
         assert_eq!(log.len(), 7);
         assert!(
@@ -544,6 +544,38 @@ fn every_shipped_workflow_parses_and_starts() {
 fn relative_gap(a: &str, b: &str) -> f64 {
     let (a, b): (f64, f64) = (a.parse().unwrap(), b.parse().unwrap());
     (a - b).abs() / a.abs().max(b.abs()).max(1e-12)
+}
+
+#[test]
+fn validation_loss_is_logged_at_each_checkpoint() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("run");
+    let mut args = vec![
+        "--quiet",
+        "run",
+        "workflows/demo.toml",
+        "--out",
+        dir.to_str().unwrap(),
+        "--set",
+        "data.split.validation=0.1",
+    ];
+    args.extend(SMALL);
+    ok(seqmamba(&args));
+    let log = rows(&dir.join("train_log.csv"));
+    assert_eq!(log[0][7], "val_loss");
+    // checkpoint_every = 4 over 6 steps: checkpoints after steps 4 and 6.
+    for row in &log[1..] {
+        let step: u64 = row[0].parse().unwrap();
+        if step == 4 || step == 6 {
+            let loss: f64 = row[7].parse().unwrap();
+            assert!(loss > 0.5 && loss < 4.0, "{row:?}");
+        } else {
+            assert_eq!(row[7], "", "{row:?}");
+        }
+    }
+    let report = read(&dir.join("report.md"));
+    let last_val = &log[6][7].parse::<f64>().unwrap();
+    assert!(report.contains(&format!("{last_val:.4}")), "{report}");
 }
 
 #[test]

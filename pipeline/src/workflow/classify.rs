@@ -6,8 +6,8 @@ use seqmamba_kernels::Backend;
 use seqmamba_modalities::dataset::splits::Split;
 
 use super::WorkflowError;
-use super::data::{self, TokenExample, class_batch, eval_batch};
-use super::run::{RunContext, csv_field};
+use super::data::{self, TokenExample, class_batch, class_validation, eval_batch};
+use super::run::{Batches, RunContext, csv_field};
 use super::schema::{Modality, SplitMethod};
 use crate::model::{Batch, Head, Model, Shape};
 
@@ -154,6 +154,11 @@ pub(crate) fn run<B: Backend>(ctx: &mut RunContext<B>) -> Result<(), WorkflowErr
                     .collect(),
             ));
         }
+        let validation: Vec<&TokenExample> = evaluated
+            .iter()
+            .filter(|(split, _)| *split == Split::Validation)
+            .flat_map(|(_, examples)| examples.iter().copied())
+            .collect();
         if train.is_empty() || evaluated[0].1.is_empty() {
             return Err(WorkflowError::Invalid(format!(
                 "fold {fold} has {} training and {} test examples; both must be non-empty \
@@ -177,9 +182,11 @@ pub(crate) fn run<B: Backend>(ctx: &mut RunContext<B>) -> Result<(), WorkflowErr
                 "train".into()
             };
             ctx.stage(&stage, |c| {
-                c.fit(&mut model, &metadata, shape, total, (fold, folds), |step| {
-                    class_batch(&train, shape.batch, len, w.seed, fold, step, rc)
-                })
+                let batches = Batches {
+                    train: |step| class_batch(&train, shape.batch, len, w.seed, fold, step, rc),
+                    validation: class_validation(&validation, shape.batch, len),
+                };
+                c.fit(&mut model, &metadata, shape, total, (fold, folds), batches)
             })?;
         } else {
             ctx.steps += total;

@@ -472,6 +472,46 @@ pub fn lm_batch(
     }
 }
 
+/// Batches the training log's `val_loss` is measured on, at most this many.
+pub const VALIDATION_BATCHES: usize = 8;
+
+/// Fixed language-model batches from the validation sequences (the same at every
+/// evaluation, so the curve compares like with like); none without validation data.
+pub fn lm_validation(
+    validation: &[Vec<u8>],
+    batch: usize,
+    len: usize,
+    seed: u64,
+) -> Vec<HostBatch> {
+    let usable: Vec<Vec<u8>> = validation
+        .iter()
+        .filter(|s| s.len() >= 2)
+        .cloned()
+        .collect();
+    if usable.is_empty() {
+        return Vec::new();
+    }
+    // Stream 0 of the seed: training steps use 1 + fold, epoch orders 1000 + fold.
+    let mut rng = Rng::new(seed).fork(0);
+    (0..VALIDATION_BATCHES)
+        .map(|_| lm_batch(&usable, batch, len, &mut rng, false))
+        .collect()
+}
+
+/// Classification batches of the validation examples (centre crops, in order); rows past
+/// the last example are padding with ignored targets.
+pub fn class_validation(examples: &[&TokenExample], batch: usize, len: usize) -> Vec<HostBatch> {
+    examples
+        .chunks(batch)
+        .take(VALIDATION_BATCHES)
+        .map(|chunk| {
+            let mut host = eval_batch(chunk, batch, len, false);
+            host.targets.resize(batch, IGNORE_INDEX);
+            host
+        })
+        .collect()
+}
+
 /// Row `r` of a classification batch: `tokens` cropped to `len` (at `offset`), right-padded.
 fn put_row(ids: &mut [u32], len: usize, row: usize, tokens: &[u8]) -> usize {
     let n = tokens.len().min(len);

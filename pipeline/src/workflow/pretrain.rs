@@ -5,9 +5,9 @@
 use seqmamba_kernels::Backend;
 
 use super::WorkflowError;
-use super::data::{self, Corpus, lm_batch, step_rng};
+use super::data::{self, Corpus, lm_batch, lm_validation, step_rng};
 use super::generate;
-use super::run::RunContext;
+use super::run::{Batches, RunContext};
 use super::schema::Workflow;
 use crate::baselines::{Markov, deflate_bits_per_byte};
 use crate::infer::score_tokens;
@@ -152,15 +152,14 @@ pub(crate) fn run<B: Backend>(ctx: &mut RunContext<B>) -> Result<(), WorkflowErr
     let total = w.training.total_steps(corpus.train.len());
     let rc = w.training.reverse_complement;
     ctx.stage("train", |c| {
-        c.fit(&mut model, &metadata, shape, total, (0, 1), |step| {
-            lm_batch(
-                &corpus.train,
-                shape.batch,
-                shape.len,
-                &mut step_rng(w.seed, 0, step),
-                rc,
-            )
-        })
+        let batches = Batches {
+            train: |step| {
+                let mut rng = step_rng(w.seed, 0, step);
+                lm_batch(&corpus.train, shape.batch, shape.len, &mut rng, rc)
+            },
+            validation: lm_validation(&corpus.validation, shape.batch, shape.len, w.seed),
+        };
+        c.fit(&mut model, &metadata, shape, total, (0, 1), batches)
     })?;
     let mut rows = Vec::new();
     for (name, held_out) in [("test", &corpus.test), ("validation", &corpus.validation)] {

@@ -25,7 +25,7 @@ use super::{WorkflowError, classify, generate, io_error, pretrain};
 use crate::ModelError;
 use crate::checkpoint::{Checkpoint, Metadata};
 use crate::fsutil::write_atomic;
-use crate::model::{Batch, Head, Model, ParamTable, Shape};
+use crate::model::{Activations, Batch, Head, Model, ParamTable, Shape};
 use crate::parallel::{DataParallel, HostBatch as GlobalBatch, ParallelConfig};
 use crate::train::{OptimizerState, StepStats, Trainer};
 
@@ -105,7 +105,7 @@ pub struct Manifest {
     pub notes: Vec<String>,
 }
 
-const TRAIN_LOG_HEADER: &str = "step,fold,loss,grad_norm,lr,tokens,seconds";
+const TRAIN_LOG_HEADER: &str = "step,fold,loss,grad_norm,lr,tokens,seconds,val_loss";
 const TRAINER_FILE: &str = "trainer.safetensors";
 
 /// Where a resumed run picks up: fold, step and the checkpoint folder.
@@ -363,7 +363,7 @@ fn execute_on<B: Backend>(
             .collect();
         point.seconds = train_log
             .last()
-            .and_then(|r| r.rsplit(',').next())
+            .and_then(|r| r.split(',').nth(6))
             .and_then(|s| s.parse().ok())
             .unwrap_or(0.0);
     }
@@ -606,7 +606,8 @@ impl<B: Backend> RunContext<'_, B> {
     /// Trains `model` for `total_steps` on the batches `make(step)` gives, logging every
     /// step, checkpointing every `training.checkpoint_every` steps and at the end (a
     /// resumable `step-<n>` and `final`). Resumes from the run's checkpoint of this fold.
-    /// A data-parallel device trains on its ranks and leaves the result in `model`.
+    /// At each checkpoint the mean loss over `batches.validation` goes into the log's
+    /// `val_loss`. A data-parallel device trains on its ranks and leaves the result in `model`.
     pub fn fit(
         &mut self,
         model: &mut Model<B>,
@@ -614,7 +615,7 @@ impl<B: Backend> RunContext<'_, B> {
         shape: Shape,
         total_steps: u64,
         (fold, folds): (usize, usize),
-        make: impl Fn(u64) -> HostBatch,
+        batches: Batches<impl Fn(u64) -> HostBatch>,
     ) -> Result<(), WorkflowError> {
         let training = &self.workflow.training;
         let optimizer = training.optimizer(total_steps);
@@ -664,19 +665,38 @@ impl<B: Backend> RunContext<'_, B> {
             step = saved_step;
             seconds_offset = point.seconds;
         }
+        let mut validation_acts = if batches.validation.is_empty() {
+            None
+        } else {
+            Some(model.activations(shape, false)?)
+        };
         let every = training.checkpoint_every;
         let bar = self.progress(total_steps, &format!("train{}", fold_suffix(fold, folds)));
         bar.set_position(step);
         let start = Instant::now();
         let mut tokens_done = 0usize;
         while step < total_steps {
-            let host = make(step);
+            let host = (batches.train)(step);
             let stats = engine.step(model, shape, &host)?;
             step += 1;
             tokens_done += host.tokens;
             let seconds = seconds_offset + start.elapsed().as_secs_f64();
+            let last = step == total_steps;
+            let checkpoint = last || (every > 0 && step % every == 0);
+            let state = checkpoint.then(|| engine.state(model)).transpose()?;
+            if let Some(state) = state
+                .as_ref()
+                .filter(|_| matches!(engine, Engine::Parallel(_)))
+            {
+                // The ranks hold the trained replicas; evaluation uses `model`.
+                model.params = model.backend.upload(&state.params)?;
+            }
+            let mut val_loss = String::new();
+            if let (Some(_), Some(acts)) = (&state, &mut validation_acts) {
+                val_loss = mean_loss(model, shape, &batches.validation, acts)?.to_string();
+            }
             self.train_log.push(format!(
-                "{step},{fold},{},{},{},{},{seconds:.3}",
+                "{step},{fold},{},{},{},{},{seconds:.3},{val_loss}",
                 stats.loss, stats.grad_norm, stats.lr, host.tokens
             ));
             bar.set_position(step);
@@ -685,13 +705,8 @@ impl<B: Backend> RunContext<'_, B> {
                 stats.loss,
                 tokens_done as f64 / start.elapsed().as_secs_f64().max(1e-9)
             ));
-            let last = step == total_steps;
-            if last || (every > 0 && step % every == 0) {
-                let state = engine.state(model)?;
+            if let Some(state) = state {
                 self.save_checkpoint(model, &state, metadata, &root, fold)?;
-                if last && matches!(engine, Engine::Parallel(_)) {
-                    model.params = model.backend.upload(&state.params)?;
-                }
                 if self.options.verbose {
                     bar.suspend(|| eprintln!("checkpoint step {step} loss {:.4}", stats.loss));
                 }
@@ -813,6 +828,36 @@ impl<B: Backend> RunContext<'_, B> {
         bar.set_prefix(prefix.to_string());
         bar
     }
+}
+
+/// The batches [`RunContext::fit`] trains on: `train(step)` for each step, and fixed
+/// `validation` batches (possibly none) for the log's `val_loss`.
+pub(crate) struct Batches<F: Fn(u64) -> HostBatch> {
+    pub train: F,
+    pub validation: Vec<HostBatch>,
+}
+
+/// Mean loss of `model` over the counted targets of `batches` (no gradients).
+fn mean_loss<B: Backend>(
+    model: &Model<B>,
+    shape: Shape,
+    batches: &[HostBatch],
+    acts: &mut Activations<B>,
+) -> Result<f64, ModelError> {
+    let be = &model.backend;
+    let (mut sum, mut count) = (0.0f64, 0usize);
+    for host in batches {
+        let batch = Batch::new(be, shape, &host.ids, host.lengths.as_deref(), None)?;
+        model.forward(&batch, acts, None)?;
+        let targets = be.upload_ids(&host.targets)?;
+        sum += model
+            .loss(acts, &targets, None)?
+            .iter()
+            .map(|&l| f64::from(l))
+            .sum::<f64>();
+        count += host.count;
+    }
+    Ok(sum / count.max(1) as f64)
 }
 
 /// What takes the optimiser steps of [`RunContext::fit`]: a trainer beside the model on its
