@@ -4,8 +4,8 @@
 //! GEMM would pack it first.
 //!
 //! Each output is one row's dot product in sixteen lanes of fused multiply-adds, summed by
-//! [`Lanes::sum`]'s fixed tree: its bits depend neither on how rows are grouped or split
-//! across threads nor on the instruction set.
+//! [`Lanes::sum`]'s fixed tree, then the last `k mod 16` columns in order: its bits depend
+//! neither on how rows are grouped or split across threads nor on the instruction set.
 
 use crate::lanes::{run_vectorised, Lanes, Vectorised, LANES};
 use crate::parallel::run_jobs;
@@ -73,7 +73,6 @@ impl Vectorised for Rows<'_> {
         // set, and its `mul_add` would call the software fused multiply-add.
         let k = x.len();
         let full = k / LANES * LANES;
-        let x_rest = Lanes::load(&x[full..]);
         let groups = weight.chunks_exact(ROWS_AT_ONCE * k);
         let rest_weight = groups.remainder();
         let (grouped_y, rest_y) = y.split_at_mut(y.len() / ROWS_AT_ONCE * ROWS_AT_ONCE);
@@ -90,29 +89,34 @@ impl Vectorised for Rows<'_> {
                 }
             }
             for ((out, sum), row) in out.iter_mut().zip(sums).zip(rows) {
-                // The columns past the last full slice, padded with zeros (adding nothing).
-                let sum = Lanes::load(&row[full..]).mul_add(x_rest, sum);
-                *out = if accumulate {
-                    *out + sum.sum()
-                } else {
-                    sum.sum()
-                };
+                store(out, finish(sum, row, x, full), accumulate);
             }
         }
         for (row, out) in rest_weight.chunks_exact(k).zip(rest_y) {
             let mut sum = Lanes::ZERO;
             for at in (0..full).step_by(LANES) {
-                sum =
-                    Lanes::load(&row[at..at + LANES]).mul_add(Lanes::load(&x[at..at + LANES]), sum);
+                let x = Lanes::load(&x[at..at + LANES]);
+                sum = Lanes::load(&row[at..at + LANES]).mul_add(x, sum);
             }
-            let sum = Lanes::load(&row[full..]).mul_add(x_rest, sum);
-            *out = if accumulate {
-                *out + sum.sum()
-            } else {
-                sum.sum()
-            };
+            store(out, finish(sum, row, x, full), accumulate);
         }
     }
+}
+
+/// The dot product from the lane sums of the first `full` columns: their fixed-tree sum,
+/// then the remaining columns one by one.
+#[inline(always)]
+fn finish(sum: Lanes, row: &[f32], x: &[f32], full: usize) -> f32 {
+    let mut total = if full == 0 { 0.0 } else { sum.sum() };
+    for (&w, &x) in row[full..].iter().zip(&x[full..]) {
+        total = w.mul_add(x, total);
+    }
+    total
+}
+
+#[inline(always)]
+fn store(out: &mut f32, dot: f32, accumulate: bool) {
+    *out = if accumulate { *out + dot } else { dot };
 }
 
 #[cfg(test)]
