@@ -20,6 +20,7 @@ pub mod elementwise;
 pub mod embedding;
 mod error;
 pub mod gemm;
+mod lanes;
 pub mod math;
 mod parallel;
 pub mod pool;

@@ -16,13 +16,14 @@ pub(crate) fn rows_per_job(row_elements: usize) -> usize {
 }
 
 /// Runs `work(index, job)` for every job and returns the results in job order. A single
-/// job runs on the calling thread, so small inputs never wait for the thread pool.
+/// job, or a pool of one thread, runs on the calling thread: handing work to the pool and
+/// waiting for it costs microseconds, more than a small op or a decode step's share.
 pub(crate) fn run_jobs<J, R>(jobs: Vec<J>, work: impl Fn(usize, J) -> R + Sync + Send) -> Vec<R>
 where
     J: Send,
     R: Send,
 {
-    if jobs.len() <= 1 {
+    if jobs.len() <= 1 || rayon::current_num_threads() == 1 {
         jobs.into_iter()
             .enumerate()
             .map(|(index, job)| work(index, job))

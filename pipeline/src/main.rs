@@ -187,6 +187,26 @@ struct BenchArgs {
     /// On the GPU, run the f32 GEMMs in TF32 on the tensor cores (faster, ~1e-3 relative).
     #[arg(long)]
     tf32: bool,
+    /// Run only these parts (repeatable, or comma-separated); every part when not given.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<BenchPart>,
+}
+
+/// The parts of `seqmamba bench`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BenchPart {
+    /// Selective scan forward and backward (CPU only).
+    Scan,
+    /// Training steps.
+    Train,
+    /// Batch-1 recurrent decoding.
+    Decode,
+}
+
+impl BenchArgs {
+    fn runs(&self, part: BenchPart) -> bool {
+        self.only.is_empty() || self.only.contains(&part)
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -400,12 +420,14 @@ fn run_bench(args: BenchArgs) -> Result<()> {
                 bail!("--tf32 needs the GPU (--device cuda)");
             }
             println!("device: {}", Cpu.name());
-            for (batch, len, channels) in [(1, 1024, 8192), (8, 256, 4096)] {
-                let dims = ScanDims::new(batch, len, channels / scale, 16);
-                results.extend(bench::scan(dims, repeats)?);
+            if args.runs(BenchPart::Scan) {
+                for (batch, len, channels) in [(1, 1024, 8192), (8, 256, 4096)] {
+                    let dims = ScanDims::new(batch, len, channels / scale, 16);
+                    results.extend(bench::scan(dims, repeats)?);
+                }
             }
             // The anchor's training step takes minutes on a CPU: only its quick version.
-            results.extend(model_benches(|| Ok(Cpu), args.quick, args.quick, repeats)?);
+            results.extend(model_benches(|| Ok(Cpu), &args, args.quick, repeats)?);
         }
         Some(cuda) => {
             let math = if args.tf32 { "TF32" } else { "f32" };
@@ -416,7 +438,7 @@ fn run_bench(args: BenchArgs) -> Result<()> {
                 cuda.allow_tf32(args.tf32)?;
                 Ok(cuda)
             };
-            results.extend(model_benches(open, true, args.quick, repeats)?);
+            results.extend(model_benches(open, &args, true, repeats)?);
         }
     }
     for m in &results {
@@ -485,28 +507,32 @@ fn bench_parallel(args: BenchParallelArgs) -> Result<()> {
     Ok(())
 }
 
-/// Training and decoding figures on backends made by `backend` (one per model);
-/// `anchor_train` adds the training step of the anchor configuration.
+/// The training and decoding figures of `args` on backends made by `backend` (one per
+/// model); `anchor_train` adds the training step of the anchor configuration.
 fn model_benches<B: Backend + bench::Profile>(
     backend: impl Fn() -> Result<B, seqmamba_kernels::KernelError>,
+    args: &BenchArgs,
     anchor_train: bool,
-    quick: bool,
     repeats: usize,
 ) -> Result<Vec<bench::Measurement>> {
+    let (quick, train, decode) = (
+        args.quick,
+        args.runs(BenchPart::Train),
+        args.runs(BenchPart::Decode),
+    );
     let scale = if quick { 8 } else { 1 };
     let small = MambaConfig::new(128, 4, 16);
-    let mut results = vec![
-        bench::train(
-            backend()?,
-            small.clone(),
-            Shape {
-                batch: 8,
-                len: 512 / scale,
-            },
-            repeats,
-        )?,
-        bench::decode(backend()?, small, 50 * repeats)?,
-    ];
+    let mut results = Vec::new();
+    if train {
+        let shape = Shape {
+            batch: 8,
+            len: 512 / scale,
+        };
+        results.push(bench::train(backend()?, small.clone(), shape, repeats)?);
+    }
+    if decode {
+        results.push(bench::decode(backend()?, small, 50 * repeats)?);
+    }
     // The anchor of issue 6: official Mamba (d 768, 24 layers) at batch 8 × 2048, vocab 256.
     let (anchor, shape) = if quick {
         (MambaConfig::new(256, 4, 256), Shape { batch: 2, len: 256 })
@@ -519,15 +545,17 @@ fn model_benches<B: Backend + bench::Profile>(
             },
         )
     };
-    if anchor_train {
+    if anchor_train && train {
         results.push(bench::train(backend()?, anchor.clone(), shape, repeats)?);
     }
-    results.push(bench::decode(backend()?, anchor, 5 * repeats)?);
-    let big = if quick {
-        MambaConfig::new(256, 4, 50277)
-    } else {
-        MambaConfig::new(768, 24, 50277)
-    };
-    results.push(bench::decode(backend()?, big, 5 * repeats)?);
+    if decode {
+        results.push(bench::decode(backend()?, anchor, 5 * repeats)?);
+        let big = if quick {
+            MambaConfig::new(256, 4, 50277)
+        } else {
+            MambaConfig::new(768, 24, 50277)
+        };
+        results.push(bench::decode(backend()?, big, 5 * repeats)?);
+    }
     Ok(results)
 }

@@ -50,7 +50,7 @@ done
 
 for t in $threads; do
     echo "== threads $t, load $(cut -d' ' -f1-3 /proc/loadavg)"
-    "$seqmamba" --threads "$t" bench | grep '^decode'
+    "$seqmamba" --threads "$t" bench --only decode | grep '^decode'
     for size in $sizes; do
         steps=$([ "$size" = small ] && echo 3000 || echo 64)
         echo "llama.cpp $size: $("$work/logprobs" "$work/$size.gguf" "$t" time "$steps")"

@@ -13,8 +13,9 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::lanes::{prefetch, prefetch_address, run_vectorised, Lanes, Vectorised, LANES};
 use super::{ScanDims, ScanGrads, ScanInputs};
+use crate::lanes::{prefetch, prefetch_address, run_vectorised, Lanes, Vectorised, LANES};
+use crate::parallel::JOB_ELEMENTS;
 use crate::{check_len, KernelError};
 
 const OP: &str = "selective_scan";
@@ -77,9 +78,14 @@ pub fn forward(
         checkpoints: checkpoints.map(Scatter::new),
         out: Scatter::new(out),
     };
-    (0..shape.tasks())
-        .into_par_iter()
-        .for_each(|task| run_vectorised(ForwardTask { job: &job, task }));
+    let run = |task| run_vectorised(ForwardTask { job: &job, task });
+    // A decode step (len 1) is a few microseconds of work, less than handing it to the
+    // pool and waiting for it would cost.
+    if shape.activations() * shape.state <= JOB_ELEMENTS || rayon::current_num_threads() == 1 {
+        (0..shape.tasks()).for_each(run);
+    } else {
+        (0..shape.tasks()).into_par_iter().for_each(run);
+    }
     Ok(())
 }
 
@@ -335,42 +341,62 @@ fn is_reset(resets: Option<&[u32]>, shape: &Shape, tile: Tile, t: usize) -> bool
     resets.is_some_and(|resets| resets[tile.batch * shape.len + t] != 0)
 }
 
-/// `A = -exp(a_log)` of the tile, one vector per state index; padding lanes get `A = -1`
-/// so that they stay finite. Vectorised: a decode step (len 1) would otherwise spend most
-/// of its time here.
+/// `A = -exp(a_log)` of the tile into `rates`, one vector per state index; padding lanes
+/// get `A = -1` so that they stay finite. Vectorised: a decode step (len 1) would otherwise
+/// spend most of its time here.
 #[inline(always)]
-fn decay_rates(a_log: &[f32], shape: &Shape, tile: Tile) -> Vec<Lanes> {
+fn decay_rates(a_log: &[f32], shape: &Shape, tile: Tile, rates: &mut [Lanes]) {
     // `a_log` is `(channels, state)`, laid out like a block of states.
-    let mut rates = vec![Lanes::ZERO; shape.state];
-    load_states(
-        &a_log[shape.state_block(Tile { batch: 0, ..tile })],
-        &mut rates,
-    );
-    for rate in &mut rates {
+    load_states(&a_log[shape.state_block(Tile { batch: 0, ..tile })], rates);
+    for rate in rates {
         *rate = Lanes::ZERO - rate.exp();
     }
-    rates
 }
 
-/// What a tile reads of the per-channel parameters.
+/// What a tile reads of the per-channel parameters besides `A`.
+#[derive(Clone, Copy)]
 struct TileConstants {
     tile: Tile,
-    /// `A`, one vector per state index.
-    rates: Vec<Lanes>,
     d_skip: Lanes,
     bias: Lanes,
 }
 
 impl TileConstants {
+    /// The constants of a task's tiles (at most [`TILES_PER_TASK`], the rest unused) and
+    /// their `A` into `rates` (`state` vectors per tile), without allocating.
     #[inline(always)]
-    fn new(inputs: &ScanInputs<&[f32]>, shape: &Shape, tile: Tile) -> Self {
-        let channels = tile.first..tile.first + tile.width;
-        Self {
-            tile,
-            rates: decay_rates(inputs.a_log, shape, tile),
-            d_skip: Lanes::load(&inputs.d_skip[channels.clone()]),
-            bias: Lanes::load(&inputs.delta_bias[channels]),
+    fn of_task(
+        inputs: &ScanInputs<&[f32]>,
+        shape: &Shape,
+        task: usize,
+        rates: &mut [Lanes],
+    ) -> ([Self; TILES_PER_TASK], usize) {
+        let mut tiles = [Self {
+            tile: Tile {
+                batch: 0,
+                first: 0,
+                width: 0,
+            },
+            d_skip: Lanes::ZERO,
+            bias: Lanes::ZERO,
+        }; TILES_PER_TASK];
+        let mut count = 0;
+        // A plain loop, not a closure: the closure would be compiled apart, without the
+        // wide instruction set, and its `exp` would call the software fused multiply-add.
+        for (tile, rates) in shape
+            .task_tiles(task)
+            .zip(rates.chunks_exact_mut(shape.state))
+        {
+            let channels = tile.first..tile.first + tile.width;
+            decay_rates(inputs.a_log, shape, tile, rates);
+            tiles[count] = Self {
+                tile,
+                d_skip: Lanes::load(&inputs.d_skip[channels.clone()]),
+                bias: Lanes::load(&inputs.delta_bias[channels]),
+            };
+            count += 1;
         }
+        (tiles, count)
     }
 }
 
@@ -493,6 +519,24 @@ struct ForwardJob<'a> {
     out: Scatter<'a>,
 }
 
+/// A forward task's working memory, kept per thread between calls.
+#[derive(Default)]
+struct ForwardScratch {
+    /// `A` and the states of the task's tiles, then the per-position vectors of a block.
+    lanes: Vec<Lanes>,
+    /// One tile's `(width, state)` block of a state tensor.
+    block: Vec<f32>,
+}
+
+thread_local! {
+    static FORWARD_SCRATCH: std::cell::Cell<ForwardScratch> = const {
+        std::cell::Cell::new(ForwardScratch {
+            lanes: Vec::new(),
+            block: Vec::new(),
+        })
+    };
+}
+
 struct ForwardTask<'a> {
     job: &'a ForwardJob<'a>,
     task: usize,
@@ -507,31 +551,31 @@ impl Vectorised for ForwardTask<'_> {
         let shape = &job.shape;
         let inputs = &job.inputs;
         let n_state = shape.state;
-        // A plain loop, not a closure: the closure would be compiled apart, without the
-        // wide instruction set, and its `exp` would call the software fused multiply-add.
-        let mut tiles = Vec::with_capacity(TILES_PER_TASK);
-        for tile in shape.task_tiles(task) {
-            tiles.push(TileConstants::new(inputs, shape, tile));
-        }
-        let count = tiles.len();
-
-        let mut states = vec![Lanes::ZERO; count * n_state];
-        let mut block = Vec::with_capacity(LANES * n_state);
+        // The task's vectors come from a per-thread scratch kept between calls, so a decode
+        // step allocates nothing.
+        let mut scratch = FORWARD_SCRATCH.take();
+        let span = BLOCK.min(shape.len) * TILES_PER_TASK;
+        let lanes = &mut scratch.lanes;
+        lanes.clear();
+        lanes.resize(2 * TILES_PER_TASK * n_state + 4 * span, Lanes::ZERO);
+        let (rates, rest) = lanes.split_at_mut(TILES_PER_TASK * n_state);
+        let (states, rest) = rest.split_at_mut(TILES_PER_TASK * n_state);
+        // Per position of the block and tile, at `i * count + k`.
+        let (dts, rest) = rest.split_at_mut(span);
+        let (us, rest) = rest.split_at_mut(span);
+        let (gates, ys) = rest.split_at_mut(span);
+        gates.fill(Lanes::splat(1.0));
+        let (tiles, count) = TileConstants::of_task(inputs, shape, task, rates);
+        let tiles = &tiles[..count];
+        let block = &mut scratch.block;
         if let Some(initial) = &job.state {
             for (constants, states) in tiles.iter().zip(states.chunks_exact_mut(n_state)) {
                 block.resize(constants.tile.width * n_state, 0.0);
                 // SAFETY: the tile's own block of the state tensor.
-                unsafe { initial.read(shape.state_block(constants.tile).start, &mut block) };
-                load_states(&block, states);
+                unsafe { initial.read(shape.state_block(constants.tile).start, block) };
+                load_states(block, states);
             }
         }
-        // Per position of the block and tile, at `i * count + k`.
-        // (A decode step, len 1, allocates for one position only.)
-        let span = BLOCK.min(shape.len) * count;
-        let mut dts = vec![Lanes::ZERO; span];
-        let mut us = vec![Lanes::ZERO; span];
-        let mut gates = vec![Lanes::splat(1.0); span];
-        let mut ys = vec![Lanes::ZERO; span];
         for start in (0..shape.len).step_by(BLOCK) {
             let positions = start..shape.len.min(start + BLOCK);
             for (i, t) in positions.clone().enumerate() {
@@ -552,9 +596,10 @@ impl Vectorised for ForwardTask<'_> {
                     }
                 }
             }
-            for (k, (constants, states)) in tiles
+            for (k, ((constants, states), rates)) in tiles
                 .iter()
                 .zip(states.chunks_exact_mut(n_state))
+                .zip(rates.chunks_exact(n_state))
                 .enumerate()
             {
                 let tile = constants.tile;
@@ -562,10 +607,10 @@ impl Vectorised for ForwardTask<'_> {
                     if let Some(checkpoints) =
                         job.checkpoints.as_ref().filter(|_| t % shape.chunk == 0)
                     {
-                        store_states(states, tile.width, &mut block);
+                        store_states(states, tile.width, block);
                         let start = shape.checkpoint_block(tile, t / shape.chunk).start;
                         // SAFETY: the tile's own block of this checkpoint.
-                        unsafe { checkpoints.write(start, &block) };
+                        unsafe { checkpoints.write(start, block) };
                     }
                     if is_reset(job.resets, shape, tile, t) {
                         states.fill(Lanes::ZERO);
@@ -577,7 +622,7 @@ impl Vectorised for ForwardTask<'_> {
                     let mut y = constants.d_skip * u;
                     for ((h, &rate), (&b, &c)) in states
                         .iter_mut()
-                        .zip(&constants.rates)
+                        .zip(rates)
                         .zip(inputs.b[row.clone()].iter().zip(&inputs.c[row]))
                     {
                         *h = (dt * rate).exp().mul_add(*h, dt_u * b);
@@ -599,12 +644,13 @@ impl Vectorised for ForwardTask<'_> {
         }
         if let Some(final_state) = &job.state {
             for (constants, states) in tiles.iter().zip(states.chunks_exact(n_state)) {
-                store_states(states, constants.tile.width, &mut block);
+                store_states(states, constants.tile.width, block);
                 let start = shape.state_block(constants.tile).start;
                 // SAFETY: the tile's own block of the state tensor.
-                unsafe { final_state.write(start, &block) };
+                unsafe { final_state.write(start, block) };
             }
         }
+        FORWARD_SCRATCH.set(scratch);
     }
 }
 
@@ -644,13 +690,9 @@ impl Vectorised for BackwardTask<'_> {
         let shape = &job.shape;
         let inputs = &job.inputs;
         let n_state = shape.state;
-        // A plain loop, not a closure: the closure would be compiled apart, without the
-        // wide instruction set, and its `exp` would call the software fused multiply-add.
-        let mut tiles = Vec::with_capacity(TILES_PER_TASK);
-        for tile in shape.task_tiles(task) {
-            tiles.push(TileConstants::new(inputs, shape, tile));
-        }
-        let count = tiles.len();
+        let mut all_rates = vec![Lanes::ZERO; TILES_PER_TASK * n_state];
+        let (tiles, count) = TileConstants::of_task(inputs, shape, task, &mut all_rates);
+        let tiles = &tiles[..count];
         let (db_rows, dc_rows) = partial.split_at_mut(shape.len * n_state);
 
         let mut params: Vec<TileParams> = (0..count)
@@ -714,13 +756,13 @@ impl Vectorised for BackwardTask<'_> {
                     }
                 }
             }
-            for (k, (constants, carry)) in tiles
+            for (k, ((constants, carry), rates)) in tiles
                 .iter()
                 .zip(carries.chunks_exact_mut(n_state))
+                .zip(all_rates.chunks_exact(n_state))
                 .enumerate()
             {
                 let tile = constants.tile;
-                let rates = &constants.rates;
                 let params = &mut params[k];
                 // Recompute the chunk's states from its checkpoint, and the gradient of y.
                 load_states(

@@ -15,7 +15,6 @@
 
 pub mod cpu;
 pub mod cuda;
-mod lanes;
 #[cfg(test)]
 pub(crate) mod reference;
 #[cfg(test)]

@@ -1,6 +1,7 @@
-//! Sixteen f32 lanes, one per channel of a tile, with the elementwise maths of the scan
-//! written as plain loops that LLVM turns into SIMD, and the run-time choice of the widest
-//! instruction set the machine has.
+//! Sixteen f32 lanes (one per channel of a scan tile, or sixteen partial sums of a
+//! matrix-vector product), with the elementwise maths of the scan written as plain loops
+//! that LLVM turns into SIMD, and the run-time choice of the widest instruction set the
+//! machine has.
 //!
 //! Sums are never reordered, and multiply-adds are fused only where written ([`f32::mul_add`],
 //! one rounding, in hardware on x86-64 with FMA and on aarch64, in software elsewhere), so

@@ -1,0 +1,216 @@
+//! `y = W·x` for a single input row: a linear layer at batch 1 (a decode step). The
+//! weight is read exactly once, row after row, four rows at a time against the same
+//! slice of `x`, so the product runs at the speed memory delivers the weight; the general
+//! GEMM would pack it first.
+//!
+//! Each output is one row's dot product in sixteen lanes of fused multiply-adds, summed by
+//! [`Lanes::sum`]'s fixed tree, then the last `k mod 16` columns in order: its bits depend
+//! neither on how rows are grouped or split across threads nor on the instruction set.
+
+use crate::lanes::{run_vectorised, Lanes, Vectorised, LANES};
+use crate::parallel::run_jobs;
+
+/// Weight elements per job when the rows are split across threads: about 256 KiB, large
+/// enough that rayon's per-job cost is noise, small enough that two threads get many jobs.
+const JOB_WEIGHTS: usize = 1 << 16;
+
+/// Rows that share one pass over `x`.
+const ROWS_AT_ONCE: usize = 4;
+
+/// `y = W·x` (`y += W·x` when `accumulate`) with `W` `(y.len(), x.len())` row-major.
+/// Small products run on the calling thread, large ones in row blocks fixed by the shape.
+pub(super) fn gemv(weight: &[f32], x: &[f32], y: &mut [f32], accumulate: bool) {
+    let k = x.len();
+    assert_eq!(weight.len(), y.len() * k, "gemv: weight is not (y, x)");
+    if k == 0 {
+        if !accumulate {
+            y.fill(0.0);
+        }
+        return;
+    }
+    if weight.len() < super::PARALLEL_MIN_WORK {
+        run_vectorised(Rows {
+            weight,
+            x,
+            y,
+            accumulate,
+        });
+        return;
+    }
+    let rows_per_job = (JOB_WEIGHTS / k).next_multiple_of(ROWS_AT_ONCE);
+    let jobs: Vec<_> = y.chunks_mut(rows_per_job).collect();
+    run_jobs(jobs, |job, y| {
+        let first = job * rows_per_job;
+        run_vectorised(Rows {
+            weight: &weight[first * k..(first + y.len()) * k],
+            x,
+            y,
+            accumulate,
+        })
+    });
+}
+
+/// A block of rows of the product, compiled for the widest instruction set.
+struct Rows<'a> {
+    weight: &'a [f32],
+    x: &'a [f32],
+    y: &'a mut [f32],
+    accumulate: bool,
+}
+
+impl Vectorised for Rows<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let Self {
+            weight,
+            x,
+            y,
+            accumulate,
+        } = self;
+        // Plain loops only: a closure would be compiled apart, without the wide instruction
+        // set, and its `mul_add` would call the software fused multiply-add.
+        let k = x.len();
+        let full = k / LANES * LANES;
+        let groups = weight.chunks_exact(ROWS_AT_ONCE * k);
+        let rest_weight = groups.remainder();
+        let (grouped_y, rest_y) = y.split_at_mut(y.len() / ROWS_AT_ONCE * ROWS_AT_ONCE);
+        for (rows, out) in groups.zip(grouped_y.chunks_exact_mut(ROWS_AT_ONCE)) {
+            let (r0, rest) = rows.split_at(k);
+            let (r1, rest) = rest.split_at(k);
+            let (r2, r3) = rest.split_at(k);
+            let rows = [r0, r1, r2, r3];
+            let mut sums = [Lanes::ZERO; ROWS_AT_ONCE];
+            for at in (0..full).step_by(LANES) {
+                let x = Lanes::load(&x[at..at + LANES]);
+                for (sum, row) in sums.iter_mut().zip(rows) {
+                    *sum = Lanes::load(&row[at..at + LANES]).mul_add(x, *sum);
+                }
+            }
+            for ((out, sum), row) in out.iter_mut().zip(sums).zip(rows) {
+                store(out, finish(sum, row, x, full), accumulate);
+            }
+        }
+        for (row, out) in rest_weight.chunks_exact(k).zip(rest_y) {
+            let mut sum = Lanes::ZERO;
+            for at in (0..full).step_by(LANES) {
+                let x = Lanes::load(&x[at..at + LANES]);
+                sum = Lanes::load(&row[at..at + LANES]).mul_add(x, sum);
+            }
+            store(out, finish(sum, row, x, full), accumulate);
+        }
+    }
+}
+
+/// The dot product from the lane sums of the first `full` columns: their fixed-tree sum,
+/// then the remaining columns one by one.
+#[inline(always)]
+fn finish(sum: Lanes, row: &[f32], x: &[f32], full: usize) -> f32 {
+    let mut total = if full == 0 { 0.0 } else { sum.sum() };
+    for (&w, &x) in row[full..].iter().zip(&x[full..]) {
+        total = w.mul_add(x, total);
+    }
+    total
+}
+
+#[inline(always)]
+fn store(out: &mut f32, dot: f32, accumulate: bool) {
+    *out = if accumulate { *out + dot } else { dot };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gemm::{gemm, GemmDims};
+    use crate::rng::Rng;
+    use crate::testing::{bits, on_threads};
+
+    /// The general GEMM on the same product, by the `gemm` crate's own kernels.
+    fn general(weight: &[f32], x: &[f32], y: &mut [f32], accumulate: bool) {
+        let (n, k) = (y.len(), x.len());
+        let strides = ((k, 1), (1, k));
+        super::super::product(
+            1,
+            n,
+            k,
+            y,
+            x,
+            strides.0,
+            weight,
+            strides.1,
+            accumulate,
+            ::gemm::Parallelism::None,
+        );
+    }
+
+    #[test]
+    fn matches_the_general_gemm_on_random_inputs() {
+        let mut rng = Rng::new(21);
+        // Row counts around the groups of four, lengths around the lanes, and the decode
+        // shapes (x_proj, dt_proj, in_proj, a slice of the LM head) above the parallel size.
+        let shapes = [
+            (1, 1),
+            (3, 7),
+            (4, 16),
+            (5, 17),
+            (9, 33),
+            (80, 1536),
+            (1536, 48),
+            (1536, 768),
+            (3001, 768),
+        ];
+        for (rows, k) in shapes {
+            let weight = rng.vec_uniform(rows * k, -1.0, 1.0);
+            let x = rng.vec_uniform(k, -1.0, 1.0);
+            let y0 = rng.vec_uniform(rows, -1.0, 1.0);
+            for accumulate in [false, true] {
+                let (mut ours, mut theirs) = (y0.clone(), y0.clone());
+                gemv(&weight, &x, &mut ours, accumulate);
+                general(&weight, &x, &mut theirs, accumulate);
+                for (i, (&a, &b)) in ours.iter().zip(&theirs).enumerate() {
+                    // Both are f32 sums of the same k products: they may differ by rounding,
+                    // a few ulp of the sum of the terms' sizes.
+                    let row = &weight[i * k..(i + 1) * k];
+                    let size: f32 = row.iter().zip(&x).map(|(w, x)| (w * x).abs()).sum::<f32>()
+                        + if accumulate { y0[i].abs() } else { 0.0 };
+                    assert!(
+                        (a - b).abs() <= 1e-5 * size,
+                        "({rows}, {k}) row {i} accumulate {accumulate}: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn routes_batch_one_linear_layers_and_keeps_the_bits_across_threads() {
+        let mut rng = Rng::new(22);
+        let (rows, k) = (2000, 700);
+        let weight = rng.vec_uniform(rows * k, -1.0, 1.0);
+        let x = rng.vec_uniform(k, -1.0, 1.0);
+        let mut direct = vec![0.0; rows];
+        gemv(&weight, &x, &mut direct, false);
+        let dims = GemmDims {
+            m: 1,
+            n: rows,
+            k,
+            transpose_a: false,
+            transpose_b: true,
+        };
+        for threads in [1, 2, 3] {
+            let mut routed = vec![0.0; rows];
+            on_threads(threads, || gemm(dims, &x, &weight, &mut routed, false)).unwrap();
+            assert!(bits(&routed) == bits(&direct), "{threads} threads");
+        }
+    }
+
+    #[test]
+    fn empty_rows_give_zero_or_keep_y() {
+        let mut y = [2.0; 3];
+        gemv(&[], &[], &mut y, true);
+        assert_eq!(y, [2.0; 3]);
+        gemv(&[], &[], &mut y, false);
+        assert_eq!(y, [0.0; 3]);
+    }
+}
