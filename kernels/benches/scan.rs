@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use seqmamba_kernels::rng::Rng;
-use seqmamba_kernels::scan::{cpu, ScanDims, ScanInputs};
+use seqmamba_kernels::scan::{cpu, ScanDims};
 
 const REPEATS: usize = 8;
 
@@ -41,33 +41,9 @@ fn main() {
 fn bench_decode(batch: usize, channels: usize) {
     const STEPS: usize = 2000;
     let dims = ScanDims::new(batch, 1, channels, 16);
-    let mut rng = Rng::new(1);
+    let buffers = cpu::InputBuffers::random(dims, true, &mut Rng::new(1));
+    let inputs = buffers.views();
     let activations = batch * channels;
-    let per_position = batch * dims.state;
-    let (u, delta, z) = (
-        rng.vec_uniform(activations, -1.0, 1.0),
-        rng.vec_uniform(activations, -3.0, 1.0),
-        rng.vec_uniform(activations, -2.0, 2.0),
-    );
-    let a_log = rng.vec_uniform(channels * dims.state, 0.0, 2.8);
-    let (b, c) = (
-        rng.vec_uniform(per_position, -1.0, 1.0),
-        rng.vec_uniform(per_position, -1.0, 1.0),
-    );
-    let (d_skip, delta_bias) = (
-        rng.vec_uniform(channels, -1.0, 1.0),
-        rng.vec_uniform(channels, -4.0, -2.0),
-    );
-    let inputs = ScanInputs {
-        u: &u[..],
-        delta: &delta,
-        a_log: &a_log,
-        b: &b,
-        c: &c,
-        d_skip: &d_skip,
-        delta_bias: &delta_bias,
-        z: Some(&z[..]),
-    };
     let mut state = vec![0.0; dims.state_len()];
     let mut out = vec![0.0; activations];
     let timing = time(|| {
@@ -84,38 +60,14 @@ fn bench_decode(batch: usize, channels: usize) {
 fn bench(dims: ScanDims) {
     let mut rng = Rng::new(0);
     let activations = dims.batch * dims.len * dims.channels;
-    let per_position = dims.batch * dims.len * dims.state;
-    let tensor = |rng: &mut Rng, len: usize, low: f64, high: f64| rng.vec_uniform(len, low, high);
-    let (u, delta, z) = (
-        tensor(&mut rng, activations, -1.0, 1.0),
-        tensor(&mut rng, activations, -3.0, 1.0),
-        tensor(&mut rng, activations, -2.0, 2.0),
-    );
-    let a_log = tensor(&mut rng, dims.channels * dims.state, 0.0, 2.8);
-    let (b, c) = (
-        tensor(&mut rng, per_position, -1.0, 1.0),
-        tensor(&mut rng, per_position, -1.0, 1.0),
-    );
-    let (d_skip, delta_bias) = (
-        tensor(&mut rng, dims.channels, -1.0, 1.0),
-        tensor(&mut rng, dims.channels, -4.0, -2.0),
-    );
-    let inputs = ScanInputs {
-        u: &u[..],
-        delta: &delta,
-        a_log: &a_log,
-        b: &b,
-        c: &c,
-        d_skip: &d_skip,
-        delta_bias: &delta_bias,
-        z: Some(&z[..]),
-    };
+    let buffers = cpu::InputBuffers::random(dims, true, &mut rng);
+    let inputs = buffers.views();
     let mut out = vec![0.0; activations];
     let mut checkpoints = vec![0.0; dims.checkpoint_len()];
     let forward =
         time(|| cpu::forward(dims, &inputs, None, None, Some(&mut checkpoints), &mut out).unwrap());
 
-    let d_out = tensor(&mut rng, activations, -1.0, 1.0);
+    let d_out = rng.vec_uniform(activations, -1.0, 1.0);
     let mut grads = cpu::GradBuffers::zeros(dims, true);
     let backward =
         time(|| cpu::backward(dims, &inputs, None, &checkpoints, &d_out, grads.views()).unwrap());

@@ -9,6 +9,7 @@
 use cudarc::driver::sys::CUevent_flags;
 use seqmamba_kernels::cuda::Cuda;
 use seqmamba_kernels::rng::Rng;
+use seqmamba_kernels::scan::cpu::InputBuffers;
 use seqmamba_kernels::scan::{ScanDims, ScanGrads, ScanInputs};
 use seqmamba_kernels::{Backend, KernelError};
 
@@ -29,8 +30,17 @@ const RUNS: usize = 30;
 const BANDWIDTH: f64 = 4.3e12;
 const EXP_RATE: f64 = 132.0 * 16.0 * 1.98e9;
 
-/// Random values, generated once and tiled: timing needs non-trivial data, not fresh
-/// draws for billions of elements.
+/// The shape of the random inputs that every shape's inputs repeat: timing needs
+/// non-trivial data, not fresh draws for billions of elements.
+const PATTERN: ScanDims = ScanDims {
+    batch: 1,
+    len: 1024,
+    channels: 1024,
+    state: STATE,
+    chunk: ScanDims::DEFAULT_CHUNK,
+};
+
+/// `pattern` repeated to `len` values.
 fn tiled(pattern: &[f32], len: usize) -> Vec<f32> {
     pattern.iter().copied().cycle().take(len).collect()
 }
@@ -73,14 +83,8 @@ fn main() -> Result<(), KernelError> {
     let cuda = Cuda::new(0)?;
     println!("{}", seqmamba_kernels::cuda::doctor()?);
     let mut rng = Rng::new(2024);
-    let pattern = |rng: &mut Rng, low: f64, high: f64| rng.vec_uniform(1 << 20, low, high);
-    let (u_p, delta_p, z_p, bc_p, dout_p) = (
-        pattern(&mut rng, -2.0, 2.0),
-        pattern(&mut rng, -5.0, -1.0),
-        pattern(&mut rng, -3.0, 3.0),
-        pattern(&mut rng, -1.0, 1.0),
-        pattern(&mut rng, -1.0, 1.0),
-    );
+    let pattern = InputBuffers::random(PATTERN, true, &mut rng);
+    let d_out_pattern = rng.vec_uniform(pattern.u.len(), -1.0, 1.0);
     let mut table = Vec::new();
     for (batch, channels, len, anchor_fwd, anchor_bwd) in SHAPES {
         let name = format!("({batch},{channels},{len})");
@@ -90,18 +94,16 @@ fn main() -> Result<(), KernelError> {
         let dims = ScanDims::new(batch, len, channels, STATE);
         let act = batch * len * channels;
         let rows = batch * len * STATE;
-        let up = |v: Vec<f32>| cuda.upload(&v);
-        let u = up(tiled(&u_p, act))?;
-        let delta = up(tiled(&delta_p, act))?;
-        let z = up(tiled(&z_p, act))?;
-        let d_out = up(tiled(&dout_p, act))?;
-        let b = up(tiled(&bc_p, rows))?;
-        let c = up(tiled(&bc_p[7..], rows))?;
-        let a_log = up((0..channels * STATE)
-            .map(|i| ((i % STATE) as f32 + 1.0).ln())
-            .collect())?;
-        let d_skip = up(vec![1.0; channels])?;
-        let delta_bias = up(tiled(&u_p, channels))?;
+        let up = |values: &[f32], len: usize| cuda.upload(&tiled(values, len));
+        let u = up(&pattern.u, act)?;
+        let delta = up(&pattern.delta, act)?;
+        let z = up(pattern.z.as_deref().expect("the pattern is gated"), act)?;
+        let d_out = up(&d_out_pattern, act)?;
+        let b = up(&pattern.b, rows)?;
+        let c = up(&pattern.c, rows)?;
+        let a_log = up(&pattern.a_log, channels * STATE)?;
+        let d_skip = up(&pattern.d_skip, channels)?;
+        let delta_bias = up(&pattern.delta_bias, channels)?;
         let mut out = cuda.zeros(act)?;
         let mut checkpoints = cuda.zeros(dims.checkpoint_len())?;
         let (mut du, mut ddelta, mut dz) = (cuda.zeros(act)?, cuda.zeros(act)?, cuda.zeros(act)?);

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use seqmamba_kernels::cuda::{Cuda, OpSeconds};
 use seqmamba_kernels::rng::Rng;
-use seqmamba_kernels::scan::{self, ScanDims, ScanInputs};
+use seqmamba_kernels::scan::{self, ScanDims};
 use seqmamba_kernels::{Backend, Cpu, KernelError};
 
 use crate::ModelError;
@@ -103,27 +103,9 @@ fn median_seconds(repeats: usize, mut run: impl FnMut()) -> f64 {
 
 /// Scan forward and backward throughput in (batch·channel·position)/s.
 pub fn scan(dims: ScanDims, repeats: usize) -> Result<[Measurement; 2], ModelError> {
-    let mut rng = Rng::new(1);
     let (b, l, d, n) = (dims.batch, dims.len, dims.channels, dims.state);
-    let act = |rng: &mut Rng| rng.vec_uniform(b * l * d, -1.0, 1.0);
-    let u = act(&mut rng);
-    let delta = rng.vec_uniform(b * l * d, -4.0, -1.0);
-    let z = act(&mut rng);
-    let a_log = rng.vec_uniform(d * n, 0.0, 2.5);
-    let bm = rng.vec_uniform(b * l * n, -1.0, 1.0);
-    let cm = rng.vec_uniform(b * l * n, -1.0, 1.0);
-    let d_skip = vec![1.0; d];
-    let delta_bias = rng.vec_uniform(d, -4.0, -2.0);
-    let inputs = ScanInputs {
-        u: &u[..],
-        delta: &delta[..],
-        a_log: &a_log[..],
-        b: &bm[..],
-        c: &cm[..],
-        d_skip: &d_skip[..],
-        delta_bias: &delta_bias[..],
-        z: Some(&z[..]),
-    };
+    let buffers = scan::cpu::InputBuffers::random(dims, true, &mut Rng::new(1));
+    let inputs = buffers.views();
     let mut out = vec![0.0; b * l * d];
     let mut checkpoints = vec![0.0; dims.checkpoint_len()];
     let mut failure = None;

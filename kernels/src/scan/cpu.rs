@@ -16,6 +16,7 @@ use rayon::prelude::*;
 use super::{ScanDims, ScanGrads, ScanInputs};
 use crate::lanes::{prefetch, prefetch_address, run_vectorised, Lanes, Vectorised, LANES};
 use crate::parallel::JOB_ELEMENTS;
+use crate::rng::Rng;
 use crate::{check_len, KernelError};
 
 const OP: &str = "selective_scan";
@@ -927,6 +928,69 @@ fn accumulate_parameter_grads(
             for ((grad, da), &a_log) in da_log[row.clone()].iter_mut().zip(&da).zip(&a_log[row]) {
                 *grad += da.0[lane] * -a_log.exp();
             }
+        }
+    }
+}
+
+/// Host buffers for every input of the scan: random ones for the tests and benchmarks of
+/// both backends (a CUDA caller uploads them).
+///
+/// ```
+/// use seqmamba_kernels::rng::Rng;
+/// use seqmamba_kernels::scan::{cpu::InputBuffers, ScanDims};
+/// let dims = ScanDims::new(2, 8, 4, 16);
+/// let inputs = InputBuffers::random(dims, true, &mut Rng::new(1));
+/// assert_eq!(inputs.views().b.len(), 2 * 8 * 16);
+/// assert!(inputs.a_log.iter().all(|a| (-0.5..2.8).contains(a)));
+/// let mut out = vec![0.0; 2 * 8 * 4];
+/// seqmamba_kernels::scan::cpu::forward(dims, &inputs.views(), None, None, None, &mut out)
+///     .unwrap();
+/// assert!(out.iter().all(|y| y.is_finite()));
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct InputBuffers {
+    pub u: Vec<f32>,
+    pub delta: Vec<f32>,
+    pub a_log: Vec<f32>,
+    pub b: Vec<f32>,
+    pub c: Vec<f32>,
+    pub d_skip: Vec<f32>,
+    pub delta_bias: Vec<f32>,
+    pub z: Option<Vec<f32>>,
+}
+
+impl InputBuffers {
+    /// Uniform random inputs for `dims`, `z` only with a gate, in ranges that keep the scan
+    /// stable and like a Mamba layer's: `delta + delta_bias` in (-8, 1), so Δ = softplus of
+    /// it spans (3e-4, 1.3) around the initial Δ range [1e-3, 0.1]; `a_log` in (-0.5, 2.8),
+    /// so A = -exp(a_log) is negative, around the initial -1 … -16; `u`, `b`, `c` and
+    /// `d_skip` in (-1, 1); `z` in (-2, 2).
+    pub fn random(dims: ScanDims, gate: bool, rng: &mut Rng) -> Self {
+        let activations = dims.batch * dims.len * dims.channels;
+        let per_position = dims.batch * dims.len * dims.state;
+        Self {
+            u: rng.vec_uniform(activations, -1.0, 1.0),
+            delta: rng.vec_uniform(activations, -4.0, 1.0),
+            a_log: rng.vec_uniform(dims.channels * dims.state, -0.5, 2.8),
+            b: rng.vec_uniform(per_position, -1.0, 1.0),
+            c: rng.vec_uniform(per_position, -1.0, 1.0),
+            d_skip: rng.vec_uniform(dims.channels, -1.0, 1.0),
+            delta_bias: rng.vec_uniform(dims.channels, -4.0, 0.0),
+            z: gate.then(|| rng.vec_uniform(activations, -2.0, 2.0)),
+        }
+    }
+
+    /// The buffers as the scan takes them.
+    pub fn views(&self) -> ScanInputs<&[f32]> {
+        ScanInputs {
+            u: &self.u,
+            delta: &self.delta,
+            a_log: &self.a_log,
+            b: &self.b,
+            c: &self.c,
+            d_skip: &self.d_skip,
+            delta_bias: &self.delta_bias,
+            z: self.z.as_deref(),
         }
     }
 }

@@ -4,6 +4,7 @@ use super::*;
 use crate::cuda::testing::device;
 use crate::cuda::DeviceBuffer;
 use crate::rng::Rng;
+use crate::scan::cpu::InputBuffers;
 use crate::scan::reference;
 use crate::testing::{assert_close, to_f64};
 use crate::Backend;
@@ -11,14 +12,7 @@ use crate::Backend;
 /// Host data of one scan problem, f32 as the device sees it.
 struct Problem {
     dims: ScanDims,
-    u: Vec<f32>,
-    delta: Vec<f32>,
-    a_log: Vec<f32>,
-    b: Vec<f32>,
-    c: Vec<f32>,
-    d_skip: Vec<f32>,
-    delta_bias: Vec<f32>,
-    z: Option<Vec<f32>>,
+    inputs: InputBuffers,
     resets: Option<Vec<u32>>,
     initial: Option<Vec<f32>>,
     d_out: Vec<f32>,
@@ -33,47 +27,37 @@ impl Problem {
         with_initial: bool,
     ) -> Self {
         let mut rng = Rng::new(seed);
-        let act = dims.batch * dims.len * dims.channels;
-        let rows = dims.batch * dims.len * dims.state;
+        let mut inputs = InputBuffers::random(dims, gated, &mut rng);
+        // A few positions take softplus's pass-through branch.
+        for i in (5..inputs.delta.len()).step_by(997) {
+            inputs.delta[i] = 21.0;
+        }
         let normal =
             |rng: &mut Rng, n: usize| -> Vec<f32> { (0..n).map(|_| rng.normal() as f32).collect() };
-        let mut delta = rng.vec_uniform(act, -4.0, 1.0);
-        // A few positions take softplus's pass-through branch.
-        for i in (5..act).step_by(997) {
-            delta[i] = 21.0;
-        }
         Self {
             dims,
-            u: normal(&mut rng, act),
-            delta,
-            a_log: (0..dims.channels * dims.state)
-                .map(|_| rng.uniform_in(0.5, 16.0).ln() as f32)
-                .collect(),
-            b: normal(&mut rng, rows),
-            c: normal(&mut rng, rows),
-            d_skip: rng.vec_uniform(dims.channels, -1.0, 1.0),
-            delta_bias: rng.vec_uniform(dims.channels, -1.0, 0.5),
-            z: gated.then(|| normal(&mut rng, act)),
             resets: with_resets.then(|| {
                 (0..dims.batch * dims.len)
                     .map(|_| u32::from(rng.below(20) == 0))
                     .collect()
             }),
             initial: with_initial.then(|| normal(&mut rng, dims.state_len())),
-            d_out: normal(&mut rng, act),
+            d_out: normal(&mut rng, inputs.u.len()),
+            inputs,
         }
     }
 
     fn reference_inputs(&self) -> [Vec<f64>; 8] {
+        let x = &self.inputs;
         [
-            to_f64(&self.u),
-            to_f64(&self.delta),
-            to_f64(&self.a_log),
-            to_f64(&self.b),
-            to_f64(&self.c),
-            to_f64(&self.d_skip),
-            to_f64(&self.delta_bias),
-            to_f64(self.z.as_deref().unwrap_or(&[])),
+            to_f64(&x.u),
+            to_f64(&x.delta),
+            to_f64(&x.a_log),
+            to_f64(&x.b),
+            to_f64(&x.c),
+            to_f64(&x.d_skip),
+            to_f64(&x.delta_bias),
+            to_f64(x.z.as_deref().unwrap_or(&[])),
         ]
     }
 }
@@ -100,21 +84,22 @@ struct OnDevice {
 
 impl OnDevice {
     fn new(cuda: &Cuda, p: &Problem) -> Self {
+        let x = &p.inputs;
         let tensors = [
-            &p.u,
-            &p.delta,
-            &p.a_log,
-            &p.b,
-            &p.c,
-            &p.d_skip,
-            &p.delta_bias,
+            &x.u,
+            &x.delta,
+            &x.a_log,
+            &x.b,
+            &x.c,
+            &x.d_skip,
+            &x.delta_bias,
         ]
         .iter()
         .map(|t| cuda.upload(t).unwrap())
         .collect();
         Self {
             tensors,
-            z: p.z.as_ref().map(|z| cuda.upload(z).unwrap()),
+            z: x.z.as_ref().map(|z| cuda.upload(z).unwrap()),
             resets: p.resets.as_ref().map(|r| cuda.upload_ids(r).unwrap()),
         }
     }
@@ -188,7 +173,7 @@ fn run_backward(
     let prior = |n: usize| cuda.upload(&vec![PRIOR; n]).unwrap();
     let (mut du, mut ddelta, mut db, mut dc) =
         (poison(act), poison(act), poison(rows), poison(rows));
-    let mut dz = p.z.as_ref().map(|_| poison(act));
+    let mut dz = p.inputs.z.as_ref().map(|_| poison(act));
     let mut da_log = prior(dims.channels * dims.state);
     let (mut dd_skip, mut ddelta_bias) = (prior(dims.channels), prior(dims.channels));
     let d_out = cuda.upload(&p.d_out).unwrap();
@@ -231,7 +216,7 @@ fn run_backward(
 fn check_against_reference(cuda: &Cuda, p: &Problem) {
     let dims = p.dims;
     let host = p.reference_inputs();
-    let x = as_inputs(&host, p.z.is_some());
+    let x = as_inputs(&host, p.inputs.z.is_some());
     let resets = p.resets.as_deref();
     let initial = p.initial.as_ref().map(|h| to_f64(h));
     let want = reference::forward(dims, &x, resets, initial.as_deref());
@@ -453,16 +438,7 @@ fn cuda_scan_matches_the_cpu_op() {
         chunk: 32,
     };
     let p = Problem::random(dims, 7, true, true, true);
-    let inputs = ScanInputs {
-        u: &p.u[..],
-        delta: &p.delta[..],
-        a_log: &p.a_log[..],
-        b: &p.b[..],
-        c: &p.c[..],
-        d_skip: &p.d_skip[..],
-        delta_bias: &p.delta_bias[..],
-        z: p.z.as_deref(),
-    };
+    let inputs = p.inputs.views();
     let act = dims.batch * dims.len * dims.channels;
     let rows = dims.batch * dims.len * dims.state;
     let mut state = p.initial.clone().unwrap();
