@@ -948,15 +948,15 @@ fn accumulate_parameter_grads(
 /// assert!(out.iter().all(|y| y.is_finite()));
 /// ```
 #[derive(Clone, Debug, PartialEq)]
-pub struct InputBuffers {
-    pub u: Vec<f32>,
-    pub delta: Vec<f32>,
-    pub a_log: Vec<f32>,
-    pub b: Vec<f32>,
-    pub c: Vec<f32>,
-    pub d_skip: Vec<f32>,
-    pub delta_bias: Vec<f32>,
-    pub z: Option<Vec<f32>>,
+pub struct InputBuffers<T = f32> {
+    pub u: Vec<T>,
+    pub delta: Vec<T>,
+    pub a_log: Vec<T>,
+    pub b: Vec<T>,
+    pub c: Vec<T>,
+    pub d_skip: Vec<T>,
+    pub delta_bias: Vec<T>,
+    pub z: Option<Vec<T>>,
 }
 
 impl InputBuffers {
@@ -979,9 +979,11 @@ impl InputBuffers {
             z: gate.then(|| rng.vec_uniform(activations, -2.0, 2.0)),
         }
     }
+}
 
-    /// The buffers as the scan takes them.
-    pub fn views(&self) -> ScanInputs<&[f32]> {
+impl<T> InputBuffers<T> {
+    /// The buffers as the scan (or, in f64, its reference) takes them.
+    pub fn views(&self) -> ScanInputs<&[T]> {
         ScanInputs {
             u: &self.u,
             delta: &self.delta,

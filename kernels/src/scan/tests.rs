@@ -1,42 +1,14 @@
 //! The CPU scan against a plain f64 loop and central finite differences of it.
 
-use super::cpu::{backward, forward, GradBuffers};
+use super::cpu::{backward, forward, GradBuffers, InputBuffers};
 use super::{reference, ScanDims, ScanInputs};
 use crate::rng::Rng;
 use crate::testing::{assert_close, finite_difference, to_f64};
 use crate::KernelError;
 
-/// The inputs of one scan, owned.
-#[derive(Clone, Debug)]
-struct Tensors<T> {
-    u: Vec<T>,
-    delta: Vec<T>,
-    a_log: Vec<T>,
-    b: Vec<T>,
-    c: Vec<T>,
-    d_skip: Vec<T>,
-    delta_bias: Vec<T>,
-    z: Option<Vec<T>>,
-}
-
-impl<T> Tensors<T> {
-    fn view(&self) -> ScanInputs<&[T]> {
-        ScanInputs {
-            u: &self.u,
-            delta: &self.delta,
-            a_log: &self.a_log,
-            b: &self.b,
-            c: &self.c,
-            d_skip: &self.d_skip,
-            delta_bias: &self.delta_bias,
-            z: self.z.as_deref(),
-        }
-    }
-}
-
-impl Tensors<f32> {
-    fn widen(&self) -> Tensors<f64> {
-        Tensors {
+impl InputBuffers<f32> {
+    fn widen(&self) -> InputBuffers<f64> {
+        InputBuffers {
             u: to_f64(&self.u),
             delta: to_f64(&self.delta),
             a_log: to_f64(&self.a_log),
@@ -52,7 +24,7 @@ impl Tensors<f32> {
 /// A random scan problem.
 struct Case {
     dims: ScanDims,
-    tensors: Tensors<f32>,
+    tensors: InputBuffers<f32>,
     resets: Option<Vec<u32>>,
     initial: Option<Vec<f32>>,
 }
@@ -96,7 +68,7 @@ impl Case {
                 _ => rng.uniform_in(-3.0, 1.5) as f32,
             })
             .collect();
-        let tensors = Tensors {
+        let tensors = InputBuffers {
             u: rng.vec_uniform(activations, -1.0, 1.0),
             delta,
             a_log: rng.vec_uniform(channels * state, -0.5, 2.0),
@@ -139,7 +111,7 @@ impl Case {
         let mut checkpoints = vec![0.0; dims.checkpoint_len()];
         forward(
             dims,
-            &self.tensors.view(),
+            &self.tensors.views(),
             self.resets(),
             Some(&mut state),
             Some(&mut checkpoints),
@@ -155,7 +127,7 @@ impl Case {
         let mut grads = GradBuffers::zeros(self.dims, self.tensors.z.is_some());
         backward(
             self.dims,
-            &self.tensors.view(),
+            &self.tensors.views(),
             self.resets(),
             &checkpoints,
             d_out,
@@ -169,7 +141,7 @@ impl Case {
 fn reference_of(case: &Case) -> reference::Forward {
     let wide = case.tensors.widen();
     let initial = case.initial.as_deref().map(to_f64);
-    reference::forward(case.dims, &wide.view(), case.resets(), initial.as_deref())
+    reference::forward(case.dims, &wide.views(), case.resets(), initial.as_deref())
 }
 
 fn dims(batch: usize, len: usize, channels: usize, state: usize, chunk: usize) -> ScanDims {
@@ -228,7 +200,7 @@ fn forward_without_state_or_checkpoints_starts_from_zero() {
     let dims = dims(2, 9, 20, 4, 4);
     let case = Case::random(11, dims, PLAIN);
     let mut out = vec![0.0; 2 * 9 * 20];
-    forward(dims, &case.tensors.view(), None, None, None, &mut out).unwrap();
+    forward(dims, &case.tensors.views(), None, None, None, &mut out).unwrap();
     assert_close("out", &out, &reference_of(&case).out, 1e-5, 1e-7);
 }
 
@@ -246,7 +218,7 @@ fn chunked_calls_carrying_state_equal_one_pass() {
             let mut piece_out = vec![0.0; 2 * range.len() * 21];
             forward(
                 part,
-                &piece.tensors.view(),
+                &piece.tensors.views(),
                 piece.resets(),
                 Some(&mut carried),
                 None,
@@ -278,7 +250,7 @@ fn decode_steps_equal_one_pass() {
         let mut y = vec![0.0; 18];
         forward(
             dims(1, 1, 18, 16, 1),
-            &step.tensors.view(),
+            &step.tensors.views(),
             step.resets(),
             Some(&mut carried),
             None,
@@ -309,7 +281,7 @@ fn slice_positions(case: &Case, range: std::ops::Range<usize>) -> Case {
             len: range.len(),
             ..dims
         },
-        tensors: Tensors {
+        tensors: InputBuffers {
             u: cut(&t.u, dims.channels),
             delta: cut(&t.delta, dims.channels),
             a_log: t.a_log.clone(),
@@ -383,7 +355,7 @@ fn check_gradients(case: &Case) {
     for (input, analytic, at) in checks {
         let numeric = finite_difference(
             |x| {
-                let mut inputs = wide.view();
+                let mut inputs = wide.views();
                 input.replace(&mut inputs, x);
                 loss(&inputs)
             },
@@ -435,7 +407,7 @@ fn parameter_gradients_accumulate_and_activation_gradients_are_overwritten() {
     let mut twice = once.clone();
     backward(
         case.dims,
-        &case.tensors.view(),
+        &case.tensors.views(),
         case.resets(),
         &checkpoints,
         &d_out,
@@ -504,13 +476,13 @@ fn bad_shapes_are_errors_not_panics() {
     let mut short = case.tensors.clone();
     short.b.pop();
     shape_error(
-        forward(dims, &short.view(), None, None, None, &mut out),
+        forward(dims, &short.views(), None, None, None, &mut out),
         "b",
     );
     shape_error(
         forward(
             dims,
-            &case.tensors.view(),
+            &case.tensors.views(),
             Some(&[0; 3]),
             None,
             None,
@@ -521,7 +493,7 @@ fn bad_shapes_are_errors_not_panics() {
     shape_error(
         forward(
             dims,
-            &case.tensors.view(),
+            &case.tensors.views(),
             None,
             Some(&mut [0.0; 7]),
             None,
@@ -532,7 +504,7 @@ fn bad_shapes_are_errors_not_panics() {
     shape_error(
         forward(
             dims,
-            &case.tensors.view(),
+            &case.tensors.views(),
             None,
             None,
             Some(&mut [0.0; 7]),
@@ -541,12 +513,19 @@ fn bad_shapes_are_errors_not_panics() {
         "checkpoints",
     );
     shape_error(
-        forward(dims, &case.tensors.view(), None, None, None, &mut out[1..]),
+        forward(dims, &case.tensors.views(), None, None, None, &mut out[1..]),
         "out",
     );
     let zero_chunk = ScanDims { chunk: 0, ..dims };
     assert!(matches!(
-        forward(zero_chunk, &case.tensors.view(), None, None, None, &mut out),
+        forward(
+            zero_chunk,
+            &case.tensors.views(),
+            None,
+            None,
+            None,
+            &mut out
+        ),
         Err(KernelError::Invalid { .. })
     ));
 
@@ -556,7 +535,7 @@ fn bad_shapes_are_errors_not_panics() {
     shape_error(
         backward(
             dims,
-            &case.tensors.view(),
+            &case.tensors.views(),
             None,
             &checkpoints[1..],
             &d_out,
@@ -568,7 +547,7 @@ fn bad_shapes_are_errors_not_panics() {
     shape_error(
         backward(
             dims,
-            &case.tensors.view(),
+            &case.tensors.views(),
             None,
             &checkpoints,
             &d_out,
@@ -580,7 +559,7 @@ fn bad_shapes_are_errors_not_panics() {
     assert!(matches!(
         backward(
             dims,
-            &case.tensors.view(),
+            &case.tensors.views(),
             None,
             &checkpoints,
             &d_out,
