@@ -72,6 +72,17 @@ const SMALL: [&str; 14] = [
     "model.preset=tiny",
 ];
 
+/// `seqmamba --quiet run workflows/demo.toml --out DIR`, to extend with options.
+fn run_demo(dir: &Path) -> Vec<&str> {
+    vec![
+        "--quiet",
+        "run",
+        "workflows/demo.toml",
+        "--out",
+        dir.to_str().unwrap(),
+    ]
+}
+
 /// Reports are rendered (and checked) in the demo test only; elsewhere they cost time.
 const NO_REPORT: [&str; 2] = ["--set", "outputs.report=false"];
 
@@ -347,13 +358,7 @@ fn a_killed_run_resumes_to_the_same_result() {
         "--set",
         "training.checkpoint_every=10",
     ];
-    let mut args = vec![
-        "--quiet",
-        "run",
-        "workflows/demo.toml",
-        "--out",
-        killed.to_str().unwrap(),
-    ];
+    let mut args = run_demo(&killed);
     args.extend(SMALL);
     args.extend(long);
     args.extend(NO_REPORT);
@@ -550,15 +555,8 @@ fn relative_gap(a: &str, b: &str) -> f64 {
 fn validation_loss_is_logged_at_each_checkpoint() {
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("run");
-    let mut args = vec![
-        "--quiet",
-        "run",
-        "workflows/demo.toml",
-        "--out",
-        dir.to_str().unwrap(),
-        "--set",
-        "data.split.validation=0.1",
-    ];
+    let mut args = run_demo(&dir);
+    args.extend(["--set", "data.split.validation=0.1"]);
     args.extend(SMALL);
     ok(seqmamba(&args));
     let log = rows(&dir.join("train_log.csv"));

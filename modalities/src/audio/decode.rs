@@ -153,41 +153,37 @@ impl AudioStream {
     /// header lies about its data length must not pass as a shorter clip. The first error ends
     /// the stream: later calls report that decoding stopped.
     pub fn next_mono(&mut self) -> Result<Option<Vec<f32>>> {
+        if self.failed {
+            return Err(Error::Format {
+                path: self.path.clone(),
+                at: Location::Packet(self.packet),
+                message: "decoding stopped at an earlier error".into(),
+            });
+        }
+        let next = self.decode_next();
+        self.failed = next.is_err();
+        next
+    }
+
+    fn decode_next(&mut self) -> Result<Option<Vec<f32>>> {
         loop {
             let at = Location::Packet(self.packet);
-            if self.failed {
-                return Err(Error::Format {
-                    path: self.path.clone(),
-                    at,
-                    message: "decoding stopped at an earlier error".into(),
-                });
-            }
             let format = &mut self.format;
             let packet = match guarded(&self.path, at.clone(), || match format.next_packet() {
                 Err(SymError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                     Ok(None)
                 }
                 other => other,
-            }) {
-                Ok(Some(packet)) => packet,
-                Ok(None) => return self.finish().map(|_| None),
-                Err(e) => {
-                    self.failed = true;
-                    return Err(e);
-                }
+            })? {
+                Some(packet) => packet,
+                None => return self.finish().map(|_| None),
             };
             self.packet += 1;
             if packet.track_id != self.track_id {
                 continue;
             }
             let decoder = &mut self.decoder;
-            let buffer = match guarded(&self.path, at.clone(), || decoder.decode(&packet)) {
-                Ok(buffer) => buffer,
-                Err(e) => {
-                    self.failed = true;
-                    return Err(e);
-                }
-            };
+            let buffer = guarded(&self.path, at.clone(), || decoder.decode(&packet))?;
             let channels = buffer.num_planes().max(1);
             let frames = buffer.frames();
             if frames == 0 {

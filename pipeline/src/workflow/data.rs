@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use seqmamba_kernels::rng::Rng;
+use seqmamba_kernels::{Backend, KernelError};
 use seqmamba_modalities::OnError;
 use seqmamba_modalities::audio::{AUDIO_VOCAB_SIZE, Normalization, Quantizer};
 use seqmamba_modalities::dataset::splits::{self, Split};
@@ -17,7 +18,7 @@ use seqmamba_modalities::dna::{read_tokens, tokenizer};
 
 use super::WorkflowError;
 use super::schema::{Data, LabelFrom, Modality, SourceFormat, SplitMethod};
-use crate::model::IGNORE_INDEX;
+use crate::model::{Batch, IGNORE_INDEX, Shape};
 
 /// One example as tokens.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -417,6 +418,18 @@ pub struct HostBatch {
     pub tokens: usize,
 }
 
+impl HostBatch {
+    /// The batch and its targets on `backend`, for a model's forward and loss.
+    pub fn upload<B: Backend>(
+        &self,
+        backend: &B,
+        shape: Shape,
+    ) -> Result<(Batch<B>, B::Ids), KernelError> {
+        let batch = Batch::new(backend, shape, &self.ids, self.lengths.as_deref(), None)?;
+        Ok((batch, backend.upload_ids(&self.targets)?))
+    }
+}
+
 /// The random stream of one step: a function of `(seed, fold, step)` only.
 pub fn step_rng(seed: u64, fold: usize, step: u64) -> Rng {
     Rng::new(seed).fork(1 + fold as u64).fork(step)
@@ -483,32 +496,22 @@ pub fn lm_validation(
     len: usize,
     seed: u64,
 ) -> Vec<HostBatch> {
-    let usable: Vec<Vec<u8>> = validation
-        .iter()
-        .filter(|s| s.len() >= 2)
-        .cloned()
-        .collect();
-    if usable.is_empty() {
+    if validation.iter().all(|s| s.len() < 2) {
         return Vec::new();
     }
     // Stream 0 of the seed: training steps use 1 + fold, epoch orders 1000 + fold.
     let mut rng = Rng::new(seed).fork(0);
     (0..VALIDATION_BATCHES)
-        .map(|_| lm_batch(&usable, batch, len, &mut rng, false))
+        .map(|_| lm_batch(validation, batch, len, &mut rng, false))
         .collect()
 }
 
-/// Classification batches of the validation examples (centre crops, in order); rows past
-/// the last example are padding with ignored targets.
+/// Classification batches of the validation examples (centre crops, in order).
 pub fn class_validation(examples: &[&TokenExample], batch: usize, len: usize) -> Vec<HostBatch> {
     examples
         .chunks(batch)
         .take(VALIDATION_BATCHES)
-        .map(|chunk| {
-            let mut host = eval_batch(chunk, batch, len, false);
-            host.targets.resize(batch, IGNORE_INDEX);
-            host
-        })
+        .map(|chunk| eval_batch(chunk, batch, len, false))
         .collect()
 }
 
@@ -575,7 +578,7 @@ pub fn class_batch(
 }
 
 /// An evaluation batch: `examples` (at most `batch`) centre-cropped to `len`, optionally
-/// reverse-complemented; unused rows hold one padding token.
+/// reverse-complemented; unused rows hold one padding token and an ignored target.
 pub fn eval_batch(
     examples: &[&TokenExample],
     batch: usize,
@@ -597,7 +600,9 @@ pub fn eval_batch(
     HostBatch {
         ids,
         lengths: Some(lengths),
-        targets: examples.iter().map(|e| e.label as u32).collect(),
+        targets: (0..batch)
+            .map(|row| examples.get(row).map_or(IGNORE_INDEX, |e| e.label as u32))
+            .collect(),
         count: examples.len(),
         tokens,
     }

@@ -25,7 +25,7 @@ use super::{WorkflowError, classify, generate, io_error, pretrain};
 use crate::ModelError;
 use crate::checkpoint::{Checkpoint, Metadata};
 use crate::fsutil::write_atomic;
-use crate::model::{Activations, Batch, Head, Model, ParamTable, Shape};
+use crate::model::{Activations, Head, Model, ParamTable, Shape};
 use crate::parallel::{DataParallel, HostBatch as GlobalBatch, ParallelConfig};
 use crate::train::{OptimizerState, StepStats, Trainer};
 
@@ -185,13 +185,13 @@ impl Device {
                     .split(',')
                     .map(|n| n.trim().parse::<usize>().map_err(|_| bad()))
                     .collect::<Result<Vec<_>, _>>()?;
-                let mut unique = ordinals.clone();
-                unique.sort_unstable();
-                unique.dedup();
-                match ordinals.len() {
-                    _ if unique.len() != ordinals.len() => Err(bad()),
-                    1 if !list.contains(',') => Ok(Some(Device::Cuda(ordinals[0]))),
-                    _ => Ok(Some(Device::DataParallel(ordinals))),
+                let repeated = (1..ordinals.len()).any(|i| ordinals[..i].contains(&ordinals[i]));
+                if repeated {
+                    Err(bad())
+                } else if list.contains(',') {
+                    Ok(Some(Device::DataParallel(ordinals)))
+                } else {
+                    Ok(Some(Device::Cuda(ordinals[0])))
                 }
             }
         }
@@ -847,9 +847,8 @@ fn mean_loss<B: Backend>(
     let be = &model.backend;
     let (mut sum, mut count) = (0.0f64, 0usize);
     for host in batches {
-        let batch = Batch::new(be, shape, &host.ids, host.lengths.as_deref(), None)?;
+        let (batch, targets) = host.upload(be, shape)?;
         model.forward(&batch, acts, None)?;
-        let targets = be.upload_ids(&host.targets)?;
         sum += model
             .loss(acts, &targets, None)?
             .iter()
@@ -876,9 +875,7 @@ impl<B: Backend> Engine<B> {
     ) -> Result<StepStats, ModelError> {
         match self {
             Engine::Single(trainer) => {
-                let be = &model.backend;
-                let batch = Batch::new(be, shape, &host.ids, host.lengths.as_deref(), None)?;
-                let targets = be.upload_ids(&host.targets)?;
+                let (batch, targets) = host.upload(&model.backend, shape)?;
                 trainer.step(model, &batch, &targets, host.count)
             }
             Engine::Parallel(dp) => dp.step(&GlobalBatch {
