@@ -23,20 +23,21 @@ pub struct Measurement {
     pub seconds: f64,
     /// What the device reports about the run, where it can.
     pub device: DeviceFigures,
+    /// Model FLOPs of one repetition by the usual 6 · parameters · tokens rule of a training
+    /// step (the scan's own FLOPs not counted), where that applies.
+    pub model_flops: Option<f64>,
 }
 
 /// Figures only some backends can give.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct DeviceFigures {
-    /// Seconds of one repetition spent in GEMMs.
-    pub gemm_seconds: Option<f64>,
-    /// Seconds of one repetition spent in the selective scan.
-    pub scan_seconds: Option<f64>,
+    /// Device seconds of one repetition in each kind of op (GEMMs, scan, ...).
+    pub ops: Option<OpSeconds>,
     /// The most device memory held at once, in bytes.
     pub peak_memory: Option<u64>,
 }
 
-/// What a backend can report beyond the ops: GEMM and scan time, peak memory.
+/// What a backend can report beyond the ops: time per kind of op, peak memory.
 ///
 /// ```
 /// use seqmamba::bench::Profile;
@@ -49,10 +50,10 @@ pub trait Profile {
     fn reset_peak_memory(&self) -> Result<(), KernelError>;
     /// The most memory held at once since [`Profile::reset_peak_memory`], in bytes.
     fn peak_memory(&self) -> Result<Option<u64>, KernelError>;
-    /// Starts timing the GEMMs and scans.
+    /// Starts timing every op.
     fn start_op_timing(&self) -> Result<(), KernelError>;
-    /// Seconds the GEMMs and scans took since [`Profile::start_op_timing`] (waits for
-    /// the device); stops timing.
+    /// Seconds each kind of op took since [`Profile::start_op_timing`] (waits for the
+    /// device); stops timing.
     fn finish_op_timing(&self) -> Result<Option<OpSeconds>, KernelError>;
 }
 
@@ -135,6 +136,7 @@ pub fn scan(dims: ScanDims, repeats: usize) -> Result<[Measurement; 2], ModelErr
             unit: "elements/s",
             seconds: forward,
             device: DeviceFigures::default(),
+            model_flops: None,
         },
         Measurement {
             name: format!("scan backward ({shape})"),
@@ -142,6 +144,7 @@ pub fn scan(dims: ScanDims, repeats: usize) -> Result<[Measurement; 2], ModelErr
             unit: "elements/s",
             seconds: backward,
             device: DeviceFigures::default(),
+            model_flops: None,
         },
     ])
 }
@@ -199,10 +202,10 @@ pub fn train<B: Backend + Profile>(
         unit: "tokens/s",
         seconds,
         device: DeviceFigures {
-            gemm_seconds: spent.map(|s| s.gemm),
-            scan_seconds: spent.map(|s| s.scan),
+            ops: spent,
             peak_memory,
         },
+        model_flops: Some(6.0 * model.table.total as f64 * shape.tokens() as f64),
     })
 }
 
@@ -243,6 +246,7 @@ pub fn decode<B: Backend>(
         unit: "tokens/s",
         seconds,
         device: DeviceFigures::default(),
+        model_flops: None,
     })
 }
 
@@ -301,5 +305,6 @@ pub fn train_parallel(
         unit: "tokens/s",
         seconds,
         device: DeviceFigures::default(),
+        model_flops: None,
     })
 }

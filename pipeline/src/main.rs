@@ -10,7 +10,7 @@ use seqmamba::checkpoint::{Checkpoint, Metadata};
 use seqmamba::infer::score_tokens;
 use seqmamba::model::{Head, MambaConfig, Model, ParamTable, Shape};
 use seqmamba::workflow::{self, RunOptions, RunSummary, Workflow};
-use seqmamba_kernels::cuda::Cuda;
+use seqmamba_kernels::cuda::{Cuda, GemmPrecision};
 use seqmamba_kernels::scan::ScanDims;
 use seqmamba_kernels::{Backend, Cpu};
 use seqmamba_modalities::OnError;
@@ -79,9 +79,9 @@ struct BenchParallelArgs {
     /// Small model and batch (a smoke run, not a measurement).
     #[arg(long)]
     quick: bool,
-    /// Run the f32 GEMMs in TF32 on the tensor cores.
-    #[arg(long)]
-    tf32: bool,
+    /// How the GEMMs multiply: f32, tf32 or bf16 (tensor cores; f32 sums and outputs).
+    #[arg(long, default_value = "f32")]
+    precision: GemmPrecision,
     /// Rows per GPU per step.
     #[arg(long, default_value_t = 8)]
     batch_per_gpu: usize,
@@ -184,9 +184,10 @@ struct BenchArgs {
     /// Where the model runs; auto takes the GPU when one opens, else the CPU.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     device: DeviceChoice,
-    /// On the GPU, run the f32 GEMMs in TF32 on the tensor cores (faster, ~1e-3 relative).
-    #[arg(long)]
-    tf32: bool,
+    /// On the GPU, how the GEMMs multiply: f32, tf32 (~1e-3 relative) or bf16 (~1e-2;
+    /// tensor cores, f32 sums and outputs).
+    #[arg(long, default_value = "f32")]
+    precision: GemmPrecision,
     /// Run only these parts (repeatable, or comma-separated); every part when not given.
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<BenchPart>,
@@ -416,8 +417,11 @@ fn run_bench(args: BenchArgs) -> Result<()> {
     let mut results = Vec::new();
     match open_device(args.device)? {
         None => {
-            if args.tf32 {
-                bail!("--tf32 needs the GPU (--device cuda)");
+            if args.precision != GemmPrecision::F32 {
+                bail!(
+                    "--precision {} needs the GPU (--device cuda)",
+                    args.precision
+                );
             }
             println!("device: {}", Cpu.name());
             if args.runs(BenchPart::Scan) {
@@ -430,12 +434,11 @@ fn run_bench(args: BenchArgs) -> Result<()> {
             results.extend(model_benches(|| Ok(Cpu), &args, args.quick, repeats)?);
         }
         Some(cuda) => {
-            let math = if args.tf32 { "TF32" } else { "f32" };
-            println!("device: {}, GEMMs in {math}", cuda.name());
+            println!("device: {}, GEMMs in {}", cuda.name(), args.precision);
             drop(cuda);
             let open = || {
                 let cuda = Cuda::new(0)?;
-                cuda.allow_tf32(args.tf32)?;
+                cuda.set_gemm_precision(args.precision)?;
                 Ok(cuda)
             };
             results.extend(model_benches(open, &args, true, repeats)?);
@@ -449,14 +452,26 @@ fn run_bench(args: BenchArgs) -> Result<()> {
             m.unit,
             m.seconds * 1e3
         );
-        if let Some(gemm) = m.device.gemm_seconds {
-            line += &format!(", GEMM {:.1}%", 100.0 * gemm / m.seconds);
-        }
-        if let Some(scan) = m.device.scan_seconds {
-            line += &format!(", scan {:.1}% of the step", 100.0 * scan / m.seconds);
+        if let Some(ops) = m.device.ops {
+            // Shares of the median step; what the kinds leave of 100 % is the device idle
+            // between ops (launch and host time).
+            let kinds = ops.kinds();
+            let shares: Vec<String> = kinds
+                .iter()
+                .map(|(kind, s)| format!("{kind} {:.1}%", 100.0 * s / m.seconds))
+                .collect();
+            let busy: f64 = kinds.iter().map(|(_, s)| s).sum();
+            line += &format!(
+                ", of the step: {} (busy {:.1}%)",
+                shares.join(", "),
+                100.0 * busy / m.seconds
+            );
         }
         if let Some(peak) = m.device.peak_memory {
             line += &format!(", peak memory {:.2} GB", peak as f64 / 1e9);
+        }
+        if let Some(flops) = m.model_flops {
+            line += &format!(", {:.1} model TFLOP/s", flops / m.seconds / 1e12);
         }
         println!("{line}");
     }
@@ -474,9 +489,9 @@ fn bench_parallel(args: BenchParallelArgs) -> Result<()> {
     } else {
         (MambaConfig::new(768, 24, 256), 2048, 5)
     };
-    let math = if args.tf32 { "TF32" } else { "f32" };
     println!(
-        "{gpus} GPU(s), GEMMs in {math}, NCCL_NVLS_ENABLE={:?}",
+        "{gpus} GPU(s), GEMMs in {}, NCCL_NVLS_ENABLE={:?}",
+        args.precision,
         std::env::var("NCCL_NVLS_ENABLE").ok()
     );
     let worlds: Vec<usize> = std::iter::successors(Some(1), |w| Some(w * 2))
@@ -491,7 +506,7 @@ fn bench_parallel(args: BenchParallelArgs) -> Result<()> {
                 len,
             },
             accumulation: 1,
-            tf32: args.tf32,
+            precision: args.precision,
         };
         let m = bench::train_parallel(layout, config.clone(), repeats)?;
         let base = *single.get_or_insert(m.rate);
@@ -547,6 +562,15 @@ fn model_benches<B: Backend + bench::Profile>(
     };
     if anchor_train && train {
         results.push(bench::train(backend()?, anchor.clone(), shape, repeats)?);
+    }
+    // Issue 6's small DNA config: d 256, 8 layers, the DNA vocabulary, long sequences.
+    if anchor_train && train && !quick {
+        let dna = MambaConfig::new(256, 8, seqmamba_modalities::dna::tokenizer::VOCAB_SIZE);
+        let shape = Shape {
+            batch: 4,
+            len: 16_384,
+        };
+        results.push(bench::train(backend()?, dna, shape, repeats)?);
     }
     if decode {
         results.push(bench::decode(backend()?, anchor, 5 * repeats)?);

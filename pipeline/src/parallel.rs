@@ -13,7 +13,7 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::JoinHandle;
 
 use seqmamba_kernels::Backend;
-use seqmamba_kernels::cuda::{Communicator, CommunicatorId, Cuda};
+use seqmamba_kernels::cuda::{Communicator, CommunicatorId, Cuda, GemmPrecision};
 
 use crate::ModelError;
 use crate::model::{Batch, Head, IGNORE_INDEX, MambaConfig, Model, Shape};
@@ -39,8 +39,8 @@ pub struct ParallelConfig {
     pub micro_batch: Shape,
     /// Micro-batches each rank accumulates per step.
     pub accumulation: usize,
-    /// TF32 GEMMs on every rank.
-    pub tf32: bool,
+    /// How every rank's GEMMs multiply.
+    pub precision: GemmPrecision,
 }
 
 impl ParallelConfig {
@@ -58,7 +58,7 @@ impl ParallelConfig {
     ///     devices: vec![0, 1],
     ///     micro_batch: Shape { batch: 4, len: 128 },
     ///     accumulation: 2,
-    ///     tf32: false,
+    ///     precision: Default::default(),
     /// };
     /// assert_eq!(c.global_batch(), Shape { batch: 16, len: 128 });
     /// ```
@@ -114,7 +114,7 @@ struct Rank {
 ///     devices: (0..seqmamba_kernels::cuda::device_count()).collect(),
 ///     micro_batch: Shape { batch: 2, len: 64 },
 ///     accumulation: 1,
-///     tf32: false,
+///     precision: Default::default(),
 /// };
 /// let global = layout.global_batch();
 /// let mut dp = DataParallel::new(layout, config, Head::LanguageModel, &params, OptimizerConfig::default())?;
@@ -165,7 +165,7 @@ impl DataParallel {
                 rank,
                 world_size,
                 id,
-                tf32: layout.tf32,
+                precision: layout.precision,
                 config: config.clone(),
                 head: head.clone(),
                 params: params.to_vec(),
@@ -377,7 +377,7 @@ struct Setup {
     rank: usize,
     world_size: usize,
     id: CommunicatorId,
-    tf32: bool,
+    precision: GemmPrecision,
     config: MambaConfig,
     head: Head,
     params: Vec<f32>,
@@ -449,7 +449,7 @@ fn run_rank(setup: Setup, commands: Receiver<Command>, replies: Sender<Result<Re
 /// A rank's device, model replica and trainer, before it joins the communicator.
 fn open_replica(setup: Setup) -> Result<(Model<Cuda>, Trainer<Cuda>), ModelError> {
     let cuda = Cuda::new(setup.ordinal)?;
-    cuda.allow_tf32(setup.tf32)?;
+    cuda.set_gemm_precision(setup.precision)?;
     let model = Model::new(cuda, setup.config, setup.head, &setup.params)?;
     let trainer = Trainer::new(&model, setup.shape, setup.optimizer)?;
     Ok((model, trainer))

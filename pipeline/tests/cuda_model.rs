@@ -6,7 +6,7 @@ use seqmamba::model::{
     Batch, Bidirectional, DecodeState, Head, IGNORE_INDEX, MambaConfig, Model, PoolingKind, Shape,
 };
 use seqmamba::train::{OptimizerConfig, Trainer};
-use seqmamba_kernels::cuda::Cuda;
+use seqmamba_kernels::cuda::{Cuda, GemmPrecision};
 use seqmamba_kernels::rng::Rng;
 use seqmamba_kernels::testing::{max_scaled_error, to_f64};
 use seqmamba_kernels::{Backend, Cpu};
@@ -63,9 +63,29 @@ fn step<B: Backend>(model: &Model<B>, p: &Problem<'_>) -> Step {
     }
 }
 
-/// The GPU step against the CPU step: the loss to 1e-5 relative, the logits to 1e-5 of
-/// their scale, every parameter tensor's gradient to 1e-4 of that tensor's scale.
-fn compare_step(cuda: Cuda, config: MambaConfig, head: Head, p: &Problem<'_>) {
+/// How close a GPU step must come to the CPU's: the loss relative, the logits relative to
+/// their scale, every parameter tensor's gradient relative to that tensor's scale.
+struct Tolerance {
+    loss: f64,
+    logits: f64,
+    grads: f64,
+}
+
+/// f32 GEMMs: as the CPU up to summation order.
+const F32: Tolerance = Tolerance {
+    loss: 1e-5,
+    logits: 1e-5,
+    grads: 1e-4,
+};
+
+/// The GPU step against the CPU step within `tolerance`; both steps, CPU first.
+fn compare_step(
+    cuda: Cuda,
+    config: MambaConfig,
+    head: Head,
+    p: &Problem<'_>,
+    tolerance: Tolerance,
+) -> (Step, Step) {
     let cpu_model = Model::initialised(Cpu, config.clone(), head.clone(), 21).unwrap();
     let params = cpu_model.params.clone();
     let gpu_model = Model::new(cuda, config, head, &params).unwrap();
@@ -76,8 +96,13 @@ fn compare_step(cuda: Cuda, config: MambaConfig, head: Head, p: &Problem<'_>) {
         "loss: cpu {} cuda {} (relative error {loss_error:e})",
         want.loss, got.loss
     );
-    assert!(loss_error <= 1e-5, "loss {} vs {}", got.loss, want.loss);
-    let logits_error = max_scaled_error(&got.logits, &to_f64(&want.logits), 1e-5, 0.0);
+    assert!(
+        loss_error <= tolerance.loss,
+        "loss {} vs {}",
+        got.loss,
+        want.loss
+    );
+    let logits_error = max_scaled_error(&got.logits, &to_f64(&want.logits), tolerance.logits, 0.0);
     println!("logits: {logits_error:.3} of the tolerance");
     assert!(
         logits_error <= 1.0,
@@ -89,7 +114,7 @@ fn compare_step(cuda: Cuda, config: MambaConfig, head: Head, p: &Problem<'_>) {
         let error = max_scaled_error(
             &got.grads[range.clone()],
             &to_f64(&want.grads[range]),
-            1e-4,
+            tolerance.grads,
             1e-12,
         );
         if error > worst.0 {
@@ -105,6 +130,7 @@ fn compare_step(cuda: Cuda, config: MambaConfig, head: Head, p: &Problem<'_>) {
         "worst gradient: {} at {:.3} of the tolerance",
         worst.1, worst.0
     );
+    (want, got)
 }
 
 #[test]
@@ -127,7 +153,39 @@ fn cuda_language_model_step_equals_the_cpu() {
         targets: &targets,
         count: shape.tokens() - 1,
     };
-    compare_step(cuda, config, Head::LanguageModel, &problem);
+    compare_step(cuda, config, Head::LanguageModel, &problem, F32);
+}
+
+/// bf16 GEMMs (f32 sums, outputs, weights and everything else): close to the f32 CPU step
+/// at bf16's rounding, and measurably not f32.
+#[test]
+fn cuda_language_model_step_in_bf16_is_close_to_the_cpu() {
+    let Some(cuda) = device() else { return };
+    cuda.set_gemm_precision(GemmPrecision::Bf16).unwrap();
+    let config = MambaConfig::new(64, 2, 11);
+    let shape = Shape { batch: 2, len: 150 };
+    let mut rng = Rng::new(2);
+    let ids = random_ids(&mut rng, shape.tokens(), 11);
+    let targets = random_ids(&mut rng, shape.tokens(), 11);
+    let problem = Problem {
+        shape,
+        ids: &ids,
+        lengths: None,
+        resets: None,
+        targets: &targets,
+        count: shape.tokens(),
+    };
+    let bf16 = Tolerance {
+        loss: 1e-3,
+        logits: 2e-2,
+        grads: 5e-2,
+    };
+    let (want, got) = compare_step(cuda, config, Head::LanguageModel, &problem, bf16);
+    let as_f32 = max_scaled_error(&got.logits, &to_f64(&want.logits), F32.logits, 0.0);
+    assert!(
+        as_f32 > 1.0,
+        "bf16 GEMMs were not used: logits within f32's tolerance"
+    );
 }
 
 #[test]
@@ -149,7 +207,7 @@ fn cuda_bidirectional_classifier_step_equals_the_cpu() {
         targets: &[2, 0, 1],
         count: 3,
     };
-    compare_step(cuda, MambaConfig::new(32, 2, 7), head, &problem);
+    compare_step(cuda, MambaConfig::new(32, 2, 7), head, &problem, F32);
 }
 
 fn lm_logits(model: &Model<Cuda>, ids: &[u32], state: Option<&mut DecodeState<Cuda>>) -> Vec<f32> {

@@ -79,7 +79,7 @@ fn train_parallel(
         devices,
         micro_batch,
         accumulation,
-        tf32: false,
+        precision: Default::default(),
     };
     let global = layout.global_batch();
     let mut dp = DataParallel::new(
@@ -202,7 +202,7 @@ fn without_gpus_or_nccl_the_constructor_fails_cleanly() {
         devices: vec![0],
         micro_batch: Shape { batch: 1, len: 8 },
         accumulation: 1,
-        tf32: false,
+        precision: Default::default(),
     };
     let result = DataParallel::new(
         layout,

@@ -4,7 +4,9 @@ use std::ops::Range;
 
 use cudarc::driver::result;
 
-use super::{device_error, Cuda, DeviceBuffer, DeviceIds, DeviceView, DeviceViewMut};
+use super::{
+    device_error, Cuda, DeviceBuffer, DeviceIds, DeviceView, DeviceViewMut, GemmPrecision, TimedOp,
+};
 use crate::adamw::AdamW;
 use crate::backend::Backend;
 use crate::conv1d::ConvDims;
@@ -41,7 +43,10 @@ impl Backend for Cuda {
             .context
             .name()
             .unwrap_or_else(|_| "unknown GPU".into());
-        format!("cuda ({name}, {})", self.shared.arch)
+        match self.gemm_precision() {
+            Ok(GemmPrecision::F32) | Err(_) => format!("cuda ({name}, {})", self.shared.arch),
+            Ok(precision) => format!("cuda ({name}, {}, {precision} GEMMs)", self.shared.arch),
+        }
     }
 
     fn zeros(&self, len: usize) -> Result<DeviceBuffer, KernelError> {
@@ -114,7 +119,9 @@ impl Backend for Cuda {
     }
 
     fn fill_zero(&self, dst: DeviceViewMut<'_>) -> Result<(), KernelError> {
-        self.fill_zero_at(dst.address(), dst.len())
+        self.timed(TimedOp::Other, || {
+            self.fill_zero_at(dst.address(), dst.len())
+        })
     }
 
     fn copy(&self, src: DeviceView<'_>, dst: DeviceViewMut<'_>) -> Result<(), KernelError> {
@@ -122,17 +129,19 @@ impl Backend for Cuda {
         if src.is_empty() {
             return Ok(());
         }
-        // SAFETY: both views cover `src.len()` f32s; `dst` is borrowed mutably, so the two
-        // do not overlap.
-        unsafe {
-            result::memcpy_dtod_async(
-                dst.address(),
-                src.address(),
-                src.len() * 4,
-                self.shared.stream.cu_stream(),
-            )
-        }
-        .map_err(|e| device_error("copying on the device", e))
+        self.timed(TimedOp::Other, || {
+            // SAFETY: both views cover `src.len()` f32s; `dst` is borrowed mutably, so the
+            // two do not overlap.
+            unsafe {
+                result::memcpy_dtod_async(
+                    dst.address(),
+                    src.address(),
+                    src.len() * 4,
+                    self.shared.stream.cu_stream(),
+                )
+            }
+            .map_err(|e| device_error("copying on the device", e))
+        })
     }
 
     fn add(
@@ -141,15 +150,15 @@ impl Backend for Cuda {
         b: DeviceView<'_>,
         out: DeviceViewMut<'_>,
     ) -> Result<(), KernelError> {
-        elementwise::cuda::add(self, a, b, out)
+        self.timed(TimedOp::Other, || elementwise::cuda::add(self, a, b, out))
     }
 
     fn scale(&self, x: DeviceViewMut<'_>, factor: f32) -> Result<(), KernelError> {
-        elementwise::cuda::scale(self, x, factor)
+        self.timed(TimedOp::Other, || elementwise::cuda::scale(self, x, factor))
     }
 
     fn sum_squares(&self, x: DeviceView<'_>) -> Result<f64, KernelError> {
-        elementwise::cuda::sum_squares(self, x)
+        self.timed(TimedOp::Other, || elementwise::cuda::sum_squares(self, x))
     }
 
     fn gemm(
@@ -173,7 +182,9 @@ impl Backend for Cuda {
         state: Option<DeviceViewMut<'_>>,
         out: DeviceViewMut<'_>,
     ) -> Result<(), KernelError> {
-        conv1d::cuda::forward(self, dims, x, weight, bias, resets, state, out)
+        self.timed(TimedOp::Conv, || {
+            conv1d::cuda::forward(self, dims, x, weight, bias, resets, state, out)
+        })
     }
 
     fn conv1d_backward(
@@ -189,19 +200,21 @@ impl Backend for Cuda {
         dweight: DeviceViewMut<'_>,
         dbias: DeviceViewMut<'_>,
     ) -> Result<(), KernelError> {
-        conv1d::cuda::backward(
-            self,
-            dims,
-            x,
-            weight,
-            bias,
-            resets,
-            initial_state,
-            d_out,
-            dx,
-            dweight,
-            dbias,
-        )
+        self.timed(TimedOp::Conv, || {
+            conv1d::cuda::backward(
+                self,
+                dims,
+                x,
+                weight,
+                bias,
+                resets,
+                initial_state,
+                d_out,
+                dx,
+                dweight,
+                dbias,
+            )
+        })
     }
 
     fn scan_forward(
@@ -236,7 +249,9 @@ impl Backend for Cuda {
         out: DeviceViewMut<'_>,
         rstd: DeviceViewMut<'_>,
     ) -> Result<(), KernelError> {
-        rmsnorm::cuda::forward(self, dims, x, weight, out, rstd)
+        self.timed(TimedOp::Norm, || {
+            rmsnorm::cuda::forward(self, dims, x, weight, out, rstd)
+        })
     }
 
     fn rmsnorm_backward(
@@ -249,7 +264,9 @@ impl Backend for Cuda {
         dx: DeviceViewMut<'_>,
         dweight: DeviceViewMut<'_>,
     ) -> Result<(), KernelError> {
-        rmsnorm::cuda::backward(self, dims, x, weight, rstd, d_out, dx, dweight)
+        self.timed(TimedOp::Norm, || {
+            rmsnorm::cuda::backward(self, dims, x, weight, rstd, d_out, dx, dweight)
+        })
     }
 
     fn embedding_forward(
@@ -259,7 +276,9 @@ impl Backend for Cuda {
         table: DeviceView<'_>,
         out: DeviceViewMut<'_>,
     ) -> Result<(), KernelError> {
-        embedding::cuda::forward(self, dims, ids, table, out)
+        self.timed(TimedOp::Other, || {
+            embedding::cuda::forward(self, dims, ids, table, out)
+        })
     }
 
     fn embedding_backward(
@@ -269,7 +288,9 @@ impl Backend for Cuda {
         d_out: DeviceView<'_>,
         dtable: DeviceViewMut<'_>,
     ) -> Result<(), KernelError> {
-        embedding::cuda::backward(self, dims, ids, d_out, dtable)
+        self.timed(TimedOp::Other, || {
+            embedding::cuda::backward(self, dims, ids, d_out, dtable)
+        })
     }
 
     fn cross_entropy(
@@ -282,16 +303,18 @@ impl Backend for Cuda {
         dlogits: Option<DeviceViewMut<'_>>,
         grad_scale: f32,
     ) -> Result<(), KernelError> {
-        cross_entropy::cuda::forward_backward(
-            self,
-            dims,
-            logits,
-            targets,
-            ignore_index,
-            losses,
-            dlogits,
-            grad_scale,
-        )
+        self.timed(TimedOp::Loss, || {
+            cross_entropy::cuda::forward_backward(
+                self,
+                dims,
+                logits,
+                targets,
+                ignore_index,
+                losses,
+                dlogits,
+                grad_scale,
+            )
+        })
     }
 
     fn pool_forward(
@@ -302,7 +325,9 @@ impl Backend for Cuda {
         x: DeviceView<'_>,
         out: DeviceViewMut<'_>,
     ) -> Result<(), KernelError> {
-        pool::cuda::forward(self, dims, pooling, lengths, x, out)
+        self.timed(TimedOp::Other, || {
+            pool::cuda::forward(self, dims, pooling, lengths, x, out)
+        })
     }
 
     fn pool_backward(
@@ -313,7 +338,9 @@ impl Backend for Cuda {
         d_out: DeviceView<'_>,
         dx: DeviceViewMut<'_>,
     ) -> Result<(), KernelError> {
-        pool::cuda::backward(self, dims, pooling, lengths, d_out, dx)
+        self.timed(TimedOp::Other, || {
+            pool::cuda::backward(self, dims, pooling, lengths, d_out, dx)
+        })
     }
 
     fn reverse(
@@ -323,7 +350,9 @@ impl Backend for Cuda {
         x: DeviceView<'_>,
         out: DeviceViewMut<'_>,
     ) -> Result<(), KernelError> {
-        pool::cuda::reverse(self, dims, lengths, x, out)
+        self.timed(TimedOp::Other, || {
+            pool::cuda::reverse(self, dims, lengths, x, out)
+        })
     }
 
     fn adamw(
@@ -336,7 +365,9 @@ impl Backend for Cuda {
         m: DeviceViewMut<'_>,
         v: DeviceViewMut<'_>,
     ) -> Result<(), KernelError> {
-        adamw::cuda::step(self, config, step, decay_len, params, grads, m, v)
+        self.timed(TimedOp::Optimizer, || {
+            adamw::cuda::step(self, config, step, decay_len, params, grads, m, v)
+        })
     }
 }
 

@@ -66,6 +66,53 @@ struct Shared {
     functions: Mutex<HashMap<FunctionKey, CudaFunction>>,
     /// Events around every timed op while [`Cuda::time_ops`] is on.
     op_events: Mutex<Option<Vec<(TimedOp, CudaEvent, CudaEvent)>>>,
+    gemm_precision: Mutex<GemmPrecision>,
+}
+
+/// How the GEMMs of a [`Cuda`] device multiply. Inputs and outputs stay f32 buffers in
+/// every mode; only the products inside cuBLAS change.
+///
+/// ```
+/// use seqmamba_kernels::cuda::GemmPrecision;
+/// assert_eq!("bf16".parse::<GemmPrecision>(), Ok(GemmPrecision::Bf16));
+/// assert_eq!(GemmPrecision::default().to_string(), "f32");
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GemmPrecision {
+    /// f32 products on the CUDA cores: as exact as the CPU op (~1e-6 relative).
+    #[default]
+    F32,
+    /// Inputs rounded to TF32 (10-bit mantissa) on the tensor cores, sums in f32, as
+    /// PyTorch's `allow_tf32`: ~1e-3 relative.
+    Tf32,
+    /// Inputs rounded to bf16 (8-bit mantissa) on the tensor cores, sums and outputs in
+    /// f32, as PyTorch's bf16 autocast: ~1e-2 relative, twice TF32's rate.
+    Bf16,
+}
+
+impl std::fmt::Display for GemmPrecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::Tf32 => "tf32",
+            Self::Bf16 => "bf16",
+        })
+    }
+}
+
+impl std::str::FromStr for GemmPrecision {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "f32" => Ok(Self::F32),
+            "tf32" => Ok(Self::Tf32),
+            "bf16" => Ok(Self::Bf16),
+            other => Err(format!(
+                "unknown GEMM precision {other:?} (f32, tf32 or bf16)"
+            )),
+        }
+    }
 }
 
 impl std::fmt::Debug for Cuda {
@@ -140,6 +187,7 @@ impl Cuda {
                 modules: Mutex::new(HashMap::new()),
                 functions: Mutex::new(HashMap::new()),
                 op_events: Mutex::new(None),
+                gemm_precision: Mutex::new(GemmPrecision::F32),
             }),
         })
     }
@@ -207,12 +255,11 @@ impl Cuda {
         &self.shared.blas
     }
 
-    /// Lets cuBLAS run f32 GEMMs on the tensor cores in TF32 (inputs rounded to a 10-bit
-    /// mantissa, sums in f32), as PyTorch's `allow_tf32`: several times faster, about 1e-3
-    /// relative error. Off by default; results stay deterministic either way.
-    pub fn allow_tf32(&self, on: bool) -> Result<(), KernelError> {
+    /// Sets how the GEMMs multiply (see [`GemmPrecision`]); f32 until set. Results stay
+    /// deterministic in every precision.
+    pub fn set_gemm_precision(&self, precision: GemmPrecision) -> Result<(), KernelError> {
         use cudarc::cublas::sys::{cublasMath_t, cublasSetMathMode};
-        let mode = if on {
+        let mode = if precision == GemmPrecision::Tf32 {
             cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH
         } else {
             cublasMath_t::CUBLAS_DEFAULT_MATH
@@ -220,10 +267,17 @@ impl Cuda {
         // SAFETY: sets a flag of a live handle.
         unsafe { cublasSetMathMode(*self.shared.blas.handle(), mode) }
             .result()
-            .map_err(|e| device_error("setting cuBLAS's math mode", e))
+            .map_err(|e| device_error("setting cuBLAS's math mode", e))?;
+        *self.shared.gemm_precision.lock().map_err(|_| poisoned())? = precision;
+        Ok(())
     }
 
-    /// Starts (`true`) or stops timing every GEMM and scan with events on the stream; see
+    /// How the GEMMs multiply now.
+    pub fn gemm_precision(&self) -> Result<GemmPrecision, KernelError> {
+        Ok(*self.shared.gemm_precision.lock().map_err(|_| poisoned())?)
+    }
+
+    /// Starts (`true`) or stops timing every op with events on the stream; see
     /// [`Cuda::op_seconds`]. Costs two event records per op while on.
     pub fn time_ops(&self, on: bool) -> Result<(), KernelError> {
         let mut events = self.shared.op_events.lock().map_err(|_| poisoned())?;
@@ -243,20 +297,25 @@ impl Cuda {
                 .map_err(|e| device_error("reading an op timing event", e))?
                 as f64
                 * 1e-3;
-            match op {
-                TimedOp::Gemm => total.gemm += seconds,
-                TimedOp::Scan => total.scan += seconds,
-            }
+            *match op {
+                TimedOp::Gemm => &mut total.gemm,
+                TimedOp::Scan => &mut total.scan,
+                TimedOp::Conv => &mut total.conv,
+                TimedOp::Norm => &mut total.norm,
+                TimedOp::Loss => &mut total.loss,
+                TimedOp::Optimizer => &mut total.optimizer,
+                TimedOp::Other => &mut total.other,
+            } += seconds;
         }
         Ok(total)
     }
 
     /// Runs `launch`, bracketed by timing events when [`Cuda::time_ops`] is on.
-    pub(crate) fn timed(
+    pub(crate) fn timed<R>(
         &self,
         op: TimedOp,
-        launch: impl FnOnce() -> Result<(), KernelError>,
-    ) -> Result<(), KernelError> {
+        launch: impl FnOnce() -> Result<R, KernelError>,
+    ) -> Result<R, KernelError> {
         let mut events = self.shared.op_events.lock().map_err(|_| poisoned())?;
         let Some(pairs) = events.as_mut() else {
             drop(events);
@@ -269,9 +328,9 @@ impl Cuda {
                 .map_err(|e| device_error("recording an op timing event", e))
         };
         let start = record()?;
-        launch()?;
+        let result = launch()?;
         pairs.push((op, start, record()?));
-        Ok(())
+        Ok(result)
     }
 
     /// The most device memory this process's buffers held at once since the last
@@ -395,14 +454,20 @@ impl Cuda {
 /// A kernel by module, `-D` options and name.
 type FunctionKey = (&'static str, String, String);
 
-/// The ops [`Cuda::time_ops`] times.
+/// The kinds of op [`Cuda::time_ops`] times.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum TimedOp {
     Gemm,
     Scan,
+    Conv,
+    Norm,
+    Loss,
+    Optimizer,
+    /// Embedding, pooling, element-wise ops, copies and fills.
+    Other,
 }
 
-/// Device seconds spent in GEMMs and in the selective scan (forward and backward).
+/// Device seconds spent in each kind of op, forward and backward together.
 ///
 /// ```no_run
 /// use seqmamba_kernels::cuda::Cuda;
@@ -417,6 +482,38 @@ pub(crate) enum TimedOp {
 pub struct OpSeconds {
     pub gemm: f64,
     pub scan: f64,
+    /// The causal depthwise conv1d (with its SiLU).
+    pub conv: f64,
+    /// RMSNorm (with its residual add).
+    pub norm: f64,
+    /// The fused softmax cross-entropy.
+    pub loss: f64,
+    /// AdamW.
+    pub optimizer: f64,
+    /// Embedding, pooling, element-wise ops (the gradient norm among them), copies, fills.
+    pub other: f64,
+}
+
+impl OpSeconds {
+    /// Every kind with its seconds, in a fixed order.
+    ///
+    /// ```
+    /// use seqmamba_kernels::cuda::OpSeconds;
+    /// let spent = OpSeconds { gemm: 2.0, loss: 1.0, ..OpSeconds::default() };
+    /// assert_eq!(spent.kinds()[0], ("GEMM", 2.0));
+    /// assert_eq!(spent.kinds().iter().map(|k| k.1).sum::<f64>(), 3.0);
+    /// ```
+    pub fn kinds(&self) -> [(&'static str, f64); 7] {
+        [
+            ("GEMM", self.gemm),
+            ("scan", self.scan),
+            ("conv", self.conv),
+            ("norm", self.norm),
+            ("loss", self.loss),
+            ("optimizer", self.optimizer),
+            ("other", self.other),
+        ]
+    }
 }
 
 /// Threads per block of the one-thread-per-element kernels.

@@ -1,4 +1,5 @@
-//! The GEMM on cuBLAS (f32, `cublasSgemm`, default math mode: no TF32).
+//! The GEMM on cuBLAS: `cublasSgemm` in f32 or TF32, `cublasGemmEx` on bf16 copies of the
+//! operands (f32 sums and output) in bf16; see [`GemmPrecision`].
 //!
 //! cuBLAS is column-major; a row-major `m×n` matrix is the column-major `n×m` matrix of
 //! its transpose. So `C = op(A)·op(B)` (row-major) is computed as the column-major
@@ -6,11 +7,40 @@
 //! leading dimension is the row length of the stored row-major matrix. With one stream and
 //! the default (non-atomic) mode, cuBLAS gives the same bits on every run.
 
-use cudarc::cublas::sys::cublasOperation_t;
+use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
+use cudarc::driver::{CudaSlice, DeviceRepr};
 
 use super::GemmDims;
-use crate::cuda::{check_view, device_error, Cuda, DeviceView, DeviceViewMut, TimedOp};
+use crate::cuda::{
+    check_view, device_error, flat_grid, Cuda, DeviceView, DeviceViewMut, GemmPrecision, TimedOp,
+};
 use crate::{element_count, KernelError};
+
+const MODULE: &str = "gemm_cast";
+const SOURCE: &str = concat!(include_str!("../cuda/common.cuh"), include_str!("cast.cu"));
+
+#[repr(C)]
+struct CastArgs {
+    x: u64,
+    y: u64,
+    n: i64,
+}
+
+// SAFETY: plain old data laid out as the kernel's struct.
+unsafe impl DeviceRepr for CastArgs {}
+
+/// A bf16 copy of `x` (raw bits), queued on the stream.
+fn to_bf16(cuda: &Cuda, x: DeviceView<'_>) -> Result<CudaSlice<u16>, KernelError> {
+    let copy = cuda.scratch::<u16>(x.len())?;
+    let args = CastArgs {
+        x: x.address(),
+        y: cuda.address(&copy),
+        n: x.len() as i64,
+    };
+    let function = cuda.function(MODULE, SOURCE, &[], "f32_to_bf16")?;
+    cuda.launch(&function, flat_grid(x.len()), &args)?;
+    Ok(copy)
+}
 
 /// See [`super::gemm`].
 pub(crate) fn gemm(
@@ -55,7 +85,38 @@ pub(crate) fn gemm(
     let ldb = if dims.transpose_b { k } else { n };
     let alpha = 1.0f32;
     let beta = if accumulate { 1.0f32 } else { 0.0 };
+    let precision = cuda.gemm_precision()?;
     cuda.timed(TimedOp::Gemm, || {
+        if precision == GemmPrecision::Bf16 {
+            // The casts are part of the GEMM's cost, so they are timed with it.
+            let (a16, b16) = (to_bf16(cuda, a)?, to_bf16(cuda, b)?);
+            // SAFETY: the copies hold the checked operands element for element, C was
+            // checked, and the handle runs on the stream that queued the casts.
+            return unsafe {
+                cudarc::cublas::result::gemm_ex(
+                    *cuda.blas().handle(),
+                    operation(dims.transpose_b),
+                    operation(dims.transpose_a),
+                    n as i32,
+                    m as i32,
+                    k as i32,
+                    (&alpha as *const f32).cast(),
+                    cuda.address(&b16) as *const std::ffi::c_void,
+                    cudaDataType::CUDA_R_16BF,
+                    ldb as i32,
+                    cuda.address(&a16) as *const std::ffi::c_void,
+                    cudaDataType::CUDA_R_16BF,
+                    lda as i32,
+                    (&beta as *const f32).cast(),
+                    c.address() as *mut std::ffi::c_void,
+                    cudaDataType::CUDA_R_32F,
+                    n as i32,
+                    cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                    cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                )
+            }
+            .map_err(|e| device_error("cublasGemmEx (bf16)", e));
+        }
         // SAFETY: the views were checked to hold the matrices the dimensions describe, and
         // the handle runs on the stream every other op of this device uses.
         unsafe {
@@ -83,6 +144,7 @@ pub(crate) fn gemm(
 #[cfg(test)]
 mod tests {
     use crate::cuda::testing::{device, random};
+    use crate::cuda::GemmPrecision;
     use crate::gemm::{self, GemmDims};
     use crate::testing::{assert_close, bits, to_f64};
     use crate::Backend;
@@ -145,43 +207,69 @@ mod tests {
         }
     }
 
+    /// TF32 and bf16 stay within their rounding bounds, and are not f32 in disguise.
     #[test]
-    fn cuda_gemm_in_tf32_is_close_but_not_f32() {
+    fn cuda_gemm_in_tf32_and_bf16_is_close_but_not_f32() {
         let Some(cuda) = device() else { return };
         let (m, n, k) = (256, 256, 512);
-        let dims = GemmDims {
-            m,
-            n,
-            k,
-            transpose_a: false,
-            transpose_b: true,
-        };
-        let (a, b) = (random(m * k, 1), random(n * k, 2));
-        let mut want = vec![0.0; m * n];
-        gemm::gemm(dims, &a, &b, &mut want, false).unwrap();
-        let (ga, gb) = (cuda.upload(&a).unwrap(), cuda.upload(&b).unwrap());
-        let mut gc = cuda.zeros(m * n).unwrap();
-        let mut run = |tf32: bool| {
-            cuda.allow_tf32(tf32).unwrap();
-            cuda.gemm(
-                dims,
-                cuda.all(&ga),
-                cuda.all(&gb),
-                cuda.all_mut(&mut gc),
-                false,
-            )
-            .unwrap();
-            cuda.download(cuda.all(&gc)).unwrap()
-        };
-        let tf32 = run(true);
-        let f32 = run(false);
-        assert_close("f32", &f32, &to_f64(&want), 1e-5, 1e-6);
-        assert_close("tf32", &tf32, &to_f64(&want), 3e-3, 1e-6);
-        let error = crate::testing::max_scaled_error(&tf32, &to_f64(&want), 1e-5, 1e-6);
-        assert!(
-            error > 1.0,
-            "TF32 was not used: error {error} of the f32 tolerance"
-        );
+        for transpose_b in [false, true] {
+            let dims = GemmDims {
+                m,
+                n,
+                k,
+                transpose_a: false,
+                transpose_b,
+            };
+            let (a, b) = (random(m * k, 1), random(n * k, 2));
+            let mut want = vec![0.0; m * n];
+            gemm::gemm(dims, &a, &b, &mut want, false).unwrap();
+            // A product of two rounded inputs is off by at most twice their relative rounding
+            // error (bf16 keeps 8 significant bits, rounded: 2^-8; TF32 keeps 11, and may
+            // truncate: 2^-10) times |a|·|b|: bound each element by that unit × Σ|a|·|b|.
+            let mut magnitude = vec![0.0; m * n];
+            let abs = |v: &[f32]| v.iter().map(|x| x.abs()).collect::<Vec<_>>();
+            gemm::gemm(dims, &abs(&a), &abs(&b), &mut magnitude, false).unwrap();
+            let (ga, gb) = (cuda.upload(&a).unwrap(), cuda.upload(&b).unwrap());
+            let mut gc = cuda.zeros(m * n).unwrap();
+            let mut run = |precision: GemmPrecision| {
+                cuda.set_gemm_precision(precision).unwrap();
+                cuda.gemm(
+                    dims,
+                    cuda.all(&ga),
+                    cuda.all(&gb),
+                    cuda.all_mut(&mut gc),
+                    false,
+                )
+                .unwrap();
+                cuda.download(cuda.all(&gc)).unwrap()
+            };
+            for (precision, unit) in [
+                (GemmPrecision::Tf32, 2f64.powi(-9)),
+                (GemmPrecision::Bf16, 2f64.powi(-7)),
+            ] {
+                let got = run(precision);
+                for ((g, w), size) in got.iter().zip(&want).zip(&magnitude) {
+                    let error = (*g as f64 - *w as f64).abs();
+                    assert!(
+                        error <= unit * *size as f64 + 1e-5,
+                        "{precision}: {g} against {w}, bound {}",
+                        unit * *size as f64
+                    );
+                }
+                let error = crate::testing::max_scaled_error(&got, &to_f64(&want), 1e-5, 1e-6);
+                assert!(
+                    error > 1.0,
+                    "{precision} was not used: error {error} of the f32 tolerance"
+                );
+                assert_eq!(
+                    bits(&run(precision)),
+                    bits(&got),
+                    "{precision} is not deterministic"
+                );
+            }
+            let f32 = run(GemmPrecision::F32);
+            assert_close("f32", &f32, &to_f64(&want), 1e-5, 1e-6);
+        }
     }
 
     #[test]

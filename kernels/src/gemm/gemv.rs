@@ -7,7 +7,7 @@
 //! [`Lanes::sum`]'s fixed tree, then the last `k mod 16` columns in order: its bits depend
 //! neither on how rows are grouped or split across threads nor on the instruction set.
 
-use crate::lanes::{run_vectorised, Lanes, Vectorised, LANES};
+use crate::lanes::{prefetch_address, run_vectorised, Lanes, Vectorised, LANES};
 use crate::parallel::run_jobs;
 
 /// Weight elements per job when the rows are split across threads: about 256 KiB, large
@@ -73,6 +73,9 @@ impl Vectorised for Rows<'_> {
         // set, and its `mul_add` would call the software fused multiply-add.
         let k = x.len();
         let full = k / LANES * LANES;
+        // The hardware prefetchers stop at page boundaries; ask for the next group's rows
+        // (one group ahead: far enough to cover memory latency, near enough to stay cached).
+        let ahead = ROWS_AT_ONCE * k;
         let groups = weight.chunks_exact(ROWS_AT_ONCE * k);
         let rest_weight = groups.remainder();
         let (grouped_y, rest_y) = y.split_at_mut(y.len() / ROWS_AT_ONCE * ROWS_AT_ONCE);
@@ -85,6 +88,7 @@ impl Vectorised for Rows<'_> {
             for at in (0..full).step_by(LANES) {
                 let x = Lanes::load(&x[at..at + LANES]);
                 for (sum, row) in sums.iter_mut().zip(rows) {
+                    prefetch_address(row.as_ptr().wrapping_add(at + ahead));
                     *sum = Lanes::load(&row[at..at + LANES]).mul_add(x, *sum);
                 }
             }

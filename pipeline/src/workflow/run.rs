@@ -14,7 +14,7 @@ use std::time::{Instant, SystemTime};
 use indicatif::{ProgressBar, ProgressStyle};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
-use seqmamba_kernels::cuda::Cuda;
+use seqmamba_kernels::cuda::{Cuda, GemmPrecision};
 use seqmamba_kernels::{Backend, Cpu};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -276,15 +276,30 @@ fn execute(
     dir: PathBuf,
     resume: Option<ResumePoint>,
 ) -> Result<RunSummary, WorkflowError> {
+    let precision = workflow.gemm_precision()?;
     let open = |ordinal: usize| {
-        Cuda::new(ordinal).map_err(|e| {
+        let cuda = Cuda::new(ordinal).map_err(|e| {
             WorkflowError::Device(format!(
                 "cuda:{ordinal}: {e}; run on the CPU with --set device=cpu"
             ))
-        })
+        })?;
+        cuda.set_gemm_precision(precision)?;
+        Ok::<_, WorkflowError>(cuda)
+    };
+    let cpu_precision = || {
+        if precision == GemmPrecision::F32 {
+            Ok(())
+        } else {
+            Err(WorkflowError::Invalid(format!(
+                "precision = \"{precision}\" needs a GPU; the CPU runs f32 (--set precision=f32)"
+            )))
+        }
     };
     match Device::parse(&workflow.device)? {
-        Some(Device::Cpu) => execute_on(Cpu, Device::Cpu, workflow, options, dir, resume),
+        Some(Device::Cpu) => {
+            cpu_precision()?;
+            execute_on(Cpu, Device::Cpu, workflow, options, dir, resume)
+        }
         Some(Device::Cuda(n)) => {
             execute_on(open(n)?, Device::Cuda(n), workflow, options, dir, resume)
         }
@@ -303,6 +318,7 @@ fn execute(
         None => match open(0) {
             Ok(cuda) => execute_on(cuda, Device::Cuda(0), workflow, options, dir, resume),
             Err(e) => {
+                cpu_precision()?;
                 if !options.quiet {
                     eprintln!("note: device = \"auto\" runs on the CPU ({e})");
                 }
@@ -635,7 +651,7 @@ impl<B: Backend> RunContext<'_, B> {
                         len: shape.len,
                     },
                     accumulation: 1,
-                    tf32: false,
+                    precision: self.workflow.gemm_precision()?,
                 };
                 let params = model.backend.download(model.backend.all(&model.params))?;
                 let head = model.head.clone();

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use seqmamba_kernels::cuda::GemmPrecision;
+
 use super::WorkflowError;
 use crate::infer::Sampling;
 use crate::model::{Bidirectional, MambaConfig, PoolingKind};
@@ -24,6 +26,10 @@ pub struct Workflow {
     /// `auto`, `cpu`, `cuda` or `cuda:N`.
     #[serde(default = "default_device")]
     pub device: String,
+    /// How the GPU's GEMMs multiply: `f32`, `tf32` or `bf16` (tensor cores, f32 sums and
+    /// outputs). The CPU always runs f32.
+    #[serde(default = "default_precision")]
+    pub precision: String,
     pub task: Task,
     pub data: Data,
     #[serde(default)]
@@ -40,6 +46,10 @@ pub struct Workflow {
 
 fn default_device() -> String {
     "cpu".into()
+}
+
+fn default_precision() -> String {
+    "f32".into()
 }
 
 /// What the run does.
@@ -522,6 +532,13 @@ impl Workflow {
         }
     }
 
+    /// The GPU's GEMM precision (`precision`).
+    pub fn gemm_precision(&self) -> Result<GemmPrecision, WorkflowError> {
+        self.precision
+            .parse()
+            .map_err(|e| WorkflowError::Invalid(format!("precision: {e}")))
+    }
+
     /// Checks what serde cannot: consistent combinations and sensible sizes.
     pub fn validate(&self) -> Result<(), WorkflowError> {
         let invalid = |m: String| Err(WorkflowError::Invalid(m));
@@ -551,6 +568,7 @@ impl Workflow {
         if self.evaluation.reverse_complement && d.modality != Modality::Dna {
             return invalid("evaluation.reverse_complement needs data.modality = \"dna\"".into());
         }
+        self.gemm_precision()?;
         d.on_error
             .parse::<seqmamba_modalities::OnError>()
             .map_err(|e| WorkflowError::Invalid(format!("data.on_error: {e}")))?;
