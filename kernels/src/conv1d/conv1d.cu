@@ -1,9 +1,13 @@
-// Causal depthwise conv1d + SiLU, forward and backward (common.cuh prepended). Threads own
-// single elements; the weight and bias gradients are summed per group of positions, then
-// over the groups in order.
+// Causal depthwise conv1d + SiLU, forward and backward (common.cuh prepended). A thread
+// owns one channel of a run of CONV_RUN positions of one row and walks it with the last
+// TAPS inputs in registers, so each input is loaded once and nothing is divided per
+// element. The weight and bias gradients are summed per run, then over the runs in order
+// (`sum_columns`): no atomics, the same bits on every run.
+//
+// Built with -DTAPS=<kernel size>; the module without it holds only `sum_columns`.
 
-#define MAX_TAPS 8
-#define GROUP_ROWS 256   // positions per group of the parameter gradients
+#define CONV_RUN 64        // positions per thread
+#define CONV_THREADS 128   // channels per block
 
 struct ConvArgs {
     u64 x;
@@ -13,9 +17,8 @@ struct ConvArgs {
     u64 state;     // (batch, kernel-1, channels); 0: zeros
     u64 out;
     u64 d_out;
-    u64 d_pre;     // the pre-activation's gradient (backward scratch)
     u64 dx;
-    u64 partials;  // (groups, channels·kernel + channels)
+    u64 partials;  // (batch · runs, channels·kernel + channels)
     i64 batch;
     i64 len;
     int channels;
@@ -24,18 +27,6 @@ struct ConvArgs {
 
 __device__ __forceinline__ float sigmoid_of(float v) { return 1.0f / (1.0f + expf(-v)); }
 
-// The first tap of output t whose input lies in t's sequence (after the last reset in
-// (t-(K-1), t]).
-__device__ int first_tap(const ConvArgs& a, i64 b, i64 t) {
-    if (!a.resets) return 0;
-    const unsigned* r = (const unsigned*)a.resets + b * a.len;
-    i64 start = t + 2 - a.kernel;
-    if (start < 0) start = 0;
-    for (i64 s = t; s >= start; --s)
-        if (r[s]) return (int)(s + a.kernel - 1 - t);
-    return 0;
-}
-
 // Input position s of row b, channel c: from the state before 0 (zero without one).
 __device__ __forceinline__ float input_at(const ConvArgs& a, i64 b, i64 s, int c) {
     if (s >= 0) return ((const float*)a.x)[(b * a.len + s) * a.channels + c];
@@ -43,23 +34,127 @@ __device__ __forceinline__ float input_at(const ConvArgs& a, i64 b, i64 s, int c
     return ((const float*)a.state)[(b * (a.kernel - 1) + (a.kernel - 1 + s)) * a.channels + c];
 }
 
-__device__ float preactivation(const ConvArgs& a, i64 b, i64 t, int c) {
-    const float* w = (const float*)a.weight + (i64)c * a.kernel;
-    float acc = a.bias ? ((const float*)a.bias)[c] : 0.0f;
-    for (int tap = first_tap(a, b, t); tap < a.kernel; ++tap)
-        acc += w[tap] * input_at(a, b, t + tap + 1 - a.kernel, c);
-    return acc;
+#ifdef TAPS
+
+// One thread's walk: channel c of row b over positions [t0, t1). window[k] holds the input
+// at t - (TAPS-1) + k, zero where it lies before the sequence of t (a reset at q starts a
+// new sequence at q).
+struct Walk {
+    float weight[TAPS];
+    float bias;
+    float window[TAPS];
+    int c;
+    i64 b;
+    const unsigned* resets;  // this row's flags, or null
+
+    __device__ Walk(const ConvArgs& a, i64 b_, int c_, i64 t0) : c(c_), b(b_) {
+        const float* w = (const float*)a.weight + (i64)c * TAPS;
+#pragma unroll
+        for (int k = 0; k < TAPS; ++k) {
+            weight[k] = w[k];
+            window[k] = 0.0f;
+        }
+        bias = a.bias ? ((const float*)a.bias)[c] : 0.0f;
+        resets = a.resets ? (const unsigned*)a.resets + b * a.len : nullptr;
+        // The history of t0, replayed so that resets inside it clear what precedes them.
+        for (i64 s = t0 - (TAPS - 1); s < t0; ++s) {
+            if (s >= 0 && reset(s)) clear();
+            shift();
+            window[TAPS - 1] = input_at(a, b, s, c);
+        }
+    }
+
+    __device__ __forceinline__ bool reset(i64 t) const { return resets && resets[t]; }
+
+    __device__ __forceinline__ void clear() {
+#pragma unroll
+        for (int k = 0; k < TAPS; ++k) window[k] = 0.0f;
+    }
+
+    __device__ __forceinline__ void shift() {
+#pragma unroll
+        for (int k = 0; k + 1 < TAPS; ++k) window[k] = window[k + 1];
+    }
+
+    // Moves to position t with input x_t; returns the pre-activation there.
+    __device__ __forceinline__ float step(i64 t, float x_t) {
+        if (reset(t)) clear();
+        shift();
+        window[TAPS - 1] = x_t;
+        float pre = bias;
+#pragma unroll
+        for (int k = 0; k < TAPS; ++k) pre += weight[k] * window[k];
+        return pre;
+    }
+};
+
+extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv1d_forward(ConvArgs a) {
+    const int c = blockIdx.x * CONV_THREADS + threadIdx.x;
+    const i64 b = blockIdx.z;
+    const i64 t0 = (i64)blockIdx.y * CONV_RUN;
+    if (c >= a.channels) return;
+    const i64 t1 = min(t0 + CONV_RUN, a.len);
+    Walk walk(a, b, c, t0);
+    for (i64 t = t0; t < t1; ++t) {
+        const i64 i = (b * a.len + t) * a.channels + c;
+        const float pre = walk.step(t, ((const float*)a.x)[i]);
+        ((float*)a.out)[i] = pre * sigmoid_of(pre);
+    }
 }
 
-extern "C" __global__ void conv1d_forward(ConvArgs a) {
-    const i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x;
-    if (i >= a.batch * a.len * a.channels) return;
-    const i64 bt = i / a.channels;
-    const int c = (int)(i - bt * a.channels);
-    const i64 b = bt / a.len, t = bt - b * a.len;
-    const float p = preactivation(a, b, t, c);
-    ((float*)a.out)[i] = p * sigmoid_of(p);
+// The whole backward of one run: the pre-activation recomputed, d_pre = d_out · silu'(pre),
+// dx by scattering each d_pre to the TAPS inputs it came from (the run walks TAPS-1
+// positions past its end so that its last inputs get every contribution), and the
+// run's sums of d_pre · input per tap and of d_pre.
+extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv1d_backward(ConvArgs a) {
+    const int c = blockIdx.x * CONV_THREADS + threadIdx.x;
+    const i64 b = blockIdx.z;
+    const i64 run = blockIdx.y;
+    const i64 t0 = run * CONV_RUN;
+    if (c >= a.channels) return;
+    const i64 t1 = min(t0 + CONV_RUN, a.len);
+    Walk walk(a, b, c, t0);
+    // pending[k]: dx of position t - (TAPS-1) + k so far; positions before `first` are in
+    // an earlier sequence than t and get nothing from it.
+    float pending[TAPS];
+    float dweight[TAPS];
+#pragma unroll
+    for (int k = 0; k < TAPS; ++k) pending[k] = dweight[k] = 0.0f;
+    float dbias = 0.0f;
+    int first = 0;
+    for (i64 t = t0; t < t1 + TAPS - 1; ++t) {
+        float g = 0.0f;
+        const bool inside = t < a.len;
+        if (inside) {
+            const i64 i = (b * a.len + t) * a.channels + c;
+            first = walk.reset(t) ? TAPS - 1 : max(first - 1, 0);
+            const float pre = walk.step(t, ((const float*)a.x)[i]);
+            const float s = sigmoid_of(pre);
+            g = ((const float*)a.d_out)[i] * s * (1.0f + pre * (1.0f - s));
+            if (t < t1) {
+                dbias += g;
+#pragma unroll
+                for (int k = 0; k < TAPS; ++k) dweight[k] += g * walk.window[k];
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < TAPS; ++k)
+            if (k >= first) pending[k] += walk.weight[k] * g;
+        // The oldest pending position gets nothing more: write it if it is this run's.
+        const i64 done = t - (TAPS - 1);
+        if (done >= t0 && done < t1) ((float*)a.dx)[(b * a.len + done) * a.channels + c] = pending[0];
+#pragma unroll
+        for (int k = 0; k + 1 < TAPS; ++k) pending[k] = pending[k + 1];
+        pending[TAPS - 1] = 0.0f;
+    }
+    const i64 stride = (i64)a.channels * (TAPS + 1);
+    float* out = (float*)a.partials + (b * gridDim.y + run) * stride;
+#pragma unroll
+    for (int k = 0; k < TAPS; ++k) out[(i64)c * TAPS + k] = dweight[k];
+    out[(i64)a.channels * TAPS + c] = dbias;
 }
+
+#endif  // TAPS
 
 // The state after this chunk: the last K-1 inputs of each row, zero before the row's last
 // reset. One thread per (row, channel) walks the slots upwards, so a slot still inside the
@@ -82,70 +177,5 @@ extern "C" __global__ void conv1d_carry_state(ConvArgs a) {
         else if (position >= 0) value = ((const float*)a.x)[(b * a.len + position) * a.channels + c];
         else value = state[(a.len + slot) * a.channels];
         state[(i64)slot * a.channels] = value;
-    }
-}
-
-// d_pre = d_out · silu'(pre)
-extern "C" __global__ void conv1d_backward_pre(ConvArgs a) {
-    const i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x;
-    if (i >= a.batch * a.len * a.channels) return;
-    const i64 bt = i / a.channels;
-    const int c = (int)(i - bt * a.channels);
-    const i64 b = bt / a.len, t = bt - b * a.len;
-    const float p = preactivation(a, b, t, c);
-    const float s = sigmoid_of(p);
-    ((float*)a.d_pre)[i] = ((const float*)a.d_out)[i] * s * (1.0f + p * (1.0f - s));
-}
-
-// dx[s] = Σ_d w[K-1-d] · d_pre[s+d] over the outputs s+d of s's sequence.
-extern "C" __global__ void conv1d_backward_dx(ConvArgs a) {
-    const i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x;
-    if (i >= a.batch * a.len * a.channels) return;
-    const i64 bt = i / a.channels;
-    const int c = (int)(i - bt * a.channels);
-    const i64 b = bt / a.len, s = bt - b * a.len;
-    const float* w = (const float*)a.weight + (i64)c * a.kernel;
-    const float* d_pre = (const float*)a.d_pre;
-    const unsigned* r = a.resets ? (const unsigned*)a.resets + b * a.len : nullptr;
-    float g = w[a.kernel - 1] * d_pre[i];
-    for (int d = 1; d < a.kernel; ++d) {
-        const i64 t = s + d;
-        if (t >= a.len || (r && r[t])) break;
-        g += w[a.kernel - 1 - d] * d_pre[i + (i64)d * a.channels];
-    }
-    ((float*)a.dx)[i] = g;
-}
-
-// partials[g] = per channel and tap Σ d_pre · input over the group's positions, then the
-// bias column Σ d_pre. Block (32, 8): 32 channels, 8 interleaved position lanes.
-extern "C" __global__ void conv1d_backward_params(ConvArgs a) {
-    __shared__ float sums[8][MAX_TAPS + 1][32];
-    const int c = blockIdx.x * 32 + threadIdx.x;
-    const i64 first = blockIdx.y * (i64)GROUP_ROWS;
-    const i64 positions = a.batch * a.len;
-    float acc[MAX_TAPS + 1];
-    for (int k = 0; k <= MAX_TAPS; ++k) acc[k] = 0.0f;
-    if (c < a.channels) {
-        for (int r = threadIdx.y; r < GROUP_ROWS; r += 8) {
-            const i64 p = first + r;
-            if (p >= positions) break;
-            const i64 b = p / a.len, t = p - b * a.len;
-            const float g = ((const float*)a.d_pre)[p * a.channels + c];
-            acc[MAX_TAPS] += g;
-            for (int tap = first_tap(a, b, t); tap < a.kernel; ++tap)
-                acc[tap] += g * input_at(a, b, t + tap + 1 - a.kernel, c);
-        }
-    }
-    for (int k = 0; k <= MAX_TAPS; ++k) sums[threadIdx.y][k][threadIdx.x] = acc[k];
-    __syncthreads();
-    if (threadIdx.y != 0 || c >= a.channels) return;
-    const i64 stride = (i64)a.channels * (a.kernel + 1);
-    float* out = (float*)a.partials + blockIdx.y * stride;
-    for (int k = 0; k <= a.kernel; ++k) {
-        const int slot = k == a.kernel ? MAX_TAPS : k;
-        float total = 0.0f;
-        for (int y = 0; y < 8; ++y) total += sums[y][slot][threadIdx.x];
-        if (k == a.kernel) out[(i64)a.channels * a.kernel + c] = total;
-        else out[(i64)c * a.kernel + k] = total;
     }
 }

@@ -11,10 +11,11 @@ const SOURCE: &str = concat!(
     include_str!("../cuda/common.cuh"),
     include_str!("conv1d.cu")
 );
-/// Taps the parameter-gradient kernel holds in registers (`MAX_TAPS`).
+/// Kernel sizes the launcher accepts (each compiles its own module, `-DTAPS=k`).
 const MAX_TAPS: usize = 8;
-/// Positions per group of the parameter gradients' first stage (`GROUP_ROWS`).
-const GROUP_ROWS: usize = 256;
+/// Positions per thread (`CONV_RUN`) and channels per block (`CONV_THREADS`).
+const RUN: usize = 64;
+const THREADS: u32 = 128;
 
 #[repr(C)]
 #[derive(Default)]
@@ -26,7 +27,6 @@ struct ConvArgs {
     state: u64,
     out: u64,
     d_out: u64,
-    d_pre: u64,
     dx: u64,
     partials: u64,
     batch: i64,
@@ -60,6 +60,12 @@ fn input_args(
             message: format!("{dims:?}: the CUDA conv1d takes 1 to {MAX_TAPS} taps"),
         });
     }
+    if len.div_ceil(RUN) > 65_535 || batch > 65_535 {
+        return Err(KernelError::Invalid {
+            op,
+            message: format!("{dims:?}: at most 65535 rows of 65535 · {RUN} positions"),
+        });
+    }
     let elements = element_count(op, &[batch, len, channels])?;
     check_view(op, "x", elements, x.len())?;
     check_view(op, "weight", channels * kernel, weight.len())?;
@@ -87,6 +93,24 @@ fn input_args(
 }
 
 /// See [`super::forward`].
+/// The define that compiles the walking kernels for this kernel size.
+fn taps(dims: ConvDims) -> [String; 1] {
+    [format!("-DTAPS={}", dims.kernel)]
+}
+
+/// A thread per (row, run of positions, channel).
+fn runs_grid(dims: ConvDims) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (
+            dims.channels.div_ceil(THREADS as usize) as u32,
+            dims.len.div_ceil(RUN) as u32,
+            dims.batch as u32,
+        ),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward(
     cuda: &Cuda,
@@ -107,10 +131,10 @@ pub(crate) fn forward(
     }
     args.state = state.as_ref().map_or(0, |s| s.address());
     args.out = out.address();
-    let function = cuda.function(MODULE, SOURCE, &[], "conv1d_forward")?;
-    cuda.launch(&function, flat_grid(elements), &args)?;
+    let function = cuda.function(MODULE, SOURCE, &taps(dims), "conv1d_forward")?;
+    cuda.launch(&function, runs_grid(dims), &args)?;
     if state.is_some() && dims.kernel > 1 {
-        let function = cuda.function(MODULE, SOURCE, &[], "conv1d_carry_state")?;
+        let function = cuda.function(MODULE, SOURCE, &taps(dims), "conv1d_carry_state")?;
         cuda.launch(&function, flat_grid(dims.batch * dims.channels), &args)?;
     }
     Ok(())
@@ -144,27 +168,16 @@ pub(crate) fn backward(
     let ConvDims {
         channels, kernel, ..
     } = dims;
-    let positions = dims.batch * dims.len;
-    let groups = positions.div_ceil(GROUP_ROWS);
+    // One group of partial sums per run of positions, rows in order.
+    let groups = dims.batch * dims.len.div_ceil(RUN);
     let stride = channels * (kernel + 1);
-    let d_pre = cuda.scratch::<f32>(elements)?;
     let partials = cuda.scratch::<f32>(groups * stride)?;
     args.state = initial_state.as_ref().map_or(0, |s| s.address());
     args.d_out = d_out.address();
-    args.d_pre = cuda.address(&d_pre);
     args.dx = dx.address();
     args.partials = cuda.address(&partials);
-    let function = cuda.function(MODULE, SOURCE, &[], "conv1d_backward_pre")?;
-    cuda.launch(&function, flat_grid(elements), &args)?;
-    let function = cuda.function(MODULE, SOURCE, &[], "conv1d_backward_dx")?;
-    cuda.launch(&function, flat_grid(elements), &args)?;
-    let function = cuda.function(MODULE, SOURCE, &[], "conv1d_backward_params")?;
-    let grid = LaunchConfig {
-        grid_dim: (channels.div_ceil(32) as u32, groups as u32, 1),
-        block_dim: (32, 8, 1),
-        shared_mem_bytes: 0,
-    };
-    cuda.launch(&function, grid, &args)?;
+    let function = cuda.function(MODULE, SOURCE, &taps(dims), "conv1d_backward")?;
+    cuda.launch(&function, runs_grid(dims), &args)?;
     let weights = Partials {
         groups,
         stride,
@@ -295,5 +308,6 @@ mod tests {
         check(dims(2, 1, 40, 4), true, false, true, 40); // a decode step
         check(dims(2, 2, 40, 4), true, true, true, 50); // shorter than the state
         check(dims(1, 50, 8, 1), true, true, true, 60);
+        check(dims(2, 130, 20, 3), false, true, true, 70); // runs of 64 and a short one
     }
 }
