@@ -43,6 +43,21 @@ pub trait Backend: Clone + Send + Sync {
     fn download(&self, view: Self::View<'_>) -> Result<Vec<f32>, KernelError>;
     /// An id buffer holding `ids`.
     fn upload_ids(&self, ids: &[u32]) -> Result<Self::Ids, KernelError>;
+    /// Overwrites an id buffer with `data` of the same length, in place (a recording that
+    /// reads the buffer sees the new ids).
+    fn write_ids(&self, ids: &mut Self::Ids, data: &[u32]) -> Result<(), KernelError>;
+    /// Ops recorded once and replayed: a CUDA graph. Backends that gain nothing from
+    /// recording never make one.
+    type Recording;
+    /// Records the ops `ops` queues, without running them, for [`Backend::replay`]; `None`
+    /// where this backend does not record (then run `ops` itself each time). Only ops on
+    /// buffers that outlive the recording, and no reads back to the host, may be recorded.
+    fn record<E: From<KernelError>>(
+        &self,
+        ops: impl FnOnce() -> Result<(), E>,
+    ) -> Result<Option<Self::Recording>, E>;
+    /// Runs a recording's ops again, on the buffers' current contents.
+    fn replay(&self, recording: &Self::Recording) -> Result<(), KernelError>;
     /// Elements in a buffer.
     fn buffer_len(&self, buffer: &Self::Buffer) -> usize;
     /// A view of `range` of `buffer`.

@@ -82,6 +82,26 @@ impl Backend for Cpu {
         Ok(ids.to_vec())
     }
 
+    fn write_ids(&self, ids: &mut Vec<u32>, data: &[u32]) -> Result<(), KernelError> {
+        check_len("write_ids", "data", ids.len(), data)?;
+        ids.copy_from_slice(data);
+        Ok(())
+    }
+
+    /// The CPU runs ops as they come: nothing to save by recording, so none is ever made.
+    type Recording = std::convert::Infallible;
+
+    fn record<E: From<KernelError>>(
+        &self,
+        _ops: impl FnOnce() -> Result<(), E>,
+    ) -> Result<Option<Self::Recording>, E> {
+        Ok(None)
+    }
+
+    fn replay(&self, recording: &Self::Recording) -> Result<(), KernelError> {
+        match *recording {}
+    }
+
     fn buffer_len(&self, buffer: &Vec<f32>) -> usize {
         buffer.len()
     }

@@ -9,6 +9,7 @@ use seqmamba_kernels::scan::{self, ScanDims};
 use seqmamba_kernels::{Backend, Cpu, KernelError};
 
 use crate::ModelError;
+use crate::infer::DecodeSteps;
 use crate::model::{Batch, Head, MambaConfig, Model, Shape};
 use crate::train::{OptimizerConfig, Trainer};
 
@@ -224,21 +225,18 @@ pub fn decode<B: Backend>(
     );
     let model = Model::initialised(backend, config, Head::LanguageModel, 1)?;
     let be = &model.backend;
-    let shape = Shape { batch: 1, len: 1 };
-    let mut acts = model.activations(shape, false)?;
-    let mut state = model.decode_state(1)?;
-    let batch = Batch::new(be, shape, &[1], None, None)?;
+    let mut decoder = DecodeSteps::new(&model, model.decode_state(1)?)?;
     let mut failure = None;
     let seconds = median_seconds(steps, || {
-        let outcome = model
-            .forward(&batch, &mut acts, Some(&mut state))
-            .and_then(|()| be.download(be.all(&acts.logits)));
+        let outcome = decoder
+            .step(&model, 1)
+            .and_then(|()| Ok(be.download(be.all(decoder.logits()))?));
         if let Err(e) = outcome {
             failure = Some(e);
         }
     });
     if let Some(e) = failure {
-        return Err(e.into());
+        return Err(e);
     }
     Ok(Measurement {
         name: label,

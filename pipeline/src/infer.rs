@@ -6,7 +6,7 @@ use seqmamba_kernels::rng::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
-use crate::model::{Batch, Head, IGNORE_INDEX, Model, Shape};
+use crate::model::{Activations, Batch, DecodeState, Head, IGNORE_INDEX, Model, Shape};
 
 /// Natural-log probability of each token given all before it: entry `i` is for position
 /// `i + 1` (position 0 has no context). Memory stays bounded by `chunk_len` positions
@@ -179,23 +179,89 @@ pub fn generate<B: Backend>(
     ))?;
     let mut rng = Rng::new(seed);
     let mut next = sampling.sample(&logits[..vocab], &mut rng);
-    let step = Shape { batch: 1, len: 1 };
-    let mut acts = model.activations(step, false)?;
+    let mut steps = DecodeSteps::new(model, state)?;
     let mut tokens = Vec::with_capacity(count);
     while tokens.len() < count {
         tokens.push(next);
         if tokens.len() == count {
             break;
         }
-        model.forward(
-            &Batch::new(be, step, &[next], None, None)?,
-            &mut acts,
-            Some(&mut state),
-        )?;
-        let logits = be.download(be.all(&acts.logits))?;
+        steps.step(model, next)?;
+        let logits = be.download(be.all(steps.logits()))?;
         next = sampling.sample(&logits[..vocab], &mut rng);
     }
     Ok(tokens)
+}
+
+/// One-token decoding steps at batch 1 from a recurrent state. The first step runs its ops
+/// directly (loading every kernel); where the backend records, the second is recorded (a
+/// CUDA graph: one launch instead of ~300) and every later step writes its token into the
+/// same id buffer and replays it.
+pub struct DecodeSteps<B: Backend> {
+    state: DecodeState<B>,
+    batch: Batch<B>,
+    acts: Activations<B>,
+    recording: Option<B::Recording>,
+    steps: u64,
+}
+
+impl<B: Backend> DecodeSteps<B> {
+    /// Steps continuing from `state` (e.g. after a prompt).
+    ///
+    /// ```
+    /// use seqmamba::infer::DecodeSteps;
+    /// use seqmamba::model::{Head, MambaConfig, Model};
+    /// use seqmamba_kernels::{Backend, Cpu};
+    /// let model = Model::initialised(Cpu, MambaConfig::new(32, 2, 5), Head::LanguageModel, 1)?;
+    /// let mut steps = DecodeSteps::new(&model, model.decode_state(1)?)?;
+    /// steps.step(&model, 3)?;
+    /// assert_eq!(Cpu.all(steps.logits()).len(), model.logit_width());
+    /// assert!(!steps.replaying()); // the CPU never records
+    /// # Ok::<(), seqmamba::ModelError>(())
+    /// ```
+    pub fn new(model: &Model<B>, state: DecodeState<B>) -> Result<Self, ModelError> {
+        let shape = Shape { batch: 1, len: 1 };
+        Ok(Self {
+            state,
+            batch: Batch::new(&model.backend, shape, &[0], None, None)?,
+            acts: model.activations(shape, false)?,
+            recording: None,
+            steps: 0,
+        })
+    }
+
+    /// Feeds `token`: advances the state and leaves the next token's logits in
+    /// [`DecodeSteps::logits`].
+    pub fn step(&mut self, model: &Model<B>, token: u32) -> Result<(), ModelError> {
+        let be = &model.backend;
+        be.write_ids(&mut self.batch.ids, &[token])?;
+        let Self {
+            state,
+            batch,
+            acts,
+            recording,
+            steps,
+        } = self;
+        if recording.is_none() && *steps == 1 {
+            *recording = be.record(|| model.forward(batch, acts, Some(state)))?;
+        }
+        match recording {
+            Some(recording) => be.replay(recording)?,
+            None => model.forward(batch, acts, Some(state))?,
+        }
+        *steps += 1;
+        Ok(())
+    }
+
+    /// `(1, logit width)` logits after the last step.
+    pub fn logits(&self) -> &B::Buffer {
+        &self.acts.logits
+    }
+
+    /// Whether steps replay a recording (after the second step, on a backend that records).
+    pub fn replaying(&self) -> bool {
+        self.recording.is_some()
+    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! parameter gradient, decoding against the parallel forward, and bit-identical training
 //! runs. Each test skips, saying so, where there is no CUDA device.
 
+use seqmamba::infer::DecodeSteps;
 use seqmamba::model::{
     Batch, Bidirectional, DecodeState, Head, IGNORE_INDEX, MambaConfig, Model, PoolingKind, Shape,
 };
@@ -250,6 +251,30 @@ fn cuda_decode_equals_the_parallel_forward() {
 }
 
 /// Trains a small LM for a few steps on the GPU; returns the parameters and losses.
+/// Decoding replayed from a CUDA graph gives the bits of decoding op by op.
+#[test]
+fn cuda_graph_decode_equals_decoding_op_by_op() {
+    let Some(cuda) = device() else { return };
+    let model =
+        Model::initialised(cuda, MambaConfig::new(32, 3, 12), Head::LanguageModel, 13).unwrap();
+    let be = &model.backend;
+    let mut rng = Rng::new(14);
+    let ids = random_ids(&mut rng, 40, 12);
+    let mut state = model.decode_state(1).unwrap();
+    let mut steps = DecodeSteps::new(&model, model.decode_state(1).unwrap()).unwrap();
+    for (position, &id) in ids.iter().enumerate() {
+        let want = lm_logits(&model, &[id], Some(&mut state));
+        steps.step(&model, id).unwrap();
+        let got = be.download(be.all(steps.logits())).unwrap();
+        let same = got
+            .iter()
+            .zip(&want)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "position {position}: replayed logits differ");
+    }
+    assert!(steps.replaying(), "no CUDA graph was recorded");
+}
+
 fn train_on_gpu(cuda: Cuda) -> (Vec<f32>, Vec<f64>) {
     let config = MambaConfig::new(32, 2, 6);
     let mut model = Model::initialised(cuda, config, Head::LanguageModel, 42).unwrap();

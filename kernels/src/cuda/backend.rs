@@ -2,7 +2,7 @@
 
 use std::ops::Range;
 
-use cudarc::driver::result;
+use cudarc::driver::{result, sys, CudaGraph};
 
 use super::{
     device_error, Cuda, DeviceBuffer, DeviceIds, DeviceView, DeviceViewMut, GemmPrecision, TimedOp,
@@ -80,6 +80,37 @@ impl Backend for Cuda {
 
     fn upload_ids(&self, ids: &[u32]) -> Result<DeviceIds, KernelError> {
         Ok(DeviceIds::new(self.upload_slice(ids)?, ids.to_vec()))
+    }
+
+    fn write_ids(&self, ids: &mut DeviceIds, data: &[u32]) -> Result<(), KernelError> {
+        ids.write(&self.shared.stream, data)
+    }
+
+    /// A CUDA graph: one launch replays a whole decoding step's ~300 kernels.
+    type Recording = CudaGraph;
+
+    fn record<E: From<KernelError>>(
+        &self,
+        ops: impl FnOnce() -> Result<(), E>,
+    ) -> Result<Option<CudaGraph>, E> {
+        let stream = &self.shared.stream;
+        // Relaxed: the first use of a kernel may load its module during the recording.
+        stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+            .map_err(|e| device_error("starting a CUDA graph capture", e))?;
+        let outcome = ops();
+        // The capture ends whatever `ops` did, so the stream is usable again.
+        let graph = stream
+            .end_capture(sys::CUgraphInstantiate_flags(0))
+            .map_err(|e| device_error("ending a CUDA graph capture", e));
+        outcome?;
+        Ok(graph?)
+    }
+
+    fn replay(&self, recording: &CudaGraph) -> Result<(), KernelError> {
+        recording
+            .launch()
+            .map_err(|e| device_error("replaying a CUDA graph", e))
     }
 
     fn buffer_len(&self, buffer: &DeviceBuffer) -> usize {

@@ -162,7 +162,10 @@ impl Cuda {
             .compute_capability()
             .map_err(|e| device_error("reading the compute capability", e))?;
         let nvrtc_version = nvrtc_version()?;
-        let stream = context.default_stream();
+        // A stream of our own: the legacy default stream cannot be captured into a graph.
+        let stream = context
+            .new_stream()
+            .map_err(|e| device_error("creating a stream", e))?;
         // SAFETY: as above.
         if !unsafe { cudarc::cublas::sys::is_culib_present() } {
             return Err(KernelError::Device(

@@ -6,8 +6,9 @@
 
 use std::marker::PhantomData;
 use std::ops::Range;
+use std::sync::Arc;
 
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{CudaSlice, CudaStream};
 
 use crate::KernelError;
 
@@ -187,6 +188,22 @@ impl DeviceIds {
     /// The device address of the first id (0 when empty).
     pub(crate) fn device_address(&self) -> u64 {
         self.device.as_ref().map_or(0, slice_address)
+    }
+
+    /// Overwrites the ids (host copy and device buffer, queued on `stream`) with `data`.
+    pub(crate) fn write(
+        &mut self,
+        stream: &Arc<CudaStream>,
+        data: &[u32],
+    ) -> Result<(), KernelError> {
+        crate::check_len("write_ids", "data", self.host.len(), data)?;
+        self.host.copy_from_slice(data);
+        match &mut self.device {
+            Some(device) => stream
+                .memcpy_htod(data, device)
+                .map_err(|e| super::device_error("copying ids to the device", e)),
+            None => Ok(()),
+        }
     }
 }
 
