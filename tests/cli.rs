@@ -120,4 +120,41 @@ fn inspect_summarises_real_files_and_names_bad_ones() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.fa"), "{err}");
+
+    // One bad record among good ones: an error naming it, or skipped and counted.
+    let one_bad = dir.path().join("one-bad.fa");
+    std::fs::write(&one_bad, b">a\nACGT\n>b\nAC-GT\n>c\nGGCCAA\n").unwrap();
+    let out = seqmamba(&["inspect", one_bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("record 1 (b), base 3"), "{err}");
+    let text = stdout(&seqmamba(&[
+        "inspect",
+        one_bad.to_str().unwrap(),
+        "--on-error",
+        "skip",
+    ]));
+    assert!(text.contains("records      2"), "{text}");
+    assert!(text.contains("bases        10"), "{text}");
+    assert!(text.contains("bad records  1 skipped"), "{text}");
+}
+
+#[test]
+fn inspect_restores_the_orientation_of_sam_reads_on_request() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data-samples/dna");
+    let tokens_line = |args: &[&str]| {
+        let text = stdout(&seqmamba(args));
+        text.lines()
+            .find(|l| l.starts_with("tokens"))
+            .unwrap_or_else(|| panic!("no tokens line: {text}"))
+            .to_string()
+    };
+    let fastq = root.join("phix.1.fastq.gz");
+    let sam = root.join("phix.se.sam");
+    let reads = tokens_line(&["inspect", fastq.to_str().unwrap()]);
+    // The SAM stores reverse-strand reads reverse-complemented (A and T counts swapped for
+    // them); restored, it holds the FASTQ's bases exactly.
+    let restored = tokens_line(&["inspect", "--restore-orientation", sam.to_str().unwrap()]);
+    assert_eq!(restored, reads);
+    assert_ne!(tokens_line(&["inspect", sam.to_str().unwrap()]), reads);
 }

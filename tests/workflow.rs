@@ -445,6 +445,31 @@ fn a_killed_cross_validation_resumes_inside_its_second_fold() {
 }
 
 #[test]
+fn skipped_records_are_noted_in_the_manifest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fasta = tmp.path().join("one-bad.fa");
+    let good = "ACGTTGCA".repeat(40);
+    std::fs::write(&fasta, format!(">a\n{good}\n>b\nAC-GT\n>c\n{good}\n")).unwrap();
+    let dir = tmp.path().join("run");
+    let sources = format!("data.sources=['{}']", fasta.display());
+    let mut args = run_demo(&dir);
+    args.extend(SMALL);
+    args.extend(NO_REPORT);
+    args.extend(["--set", &sources, "--set", "data.on_error=skip"]);
+    args.extend(["--set", "training.steps=1", "--set", "generation.samples=0"]);
+    ok(seqmamba(&args));
+    let manifest: serde_json::Value =
+        serde_json::from_str(&read(&dir.join("manifest.json"))).unwrap();
+    let notes = manifest["notes"].as_array().unwrap();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n == "1 bad or empty records were skipped"),
+        "{notes:?}"
+    );
+}
+
+#[test]
 fn unknown_keys_and_bad_overrides_say_what_is_wrong() {
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().to_str().unwrap();

@@ -2,11 +2,11 @@
 //!
 //! `cargo run --example inspect_file -- FILE...`
 
-use seqmamba_modalities::{error::OnError, inspect::inspect};
+use seqmamba_modalities::{dna::alignment::AlignmentOptions, error::OnError, inspect::inspect};
 
 fn main() {
     for arg in std::env::args().skip(1) {
-        match inspect(arg.as_ref(), OnError::Skip) {
+        match inspect(arg.as_ref(), AlignmentOptions::default(), OnError::Skip) {
             Ok(summary) => println!("{summary}\n"),
             Err(e) => println!("error: {e}\n"),
         }

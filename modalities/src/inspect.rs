@@ -62,17 +62,19 @@ fn is_audio(path: &Path, head: &[u8]) -> bool {
     magic || matches!(ext.as_deref(), Some("wav" | "flac" | "ogg" | "oga" | "mp3"))
 }
 
-/// Decodes the whole file, streaming, and summarises it.
+/// Decodes the whole file, streaming, and summarises it; `options` applies to SAM/BAM reads.
 ///
 /// ```
 /// # let path = std::env::temp_dir().join("seqmamba-inspect-doc.fa");
 /// std::fs::write(&path, b">a\nACGT\n>b\nAC\n").unwrap();
-/// use seqmamba_modalities::{inspect::{inspect, Summary}, error::OnError};
-/// let Summary::Dna(s) = inspect(&path, OnError::Fail).unwrap() else { panic!() };
+/// use seqmamba_modalities::{dna::alignment::AlignmentOptions, error::OnError};
+/// use seqmamba_modalities::inspect::{inspect, Summary};
+/// let Summary::Dna(s) = inspect(&path, AlignmentOptions::default(), OnError::Fail).unwrap()
+/// else { panic!() };
 /// assert_eq!((s.records, s.bases, s.max_length), (2, 6, 4));
 /// println!("{}", Summary::Dna(s));
 /// ```
-pub fn inspect(path: &Path, on_error: OnError) -> Result<Summary> {
+pub fn inspect(path: &Path, options: AlignmentOptions, on_error: OnError) -> Result<Summary> {
     let mut head = [0u8; 4];
     let n = File::open(path)
         .and_then(|mut f| f.read(&mut head))
@@ -86,7 +88,7 @@ pub fn inspect(path: &Path, on_error: OnError) -> Result<Summary> {
     if is_audio(path, &head[..n]) {
         inspect_audio(path).map(Summary::Audio)
     } else {
-        inspect_dna(path, on_error).map(Summary::Dna)
+        inspect_dna(path, options, on_error).map(Summary::Dna)
     }
 }
 
@@ -109,10 +111,10 @@ fn inspect_audio(path: &Path) -> Result<AudioSummary> {
     })
 }
 
-fn inspect_dna(path: &Path, on_error: OnError) -> Result<DnaSummary> {
+fn inspect_dna(path: &Path, options: AlignmentOptions, on_error: OnError) -> Result<DnaSummary> {
     let format = DnaFormat::detect(path)?;
     let (_, compression) = input::open(path)?;
-    let mut records = read_tokens(path, AlignmentOptions::default(), on_error)?;
+    let mut records = read_tokens(path, options, on_error)?;
     let mut s = DnaSummary {
         path: path.into(),
         format,

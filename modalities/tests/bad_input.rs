@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 use noodles::bgzf;
 use proptest::prelude::*;
 use seqmamba_modalities::audio::{decode_mono, AudioStream};
+use seqmamba_modalities::dataset::{from_fasta_headers, HeaderLabel};
 use seqmamba_modalities::dna::{
     alignment::{AlignmentOptions, AlignmentReader},
     fasta::{FastaReader, IndexedFasta},
     fastq::FastqReader,
-    read_tokens, TokenRecord,
+    read_tokens, tokenizer, TokenRecord,
 };
 use seqmamba_modalities::error::{Error, OnError};
 use seqmamba_modalities::input::Compression;
@@ -86,7 +87,7 @@ fn empty_files_are_errors_for_every_reader() {
     let dir = scratch("empty");
     for name in ["e.fa", "e.fq", "e.sam", "e.wav", "e.flac"] {
         let path = write(&dir, name, b"");
-        let e = fails(inspect(&path, OnError::Fail));
+        let e = fails(inspect(&path, AlignmentOptions::default(), OnError::Fail));
         assert!(
             e.to_string().contains(name) && e.to_string().contains("empty"),
             "{e}"
@@ -148,6 +149,79 @@ fn fasta_bad_record_is_skipped_under_skip_policy() {
 }
 
 #[test]
+fn fasta_headers_skip_bad_and_unlabeled_records() {
+    let dir = scratch("headers");
+    let text = b">s1 label=a\nACGT\n>s2 label=b\nAC-T\n>s3\nGGCC\n>s4 label=b\nTTAA\n";
+    let path = write(&dir, "h.fa", text);
+    let key = HeaderLabel::Key("label=".into());
+    let (d, skipped) = from_fasta_headers(&path, &key, OnError::Skip).unwrap();
+    let ids: Vec<&str> = d.examples.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!((ids, skipped), (vec!["s1", "s4"], 2));
+    assert_eq!(d.labels.names(), ["a", "b"]);
+    let e = fails(from_fasta_headers(&path, &key, OnError::Fail));
+    assert!(
+        e.to_string()
+            .ends_with("record 1 (s2), base 3: invalid base '-' (0x2d)"),
+        "{e}"
+    );
+    let path = write(&dir, "unlabeled.fa", b">s1 label=a\nACGT\n>s3\nGGCC\n");
+    let e = fails(from_fasta_headers(&path, &key, OnError::Fail));
+    assert!(
+        e.to_string().contains("record 1 (s3): header has no label"),
+        "{e}"
+    );
+}
+
+/// The SAM file `sam` rewritten as BAM at `dir/name`.
+fn bam_from_sam(dir: &Path, name: &str, sam: &Path) -> PathBuf {
+    use noodles::sam::alignment::io::Write as _;
+    let file = std::io::BufReader::new(std::fs::File::open(sam).unwrap());
+    let mut reader = noodles::sam::io::Reader::new(file);
+    let header = reader.read_header().unwrap();
+    let path = dir.join(name);
+    let mut writer = noodles::bam::io::Writer::new(std::fs::File::create(&path).unwrap());
+    writer.write_header(&header).unwrap();
+    for record in reader.records() {
+        writer
+            .write_alignment_record(&header, &record.unwrap())
+            .unwrap();
+    }
+    writer.try_finish().unwrap();
+    path
+}
+
+#[test]
+fn sam_and_bam_reads_with_a_bad_base_are_skipped_and_counted() {
+    let dir = scratch("alignment");
+    // `=` (the reference's base) cannot be told from the read alone.
+    let sam = write(
+        &dir,
+        "eq.sam",
+        b"@HD\tVN:1.6\n\
+        r1\t4\t*\t0\t0\t*\t*\t0\t0\tACGT\tIIII\n\
+        r2\t4\t*\t0\t0\t*\t*\t0\t0\tAC=T\tIIII\n\
+        r3\t4\t*\t0\t0\t*\t*\t0\t0\tGGCC\tIIII\n",
+    );
+    let bam = bam_from_sam(&dir, "eq.bam", &sam);
+    for path in [sam, bam] {
+        let mut records = read_tokens(&path, AlignmentOptions::default(), OnError::Skip).unwrap();
+        let names: Vec<String> = (&mut records).map(|r| r.unwrap().name).collect();
+        assert_eq!(
+            (names, records.skipped()),
+            (vec!["r1".to_string(), "r3".to_string()], 1),
+            "{}",
+            path.display()
+        );
+        let e = fails(read_all(&path, OnError::Fail));
+        assert!(
+            e.to_string()
+                .ends_with("record 1 (r2), base 3: invalid base '=' (0x3d)"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
 fn streamed_windows_skip_a_bad_record() {
     let dir = scratch("windows");
     let path = write(
@@ -199,6 +273,39 @@ fn random_access_without_its_index() {
     assert!(matches!(
         fails(IndexedFasta::open(&path)),
         Error::Unsupported { .. }
+    ));
+}
+
+#[test]
+fn random_access_reads_only_the_window_asked_for() {
+    let dir = scratch("window");
+    // Binary garbage before and after the good record: reading anything but the window would
+    // meet it.
+    let garbage: Vec<u8> = [0u8, 0xff, b'!', b'*', 0x7f, 0x80, b'-', 0x01, b'\n'].repeat(3);
+    let mut bytes = b">junk\n".to_vec();
+    let junk = bytes.len();
+    bytes.extend(&garbage);
+    bytes.extend(b">good\n");
+    let good = bytes.len();
+    bytes.extend(b"ACGTACGTAC\nGTTGCAAC\n>tail\n");
+    let tail = bytes.len();
+    bytes.extend(&garbage);
+    let path = write(&dir, "g.fa", &bytes);
+    let index =
+        format!("junk\t24\t{junk}\t8\t9\ngood\t18\t{good}\t10\t11\ntail\t24\t{tail}\t8\t9\n");
+    write(&dir, "g.fa.fai", index.as_bytes());
+    assert!(matches!(
+        fails(read_all(&path, OnError::Fail)),
+        Error::InvalidBase { byte: 0, .. }
+    ));
+    let mut fasta = IndexedFasta::open(&path).unwrap();
+    assert_eq!(
+        fasta.fetch("good", 6..14).unwrap(),
+        tokenizer::encode(b"GTACGTTG").unwrap()
+    );
+    assert!(matches!(
+        fails(fasta.fetch("tail", 0..4)),
+        Error::InvalidBase { byte: 0, .. }
     ));
 }
 
@@ -302,7 +409,7 @@ fn unsupported_codec_and_unknown_format() {
         "{e}"
     );
     let path = write(&dir, "notes.txt", b"hello, not a sequence\n");
-    let e = fails(inspect(&path, OnError::Fail));
+    let e = fails(inspect(&path, AlignmentOptions::default(), OnError::Fail));
     assert!(matches!(e, Error::Unsupported { .. }), "{e:?}");
 }
 

@@ -134,6 +134,32 @@ fn bam_and_sam_reads_with_restored_orientation() {
         }
     }
     assert_eq!(matched, 45, "every SAM read is a FASTQ read");
+
+    // BAM: reverse-strand (0x10) reads come back reverse-complemented, the others as stored.
+    let path = sample("dna/range.bam");
+    let restore = AlignmentOptions {
+        restore_orientation: true,
+        primary_only: false,
+    };
+    let restored: Vec<TokenRecord> = read_tokens(&path, restore, OnError::Fail)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let mut bam = noodles::bam::io::Reader::new(std::fs::File::open(&path).unwrap());
+    bam.read_header().unwrap();
+    let reverse: Vec<bool> = bam
+        .records()
+        .map(|r| r.unwrap().flags().is_reverse_complemented())
+        .collect();
+    assert_eq!(reverse.iter().filter(|&&r| r).count(), 56);
+    assert_eq!((restored.len(), reverse.len()), (range.len(), range.len()));
+    for ((stored, read), reverse) in range.iter().zip(&restored).zip(reverse) {
+        let mut expected = stored.tokens.clone();
+        if reverse {
+            tokenizer::reverse_complement(&mut expected);
+        }
+        assert_eq!(read.tokens, expected, "read {}", read.name);
+    }
 }
 
 #[test]
@@ -297,6 +323,33 @@ fn mulaw_tokens_round_trip_through_a_wav_file() {
 }
 
 #[test]
+fn linear_tokens_round_trip_through_a_wav_file() {
+    let samples = audio::load_mono(
+        &sample("audio/fsdd/1_theo_5.wav"),
+        8000,
+        Normalization::Peak,
+    )
+    .unwrap();
+    let tokens = Quantizer::Linear.encode_all(&samples);
+    let dir = std::env::temp_dir().join(format!("seqmamba-e2e-linear-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("tokens.wav");
+    wav::write_tokens_wav(&out, &tokens, Quantizer::Linear, 8000).unwrap();
+    let heard = audio::decode_mono(&out).unwrap();
+    assert_eq!(heard.samples.len(), samples.len());
+    let mut worst = 0.0f32;
+    for (x, y) in samples.iter().zip(&heard.samples) {
+        // Half a linear step (1/255) plus 16-bit PCM rounding and scaling.
+        let bound = 1.0 / 255.0 + 2.0 / 32767.0;
+        assert!((x - y).abs() <= bound, "{x} → {y}");
+        worst = worst.max((x - y).abs());
+    }
+    // The bound is not loose: some sample comes close to half a step.
+    assert!(worst > 0.9 / 255.0, "worst error {worst}");
+    assert_eq!(Quantizer::Linear.encode_all(&heard.samples), tokens);
+}
+
+#[test]
 fn datasets_from_every_source_kind() {
     let fsdd = dataset::from_fsdd(&sample("audio/fsdd")).unwrap();
     assert_eq!(fsdd.examples.len(), 8);
@@ -375,7 +428,12 @@ fn datasets_from_every_source_kind() {
 
 #[test]
 fn inspect_summarises_dna_and_audio() {
-    let Summary::Dna(bam) = inspect(&sample("dna/range.bam"), OnError::Fail).unwrap() else {
+    let Summary::Dna(bam) = inspect(
+        &sample("dna/range.bam"),
+        AlignmentOptions::default(),
+        OnError::Fail,
+    )
+    .unwrap() else {
         panic!("BAM taken for audio")
     };
     assert_eq!(
@@ -386,8 +444,12 @@ fn inspect_summarises_dna_and_audio() {
     let text = Summary::Dna(bam).to_string();
     assert!(text.contains("records      112"), "{text}");
 
-    let Summary::Audio(flac) = inspect(&sample("audio/0_jackson_0.flac"), OnError::Fail).unwrap()
-    else {
+    let Summary::Audio(flac) = inspect(
+        &sample("audio/0_jackson_0.flac"),
+        AlignmentOptions::default(),
+        OnError::Fail,
+    )
+    .unwrap() else {
         panic!("FLAC taken for DNA")
     };
     assert_eq!(

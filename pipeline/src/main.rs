@@ -14,6 +14,7 @@ use seqmamba_kernels::cuda::{Cuda, GemmPrecision};
 use seqmamba_kernels::scan::ScanDims;
 use seqmamba_kernels::{Backend, Cpu};
 use seqmamba_modalities::OnError;
+use seqmamba_modalities::dna::alignment::AlignmentOptions;
 use seqmamba_modalities::inspect::inspect;
 
 #[derive(Parser)]
@@ -94,6 +95,10 @@ struct InspectArgs {
     /// What to do with a bad record: fail (default) or skip and count it.
     #[arg(long, default_value = "fail")]
     on_error: OnError,
+    /// SAM/BAM: reverse-complement reverse-strand reads back to the orientation the sequencer
+    /// read them in (as in the original FASTQ).
+    #[arg(long)]
+    restore_orientation: bool,
 }
 
 #[derive(Args)]
@@ -245,7 +250,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Demo(args) => demo(args, options, cli.json),
         Command::Bench(args) => run_bench(args),
         Command::Inspect(args) => {
-            println!("{}", inspect(&args.file, args.on_error)?);
+            let options = AlignmentOptions {
+                restore_orientation: args.restore_orientation,
+                ..AlignmentOptions::default()
+            };
+            println!("{}", inspect(&args.file, options, args.on_error)?);
             Ok(())
         }
         Command::Doctor => doctor(),

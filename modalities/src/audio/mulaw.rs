@@ -172,11 +172,56 @@ mod tests {
         assert_eq!(Quantizer::MuLaw.encode(f32::NAN), 128);
     }
 
+    #[test]
+    fn min_max_removes_offset_and_scale_and_leaves_flat_clips_alone() {
+        // Range [-0.1, 0.3]: x ↦ (x + 0.1)·5 − 1.
+        let mut x = vec![0.2f32, -0.1, 0.05, 0.3, -0.1];
+        Normalization::MinMax.apply(&mut x);
+        for (got, want) in x.iter().zip([0.5, -1.0, -0.25, 1.0, -1.0]) {
+            assert!((got - want).abs() < 1e-6, "{x:?}");
+        }
+        // A clip with a DC offset: peak normalisation keeps the offset, min-max removes it.
+        let offset = [0.5f32, 0.7, 0.6];
+        let (mut peak, mut min_max) = (offset.to_vec(), offset.to_vec());
+        Normalization::Peak.apply(&mut peak);
+        Normalization::MinMax.apply(&mut min_max);
+        assert!((peak[0] - 0.5 / 0.7).abs() < 1e-6, "{peak:?}");
+        for (got, want) in min_max.iter().zip([-1.0, 1.0, 0.0]) {
+            assert!((got - want).abs() < 1e-6, "{min_max:?}");
+        }
+        for flat in [vec![0.25f32; 4], vec![-0.5], vec![]] {
+            let mut y = flat.clone();
+            Normalization::MinMax.apply(&mut y);
+            assert_eq!(y, flat);
+        }
+    }
+
     proptest! {
         #[test]
         fn linear_error_is_at_most_half_a_step(x in -1.0f32..=1.0) {
             let err = (Quantizer::Linear.decode(Quantizer::Linear.encode(x)) - x).abs();
             prop_assert!(err <= 1.0 / 255.0 + 1e-6);
+        }
+
+        #[test]
+        fn min_max_spans_minus_one_to_one_in_order(
+            x in proptest::collection::vec(-10.0f32..10.0, 2..64)
+        ) {
+            let mut y = x.clone();
+            Normalization::MinMax.apply(&mut y);
+            let (lo, hi) = y.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &s| {
+                (lo.min(s), hi.max(s))
+            });
+            if x.iter().any(|&s| s != x[0]) {
+                prop_assert!((lo + 1.0).abs() < 1e-5 && (hi - 1.0).abs() < 1e-5, "{lo} {hi}");
+            }
+            for i in 0..x.len() {
+                for j in 0..x.len() {
+                    if x[i] < x[j] {
+                        prop_assert!(y[i] <= y[j], "{} ≤ {} became {} > {}", x[i], x[j], y[i], y[j]);
+                    }
+                }
+            }
         }
     }
 }

@@ -71,16 +71,7 @@ fn argmax(p: &[f64]) -> usize {
 /// Runs a classification workflow.
 pub(crate) fn run<B: Backend>(ctx: &mut RunContext<B>) -> Result<(), WorkflowError> {
     let w = ctx.workflow;
-    let loaded = ctx.stage("load data", |_| {
-        data::load(&w.data, w.seed, w.training.seq_len)
-    })?;
-    ctx.stage("hash inputs", |c| c.record_inputs(&loaded.inputs))?;
-    if loaded.skipped > 0 {
-        ctx.note(format!(
-            "{} bad or empty records were skipped",
-            loaded.skipped
-        ));
-    }
+    let loaded = ctx.load_data()?;
     let classes = loaded.labels.len();
     if classes < 2 {
         return Err(WorkflowError::Invalid(format!(

@@ -59,6 +59,24 @@ pub fn quantizer(data: &Data) -> Quantizer {
     }
 }
 
+/// The amplitude normalisation named in the data section.
+fn normalization(data: &Data) -> Normalization {
+    match data.normalization.as_str() {
+        "min-max" => Normalization::MinMax,
+        "none" => Normalization::None,
+        _ => Normalization::Peak,
+    }
+}
+
+/// How SAM/BAM reads are taken: every alignment, restored to the read's own orientation
+/// when the data section asks.
+fn alignment_options(data: &Data) -> AlignmentOptions {
+    AlignmentOptions {
+        restore_orientation: data.restore_orientation,
+        ..AlignmentOptions::default()
+    }
+}
+
 fn on_error(data: &Data) -> OnError {
     data.on_error.parse().unwrap_or_default()
 }
@@ -99,7 +117,7 @@ pub fn load(data: &Data, seed: u64, seq_len: usize) -> Result<Loaded, WorkflowEr
             Modality::Dna => {
                 let (t, s) = dataset::load_dna_tokens(
                     &dataset.examples,
-                    AlignmentOptions::default(),
+                    alignment_options(data),
                     on_error(data),
                 )?;
                 skipped += s;
@@ -109,7 +127,7 @@ pub fn load(data: &Data, seed: u64, seq_len: usize) -> Result<Loaded, WorkflowEr
                 let (clips, s) = dataset::decode_audio(
                     &dataset.examples,
                     data.sample_rate,
-                    Normalization::Peak,
+                    normalization(data),
                     on_error(data),
                 )?;
                 skipped += s;
@@ -190,14 +208,16 @@ fn load_dataset(data: &Data) -> Result<(Dataset, u64), WorkflowError> {
             let key = HeaderLabel::Key(data.header_key.clone());
             dataset::from_fasta_headers(only_source(data)?, &key, on_error)?
         }
-        SourceFormat::Sequences => (sequences(data)?, 0),
+        SourceFormat::Sequences => sequences(data)?,
         SourceFormat::Genomes => unreachable!("genomes are windowed in load_genomes"),
     })
 }
 
-/// Every record of every DNA source (or every audio file) as one unlabeled example.
-fn sequences(data: &Data) -> Result<Dataset, WorkflowError> {
+/// Every record of every DNA source (or every audio file) as one unlabeled example, and how
+/// many bad records were skipped.
+fn sequences(data: &Data) -> Result<(Dataset, u64), WorkflowError> {
     let mut rows = Vec::new();
+    let mut skipped = 0;
     for path in &data.sources {
         match data.modality {
             Modality::Audio => rows.push((
@@ -208,7 +228,8 @@ fn sequences(data: &Data) -> Result<Dataset, WorkflowError> {
                 None,
             )),
             Modality::Dna => {
-                for record in read_tokens(path, AlignmentOptions::default(), on_error(data))? {
+                let mut records = read_tokens(path, alignment_options(data), on_error(data))?;
+                for record in &mut records {
                     let record = record?;
                     rows.push((
                         format!("{}:{}", path.display(), record.name),
@@ -218,10 +239,11 @@ fn sequences(data: &Data) -> Result<Dataset, WorkflowError> {
                         None,
                     ));
                 }
+                skipped += records.skipped();
             }
         }
     }
-    Ok(Dataset::from_rows(rows))
+    Ok((Dataset::from_rows(rows), skipped))
 }
 
 /// `(split, fold)` of every example by the split method.
@@ -611,6 +633,104 @@ pub fn eval_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::workflow::Workflow;
+
+    /// The data section of a language-model workflow whose `[data]` table is `table`.
+    fn data_section(table: &str) -> Data {
+        let text = format!(
+            "name = \"t\"\ntask = \"pretrain\"\n[evaluation]\nmarkov_orders = [0]\n\
+             [data]\n{table}"
+        );
+        Workflow::parse(&text, Path::new("t.toml"), &[])
+            .unwrap()
+            .data
+    }
+
+    fn data_sample(rel: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../data-samples")
+            .join(rel)
+    }
+
+    #[test]
+    fn sequences_count_the_bad_records_they_skip() {
+        let dir = tempfile::tempdir().unwrap();
+        let fasta = dir.path().join("s.fa");
+        std::fs::write(&fasta, ">a\nACGTACGT\n>b\nAC-GT\n>c\nGGCCAA\n").unwrap();
+        let section = |on_error: &str| {
+            data_section(&format!(
+                "modality = \"dna\"\nformat = \"sequences\"\nsources = ['{}']\n\
+                 on_error = \"{on_error}\"\nsplit = {{ method = \"tail\" }}\n",
+                fasta.display()
+            ))
+        };
+        let loaded = load(&section("skip"), 0, 64).unwrap();
+        let names: Vec<&str> = loaded
+            .examples
+            .iter()
+            .map(|e| e.id.rsplit(':').next().unwrap())
+            .collect();
+        assert_eq!((names, loaded.skipped), (vec!["a", "c"], 1));
+        let e = load(&section("fail"), 0, 64).unwrap_err().to_string();
+        assert!(e.contains("record 1 (b), base 3"), "{e}");
+    }
+
+    #[test]
+    fn sam_reads_are_restored_to_their_own_orientation_on_request() {
+        let sorted_tokens = |file: &str, restore: bool| {
+            let data = data_section(&format!(
+                "modality = \"dna\"\nformat = \"sequences\"\nsources = ['{}']\n\
+                 restore_orientation = {restore}\nsplit = {{ method = \"tail\" }}\n",
+                data_sample(file).display()
+            ));
+            let mut tokens: Vec<Vec<u8>> = load(&data, 0, 64)
+                .unwrap()
+                .examples
+                .into_iter()
+                .map(|e| e.tokens)
+                .collect();
+            tokens.sort();
+            tokens
+        };
+        // The SAM aligns the FASTQ's reads, storing the reverse-strand ones reverse-complemented.
+        let reads = sorted_tokens("dna/phix.1.fastq.gz", false);
+        assert_eq!(sorted_tokens("dna/phix.se.sam", true), reads);
+        assert_ne!(sorted_tokens("dna/phix.se.sam", false), reads);
+    }
+
+    #[test]
+    fn audio_normalization_is_chosen_in_the_data_section() {
+        // The smallest and largest linear token of every clip.
+        let extremes = |normalization: &str| -> Vec<(u8, u8)> {
+            let data = data_section(&format!(
+                "modality = \"audio\"\nformat = \"fsdd\"\nsources = ['{}']\n\
+                 quantizer = \"linear\"\nnormalization = \"{normalization}\"\n",
+                data_sample("audio/fsdd").display()
+            ));
+            load(&data, 0, 64)
+                .unwrap()
+                .examples
+                .iter()
+                .map(|e| {
+                    let lo = *e.tokens.iter().min().unwrap();
+                    (lo, *e.tokens.iter().max().unwrap())
+                })
+                .collect()
+        };
+        let min_max = extremes("min-max");
+        assert_eq!(min_max.len(), 8);
+        assert!(min_max.iter().all(|&x| x == (0, 255)), "{min_max:?}");
+        // Peak normalisation reaches one end of the range, not always both.
+        let peak = extremes("peak");
+        assert!(
+            peak.iter().all(|&(lo, hi)| lo == 0 || hi == 255),
+            "{peak:?}"
+        );
+        assert!(peak.iter().any(|&x| x != (0, 255)), "{peak:?}");
+        // The recordings as they are stay inside it.
+        let none = extremes("none");
+        assert!(none.iter().all(|&(lo, hi)| lo > 0 && hi < 255), "{none:?}");
+    }
 
     fn example(label: usize, tokens: Vec<u8>) -> TokenExample {
         TokenExample {

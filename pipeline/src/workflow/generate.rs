@@ -133,10 +133,7 @@ fn load_model<B: Backend>(ctx: &RunContext<B>) -> Result<Model<B>, WorkflowError
 pub(crate) fn run_generate<B: Backend>(ctx: &mut RunContext<B>) -> Result<(), WorkflowError> {
     let w = ctx.workflow;
     let model = ctx.stage("load model", |c| load_model(c))?;
-    let loaded = ctx.stage("load data", |_| {
-        data::load(&w.data, w.seed, w.training.seq_len)
-    })?;
-    ctx.stage("hash inputs", |c| c.record_inputs(&loaded.inputs))?;
+    let loaded = ctx.load_data()?;
     let split = &w.data.split;
     let corpus = Corpus::new(&loaded, split.method, split.validation, split.test);
     let prompts = if corpus.test.iter().any(|s| !s.is_empty()) {
@@ -156,10 +153,7 @@ pub(crate) fn run_generate<B: Backend>(ctx: &mut RunContext<B>) -> Result<(), Wo
 pub(crate) fn run_score<B: Backend>(ctx: &mut RunContext<B>) -> Result<(), WorkflowError> {
     let w = ctx.workflow;
     let model = ctx.stage("load model", |c| load_model(c))?;
-    let loaded = ctx.stage("load data", |_| {
-        data::load(&w.data, w.seed, w.training.seq_len)
-    })?;
-    ctx.stage("hash inputs", |c| c.record_inputs(&loaded.inputs))?;
+    let loaded = ctx.load_data()?;
     let text = ctx.stage("score", |_| {
         let mut out = Vec::new();
         for e in &loaded.examples {

@@ -132,10 +132,7 @@ pub(crate) fn write_lm_eval<B: Backend>(
 /// Runs a pretraining workflow.
 pub(crate) fn run<B: Backend>(ctx: &mut RunContext<B>) -> Result<(), WorkflowError> {
     let w = ctx.workflow;
-    let loaded = ctx.stage("load data", |_| {
-        data::load(&w.data, w.seed, w.training.seq_len)
-    })?;
-    ctx.stage("hash inputs", |c| c.record_inputs(&loaded.inputs))?;
+    let loaded = ctx.load_data()?;
     let split = &w.data.split;
     let corpus = Corpus::new(&loaded, split.method, split.validation, split.test);
     if corpus.train.is_empty() {

@@ -19,7 +19,7 @@ use seqmamba_kernels::{Backend, Cpu};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::data::HostBatch;
+use super::data::{self, HostBatch, Loaded};
 use super::schema::{Task, Workflow};
 use super::{WorkflowError, classify, generate, io_error, pretrain};
 use crate::ModelError;
@@ -553,6 +553,23 @@ impl<B: Backend> RunContext<'_, B> {
         });
         self.write_manifest()?;
         Ok(out)
+    }
+
+    /// Loads the data section and hashes the files read into the manifest, with a note of
+    /// the bad or empty records skipped.
+    pub fn load_data(&mut self) -> Result<Loaded, WorkflowError> {
+        let w = self.workflow;
+        let loaded = self.stage("load data", |_| {
+            data::load(&w.data, w.seed, w.training.seq_len)
+        })?;
+        self.stage("hash inputs", |c| c.record_inputs(&loaded.inputs))?;
+        if loaded.skipped > 0 {
+            self.note(format!(
+                "{} bad or empty records were skipped",
+                loaded.skipped
+            ));
+        }
+        Ok(loaded)
     }
 
     /// Prints a notice unless quiet and records it in the manifest.

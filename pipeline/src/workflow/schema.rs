@@ -149,6 +149,14 @@ pub struct Data {
     /// Audio: `mulaw` or `linear` 8-bit quantisation.
     #[serde(default = "default_quantizer")]
     pub quantizer: String,
+    /// Audio: `peak` (largest magnitude to 1), `min-max` (smallest sample to -1, largest to 1)
+    /// or `none`, applied to each clip before quantisation.
+    #[serde(default = "default_normalization")]
+    pub normalization: String,
+    /// DNA from SAM/BAM: reverse-complement reverse-strand reads back to the orientation the
+    /// sequencer read them in (SAM/BAM store them as the reference strand).
+    #[serde(default)]
+    pub restore_orientation: bool,
     /// `fail` on the first bad record or `skip` bad records and count them.
     #[serde(default = "default_on_error")]
     pub on_error: String,
@@ -164,6 +172,9 @@ fn default_sample_rate() -> u32 {
 }
 fn default_quantizer() -> String {
     "mulaw".into()
+}
+fn default_normalization() -> String {
+    "peak".into()
 }
 fn default_on_error() -> String {
     "fail".into()
@@ -569,6 +580,9 @@ impl Workflow {
             return invalid("evaluation.reverse_complement needs data.modality = \"dna\"".into());
         }
         self.gemm_precision()?;
+        if d.restore_orientation && d.modality != Modality::Dna {
+            return invalid("data.restore_orientation needs data.modality = \"dna\"".into());
+        }
         d.on_error
             .parse::<seqmamba_modalities::OnError>()
             .map_err(|e| WorkflowError::Invalid(format!("data.on_error: {e}")))?;
@@ -576,6 +590,12 @@ impl Workflow {
             return invalid(format!(
                 "data.quantizer must be \"mulaw\" or \"linear\", not {:?}",
                 d.quantizer
+            ));
+        }
+        if !matches!(d.normalization.as_str(), "peak" | "min-max" | "none") {
+            return invalid(format!(
+                "data.normalization must be \"peak\", \"min-max\" or \"none\", not {:?}",
+                d.normalization
             ));
         }
         let s = &d.split;
@@ -733,5 +753,40 @@ split = { method = "tail" }
                 "{set}"
             );
         }
+    }
+
+    #[test]
+    fn audio_normalization_and_read_orientation_are_checked() {
+        let parse = |sets: &[&str]| {
+            let overrides: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            Workflow::parse(MINIMAL, Path::new("t.toml"), &overrides)
+        };
+        let w = parse(&[]).unwrap();
+        assert_eq!(
+            (w.data.normalization.as_str(), w.data.restore_orientation),
+            ("peak", false)
+        );
+        let w = parse(&[
+            "data.normalization=min-max",
+            "data.restore_orientation=true",
+        ])
+        .unwrap();
+        assert_eq!(
+            (w.data.normalization.as_str(), w.data.restore_orientation),
+            ("min-max", true)
+        );
+        let e = parse(&["data.normalization=minmax"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("data.normalization") && e.contains("minmax"),
+            "{e}"
+        );
+        let audio = ["data.modality=audio", "evaluation.markov_orders=[0]"];
+        assert!(parse(&audio).is_ok());
+        let e = parse(&[&audio[..], &["data.restore_orientation=true"]].concat())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("data.restore_orientation"), "{e}");
     }
 }
