@@ -5,6 +5,7 @@ use std::ops::Range;
 use crate::adamw::AdamW;
 use crate::conv1d::ConvDims;
 use crate::cross_entropy::CrossEntropyDims;
+use crate::elementwise::ColumnBlock;
 use crate::embedding::EmbeddingDims;
 use crate::gemm::GemmDims;
 use crate::pool::{PoolDims, Pooling};
@@ -88,6 +89,13 @@ pub trait Backend: Clone + Send + Sync {
     fn fill_zero(&self, dst: Self::ViewMut<'_>) -> Result<(), KernelError>;
     /// `dst = src`.
     fn copy(&self, src: Self::View<'_>, dst: Self::ViewMut<'_>) -> Result<(), KernelError>;
+    /// See [`crate::elementwise::copy_columns`].
+    fn copy_columns(
+        &self,
+        block: ColumnBlock,
+        src: Self::View<'_>,
+        dst: Self::ViewMut<'_>,
+    ) -> Result<(), KernelError>;
     /// `out = a + b`.
     fn add(
         &self,

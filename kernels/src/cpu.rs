@@ -6,7 +6,7 @@ use crate::adamw::{self, AdamW};
 use crate::backend::Backend;
 use crate::conv1d::{self, ConvDims};
 use crate::cross_entropy::{self, CrossEntropyDims};
-use crate::elementwise;
+use crate::elementwise::{self, ColumnBlock};
 use crate::embedding::{self, EmbeddingDims};
 use crate::gemm::{self, GemmDims};
 use crate::pool::{self, PoolDims, Pooling};
@@ -156,6 +156,15 @@ impl Backend for Cpu {
         check_len("copy", "dst", src.len(), dst)?;
         dst.copy_from_slice(src);
         Ok(())
+    }
+
+    fn copy_columns(
+        &self,
+        block: ColumnBlock,
+        src: &[f32],
+        dst: &mut [f32],
+    ) -> Result<(), KernelError> {
+        elementwise::copy_columns(block, src, dst)
     }
 
     fn add(&self, a: &[f32], b: &[f32], out: &mut [f32]) -> Result<(), KernelError> {

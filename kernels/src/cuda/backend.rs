@@ -11,6 +11,7 @@ use crate::adamw::AdamW;
 use crate::backend::Backend;
 use crate::conv1d::ConvDims;
 use crate::cross_entropy::CrossEntropyDims;
+use crate::elementwise::ColumnBlock;
 use crate::embedding::EmbeddingDims;
 use crate::gemm::GemmDims;
 use crate::pool::{PoolDims, Pooling};
@@ -172,6 +173,17 @@ impl Backend for Cuda {
                 )
             }
             .map_err(|e| device_error("copying on the device", e))
+        })
+    }
+
+    fn copy_columns(
+        &self,
+        block: ColumnBlock,
+        src: DeviceView<'_>,
+        dst: DeviceViewMut<'_>,
+    ) -> Result<(), KernelError> {
+        self.timed(TimedOp::Other, || {
+            elementwise::cuda::copy_columns(self, block, src, dst)
         })
     }
 

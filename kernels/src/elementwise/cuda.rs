@@ -2,6 +2,7 @@
 
 use cudarc::driver::{DeviceRepr, LaunchConfig};
 
+use super::ColumnBlock;
 use crate::cuda::{check_view, flat_grid, Cuda, DeviceView, DeviceViewMut};
 use crate::KernelError;
 
@@ -37,6 +38,53 @@ struct SquaresArgs {
 
 // SAFETY: as above.
 unsafe impl DeviceRepr for SquaresArgs {}
+
+#[repr(C)]
+struct ColumnArgs {
+    src: u64,
+    dst: u64,
+    rows: i64,
+    width: i32,
+    src_cols: i32,
+    src_first: i32,
+    dst_cols: i32,
+    dst_first: i32,
+}
+
+// SAFETY: plain old data laid out as the kernel's struct.
+unsafe impl DeviceRepr for ColumnArgs {}
+
+/// See [`super::copy_columns`].
+pub(crate) fn copy_columns(
+    cuda: &Cuda,
+    block: ColumnBlock,
+    src: DeviceView<'_>,
+    dst: DeviceViewMut<'_>,
+) -> Result<(), KernelError> {
+    block.check("copy_columns", src.len(), dst.len())?;
+    let elements = block.rows * block.width;
+    if elements == 0 {
+        return Ok(());
+    }
+    let narrow = |v: usize| {
+        i32::try_from(v).map_err(|_| KernelError::Invalid {
+            op: "copy_columns",
+            message: format!("{block:?} exceeds 32-bit columns"),
+        })
+    };
+    let args = ColumnArgs {
+        src: src.address(),
+        dst: dst.address(),
+        rows: block.rows as i64,
+        width: narrow(block.width)?,
+        src_cols: narrow(block.src_cols)?,
+        src_first: narrow(block.src_first)?,
+        dst_cols: narrow(block.dst_cols)?,
+        dst_first: narrow(block.dst_first)?,
+    };
+    let function = cuda.function(MODULE, SOURCE, &[], "copy_columns")?;
+    cuda.launch(&function, flat_grid(elements), &args)
+}
 
 /// See [`super::add`].
 pub(crate) fn add(
@@ -156,6 +204,45 @@ mod tests {
                 cuda.sum_squares(cuda.all(&da)).unwrap().to_bits()
             );
         }
+    }
+
+    /// Splitting a stacked (rows × 80) matrix into its three parts and stacking them again,
+    /// as the x-projection does, gives the CPU op's bits; the rest of `dst` is untouched.
+    #[test]
+    fn cuda_copy_columns_matches_the_cpu() {
+        let Some(cuda) = device() else { return };
+        let (rows, cols) = (1000, 80);
+        let stacked = random(rows * cols, 11);
+        let gstacked = cuda.upload(&stacked).unwrap();
+        for (first, width) in [(0, 48), (48, 16), (64, 16)] {
+            let block = ColumnBlock {
+                rows,
+                width,
+                src_cols: cols,
+                src_first: first,
+                dst_cols: width + 3,
+                dst_first: 2,
+            };
+            let before = random(rows * (width + 3), 12);
+            let mut want = before.clone();
+            super::super::copy_columns(block, &stacked, &mut want).unwrap();
+            let mut got = cuda.upload(&before).unwrap();
+            cuda.copy_columns(block, cuda.all(&gstacked), cuda.all_mut(&mut got))
+                .unwrap();
+            let got = cuda.download(cuda.all(&got)).unwrap();
+            assert_eq!(got, want, "block {block:?}");
+        }
+        let mut small = cuda.zeros(10).unwrap();
+        let too_wide = ColumnBlock {
+            rows: 5,
+            width: 3,
+            src_cols: 80,
+            src_first: 78,
+            dst_cols: 2,
+            dst_first: 0,
+        };
+        let outcome = cuda.copy_columns(too_wide, cuda.all(&gstacked), cuda.all_mut(&mut small));
+        assert!(outcome.is_err());
     }
 
     #[test]

@@ -14,6 +14,26 @@ extern "C" __global__ void add_f32(ElementwiseArgs args) {
     if (i < args.n) ((float*)args.out)[i] = ((const float*)args.a)[i] + ((const float*)args.b)[i];
 }
 
+struct ColumnArgs {
+    u64 src;
+    u64 dst;
+    i64 rows;
+    int width;
+    int src_cols;
+    int src_first;
+    int dst_cols;
+    int dst_first;
+};
+
+// dst[r][dst_first + c] = src[r][src_first + c] for c < width
+extern "C" __global__ void copy_columns(ColumnArgs a) {
+    const i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x;
+    if (i >= a.rows * a.width) return;
+    const i64 r = i / a.width;
+    const int c = (int)(i - r * a.width);
+    ((float*)a.dst)[r * a.dst_cols + a.dst_first + c] = ((const float*)a.src)[r * a.src_cols + a.src_first + c];
+}
+
 // out *= factor
 extern "C" __global__ void scale_f32(ElementwiseArgs args) {
     const i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x;

@@ -5,6 +5,79 @@ pub(crate) mod cuda;
 use crate::parallel::{run_jobs, JOB_ELEMENTS};
 use crate::{check_len, KernelError};
 
+/// A block of `width` columns of every row, read from one row-major matrix and written into
+/// another: how a projection's stacked output is split into its parts and its parts'
+/// gradients stacked again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ColumnBlock {
+    pub rows: usize,
+    pub width: usize,
+    /// Columns of the source matrix and the block's first column there.
+    pub src_cols: usize,
+    pub src_first: usize,
+    /// Columns of the destination matrix and the block's first column there.
+    pub dst_cols: usize,
+    pub dst_first: usize,
+}
+
+impl ColumnBlock {
+    /// Checks that the block fits and that the matrices hold `src` and `dst` elements.
+    pub(crate) fn check(
+        &self,
+        op: &'static str,
+        src: usize,
+        dst: usize,
+    ) -> Result<(), KernelError> {
+        let fits = |first: usize, cols: usize| first + self.width <= cols;
+        if !fits(self.src_first, self.src_cols) || !fits(self.dst_first, self.dst_cols) {
+            return Err(KernelError::Invalid {
+                op,
+                message: format!("{self:?}: the block does not fit in the rows"),
+            });
+        }
+        let sizes = [
+            ("src", self.rows * self.src_cols, src),
+            ("dst", self.rows * self.dst_cols, dst),
+        ];
+        for (tensor, expected, actual) in sizes {
+            if expected != actual {
+                return Err(KernelError::Shape {
+                    op,
+                    tensor,
+                    expected,
+                    actual,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Copies `block` from `src` to `dst`; the rest of `dst` is left as it is.
+///
+/// ```
+/// use seqmamba_kernels::elementwise::{copy_columns, ColumnBlock};
+/// // The middle column of a 2×3 matrix into the last column of a 2×2 one.
+/// let block = ColumnBlock { rows: 2, width: 1, src_cols: 3, src_first: 1, dst_cols: 2, dst_first: 1 };
+/// let mut dst = [0.0; 4];
+/// copy_columns(block, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &mut dst).unwrap();
+/// assert_eq!(dst, [0.0, 2.0, 0.0, 5.0]);
+/// ```
+pub fn copy_columns(block: ColumnBlock, src: &[f32], dst: &mut [f32]) -> Result<(), KernelError> {
+    block.check("copy_columns", src.len(), dst.len())?;
+    if block.rows == 0 || block.width == 0 {
+        return Ok(());
+    }
+    for (from, to) in src
+        .chunks_exact(block.src_cols)
+        .zip(dst.chunks_exact_mut(block.dst_cols))
+    {
+        to[block.dst_first..][..block.width]
+            .copy_from_slice(&from[block.src_first..][..block.width]);
+    }
+    Ok(())
+}
+
 /// `out = a + b`.
 ///
 /// ```
@@ -80,6 +153,26 @@ mod tests {
     use super::*;
     use crate::rng::Rng;
     use crate::testing::on_threads;
+
+    #[test]
+    fn copy_columns_checks_the_block_and_splits_a_stacked_matrix() {
+        let stacked: Vec<f32> = (0..12).map(|v| v as f32).collect(); // 3 rows × 4
+        let block = |width, src_first, dst_cols| ColumnBlock {
+            rows: 3,
+            width,
+            src_cols: 4,
+            src_first,
+            dst_cols,
+            dst_first: 0,
+        };
+        let mut tail = vec![0.0; 6];
+        copy_columns(block(2, 2, 2), &stacked, &mut tail).unwrap();
+        assert_eq!(tail, [2.0, 3.0, 6.0, 7.0, 10.0, 11.0]);
+        assert!(copy_columns(block(2, 3, 2), &stacked, &mut tail).is_err());
+        assert!(copy_columns(block(2, 2, 3), &stacked, &mut tail).is_err());
+        let mut nothing: [f32; 0] = [];
+        copy_columns(block(0, 0, 0), &stacked, &mut nothing).unwrap();
+    }
 
     #[test]
     fn add_and_scale_are_exact() {

@@ -78,6 +78,16 @@ impl MambaConfig {
         self.expand * self.d_model
     }
 
+    /// Outputs of x_proj: `dt_rank + 2 · d_state` (dt, B, C).
+    ///
+    /// ```
+    /// use seqmamba::model::MambaConfig;
+    /// assert_eq!(MambaConfig::new(768, 24, 256).x_proj_width(), 48 + 2 * 16);
+    /// ```
+    pub fn x_proj_width(&self) -> usize {
+        self.dt_rank + 2 * self.d_state
+    }
+
     /// Rows of the embedding and logits: the vocabulary rounded up to the padding multiple.
     pub fn padded_vocab(&self) -> usize {
         self.vocab_size

@@ -8,10 +8,15 @@
 //! y      = scan(u, delta, A_log, B, C, D, dt_proj.bias, z)
 //! out    = out_proj(y)
 //! ```
-//! Each projection whose weight stacks several outputs is done as one GEMM per output, so
-//! every activation is a contiguous `(tokens, channels)` tensor the next op reads directly.
+//! in_proj is one GEMM per output (x, z: each as wide as the GEMM can use). x_proj's three
+//! outputs are narrow (dt_rank, N, N), so it is one GEMM into a stacked `(tokens, dt_rank +
+//! 2N)` tensor whose column blocks are then copied out (and its gradient stacked again
+//! before one backward GEMM each): the wide input `u` and its gradient are read once, not
+//! three times. Every activation the next op reads is a contiguous `(tokens, channels)`
+//! tensor.
 
 use seqmamba_kernels::conv1d::ConvDims;
+use seqmamba_kernels::elementwise::ColumnBlock;
 use seqmamba_kernels::gemm::GemmDims;
 use seqmamba_kernels::scan::{ScanDims, ScanGrads, ScanInputs};
 use seqmamba_kernels::{Backend, KernelError};
@@ -71,6 +76,8 @@ pub struct MixerActivations<B: Backend> {
     x: B::Buffer,
     z: B::Buffer,
     u: B::Buffer,
+    /// x_proj's output, `[dt_low | B | C]` per token.
+    xproj: B::Buffer,
     dt_low: B::Buffer,
     b: B::Buffer,
     c: B::Buffer,
@@ -94,6 +101,8 @@ pub struct MixerScratch<B: Backend> {
     dc: B::Buffer,
     dz: B::Buffer,
     ddt_low: B::Buffer,
+    /// `[d dt_low | dB | dC]` per token: x_proj's output gradient.
+    dxproj: B::Buffer,
     dx: B::Buffer,
 }
 
@@ -110,6 +119,7 @@ impl<B: Backend> MixerActivations<B> {
             x: be.zeros(t * di)?,
             z: be.zeros(t * di)?,
             u: be.zeros(t * di)?,
+            xproj: be.zeros(t * c.x_proj_width())?,
             dt_low: be.zeros(t * c.dt_rank)?,
             b: be.zeros(t * c.d_state)?,
             c: be.zeros(t * c.d_state)?,
@@ -147,6 +157,7 @@ impl<B: Backend> MixerScratch<B> {
             dc: be.zeros(t * c.d_state)?,
             dz: be.zeros(t * di)?,
             ddt_low: be.zeros(t * c.dt_rank)?,
+            dxproj: be.zeros(t * c.x_proj_width())?,
             dx: be.zeros(t * di)?,
         })
     }
@@ -156,24 +167,42 @@ impl<B: Backend> MixerScratch<B> {
 struct Split {
     in_x: std::ops::Range<usize>,
     in_z: std::ops::Range<usize>,
-    xp_dt: std::ops::Range<usize>,
-    xp_b: std::ops::Range<usize>,
-    xp_c: std::ops::Range<usize>,
+    /// All of x_proj.weight: rows `[dt | B | C]`.
+    xp: std::ops::Range<usize>,
 }
 
 impl Split {
     fn new(c: &MambaConfig, p: &MixerParams) -> Self {
-        let (d, di, n, r) = (c.d_model, c.d_inner(), c.d_state, c.dt_rank);
+        let (d, di) = (c.d_model, c.d_inner());
         let i0 = p.in_proj.start;
         let x0 = p.x_proj.start;
         Self {
             in_x: i0..i0 + di * d,
             in_z: i0 + di * d..i0 + 2 * di * d,
-            xp_dt: x0..x0 + r * di,
-            xp_b: x0 + r * di..x0 + (r + n) * di,
-            xp_c: x0 + (r + n) * di..x0 + (r + 2 * n) * di,
+            xp: x0..x0 + c.x_proj_width() * di,
         }
     }
+}
+
+/// The copies between the stacked `(t, xp)` x_proj output and one part `(t, width)` starting
+/// at column `first`: out of the stack (forward), and back into it (backward).
+fn x_proj_part(t: usize, xp: usize, first: usize, width: usize) -> (ColumnBlock, ColumnBlock) {
+    let out = ColumnBlock {
+        rows: t,
+        width,
+        src_cols: xp,
+        src_first: first,
+        dst_cols: width,
+        dst_first: 0,
+    };
+    let back = ColumnBlock {
+        src_cols: width,
+        src_first: 0,
+        dst_cols: xp,
+        dst_first: first,
+        ..out
+    };
+    (out, back)
 }
 
 /// Forward of one mixer: `out = mixer(input)`. With `state`, the conv and SSM start from it
@@ -231,27 +260,25 @@ pub fn forward<B: Backend>(
         be.all_mut(&mut acts.u),
     )?;
     let u = be.all(&acts.u);
+    let xp = c.x_proj_width();
     be.gemm(
-        linear(t, r, di),
+        linear(t, xp, di),
         u,
-        w(s.xp_dt),
-        be.all_mut(&mut acts.dt_low),
+        w(s.xp),
+        be.all_mut(&mut acts.xproj),
         false,
     )?;
-    be.gemm(
-        linear(t, n, di),
-        u,
-        w(s.xp_b),
-        be.all_mut(&mut acts.b),
-        false,
-    )?;
-    be.gemm(
-        linear(t, n, di),
-        u,
-        w(s.xp_c),
-        be.all_mut(&mut acts.c),
-        false,
-    )?;
+    for (first, width, part) in [
+        (0, r, &mut acts.dt_low),
+        (r, n, &mut acts.b),
+        (r + n, n, &mut acts.c),
+    ] {
+        be.copy_columns(
+            x_proj_part(t, xp, first, width).0,
+            be.all(&acts.xproj),
+            be.all_mut(part),
+        )?;
+    }
     be.gemm(
         linear(t, di, r),
         be.all(&acts.dt_low),
@@ -372,28 +399,35 @@ pub fn backward<B: Backend>(
         true,
     )?;
 
-    // dt_low, B, C = x_proj(u): their gradients flow back into du and x_proj.weight.
+    // dt_low, B, C = x_proj(u): their gradients, stacked, flow back into du and
+    // x_proj.weight.
     let u = be.all(&acts.u);
-    for (dy, rows, out) in [
-        (&scratch.ddt_low, s.xp_dt, r),
-        (&scratch.db, s.xp_b, n),
-        (&scratch.dc, s.xp_c, n),
+    let xp = c.x_proj_width();
+    for (first, width, part) in [
+        (0, r, &scratch.ddt_low),
+        (r, n, &scratch.db),
+        (r + n, n, &scratch.dc),
     ] {
-        be.gemm(
-            linear_input_grad(t, out, di),
-            be.all(dy),
-            w(rows.clone()),
-            be.all_mut(&mut scratch.du),
-            true,
-        )?;
-        be.gemm(
-            linear_weight_grad(t, out, di),
-            be.all(dy),
-            u,
-            be.view_mut(grads, rows),
-            true,
+        be.copy_columns(
+            x_proj_part(t, xp, first, width).1,
+            be.all(part),
+            be.all_mut(&mut scratch.dxproj),
         )?;
     }
+    be.gemm(
+        linear_input_grad(t, xp, di),
+        be.all(&scratch.dxproj),
+        w(s.xp.clone()),
+        be.all_mut(&mut scratch.du),
+        true,
+    )?;
+    be.gemm(
+        linear_weight_grad(t, xp, di),
+        be.all(&scratch.dxproj),
+        u,
+        be.view_mut(grads, s.xp),
+        true,
+    )?;
 
     let conv_dims = ConvDims {
         batch: shape.batch,

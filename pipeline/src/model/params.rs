@@ -109,7 +109,7 @@ fn mixer_shapes(c: &MambaConfig) -> [Vec<usize>; 9] {
     [
         vec![2 * di, c.d_model],
         vec![di, 1, c.d_conv],
-        vec![c.dt_rank + 2 * c.d_state, di],
+        vec![c.x_proj_width(), di],
         vec![di, c.dt_rank],
         vec![c.d_model, di],
         vec![di, c.d_state],
