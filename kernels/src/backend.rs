@@ -176,6 +176,18 @@ pub trait Backend: Clone + Send + Sync {
         out: Self::ViewMut<'_>,
         rstd: Self::ViewMut<'_>,
     ) -> Result<(), KernelError>;
+    /// See [`crate::rmsnorm::add_forward`].
+    #[allow(clippy::too_many_arguments)]
+    fn add_rmsnorm_forward(
+        &self,
+        dims: NormDims,
+        residual: Self::View<'_>,
+        branch: Self::View<'_>,
+        weight: Self::View<'_>,
+        sum: Self::ViewMut<'_>,
+        out: Self::ViewMut<'_>,
+        rstd: Self::ViewMut<'_>,
+    ) -> Result<(), KernelError>;
     /// See [`crate::rmsnorm::backward`].
     #[allow(clippy::too_many_arguments)]
     fn rmsnorm_backward(

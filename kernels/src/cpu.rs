@@ -280,6 +280,19 @@ impl Backend for Cpu {
         rmsnorm::forward(dims, x, weight, out, rstd)
     }
 
+    fn add_rmsnorm_forward(
+        &self,
+        dims: NormDims,
+        residual: &[f32],
+        branch: &[f32],
+        weight: &[f32],
+        sum: &mut [f32],
+        out: &mut [f32],
+        rstd: &mut [f32],
+    ) -> Result<(), KernelError> {
+        rmsnorm::add_forward(dims, residual, branch, weight, sum, out, rstd)
+    }
+
     fn rmsnorm_backward(
         &self,
         dims: NormDims,

@@ -297,6 +297,21 @@ impl Backend for Cuda {
         })
     }
 
+    fn add_rmsnorm_forward(
+        &self,
+        dims: NormDims,
+        residual: DeviceView<'_>,
+        branch: DeviceView<'_>,
+        weight: DeviceView<'_>,
+        sum: DeviceViewMut<'_>,
+        out: DeviceViewMut<'_>,
+        rstd: DeviceViewMut<'_>,
+    ) -> Result<(), KernelError> {
+        self.timed(TimedOp::Norm, || {
+            rmsnorm::cuda::add_forward(self, dims, residual, branch, weight, sum, out, rstd)
+        })
+    }
+
     fn rmsnorm_backward(
         &self,
         dims: NormDims,

@@ -20,6 +20,8 @@ const GROUP_ROWS: usize = 256;
 #[derive(Default)]
 struct NormArgs {
     x: u64,
+    branch: u64,
+    sum: u64,
     weight: u64,
     out: u64,
     rstd: u64,
@@ -62,17 +64,61 @@ pub(crate) fn forward(
     out: DeviceViewMut<'_>,
     rstd: DeviceViewMut<'_>,
 ) -> Result<(), KernelError> {
-    const OP: &str = "rmsnorm_forward";
-    let elements = checked(OP, dims)?;
-    check_view(OP, "x", elements, x.len())?;
-    check_view(OP, "weight", dims.cols, weight.len())?;
-    check_view(OP, "out", elements, out.len())?;
-    check_view(OP, "rstd", dims.rows, rstd.len())?;
+    launch_forward(cuda, "rmsnorm_forward", dims, x, None, weight, out, rstd)
+}
+
+/// See [`super::add_forward`]: one pass over the residual stream.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn add_forward(
+    cuda: &Cuda,
+    dims: NormDims,
+    residual: DeviceView<'_>,
+    branch: DeviceView<'_>,
+    weight: DeviceView<'_>,
+    sum: DeviceViewMut<'_>,
+    out: DeviceViewMut<'_>,
+    rstd: DeviceViewMut<'_>,
+) -> Result<(), KernelError> {
+    const OP: &str = "add_rmsnorm_forward";
+    check_view(OP, "branch", residual.len(), branch.len())?;
+    check_view(OP, "sum", residual.len(), sum.len())?;
+    launch_forward(
+        cuda,
+        OP,
+        dims,
+        residual,
+        Some((branch, sum)),
+        weight,
+        out,
+        rstd,
+    )
+}
+
+/// The forward kernel; with `add`, the residual add `sum = x + branch` first.
+#[allow(clippy::too_many_arguments)]
+fn launch_forward(
+    cuda: &Cuda,
+    op: &'static str,
+    dims: NormDims,
+    x: DeviceView<'_>,
+    add: Option<(DeviceView<'_>, DeviceViewMut<'_>)>,
+    weight: DeviceView<'_>,
+    out: DeviceViewMut<'_>,
+    rstd: DeviceViewMut<'_>,
+) -> Result<(), KernelError> {
+    let elements = checked(op, dims)?;
+    check_view(op, "x", elements, x.len())?;
+    check_view(op, "weight", dims.cols, weight.len())?;
+    check_view(op, "out", elements, out.len())?;
+    check_view(op, "rstd", dims.rows, rstd.len())?;
     if dims.rows == 0 {
         return Ok(());
     }
+    let (branch, sum) = add.map_or((0, 0), |(branch, sum)| (branch.address(), sum.address()));
     let args = NormArgs {
         x: x.address(),
+        branch,
+        sum,
         weight: weight.address(),
         out: out.address(),
         rstd: rstd.address(),
@@ -197,5 +243,61 @@ mod tests {
             assert_close("dx", &down(&gdx), &to_f64(&dx), 1e-4, 1e-7);
             assert_close("dweight", &down(&gdw), &to_f64(&dw), 1e-4, 1e-7);
         }
+    }
+
+    /// The fused residual add + norm: the sum exactly as the add, the norm as the CPU's, and
+    /// the same norm as the unfused kernel on the sum, bit for bit.
+    #[test]
+    fn cuda_add_rmsnorm_matches_the_cpu_and_the_unfused_ops() {
+        let Some(cuda) = device() else { return };
+        let (rows, cols) = (300, 768);
+        let dims = NormDims {
+            rows,
+            cols,
+            eps: 1e-5,
+        };
+        let (residual, branch, weight) = (
+            random(rows * cols, 6),
+            random(rows * cols, 7),
+            random(cols, 8),
+        );
+        let (mut sum, mut out, mut rstd) = (
+            vec![0.0; rows * cols],
+            vec![0.0; rows * cols],
+            vec![0.0; rows],
+        );
+        rmsnorm::add_forward(
+            dims, &residual, &branch, &weight, &mut sum, &mut out, &mut rstd,
+        )
+        .unwrap();
+        let up = |v: &[f32]| cuda.upload(v).unwrap();
+        let (gr, gb, gw) = (up(&residual), up(&branch), up(&weight));
+        let zeros = |n| cuda.zeros(n).unwrap();
+        let (mut gsum, mut gout, mut grstd) = (zeros(rows * cols), zeros(rows * cols), zeros(rows));
+        cuda.add_rmsnorm_forward(
+            dims,
+            cuda.all(&gr),
+            cuda.all(&gb),
+            cuda.all(&gw),
+            cuda.all_mut(&mut gsum),
+            cuda.all_mut(&mut gout),
+            cuda.all_mut(&mut grstd),
+        )
+        .unwrap();
+        let down = |b| cuda.download(cuda.all(b)).unwrap();
+        assert_eq!(down(&gsum), sum, "the sum is an f32 add, exact");
+        assert_close("out", &down(&gout), &to_f64(&out), 1e-5, 1e-7);
+        assert_close("rstd", &down(&grstd), &to_f64(&rstd), 1e-5, 1e-7);
+        let (mut unfused, mut unfused_rstd) = (zeros(rows * cols), zeros(rows));
+        cuda.rmsnorm_forward(
+            dims,
+            cuda.all(&gsum),
+            cuda.all(&gw),
+            cuda.all_mut(&mut unfused),
+            cuda.all_mut(&mut unfused_rstd),
+        )
+        .unwrap();
+        assert_eq!(down(&gout), down(&unfused));
+        assert_eq!(down(&grstd), down(&unfused_rstd));
     }
 }

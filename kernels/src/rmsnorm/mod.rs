@@ -92,6 +92,33 @@ pub fn forward(
     Ok(())
 }
 
+/// The residual add and the norm of a pre-norm block in one op: `sum = residual + branch`,
+/// then [`forward`] of `sum`. On the CPU the two run in turn (the same bits as
+/// [`crate::elementwise::add`] then [`forward`]); the GPU reads the residual stream once.
+/// Its backward is [`backward`] of `sum`: `dx` accumulates, which is the add's backward.
+///
+/// ```
+/// use seqmamba_kernels::rmsnorm::{add_forward, NormDims};
+/// let dims = NormDims { rows: 1, cols: 2, eps: 0.0 };
+/// let (mut sum, mut out, mut rstd) = ([0.0; 2], [0.0; 2], [0.0]);
+/// add_forward(dims, &[1.0, 1.0], &[2.0, 3.0], &[1.0, 1.0], &mut sum, &mut out, &mut rstd).unwrap();
+/// assert_eq!(sum, [3.0, 4.0]);
+/// assert_eq!(out, [3.0 / 12.5f32.sqrt(), 4.0 / 12.5f32.sqrt()]);
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub fn add_forward(
+    dims: NormDims,
+    residual: &[f32],
+    branch: &[f32],
+    weight: &[f32],
+    sum: &mut [f32],
+    out: &mut [f32],
+    rstd: &mut [f32],
+) -> Result<(), KernelError> {
+    crate::elementwise::add(residual, branch, sum)?;
+    forward(dims, sum, weight, out, rstd)
+}
+
 /// Gradients of [`forward`]: both `dx` and `dweight` are accumulated (`dx` is the residual
 /// stream's gradient, to which the norm's branch adds).
 ///

@@ -5,6 +5,8 @@
 
 struct NormArgs {
     u64 x;
+    u64 branch;    // 0, or added to x first (the residual add), the sum written to `sum`
+    u64 sum;
     u64 weight;
     u64 out;
     u64 rstd;
@@ -16,19 +18,30 @@ struct NormArgs {
     float eps;
 };
 
-// out = x · rstd · weight, rstd = 1/sqrt(mean(x²) + eps)
+// out = v · rstd · weight, rstd = 1/sqrt(mean(v²) + eps), v = x (+ branch, written to sum)
 extern "C" __global__ void rmsnorm_forward(NormArgs a) {
     const i64 row = blockIdx.x * (i64)ROWS_PER_BLOCK + (threadIdx.x >> 5);
     const int lane = threadIdx.x & 31;
     if (row >= a.rows) return;
     const float* x = (const float*)a.x + row * a.cols;
+    const float* branch = a.branch ? (const float*)a.branch + row * a.cols : nullptr;
+    float* summed = a.branch ? (float*)a.sum + row * a.cols : nullptr;
     const float* w = (const float*)a.weight;
-    float sum = 0.0f;
-    for (int c = lane; c < a.cols; c += 32) sum += x[c] * x[c];
-    sum = warp_sum(sum);
-    const float rstd = 1.0f / sqrtf(sum / (float)a.cols + a.eps);
+    float squares = 0.0f;
+    for (int c = lane; c < a.cols; c += 32) {
+        float v = x[c];
+        if (branch) {
+            v += branch[c];
+            summed[c] = v;
+        }
+        squares += v * v;
+    }
+    squares = warp_sum(squares);
+    const float rstd = 1.0f / sqrtf(squares / (float)a.cols + a.eps);
+    // Each lane reads back only the elements it wrote itself.
+    const float* v = branch ? summed : x;
     float* out = (float*)a.out + row * a.cols;
-    for (int c = lane; c < a.cols; c += 32) out[c] = x[c] * rstd * w[c];
+    for (int c = lane; c < a.cols; c += 32) out[c] = v[c] * rstd * w[c];
     if (lane == 0) ((float*)a.rstd)[row] = rstd;
 }
 

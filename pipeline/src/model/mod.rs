@@ -335,16 +335,22 @@ impl<B: Backend> Model<B> {
             len: shape.len,
             dim: d,
         };
-        for (i, layer) in self.table.layers.iter().enumerate() {
-            let (r_in, r_out) = residual_pair(acts.train, i, acts.residuals.len());
-            let la = &mut acts.layers[if train { i } else { 0 }];
+        // The first layer's norm reads the embedding; every later norm, and norm_f, is fused
+        // with the residual add that makes its input (at the end of the layer before).
+        let slot = |i: usize| if train { i } else { 0 };
+        {
+            let first = &mut acts.layers[0];
             be.rmsnorm_forward(
                 norm,
-                be.all(&acts.residuals[r_in]),
-                w(layer.norm.clone()),
-                be.all_mut(&mut la.normed),
-                be.all_mut(&mut la.rstd),
+                be.all(&acts.residuals[0]),
+                w(self.table.layers[0].norm.clone()),
+                be.all_mut(&mut first.normed),
+                be.all_mut(&mut first.rstd),
             )?;
+        }
+        for (i, layer) in self.table.layers.iter().enumerate() {
+            let (r_in, r_out) = residual_pair(acts.train, i, acts.residuals.len());
+            let la = &mut acts.layers[slot(i)];
             mixer::forward(
                 be,
                 c,
@@ -396,16 +402,27 @@ impl<B: Backend> Model<B> {
                 &acts.mix_out
             };
             let (r_in_buf, r_out_buf) = pair_mut(&mut acts.residuals, r_in, r_out);
-            be.add(be.all(r_in_buf), be.all(mix), be.all_mut(r_out_buf))?;
+            let (next_weight, normed, rstd) = match self.table.layers.get(i + 1) {
+                Some(next) => {
+                    let nl = &mut acts.layers[slot(i + 1)];
+                    (next.norm.clone(), &mut nl.normed, &mut nl.rstd)
+                }
+                None => (
+                    self.table.norm_f.clone(),
+                    &mut acts.hidden,
+                    &mut acts.rstd_f,
+                ),
+            };
+            be.add_rmsnorm_forward(
+                norm,
+                be.all(r_in_buf),
+                be.all(mix),
+                w(next_weight),
+                be.all_mut(r_out_buf),
+                be.all_mut(normed),
+                be.all_mut(rstd),
+            )?;
         }
-        let last = residual_pair(train, c.n_layer - 1, acts.residuals.len()).1;
-        be.rmsnorm_forward(
-            norm,
-            be.all(&acts.residuals[last]),
-            w(self.table.norm_f.clone()),
-            be.all_mut(&mut acts.hidden),
-            be.all_mut(&mut acts.rstd_f),
-        )?;
         match &self.head {
             Head::LanguageModel => be.gemm(
                 linear(t, c.padded_vocab(), d),
