@@ -85,8 +85,10 @@ pub enum GemmPrecision {
     /// Inputs rounded to TF32 (10-bit mantissa) on the tensor cores, sums in f32, as
     /// PyTorch's `allow_tf32`: ~1e-3 relative.
     Tf32,
-    /// Inputs rounded to bf16 (8-bit mantissa) on the tensor cores, sums and outputs in
-    /// f32, as PyTorch's bf16 autocast: ~1e-2 relative, twice TF32's rate.
+    /// Inputs rounded to bf16 (8 significant bits) on the tensor cores, sums and outputs
+    /// in f32, as PyTorch's bf16 autocast: ~1e-2 relative. Each f32 operand is cast by a
+    /// kernel first, which at the model's sizes costs more than the tensor cores' doubled
+    /// rate saves (measured in docs/cuda-backend.md): TF32 is the faster mode today.
     Bf16,
 }
 
