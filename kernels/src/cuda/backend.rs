@@ -212,7 +212,9 @@ impl Backend for Cuda {
         c: DeviceViewMut<'_>,
         accumulate: bool,
     ) -> Result<(), KernelError> {
-        gemm::cuda::gemm(self, dims, a, b, c, accumulate)
+        self.timed(TimedOp::Gemm, || {
+            gemm::cuda::gemm(self, dims, a, b, c, accumulate)
+        })
     }
 
     fn conv1d_forward(
@@ -269,7 +271,9 @@ impl Backend for Cuda {
         checkpoints: Option<DeviceViewMut<'_>>,
         out: DeviceViewMut<'_>,
     ) -> Result<(), KernelError> {
-        scan::cuda::forward(self, dims, inputs, resets, state, checkpoints, out)
+        self.timed(TimedOp::Scan, || {
+            scan::cuda::forward(self, dims, inputs, resets, state, checkpoints, out)
+        })
     }
 
     fn scan_backward(
@@ -281,7 +285,9 @@ impl Backend for Cuda {
         d_out: DeviceView<'_>,
         grads: ScanGrads<DeviceViewMut<'_>>,
     ) -> Result<(), KernelError> {
-        scan::cuda::backward(self, dims, inputs, resets, checkpoints, d_out, grads)
+        self.timed(TimedOp::Scan, || {
+            scan::cuda::backward(self, dims, inputs, resets, checkpoints, d_out, grads)
+        })
     }
 
     fn rmsnorm_forward(

@@ -315,7 +315,9 @@ impl Cuda {
         Ok(total)
     }
 
-    /// Runs `launch`, bracketed by timing events when [`Cuda::time_ops`] is on.
+    /// Runs `launch`, bracketed by timing events when [`Cuda::time_ops`] is on. Only the
+    /// `Backend` methods (`backend.rs`) call it, once per op: op modules never call it, so
+    /// the lock held across `launch` is never taken twice.
     pub(crate) fn timed<R>(
         &self,
         op: TimedOp,

@@ -12,7 +12,7 @@ use cudarc::driver::{CudaSlice, DeviceRepr};
 
 use super::GemmDims;
 use crate::cuda::{
-    check_view, device_error, flat_grid, Cuda, DeviceView, DeviceViewMut, GemmPrecision, TimedOp,
+    check_view, device_error, flat_grid, Cuda, DeviceView, DeviceViewMut, GemmPrecision,
 };
 use crate::{element_count, KernelError};
 
@@ -86,59 +86,56 @@ pub(crate) fn gemm(
     let alpha = 1.0f32;
     let beta = if accumulate { 1.0f32 } else { 0.0 };
     let precision = cuda.gemm_precision()?;
-    cuda.timed(TimedOp::Gemm, || {
-        if precision == GemmPrecision::Bf16 {
-            // The casts are part of the GEMM's cost, so they are timed with it.
-            let (a16, b16) = (to_bf16(cuda, a)?, to_bf16(cuda, b)?);
-            // SAFETY: the copies hold the checked operands element for element, C was
-            // checked, and the handle runs on the stream that queued the casts.
-            return unsafe {
-                cudarc::cublas::result::gemm_ex(
-                    *cuda.blas().handle(),
-                    operation(dims.transpose_b),
-                    operation(dims.transpose_a),
-                    n as i32,
-                    m as i32,
-                    k as i32,
-                    (&alpha as *const f32).cast(),
-                    cuda.address(&b16) as *const std::ffi::c_void,
-                    cudaDataType::CUDA_R_16BF,
-                    ldb as i32,
-                    cuda.address(&a16) as *const std::ffi::c_void,
-                    cudaDataType::CUDA_R_16BF,
-                    lda as i32,
-                    (&beta as *const f32).cast(),
-                    c.address() as *mut std::ffi::c_void,
-                    cudaDataType::CUDA_R_32F,
-                    n as i32,
-                    cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                    cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-                )
-            }
-            .map_err(|e| device_error("cublasGemmEx (bf16)", e));
-        }
-        // SAFETY: the views were checked to hold the matrices the dimensions describe, and
-        // the handle runs on the stream every other op of this device uses.
-        unsafe {
-            cudarc::cublas::result::sgemm(
+    if precision == GemmPrecision::Bf16 {
+        let (a16, b16) = (to_bf16(cuda, a)?, to_bf16(cuda, b)?);
+        // SAFETY: the copies hold the checked operands element for element, C was
+        // checked, and the handle runs on the stream that queued the casts.
+        return unsafe {
+            cudarc::cublas::result::gemm_ex(
                 *cuda.blas().handle(),
                 operation(dims.transpose_b),
                 operation(dims.transpose_a),
                 n as i32,
                 m as i32,
                 k as i32,
-                &alpha,
-                b.address() as *const f32,
+                (&alpha as *const f32).cast(),
+                cuda.address(&b16) as *const std::ffi::c_void,
+                cudaDataType::CUDA_R_16BF,
                 ldb as i32,
-                a.address() as *const f32,
+                cuda.address(&a16) as *const std::ffi::c_void,
+                cudaDataType::CUDA_R_16BF,
                 lda as i32,
-                &beta,
-                c.address() as *mut f32,
+                (&beta as *const f32).cast(),
+                c.address() as *mut std::ffi::c_void,
+                cudaDataType::CUDA_R_32F,
                 n as i32,
+                cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
         }
-        .map_err(|e| device_error("cublasSgemm", e))
-    })
+        .map_err(|e| device_error("cublasGemmEx (bf16)", e));
+    }
+    // SAFETY: the views were checked to hold the matrices the dimensions describe, and
+    // the handle runs on the stream every other op of this device uses.
+    unsafe {
+        cudarc::cublas::result::sgemm(
+            *cuda.blas().handle(),
+            operation(dims.transpose_b),
+            operation(dims.transpose_a),
+            n as i32,
+            m as i32,
+            k as i32,
+            &alpha,
+            b.address() as *const f32,
+            ldb as i32,
+            a.address() as *const f32,
+            lda as i32,
+            &beta,
+            c.address() as *mut f32,
+            n as i32,
+        )
+    }
+    .map_err(|e| device_error("cublasSgemm", e))
 }
 
 #[cfg(test)]

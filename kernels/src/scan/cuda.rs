@@ -3,7 +3,7 @@
 use cudarc::driver::{DeviceRepr, LaunchConfig};
 
 use super::{ScanDims, ScanGrads, ScanInputs};
-use crate::cuda::{check_view, Cuda, DeviceIds, DeviceView, DeviceViewMut, TimedOp};
+use crate::cuda::{check_view, Cuda, DeviceIds, DeviceView, DeviceViewMut};
 use crate::KernelError;
 
 const SOURCE: &str = include_str!("scan.cu");
@@ -357,9 +357,7 @@ pub(crate) fn forward(
     checkpoints: Option<DeviceViewMut<'_>>,
     out: DeviceViewMut<'_>,
 ) -> Result<(), KernelError> {
-    cuda.timed(TimedOp::Scan, || {
-        cuda.scan_forward_device(dims, inputs, resets, state, checkpoints, out)
-    })
+    cuda.scan_forward_device(dims, inputs, resets, state, checkpoints, out)
 }
 
 /// Gradients of [`forward`] from its checkpoints; semantics as [`super::cpu::backward`]:
@@ -374,9 +372,7 @@ pub(crate) fn backward(
     d_out: DeviceView<'_>,
     grads: ScanGrads<DeviceViewMut<'_>>,
 ) -> Result<(), KernelError> {
-    cuda.timed(TimedOp::Scan, || {
-        cuda.scan_backward_device(dims, inputs, resets, checkpoints, d_out, grads)
-    })
+    cuda.scan_backward_device(dims, inputs, resets, checkpoints, d_out, grads)
 }
 
 #[cfg(test)]

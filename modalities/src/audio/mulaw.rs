@@ -82,6 +82,8 @@ impl Quantizer {
 /// let mut y = vec![0.0, 0.5, 1.0];
 /// Normalization::MinMax.apply(&mut y);
 /// assert_eq!(y, vec![-1.0, 0.0, 1.0]);
+/// assert_eq!("min-max".parse::<Normalization>().unwrap(), Normalization::MinMax);
+/// assert!("minmax".parse::<Normalization>().is_err());
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Normalization {
@@ -92,6 +94,22 @@ pub enum Normalization {
     Peak,
     /// Map the smallest sample to -1 and the largest to 1.
     MinMax,
+}
+
+impl std::str::FromStr for Normalization {
+    type Err = crate::Error;
+
+    /// `none`, `peak` or `min-max`.
+    fn from_str(name: &str) -> Result<Self, crate::Error> {
+        match name {
+            "none" => Ok(Normalization::None),
+            "peak" => Ok(Normalization::Peak),
+            "min-max" => Ok(Normalization::MinMax),
+            other => Err(crate::Error::Invalid(format!(
+                "normalization must be \"peak\", \"min-max\" or \"none\", not {other:?}"
+            ))),
+        }
+    }
 }
 
 impl Normalization {

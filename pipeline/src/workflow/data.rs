@@ -59,13 +59,9 @@ pub fn quantizer(data: &Data) -> Quantizer {
     }
 }
 
-/// The amplitude normalisation named in the data section.
+/// The amplitude normalisation named in the data section (checked by `validate`).
 fn normalization(data: &Data) -> Normalization {
-    match data.normalization.as_str() {
-        "min-max" => Normalization::MinMax,
-        "none" => Normalization::None,
-        _ => Normalization::Peak,
-    }
+    data.normalization.parse().unwrap_or(Normalization::Peak)
 }
 
 /// How SAM/BAM reads are taken: every alignment, restored to the read's own orientation

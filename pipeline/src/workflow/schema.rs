@@ -592,12 +592,9 @@ impl Workflow {
                 d.quantizer
             ));
         }
-        if !matches!(d.normalization.as_str(), "peak" | "min-max" | "none") {
-            return invalid(format!(
-                "data.normalization must be \"peak\", \"min-max\" or \"none\", not {:?}",
-                d.normalization
-            ));
-        }
+        d.normalization
+            .parse::<seqmamba_modalities::audio::Normalization>()
+            .map_err(|e| WorkflowError::Invalid(format!("data.normalization: {e}")))?;
         let s = &d.split;
         if s.validation < 0.0 || s.test < 0.0 || s.validation + s.test >= 1.0 {
             return invalid(format!(
