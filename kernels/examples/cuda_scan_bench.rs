@@ -6,7 +6,6 @@
 //! Times are CUDA-event medians of 30 runs after warm-up. The anchors are the official
 //! mamba_ssm kernels with bf16 inputs, which move half the bytes of ours.
 
-use cudarc::driver::sys::CUevent_flags;
 use seqmamba_kernels::cuda::Cuda;
 use seqmamba_kernels::rng::Rng;
 use seqmamba_kernels::scan::cpu::InputBuffers;
@@ -43,39 +42,6 @@ const PATTERN: ScanDims = ScanDims {
 /// `pattern` repeated to `len` values.
 fn tiled(pattern: &[f32], len: usize) -> Vec<f32> {
     pattern.iter().copied().cycle().take(len).collect()
-}
-
-fn median_ms(
-    cuda: &Cuda,
-    mut op: impl FnMut() -> Result<(), KernelError>,
-) -> Result<f64, KernelError> {
-    let event = |what| {
-        cuda.context()
-            .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-            .map_err(|e| KernelError::Device(format!("{what}: {e}")))
-    };
-    for _ in 0..WARMUP {
-        op()?;
-    }
-    let mut times = Vec::with_capacity(RUNS);
-    for _ in 0..RUNS {
-        let (start, stop) = (event("start event")?, event("stop event")?);
-        start
-            .record(cuda.stream())
-            .map_err(|e| KernelError::Device(e.to_string()))?;
-        op()?;
-        stop.record(cuda.stream())
-            .map_err(|e| KernelError::Device(e.to_string()))?;
-        stop.synchronize()
-            .map_err(|e| KernelError::Device(e.to_string()))?;
-        times.push(
-            start
-                .elapsed_ms(&stop)
-                .map_err(|e| KernelError::Device(e.to_string()))? as f64,
-        );
-    }
-    times.sort_by(f64::total_cmp);
-    Ok(times[RUNS / 2])
 }
 
 fn main() -> Result<(), KernelError> {
@@ -120,7 +86,7 @@ fn main() -> Result<(), KernelError> {
             delta_bias: cuda.all(&delta_bias),
             z: Some(cuda.all(&z)),
         };
-        let fwd = median_ms(&cuda, || {
+        let fwd = cuda.median_ms(WARMUP, RUNS, || {
             cuda.scan_forward(
                 dims,
                 &inputs,
@@ -130,7 +96,7 @@ fn main() -> Result<(), KernelError> {
                 cuda.all_mut(&mut out),
             )
         })?;
-        let bwd = median_ms(&cuda, || {
+        let bwd = cuda.median_ms(WARMUP, RUNS, || {
             let grads = ScanGrads {
                 du: cuda.all_mut(&mut du),
                 ddelta: cuda.all_mut(&mut ddelta),

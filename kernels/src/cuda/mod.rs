@@ -242,6 +242,43 @@ impl Cuda {
             .map_err(|e| device_error(&format!("allocating {len} elements"), e))
     }
 
+    /// The median device time in ms of `runs` calls of `op` (each between two events on
+    /// the stream) after `warmup` untimed calls: what the benchmarks report.
+    pub fn median_ms(
+        &self,
+        warmup: usize,
+        runs: usize,
+        mut op: impl FnMut() -> Result<(), KernelError>,
+    ) -> Result<f64, KernelError> {
+        use cudarc::driver::sys::CUevent_flags;
+        let event = || {
+            self.context()
+                .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(|e| device_error("creating an event", e))
+        };
+        for _ in 0..warmup {
+            op()?;
+        }
+        let mut times = Vec::with_capacity(runs);
+        for _ in 0..runs.max(1) {
+            let (start, stop) = (event()?, event()?);
+            start
+                .record(self.stream())
+                .map_err(|e| device_error("recording an event", e))?;
+            op()?;
+            stop.record(self.stream())
+                .map_err(|e| device_error("recording an event", e))?;
+            stop.synchronize()
+                .map_err(|e| device_error("waiting for an event", e))?;
+            let ms = start
+                .elapsed_ms(&stop)
+                .map_err(|e| device_error("reading an event", e))?;
+            times.push(f64::from(ms));
+        }
+        times.sort_by(f64::total_cmp);
+        Ok(times[times.len() / 2])
+    }
+
     /// Waits until every queued op has finished.
     pub fn synchronize(&self) -> Result<(), KernelError> {
         self.shared
