@@ -3,6 +3,7 @@
 use std::ops::Range;
 
 use crate::adamw::AdamW;
+use crate::bf16::Bf16View;
 use crate::conv1d::ConvDims;
 use crate::cross_entropy::CrossEntropyDims;
 use crate::elementwise::ColumnBlock;
@@ -117,6 +118,33 @@ pub trait Backend: Clone + Send + Sync {
         c: Self::ViewMut<'_>,
         accumulate: bool,
     ) -> Result<(), KernelError>;
+
+    /// Owned bf16 storage (raw bits): copies of GEMM operands for [`Backend::gemm_bf16`].
+    type Bf16Buffer: Send + Sync;
+    /// A zero-filled bf16 buffer of `len` elements.
+    fn zeros_bf16(&self, len: usize) -> Result<Self::Bf16Buffer, KernelError>;
+    /// Elements in a bf16 buffer.
+    fn bf16_len(&self, buffer: &Self::Bf16Buffer) -> usize;
+    /// The bits of a bf16 buffer, on the host.
+    fn download_bf16(&self, buffer: &Self::Bf16Buffer) -> Result<Vec<u16>, KernelError>;
+    /// `dst = bf16(src)`, the whole of `dst` (see [`crate::bf16::round`]).
+    fn round_bf16(
+        &self,
+        src: Self::View<'_>,
+        dst: &mut Self::Bf16Buffer,
+    ) -> Result<(), KernelError>;
+    /// See [`crate::bf16::gemm`].
+    fn gemm_bf16(
+        &self,
+        dims: GemmDims,
+        a: Bf16View<'_, Self>,
+        b: Bf16View<'_, Self>,
+        c: Self::ViewMut<'_>,
+        accumulate: bool,
+    ) -> Result<(), KernelError>;
+    /// Whether training should run its large GEMMs on bf16 copies of their operands
+    /// ([`Backend::gemm_bf16`]): true where the device was asked for bf16 GEMMs.
+    fn bf16_gemms(&self) -> bool;
 
     /// See [`crate::conv1d::forward`].
     #[allow(clippy::too_many_arguments)]

@@ -4,6 +4,7 @@ use std::ops::Range;
 
 use crate::adamw::{self, AdamW};
 use crate::backend::Backend;
+use crate::bf16::{self, Bf16View};
 use crate::conv1d::{self, ConvDims};
 use crate::cross_entropy::{self, CrossEntropyDims};
 use crate::elementwise::{self, ColumnBlock};
@@ -189,6 +190,46 @@ impl Backend for Cpu {
         accumulate: bool,
     ) -> Result<(), KernelError> {
         gemm::gemm(dims, a, b, c, accumulate)
+    }
+
+    type Bf16Buffer = Vec<u16>;
+
+    fn zeros_bf16(&self, len: usize) -> Result<Vec<u16>, KernelError> {
+        Ok(vec![0; len])
+    }
+
+    fn bf16_len(&self, buffer: &Vec<u16>) -> usize {
+        buffer.len()
+    }
+
+    fn download_bf16(&self, buffer: &Vec<u16>) -> Result<Vec<u16>, KernelError> {
+        Ok(buffer.clone())
+    }
+
+    fn round_bf16(&self, src: &[f32], dst: &mut Vec<u16>) -> Result<(), KernelError> {
+        bf16::round(src, dst)
+    }
+
+    fn gemm_bf16(
+        &self,
+        dims: GemmDims,
+        a: Bf16View<'_, Self>,
+        b: Bf16View<'_, Self>,
+        c: &mut [f32],
+        accumulate: bool,
+    ) -> Result<(), KernelError> {
+        bf16::gemm(
+            dims,
+            &a.buffer[a.range()],
+            &b.buffer[b.range()],
+            c,
+            accumulate,
+        )
+    }
+
+    /// The CPU has no faster bf16 arithmetic: its GEMMs stay f32.
+    fn bf16_gemms(&self) -> bool {
+        false
     }
 
     fn conv1d_forward(

@@ -12,6 +12,7 @@
 
 pub mod adamw;
 pub mod backend;
+pub mod bf16;
 pub mod conv1d;
 pub mod cpu;
 pub mod cross_entropy;

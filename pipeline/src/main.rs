@@ -80,7 +80,8 @@ struct BenchParallelArgs {
     /// Small model and batch (a smoke run, not a measurement).
     #[arg(long)]
     quick: bool,
-    /// How the GEMMs multiply: f32, tf32 or bf16 (tensor cores; f32 sums and outputs).
+    /// How the GEMMs multiply: f32, tf32, or bf16 (training's mixer GEMMs on bf16 copies,
+    /// the rest in tf32; f32 sums and outputs).
     #[arg(long, default_value = "f32")]
     precision: GemmPrecision,
     /// Rows per GPU per step.
@@ -190,7 +191,7 @@ struct BenchArgs {
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     device: DeviceChoice,
     /// On the GPU, how the GEMMs multiply: f32, tf32 (~1e-3 relative) or bf16 (~1e-2;
-    /// tensor cores, f32 sums and outputs).
+    /// training's mixer GEMMs on bf16 copies, the rest in tf32; f32 sums and outputs).
     #[arg(long, default_value = "f32")]
     precision: GemmPrecision,
     /// Run only these parts (repeatable, or comma-separated); every part when not given.

@@ -9,6 +9,7 @@ use super::{
 };
 use crate::adamw::AdamW;
 use crate::backend::Backend;
+use crate::bf16::Bf16View;
 use crate::conv1d::ConvDims;
 use crate::cross_entropy::CrossEntropyDims;
 use crate::elementwise::ColumnBlock;
@@ -215,6 +216,66 @@ impl Backend for Cuda {
         self.timed(TimedOp::Gemm, || {
             gemm::cuda::gemm(self, dims, a, b, c, accumulate)
         })
+    }
+
+    type Bf16Buffer = DeviceBuffer<u16>;
+
+    fn zeros_bf16(&self, len: usize) -> Result<DeviceBuffer<u16>, KernelError> {
+        if len == 0 {
+            return Ok(DeviceBuffer::new(None));
+        }
+        self.shared
+            .stream
+            .alloc_zeros(len)
+            .map(|slice| DeviceBuffer::new(Some(slice)))
+            .map_err(|e| device_error(&format!("allocating {len} bf16 values"), e))
+    }
+
+    fn bf16_len(&self, buffer: &DeviceBuffer<u16>) -> usize {
+        buffer.len()
+    }
+
+    fn download_bf16(&self, buffer: &DeviceBuffer<u16>) -> Result<Vec<u16>, KernelError> {
+        let mut host = vec![0u16; buffer.len()];
+        if !host.is_empty() {
+            // SAFETY: the buffer holds `host.len()` values; the stream is synchronised
+            // before `host` is read or dropped.
+            unsafe {
+                result::memcpy_dtoh_async(
+                    &mut host,
+                    buffer.address(),
+                    self.shared.stream.cu_stream(),
+                )
+            }
+            .map_err(|e| device_error("copying from the device", e))?;
+        }
+        self.synchronize()?;
+        Ok(host)
+    }
+
+    fn round_bf16(
+        &self,
+        src: DeviceView<'_>,
+        dst: &mut DeviceBuffer<u16>,
+    ) -> Result<(), KernelError> {
+        self.timed(TimedOp::Cast, || gemm::cuda::round_bf16(self, src, dst))
+    }
+
+    fn gemm_bf16(
+        &self,
+        dims: GemmDims,
+        a: Bf16View<'_, Self>,
+        b: Bf16View<'_, Self>,
+        c: DeviceViewMut<'_>,
+        accumulate: bool,
+    ) -> Result<(), KernelError> {
+        self.timed(TimedOp::Gemm, || {
+            gemm::cuda::gemm_bf16(self, dims, a, b, c, accumulate)
+        })
+    }
+
+    fn bf16_gemms(&self) -> bool {
+        matches!(self.gemm_precision(), Ok(GemmPrecision::Bf16))
     }
 
     fn conv1d_forward(

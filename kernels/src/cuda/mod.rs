@@ -85,10 +85,10 @@ pub enum GemmPrecision {
     /// Inputs rounded to TF32 (10-bit mantissa) on the tensor cores, sums in f32, as
     /// PyTorch's `allow_tf32`: ~1e-3 relative.
     Tf32,
-    /// Inputs rounded to bf16 (8 significant bits) on the tensor cores, sums and outputs
-    /// in f32, as PyTorch's bf16 autocast: ~1e-2 relative. Each f32 operand is cast by a
-    /// kernel first, which at the model's sizes costs more than the tensor cores' doubled
-    /// rate saves (measured in docs/cuda-backend.md): TF32 is the faster mode today.
+    /// Training's large GEMMs on bf16 copies of their operands (8 significant bits) on
+    /// the tensor cores, sums and outputs in f32, as PyTorch's bf16 autocast: ~1e-2
+    /// relative. The model makes the copies ([`crate::Backend::bf16_gemms`]); GEMMs on
+    /// f32 operands run in TF32.
     Bf16,
 }
 
@@ -301,10 +301,10 @@ impl Cuda {
     /// deterministic in every precision.
     pub fn set_gemm_precision(&self, precision: GemmPrecision) -> Result<(), KernelError> {
         use cudarc::cublas::sys::{cublasMath_t, cublasSetMathMode};
-        let mode = if precision == GemmPrecision::Tf32 {
-            cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH
-        } else {
+        let mode = if precision == GemmPrecision::F32 {
             cublasMath_t::CUBLAS_DEFAULT_MATH
+        } else {
+            cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH
         };
         // SAFETY: sets a flag of a live handle.
         unsafe { cublasSetMathMode(*self.shared.blas.handle(), mode) }
@@ -346,6 +346,7 @@ impl Cuda {
                 TimedOp::Norm => &mut total.norm,
                 TimedOp::Loss => &mut total.loss,
                 TimedOp::Optimizer => &mut total.optimizer,
+                TimedOp::Cast => &mut total.cast,
                 TimedOp::Other => &mut total.other,
             } += seconds;
         }
@@ -507,6 +508,8 @@ pub(crate) enum TimedOp {
     Norm,
     Loss,
     Optimizer,
+    /// Rounding f32 values to bf16 copies for the GEMMs.
+    Cast,
     /// Embedding, pooling, element-wise ops, copies and fills.
     Other,
 }
@@ -534,6 +537,8 @@ pub struct OpSeconds {
     pub loss: f64,
     /// AdamW.
     pub optimizer: f64,
+    /// Rounding f32 values to bf16 copies for the GEMMs.
+    pub cast: f64,
     /// Embedding, pooling, element-wise ops (the gradient norm among them), copies, fills.
     pub other: f64,
 }
@@ -547,7 +552,7 @@ impl OpSeconds {
     /// assert_eq!(spent.kinds()[0], ("GEMM", 2.0));
     /// assert_eq!(spent.kinds().iter().map(|k| k.1).sum::<f64>(), 3.0);
     /// ```
-    pub fn kinds(&self) -> [(&'static str, f64); 7] {
+    pub fn kinds(&self) -> [(&'static str, f64); 8] {
         [
             ("GEMM", self.gemm),
             ("scan", self.scan),
@@ -555,6 +560,7 @@ impl OpSeconds {
             ("norm", self.norm),
             ("loss", self.loss),
             ("optimizer", self.optimizer),
+            ("cast", self.cast),
             ("other", self.other),
         ]
     }

@@ -109,23 +109,25 @@ impl<'a> DeviceViewMut<'a> {
     }
 }
 
-/// An owned f32 buffer on the device. An empty buffer holds no allocation (the driver
-/// refuses zero-byte ones) and has address 0.
+/// An owned buffer on the device: f32 values, or bf16 bits (`DeviceBuffer<u16>`, the
+/// backend's [`crate::Backend::Bf16Buffer`]). An empty buffer holds no allocation (the
+/// driver refuses zero-byte ones) and has address 0.
 ///
 /// ```no_run
 /// use seqmamba_kernels::{Backend, cuda::Cuda};
 /// let cuda = Cuda::new(0)?;
 /// assert_eq!(cuda.zeros(0)?.len(), 0);
 /// assert_eq!(cuda.zeros(3)?.len(), 3);
+/// assert_eq!(cuda.zeros_bf16(5)?.len(), 5);
 /// # Ok::<(), seqmamba_kernels::KernelError>(())
 /// ```
 #[derive(Debug)]
-pub struct DeviceBuffer {
-    slice: Option<CudaSlice<f32>>,
+pub struct DeviceBuffer<T = f32> {
+    slice: Option<CudaSlice<T>>,
 }
 
-impl DeviceBuffer {
-    pub(crate) fn new(slice: Option<CudaSlice<f32>>) -> Self {
+impl<T> DeviceBuffer<T> {
+    pub(crate) fn new(slice: Option<CudaSlice<T>>) -> Self {
         Self { slice }
     }
 
@@ -145,7 +147,7 @@ impl DeviceBuffer {
     }
 
     /// The allocation, for collectives that take cudarc's own types (`None` when empty).
-    pub(crate) fn slice_mut(&mut self) -> Option<&mut CudaSlice<f32>> {
+    pub(crate) fn slice_mut(&mut self) -> Option<&mut CudaSlice<T>> {
         self.slice.as_mut()
     }
 }

@@ -1,5 +1,6 @@
-//! The GEMM on cuBLAS: `cublasSgemm` in f32 or TF32, `cublasGemmEx` on bf16 copies of the
-//! operands (f32 sums and output) in bf16; see [`GemmPrecision`].
+//! The GEMM on cuBLAS: `cublasSgemm` on f32 operands (f32 or TF32 math, see
+//! [`GemmPrecision`]), `cublasGemmEx` on bf16 operands with f32 sums and output, and the
+//! kernel that rounds f32 values to bf16 copies.
 //!
 //! cuBLAS is column-major; a row-major `m×n` matrix is the column-major `n×m` matrix of
 //! its transpose. So `C = op(A)·op(B)` (row-major) is computed as the column-major
@@ -7,12 +8,15 @@
 //! leading dimension is the row length of the stored row-major matrix. With one stream and
 //! the default (non-atomic) mode, cuBLAS gives the same bits on every run.
 
+use std::ffi::c_void;
+
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
-use cudarc::driver::{CudaSlice, DeviceRepr};
+use cudarc::driver::DeviceRepr;
 
 use super::GemmDims;
+use crate::bf16::Bf16View;
 use crate::cuda::{
-    check_view, device_error, flat_grid, Cuda, DeviceView, DeviceViewMut, GemmPrecision,
+    check_view, device_error, flat_grid, Cuda, DeviceBuffer, DeviceView, DeviceViewMut,
 };
 use crate::{element_count, KernelError};
 
@@ -24,22 +28,58 @@ struct CastArgs {
     x: u64,
     y: u64,
     n: i64,
+    vector: i32,
 }
 
 // SAFETY: plain old data laid out as the kernel's struct.
 unsafe impl DeviceRepr for CastArgs {}
 
-/// A bf16 copy of `x` (raw bits), queued on the stream.
-fn to_bf16(cuda: &Cuda, x: DeviceView<'_>) -> Result<CudaSlice<u16>, KernelError> {
-    let copy = cuda.scratch::<u16>(x.len())?;
+/// See [`crate::Backend::round_bf16`].
+pub(crate) fn round_bf16(
+    cuda: &Cuda,
+    x: DeviceView<'_>,
+    y: &mut DeviceBuffer<u16>,
+) -> Result<(), KernelError> {
+    check_view("round_bf16", "dst", x.len(), y.len())?;
+    if x.is_empty() {
+        return Ok(());
+    }
+    let vector = x.address().is_multiple_of(16)
+        && y.address().is_multiple_of(8)
+        && x.len().is_multiple_of(4);
     let args = CastArgs {
         x: x.address(),
-        y: cuda.address(&copy),
+        y: y.address(),
         n: x.len() as i64,
+        vector: vector.into(),
     };
     let function = cuda.function(MODULE, SOURCE, &[], "f32_to_bf16")?;
-    cuda.launch(&function, flat_grid(x.len()), &args)?;
-    Ok(copy)
+    cuda.launch(&function, flat_grid(x.len().div_ceil(4)), &args)
+}
+
+/// The device address of a bf16 view's first element, checked against its buffer.
+fn bf16_address(
+    op: &'static str,
+    tensor: &'static str,
+    view: Bf16View<'_, Cuda>,
+) -> Result<u64, KernelError> {
+    if view.start + view.len > view.buffer.len() {
+        return Err(KernelError::Invalid {
+            op,
+            message: format!(
+                "{tensor}: range {:?} out of a bf16 buffer of {} elements",
+                view.range(),
+                view.buffer.len()
+            ),
+        });
+    }
+    Ok(view.buffer.address() + 2 * view.start as u64)
+}
+
+/// Operand addresses and their element type.
+enum Operands {
+    F32 { a: u64, b: u64 },
+    Bf16 { a: u64, b: u64 },
 }
 
 /// See [`super::gemm`].
@@ -52,13 +92,50 @@ pub(crate) fn gemm(
     accumulate: bool,
 ) -> Result<(), KernelError> {
     const OP: &str = "gemm";
+    check_operands(OP, dims, a.len(), b.len())?;
+    let operands = Operands::F32 {
+        a: a.address(),
+        b: b.address(),
+    };
+    run(cuda, OP, dims, operands, c, accumulate)
+}
+
+/// See [`crate::bf16::gemm`].
+pub(crate) fn gemm_bf16(
+    cuda: &Cuda,
+    dims: GemmDims,
+    a: Bf16View<'_, Cuda>,
+    b: Bf16View<'_, Cuda>,
+    c: DeviceViewMut<'_>,
+    accumulate: bool,
+) -> Result<(), KernelError> {
+    const OP: &str = "gemm_bf16";
+    check_operands(OP, dims, a.len, b.len)?;
+    let operands = Operands::Bf16 {
+        a: bf16_address(OP, "a", a)?,
+        b: bf16_address(OP, "b", b)?,
+    };
+    run(cuda, OP, dims, operands, c, accumulate)
+}
+
+fn check_operands(op: &'static str, dims: GemmDims, a: usize, b: usize) -> Result<(), KernelError> {
+    check_view(op, "a", element_count(op, &[dims.m, dims.k])?, a)?;
+    check_view(op, "b", element_count(op, &[dims.k, dims.n])?, b)
+}
+
+fn run(
+    cuda: &Cuda,
+    op: &'static str,
+    dims: GemmDims,
+    operands: Operands,
+    c: DeviceViewMut<'_>,
+    accumulate: bool,
+) -> Result<(), KernelError> {
     let GemmDims { m, n, k, .. } = dims;
-    check_view(OP, "a", element_count(OP, &[m, k])?, a.len())?;
-    check_view(OP, "b", element_count(OP, &[k, n])?, b.len())?;
-    check_view(OP, "c", element_count(OP, &[m, n])?, c.len())?;
+    check_view(op, "c", element_count(op, &[m, n])?, c.len())?;
     if m.max(n).max(k) > i32::MAX as usize {
         return Err(KernelError::Invalid {
-            op: OP,
+            op,
             message: format!("{dims:?} exceeds cuBLAS's 32-bit dimensions"),
         });
     }
@@ -85,61 +162,62 @@ pub(crate) fn gemm(
     let ldb = if dims.transpose_b { k } else { n };
     let alpha = 1.0f32;
     let beta = if accumulate { 1.0f32 } else { 0.0 };
-    let precision = cuda.gemm_precision()?;
-    if precision == GemmPrecision::Bf16 {
-        let (a16, b16) = (to_bf16(cuda, a)?, to_bf16(cuda, b)?);
-        // SAFETY: the copies hold the checked operands element for element, C was
-        // checked, and the handle runs on the stream that queued the casts.
-        return unsafe {
+    let handle = *cuda.blas().handle();
+    let (op_b, op_a) = (operation(dims.transpose_b), operation(dims.transpose_a));
+    let (n, m, k) = (n as i32, m as i32, k as i32);
+    match operands {
+        // SAFETY: the operands were checked to hold the matrices the dimensions describe,
+        // C likewise, and the handle runs on the stream every other op of this device uses.
+        Operands::Bf16 { a, b } => unsafe {
             cudarc::cublas::result::gemm_ex(
-                *cuda.blas().handle(),
-                operation(dims.transpose_b),
-                operation(dims.transpose_a),
-                n as i32,
-                m as i32,
-                k as i32,
+                handle,
+                op_b,
+                op_a,
+                n,
+                m,
+                k,
                 (&alpha as *const f32).cast(),
-                cuda.address(&b16) as *const std::ffi::c_void,
+                b as *const c_void,
                 cudaDataType::CUDA_R_16BF,
                 ldb as i32,
-                cuda.address(&a16) as *const std::ffi::c_void,
+                a as *const c_void,
                 cudaDataType::CUDA_R_16BF,
                 lda as i32,
                 (&beta as *const f32).cast(),
-                c.address() as *mut std::ffi::c_void,
+                c.address() as *mut c_void,
                 cudaDataType::CUDA_R_32F,
-                n as i32,
+                n,
                 cublasComputeType_t::CUBLAS_COMPUTE_32F,
                 cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
         }
-        .map_err(|e| device_error("cublasGemmEx (bf16)", e));
+        .map_err(|e| device_error("cublasGemmEx (bf16)", e)),
+        // SAFETY: as above.
+        Operands::F32 { a, b } => unsafe {
+            cudarc::cublas::result::sgemm(
+                handle,
+                op_b,
+                op_a,
+                n,
+                m,
+                k,
+                &alpha,
+                b as *const f32,
+                ldb as i32,
+                a as *const f32,
+                lda as i32,
+                &beta,
+                c.address() as *mut f32,
+                n,
+            )
+        }
+        .map_err(|e| device_error("cublasSgemm", e)),
     }
-    // SAFETY: the views were checked to hold the matrices the dimensions describe, and
-    // the handle runs on the stream every other op of this device uses.
-    unsafe {
-        cudarc::cublas::result::sgemm(
-            *cuda.blas().handle(),
-            operation(dims.transpose_b),
-            operation(dims.transpose_a),
-            n as i32,
-            m as i32,
-            k as i32,
-            &alpha,
-            b.address() as *const f32,
-            ldb as i32,
-            a.address() as *const f32,
-            lda as i32,
-            &beta,
-            c.address() as *mut f32,
-            n as i32,
-        )
-    }
-    .map_err(|e| device_error("cublasSgemm", e))
 }
 
 #[cfg(test)]
 mod tests {
+    use crate::bf16::Bf16View;
     use crate::cuda::testing::{device, random};
     use crate::cuda::GemmPrecision;
     use crate::gemm::{self, GemmDims};
@@ -204,9 +282,10 @@ mod tests {
         }
     }
 
-    /// TF32 and bf16 stay within their rounding bounds, and are not f32 in disguise.
+    /// TF32 stays within its rounding bound and is not f32 in disguise; asking for bf16
+    /// GEMMs runs the f32-operand GEMMs in TF32.
     #[test]
-    fn cuda_gemm_in_tf32_and_bf16_is_close_but_not_f32() {
+    fn cuda_gemm_in_tf32_is_close_but_not_f32() {
         let Some(cuda) = device() else { return };
         let (m, n, k) = (256, 256, 512);
         for transpose_b in [false, true] {
@@ -220,9 +299,9 @@ mod tests {
             let (a, b) = (random(m * k, 1), random(n * k, 2));
             let mut want = vec![0.0; m * n];
             gemm::gemm(dims, &a, &b, &mut want, false).unwrap();
-            // A product of two rounded inputs is off by at most twice their relative rounding
-            // error (bf16 keeps 8 significant bits, rounded: 2^-8; TF32 keeps 11, and may
-            // truncate: 2^-10) times |a|·|b|: bound each element by that unit × Σ|a|·|b|.
+            // A product of two rounded inputs is off by at most twice their relative
+            // rounding error (TF32 keeps 11 significant bits and may truncate: 2^-10) times
+            // |a|·|b|: bound each element by that unit × Σ|a|·|b|.
             let mut magnitude = vec![0.0; m * n];
             let abs = |v: &[f32]| v.iter().map(|x| x.abs()).collect::<Vec<_>>();
             gemm::gemm(dims, &abs(&a), &abs(&b), &mut magnitude, false).unwrap();
@@ -240,10 +319,8 @@ mod tests {
                 .unwrap();
                 cuda.download(cuda.all(&gc)).unwrap()
             };
-            for (precision, unit) in [
-                (GemmPrecision::Tf32, 2f64.powi(-9)),
-                (GemmPrecision::Bf16, 2f64.powi(-7)),
-            ] {
+            let unit = 2f64.powi(-9);
+            for precision in [GemmPrecision::Tf32, GemmPrecision::Bf16] {
                 let got = run(precision);
                 for ((g, w), size) in got.iter().zip(&want).zip(&magnitude) {
                     let error = (*g as f64 - *w as f64).abs();
@@ -256,17 +333,115 @@ mod tests {
                 let error = crate::testing::max_scaled_error(&got, &to_f64(&want), 1e-5, 1e-6);
                 assert!(
                     error > 1.0,
-                    "{precision} was not used: error {error} of the f32 tolerance"
+                    "TF32 was not used: error {error} of the f32 tolerance"
                 );
-                assert_eq!(
-                    bits(&run(precision)),
-                    bits(&got),
-                    "{precision} is not deterministic"
-                );
+                assert_eq!(bits(&run(precision)), bits(&got), "not deterministic");
             }
             let f32 = run(GemmPrecision::F32);
             assert_close("f32", &f32, &to_f64(&want), 1e-5, 1e-6);
         }
+    }
+
+    /// The rounding kernel gives the CPU's bits, on aligned (vector) and unaligned
+    /// (scalar) views, with ties, specials and a ragged end.
+    #[test]
+    fn cuda_round_bf16_matches_the_cpu_bit_for_bit() {
+        let Some(cuda) = device() else { return };
+        let mut values = random(1003, 9);
+        let specials = [
+            f32::from_bits(0x3f80_8000),
+            f32::from_bits(0x3f81_8000),
+            f32::MAX,
+            f32::NEG_INFINITY,
+            -0.0,
+            f32::from_bits(0x7f80_0001),
+            f32::MIN_POSITIVE / 3.0,
+        ];
+        values[..specials.len()].copy_from_slice(&specials);
+        let source = cuda.upload(&values).unwrap();
+        for range in [0..1000, 1..1003, 0..1003] {
+            let mut copy = cuda.zeros_bf16(range.len()).unwrap();
+            cuda.round_bf16(cuda.view(&source, range.clone()), &mut copy)
+                .unwrap();
+            let mut want = vec![0u16; range.len()];
+            crate::bf16::round(&values[range.clone()], &mut want).unwrap();
+            assert_eq!(cuda.download_bf16(&copy).unwrap(), want, "{range:?}");
+        }
+    }
+
+    /// bf16 operands: the CPU's GEMM of the same rounded operands up to the order of the
+    /// f32 sums (products of bf16 values are exact in f32), in every transpose and mode,
+    /// on ranges of the buffers.
+    #[test]
+    fn cuda_gemm_bf16_matches_the_cpu() {
+        let Some(cuda) = device() else { return };
+        let (m, n, k) = (96, 80, 200);
+        let rounded = |values: &[f32]| {
+            let mut bits = vec![0u16; values.len()];
+            crate::bf16::round(values, &mut bits).unwrap();
+            bits
+        };
+        let (a, b, c0) = (
+            rounded(&random(m * k + 8, 5)),
+            rounded(&random(k * n + 4, 6)),
+            random(m * n, 7),
+        );
+        let upload = |bits: &[u16]| {
+            let widened: Vec<f32> = bits.iter().map(|&x| crate::bf16::to_f32(x)).collect();
+            let f32s = cuda.upload(&widened).unwrap();
+            let mut copy = cuda.zeros_bf16(bits.len()).unwrap();
+            cuda.round_bf16(cuda.all(&f32s), &mut copy).unwrap();
+            copy
+        };
+        let (ga, gb) = (upload(&a), upload(&b));
+        for transpose_a in [false, true] {
+            for transpose_b in [false, true] {
+                for accumulate in [false, true] {
+                    let dims = GemmDims {
+                        m,
+                        n,
+                        k,
+                        transpose_a,
+                        transpose_b,
+                    };
+                    let (ra, rb) = (8..8 + m * k, 4..4 + k * n);
+                    let mut want = c0.clone();
+                    crate::bf16::gemm(dims, &a[ra.clone()], &b[rb.clone()], &mut want, accumulate)
+                        .unwrap();
+                    let mut gc = cuda.upload(&c0).unwrap();
+                    cuda.gemm_bf16(
+                        dims,
+                        Bf16View::new(&ga, ra),
+                        Bf16View::new(&gb, rb),
+                        cuda.all_mut(&mut gc),
+                        accumulate,
+                    )
+                    .unwrap();
+                    let got = cuda.download(cuda.all(&gc)).unwrap();
+                    assert_close(
+                        &format!("{dims:?} accumulate {accumulate}"),
+                        &got,
+                        &to_f64(&want),
+                        1e-5,
+                        1e-6,
+                    );
+                }
+            }
+        }
+        let out_of_range = cuda.gemm_bf16(
+            GemmDims {
+                m: 1,
+                n: 1,
+                k: 8,
+                transpose_a: false,
+                transpose_b: false,
+            },
+            Bf16View::new(&ga, 0..8),
+            Bf16View::new(&gb, k * n..k * n + 8),
+            cuda.all_mut(&mut cuda.zeros(1).unwrap()),
+            false,
+        );
+        assert!(out_of_range.is_err());
     }
 
     #[test]

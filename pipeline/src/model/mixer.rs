@@ -14,7 +14,12 @@
 //! before one backward GEMM each): the wide input `u` and its gradient are read once, not
 //! three times. Every activation the next op reads is a contiguous `(tokens, channels)`
 //! tensor.
+//!
+//! Training in bf16 ([`Backend::bf16_gemms`]): each GEMM input is rounded once, by the
+//! step that makes it, into a bf16 copy (the weights once per forward, by the model), and
+//! every GEMM of the mixer reads the copies; the f32 values stay for the other ops.
 
+use seqmamba_kernels::bf16::Bf16View;
 use seqmamba_kernels::conv1d::ConvDims;
 use seqmamba_kernels::elementwise::ColumnBlock;
 use seqmamba_kernels::gemm::GemmDims;
@@ -84,6 +89,102 @@ pub struct MixerActivations<B: Backend> {
     delta: B::Buffer,
     checkpoints: B::Buffer,
     y: B::Buffer,
+    /// bf16 copies of the GEMM inputs, when training in bf16.
+    bf16: Option<InputCopies<B>>,
+}
+
+/// bf16 copies of a mixer's GEMM inputs, kept for the backward's weight gradients.
+struct InputCopies<B: Backend> {
+    input: B::Bf16Buffer,
+    u: B::Bf16Buffer,
+    dt_low: B::Bf16Buffer,
+    y: B::Bf16Buffer,
+}
+
+/// bf16 copies of the backward's GEMM inputs.
+struct GradientCopies<B: Backend> {
+    d_out: B::Bf16Buffer,
+    ddelta: B::Bf16Buffer,
+    dxproj: B::Bf16Buffer,
+    dx: B::Bf16Buffer,
+    dz: B::Bf16Buffer,
+}
+
+/// The mixer's weights: the flat parameters, and their bf16 copy when training in bf16.
+pub struct Weights<'a, B: Backend> {
+    pub f32: &'a B::Buffer,
+    pub bf16: Option<&'a B::Bf16Buffer>,
+}
+
+impl<B: Backend> Clone for Weights<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<B: Backend> Copy for Weights<'_, B> {}
+
+/// A GEMM operand: f32 values, and their bf16 copy when the GEMMs run in bf16. (Two
+/// lifetimes: a backend's views need not shorten.)
+struct Operand<'a, 'b, B: Backend + 'a + 'b> {
+    f32: B::View<'a>,
+    bf16: Option<Bf16View<'b, B>>,
+}
+
+impl<'a, 'b, B: Backend + 'a + 'b> Clone for Operand<'a, 'b, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<'a, 'b, B: Backend + 'a + 'b> Copy for Operand<'a, 'b, B> {}
+
+impl<'a, 'b, B: Backend + 'a + 'b> Operand<'a, 'b, B> {
+    /// All of `x`, with all of its copy.
+    fn whole(be: &B, x: B::View<'a>, copy: Option<&'b B::Bf16Buffer>) -> Self {
+        Self {
+            f32: x,
+            bf16: copy.map(|c| Bf16View::new(c, 0..be.bf16_len(c))),
+        }
+    }
+
+    /// Rounds `x` into `copy` first, when there is one.
+    fn rounded(
+        be: &B,
+        x: B::View<'a>,
+        copy: Option<&'b mut B::Bf16Buffer>,
+    ) -> Result<Self, KernelError> {
+        if let Some(copy) = copy {
+            be.round_bf16(x, copy)?;
+            return Ok(Self::whole(be, x, Some(&*copy)));
+        }
+        Ok(Self::whole(be, x, None))
+    }
+}
+
+impl<'a, B: Backend + 'a> Operand<'a, 'a, B> {
+    /// `range` of the weights.
+    fn weight(be: &B, weights: Weights<'a, B>, range: std::ops::Range<usize>) -> Self {
+        Self {
+            f32: be.view(weights.f32, range.clone()),
+            bf16: weights.bf16.map(|c| Bf16View::new(c, range)),
+        }
+    }
+}
+
+/// `c = op(a)·op(b)` on the bf16 copies when both operands have one.
+fn gemm<B: Backend>(
+    be: &B,
+    dims: GemmDims,
+    a: Operand<'_, '_, B>,
+    b: Operand<'_, '_, B>,
+    c: B::ViewMut<'_>,
+    accumulate: bool,
+) -> Result<(), KernelError> {
+    match (a.bf16, b.bf16) {
+        (Some(a), Some(b)) => be.gemm_bf16(dims, a, b, c, accumulate),
+        _ => be.gemm(dims, a.f32, b.f32, c, accumulate),
+    }
 }
 
 /// The recurrent state of one mixer: the last `d_conv − 1` conv inputs and the SSM state.
@@ -104,6 +205,7 @@ pub struct MixerScratch<B: Backend> {
     /// `[d dt_low | dB | dC]` per token: x_proj's output gradient.
     dxproj: B::Buffer,
     dx: B::Buffer,
+    bf16: Option<GradientCopies<B>>,
 }
 
 fn scan_dims(c: &MambaConfig, shape: Shape) -> ScanDims {
@@ -111,11 +213,29 @@ fn scan_dims(c: &MambaConfig, shape: Shape) -> ScanDims {
 }
 
 impl<B: Backend> MixerActivations<B> {
-    /// Buffers for `shape`; the scan checkpoints only when `train`.
-    pub fn new(be: &B, c: &MambaConfig, shape: Shape, train: bool) -> Result<Self, KernelError> {
+    /// Buffers for `shape`; the scan checkpoints only when `train`, and bf16 copies of the
+    /// GEMM inputs only when `bf16` (training in bf16).
+    pub fn new(
+        be: &B,
+        c: &MambaConfig,
+        shape: Shape,
+        train: bool,
+        bf16: bool,
+    ) -> Result<Self, KernelError> {
         let t = shape.tokens();
         let di = c.d_inner();
+        let bf16 = if bf16 {
+            Some(InputCopies {
+                input: be.zeros_bf16(t * c.d_model)?,
+                u: be.zeros_bf16(t * di)?,
+                dt_low: be.zeros_bf16(t * c.dt_rank)?,
+                y: be.zeros_bf16(t * di)?,
+            })
+        } else {
+            None
+        };
         Ok(Self {
+            bf16,
             x: be.zeros(t * di)?,
             z: be.zeros(t * di)?,
             u: be.zeros(t * di)?,
@@ -145,11 +265,23 @@ impl<B: Backend> MixerState<B> {
 }
 
 impl<B: Backend> MixerScratch<B> {
-    /// Buffers for `shape`.
-    pub fn new(be: &B, c: &MambaConfig, shape: Shape) -> Result<Self, KernelError> {
+    /// Buffers for `shape`, with bf16 copies of the GEMM inputs when `bf16`.
+    pub fn new(be: &B, c: &MambaConfig, shape: Shape, bf16: bool) -> Result<Self, KernelError> {
         let t = shape.tokens();
         let di = c.d_inner();
+        let bf16 = if bf16 {
+            Some(GradientCopies {
+                d_out: be.zeros_bf16(t * c.d_model)?,
+                ddelta: be.zeros_bf16(t * di)?,
+                dxproj: be.zeros_bf16(t * c.x_proj_width())?,
+                dx: be.zeros_bf16(t * di)?,
+                dz: be.zeros_bf16(t * di)?,
+            })
+        } else {
+            None
+        };
         Ok(Self {
+            bf16,
             dy: be.zeros(t * di)?,
             du: be.zeros(t * di)?,
             ddelta: be.zeros(t * di)?,
@@ -207,13 +339,14 @@ fn x_proj_part(t: usize, xp: usize, first: usize, width: usize) -> (ColumnBlock,
 
 /// Forward of one mixer: `out = mixer(input)`. With `state`, the conv and SSM start from it
 /// and it holds the final state on return (chunked processing and decoding). With `train`,
-/// the scan saves its checkpoints for [`backward`].
+/// the scan saves its checkpoints for [`backward`]. With bf16 copies in `acts` (and of the
+/// weights), the GEMMs read those.
 #[allow(clippy::too_many_arguments)]
 pub fn forward<B: Backend>(
     be: &B,
     c: &MambaConfig,
     shape: Shape,
-    params: &B::Buffer,
+    weights: Weights<'_, B>,
     p: &MixerParams,
     input: B::View<'_>,
     acts: &mut MixerActivations<B>,
@@ -224,19 +357,36 @@ pub fn forward<B: Backend>(
 ) -> Result<(), KernelError> {
     let t = shape.tokens();
     let (d, di, n, r) = (c.d_model, c.d_inner(), c.d_state, c.dt_rank);
-    let w = |range: std::ops::Range<usize>| be.view(params, range);
+    let weights = Weights {
+        bf16: weights.bf16.filter(|_| acts.bf16.is_some()),
+        ..weights
+    };
+    let w = |range: std::ops::Range<usize>| be.view(weights.f32, range);
+    let weight = |range| Operand::weight(be, weights, range);
     let s = Split::new(c, p);
-    be.gemm(
+    let [input_copy, u_copy, dt_low_copy, y_copy] =
+        acts.bf16.as_mut().map_or(Default::default(), |k| {
+            [
+                Some(&mut k.input),
+                Some(&mut k.u),
+                Some(&mut k.dt_low),
+                Some(&mut k.y),
+            ]
+        });
+    let input = Operand::rounded(be, input, input_copy)?;
+    gemm(
+        be,
         linear(t, di, d),
         input,
-        w(s.in_x),
+        weight(s.in_x),
         be.all_mut(&mut acts.x),
         false,
     )?;
-    be.gemm(
+    gemm(
+        be,
         linear(t, di, d),
         input,
-        w(s.in_z),
+        weight(s.in_z),
         be.all_mut(&mut acts.z),
         false,
     )?;
@@ -259,12 +409,13 @@ pub fn forward<B: Backend>(
         conv_state,
         be.all_mut(&mut acts.u),
     )?;
-    let u = be.all(&acts.u);
+    let u = Operand::rounded(be, be.all(&acts.u), u_copy)?;
     let xp = c.x_proj_width();
-    be.gemm(
+    gemm(
+        be,
         linear(t, xp, di),
         u,
-        w(s.xp),
+        weight(s.xp),
         be.all_mut(&mut acts.xproj),
         false,
     )?;
@@ -279,15 +430,17 @@ pub fn forward<B: Backend>(
             be.all_mut(part),
         )?;
     }
-    be.gemm(
+    let dt_low = Operand::rounded(be, be.all(&acts.dt_low), dt_low_copy)?;
+    gemm(
+        be,
         linear(t, di, r),
-        be.all(&acts.dt_low),
-        w(p.dt_proj_weight.clone()),
+        dt_low,
+        weight(p.dt_proj_weight.clone()),
         be.all_mut(&mut acts.delta),
         false,
     )?;
     let inputs = ScanInputs {
-        u,
+        u: u.f32,
         delta: be.all(&acts.delta),
         a_log: w(p.a_log.clone()),
         b: be.all(&acts.b),
@@ -305,10 +458,12 @@ pub fn forward<B: Backend>(
         checkpoints,
         be.all_mut(&mut acts.y),
     )?;
-    be.gemm(
+    let y = Operand::rounded(be, be.all(&acts.y), y_copy)?;
+    gemm(
+        be,
         linear(t, d, di),
-        be.all(&acts.y),
-        w(p.out_proj.clone()),
+        y,
+        weight(p.out_proj.clone()),
         out,
         false,
     )
@@ -321,7 +476,7 @@ pub fn backward<B: Backend>(
     be: &B,
     c: &MambaConfig,
     shape: Shape,
-    params: &B::Buffer,
+    weights: Weights<'_, B>,
     p: &MixerParams,
     input: B::View<'_>,
     acts: &MixerActivations<B>,
@@ -333,26 +488,52 @@ pub fn backward<B: Backend>(
 ) -> Result<(), KernelError> {
     let t = shape.tokens();
     let (d, di, n, r) = (c.d_model, c.d_inner(), c.d_state, c.dt_rank);
-    let w = |range: std::ops::Range<usize>| be.view(params, range);
+    if acts.bf16.is_some() != scratch.bf16.is_some() {
+        return Err(KernelError::Invalid {
+            op: "mixer backward",
+            message: "activations and scratch disagree on bf16 GEMMs".into(),
+        });
+    }
+    let weights = Weights {
+        bf16: weights.bf16.filter(|_| acts.bf16.is_some()),
+        ..weights
+    };
+    let w = |range: std::ops::Range<usize>| be.view(weights.f32, range);
+    let weight = |range| Operand::weight(be, weights, range);
     let s = Split::new(c, p);
+    let saved = acts.bf16.as_ref();
+    let [d_out_copy, ddelta_copy, dxproj_copy, dx_copy, dz_copy] =
+        scratch.bf16.as_mut().map_or(Default::default(), |k| {
+            [
+                Some(&mut k.d_out),
+                Some(&mut k.ddelta),
+                Some(&mut k.dxproj),
+                Some(&mut k.dx),
+                Some(&mut k.dz),
+            ]
+        });
 
-    be.gemm(
+    let d_out = Operand::rounded(be, d_out, d_out_copy)?;
+    gemm(
+        be,
         linear_input_grad(t, d, di),
         d_out,
-        w(p.out_proj.clone()),
+        weight(p.out_proj.clone()),
         be.all_mut(&mut scratch.dy),
         false,
     )?;
-    be.gemm(
+    gemm(
+        be,
         linear_weight_grad(t, d, di),
         d_out,
-        be.all(&acts.y),
+        Operand::whole(be, be.all(&acts.y), saved.map(|k| &k.y)),
         be.view_mut(grads, p.out_proj.clone()),
         true,
     )?;
 
+    let u = Operand::whole(be, be.all(&acts.u), saved.map(|k| &k.u));
     let inputs = ScanInputs {
-        u: be.all(&acts.u),
+        u: u.f32,
         delta: be.all(&acts.delta),
         a_log: w(p.a_log.clone()),
         b: be.all(&acts.b),
@@ -384,24 +565,26 @@ pub fn backward<B: Backend>(
     )?;
 
     // delta = dt_low · dt_projᵀ
-    be.gemm(
+    let ddelta = Operand::rounded(be, be.all(&scratch.ddelta), ddelta_copy)?;
+    gemm(
+        be,
         linear_input_grad(t, di, r),
-        be.all(&scratch.ddelta),
-        w(p.dt_proj_weight.clone()),
+        ddelta,
+        weight(p.dt_proj_weight.clone()),
         be.all_mut(&mut scratch.ddt_low),
         false,
     )?;
-    be.gemm(
+    gemm(
+        be,
         linear_weight_grad(t, di, r),
-        be.all(&scratch.ddelta),
-        be.all(&acts.dt_low),
+        ddelta,
+        Operand::whole(be, be.all(&acts.dt_low), saved.map(|k| &k.dt_low)),
         be.view_mut(grads, p.dt_proj_weight.clone()),
         true,
     )?;
 
     // dt_low, B, C = x_proj(u): their gradients, stacked, flow back into du and
     // x_proj.weight.
-    let u = be.all(&acts.u);
     let xp = c.x_proj_width();
     for (first, width, part) in [
         (0, r, &scratch.ddt_low),
@@ -414,16 +597,19 @@ pub fn backward<B: Backend>(
             be.all_mut(&mut scratch.dxproj),
         )?;
     }
-    be.gemm(
+    let dxproj = Operand::rounded(be, be.all(&scratch.dxproj), dxproj_copy)?;
+    gemm(
+        be,
         linear_input_grad(t, xp, di),
-        be.all(&scratch.dxproj),
-        w(s.xp.clone()),
+        dxproj,
+        weight(s.xp.clone()),
         be.all_mut(&mut scratch.du),
         true,
     )?;
-    be.gemm(
+    gemm(
+        be,
         linear_weight_grad(t, xp, di),
-        be.all(&scratch.dxproj),
+        dxproj,
         u,
         be.view_mut(grads, s.xp),
         true,
@@ -451,18 +637,23 @@ pub fn backward<B: Backend>(
     )?;
 
     // x, z = in_proj(input)
+    let input = Operand::whole(be, input, saved.map(|k| &k.input));
+    let dx = Operand::rounded(be, be.all(&scratch.dx), dx_copy)?;
+    let dz = Operand::rounded(be, be.all(&scratch.dz), dz_copy)?;
     let mut d_input = d_input;
-    for (dy, rows, accumulate) in [(&scratch.dx, &s.in_x, false), (&scratch.dz, &s.in_z, true)] {
-        be.gemm(
+    for (dy, rows, accumulate) in [(dx, &s.in_x, false), (dz, &s.in_z, true)] {
+        gemm(
+            be,
             linear_input_grad(t, di, d),
-            be.all(dy),
-            w(rows.clone()),
+            dy,
+            weight(rows.clone()),
             be.reborrow_mut(&mut d_input),
             accumulate,
         )?;
-        be.gemm(
+        gemm(
+            be,
             linear_weight_grad(t, di, d),
-            be.all(dy),
+            dy,
             input,
             be.view_mut(grads, rows.clone()),
             true,

@@ -26,7 +26,9 @@ use seqmamba_kernels::pool::{PoolDims, Pooling};
 use seqmamba_kernels::rmsnorm::NormDims;
 use seqmamba_kernels::{Backend, KernelError};
 
-use mixer::{MixerActivations, MixerScratch, linear, linear_input_grad, linear_weight_grad};
+use mixer::{
+    MixerActivations, MixerScratch, Weights, linear, linear_input_grad, linear_weight_grad,
+};
 
 /// Target id that contributes no loss.
 pub const IGNORE_INDEX: u32 = u32::MAX;
@@ -103,6 +105,9 @@ pub struct Activations<B: Backend> {
     rstd_f: B::Buffer,
     pooled: B::Buffer,
     ones: B::Buffer,
+    /// A bf16 copy of the parameters, rounded at the start of each forward, when training
+    /// in bf16.
+    params_bf16: Option<B::Bf16Buffer>,
     /// `(tokens, padded_vocab)` for the LM head, `(batch, classes)` for the classifier.
     pub logits: B::Buffer,
     dlogits: B::Buffer,
@@ -190,9 +195,23 @@ impl<B: Backend> Model<B> {
         }
     }
 
-    /// Activation buffers for `shape`; `train` keeps what the backward needs.
+    /// Activation buffers for `shape`; `train` keeps what the backward needs. Training runs
+    /// its mixers' GEMMs in bf16 where the backend asks for that ([`Backend::bf16_gemms`]).
     pub fn activations(&self, shape: Shape, train: bool) -> Result<Activations<B>, KernelError> {
+        let bf16 = train && self.backend.bf16_gemms();
+        self.activations_with_bf16(shape, train, bf16)
+    }
+
+    /// [`Model::activations`], choosing whether the mixers' GEMMs read bf16 copies of
+    /// their operands (training only; pair with [`Model::scratch_with_bf16`]).
+    pub fn activations_with_bf16(
+        &self,
+        shape: Shape,
+        train: bool,
+        bf16: bool,
+    ) -> Result<Activations<B>, KernelError> {
         let be = &self.backend;
+        let bf16 = train && bf16;
         let c = &self.config;
         let t = shape.tokens();
         let d = c.d_model;
@@ -203,11 +222,11 @@ impl<B: Backend> Model<B> {
                 Ok(LayerActivations {
                     normed: be.zeros(t * d)?,
                     rstd: be.zeros(t)?,
-                    mixer: MixerActivations::new(be, c, shape, train)?,
+                    mixer: MixerActivations::new(be, c, shape, train, bf16)?,
                     reverse: if bidirectional {
                         Some(ReverseActivations {
                             input: be.zeros(t * d)?,
-                            mixer: MixerActivations::new(be, c, shape, train)?,
+                            mixer: MixerActivations::new(be, c, shape, train, bf16)?,
                             out: be.zeros(t * d)?,
                         })
                     } else {
@@ -234,14 +253,25 @@ impl<B: Backend> Model<B> {
             rstd_f: be.zeros(t)?,
             pooled: be.zeros(shape.batch * d)?,
             ones: be.upload(&vec![1.0; shape.batch])?,
+            params_bf16: if bf16 {
+                Some(be.zeros_bf16(be.buffer_len(&self.params))?)
+            } else {
+                None
+            },
             logits: be.zeros(rows * width)?,
             dlogits: extra(train, rows * width)?,
             losses: be.zeros(rows)?,
         })
     }
 
-    /// Gradient buffers for `shape`.
+    /// Gradient buffers for `shape` (with bf16 copies where [`Model::activations`] makes
+    /// them).
     pub fn scratch(&self, shape: Shape) -> Result<Scratch<B>, KernelError> {
+        self.scratch_with_bf16(shape, self.backend.bf16_gemms())
+    }
+
+    /// [`Model::scratch`] for activations made by [`Model::activations_with_bf16`].
+    pub fn scratch_with_bf16(&self, shape: Shape, bf16: bool) -> Result<Scratch<B>, KernelError> {
         let be = &self.backend;
         let td = shape.tokens() * self.config.d_model;
         let bidirectional = self.bidirectional() != Bidirectional::Off;
@@ -254,7 +284,7 @@ impl<B: Backend> Model<B> {
             d_reverse_out: extra(td)?,
             d_reverse_in: extra(td)?,
             d_reverse_back: extra(td)?,
-            mixer: MixerScratch::new(be, &self.config, shape)?,
+            mixer: MixerScratch::new(be, &self.config, shape, bf16)?,
         })
     }
 
@@ -329,6 +359,13 @@ impl<B: Backend> Model<B> {
             w(self.table.embedding.clone()),
             be.all_mut(&mut acts.residuals[0]),
         )?;
+        if let Some(copy) = &mut acts.params_bf16 {
+            be.round_bf16(be.all(&self.params), copy)?;
+        }
+        let weights = Weights {
+            f32: &self.params,
+            bf16: acts.params_bf16.as_ref(),
+        };
         let train = acts.train;
         let pool_dims = PoolDims {
             batch: shape.batch,
@@ -355,7 +392,7 @@ impl<B: Backend> Model<B> {
                 be,
                 c,
                 shape,
-                &self.params,
+                weights,
                 &layer.mixer,
                 be.all(&la.normed),
                 &mut la.mixer,
@@ -377,7 +414,7 @@ impl<B: Backend> Model<B> {
                     be,
                     c,
                     shape,
-                    &self.params,
+                    weights,
                     params,
                     be.all(&rev.input),
                     &mut rev.mixer,
@@ -531,6 +568,10 @@ impl<B: Backend> Model<B> {
         let t = shape.tokens();
         let d = c.d_model;
         let w = |range: std::ops::Range<usize>| be.view(&self.params, range);
+        let weights = Weights {
+            f32: &self.params,
+            bf16: acts.params_bf16.as_ref(),
+        };
         let norm = NormDims {
             rows: t,
             cols: d,
@@ -615,7 +656,7 @@ impl<B: Backend> Model<B> {
                 be,
                 c,
                 shape,
-                &self.params,
+                weights,
                 &layer.mixer,
                 be.all(&la.normed),
                 &la.mixer,
@@ -638,7 +679,7 @@ impl<B: Backend> Model<B> {
                     be,
                     c,
                     shape,
-                    &self.params,
+                    weights,
                     params,
                     be.all(&rev.input),
                     &rev.mixer,

@@ -3,6 +3,7 @@
 
 use seqmamba_kernels::Cpu;
 use seqmamba_kernels::rng::Rng;
+use seqmamba_kernels::testing::{max_scaled_error, to_f64};
 
 use super::*;
 
@@ -120,6 +121,75 @@ fn bidirectional_classifier_gradient_matches_finite_differences() {
         let ids = random_ids(&mut rng, shape.tokens(), 7);
         let batch = Batch::new(&Cpu, shape, &ids, Some(&[7, 4, 1]), None).unwrap();
         check_gradients(&mut model, &batch, &vec![0, 2, 1], 3);
+    }
+}
+
+/// Loss, logits and gradient of one training step, the mixers' GEMMs on bf16 copies or not.
+fn training_step(
+    model: &Model<Cpu>,
+    batch: &Batch<Cpu>,
+    targets: &Vec<u32>,
+    bf16: bool,
+) -> (f64, Vec<f32>, Vec<f32>) {
+    let mut acts = model
+        .activations_with_bf16(batch.shape, true, bf16)
+        .unwrap();
+    let mut scratch = model.scratch_with_bf16(batch.shape, bf16).unwrap();
+    let mut grads = vec![0.0f32; model.params.len()];
+    model.forward(batch, &mut acts, None).unwrap();
+    let losses = model.loss(&mut acts, targets, Some(1.0)).unwrap();
+    model
+        .backward(batch, &acts, &mut scratch, &mut grads)
+        .unwrap();
+    let loss = losses.iter().map(|&l| l as f64).sum();
+    (loss, acts.logits.clone(), grads)
+}
+
+/// Training with the mixers' GEMMs on bf16 copies stays within bf16's rounding of the f32
+/// step (loss, logits, every tensor's gradient), and is not the f32 step. Both directions
+/// of a bidirectional model round their own copies.
+#[test]
+fn bf16_training_step_is_close_to_f32() {
+    let heads = [
+        Head::LanguageModel,
+        Head::Classifier {
+            classes: 3,
+            pooling: PoolingKind::Mean,
+            bidirectional: Bidirectional::Separate,
+        },
+    ];
+    for head in heads {
+        let classifier = head != Head::LanguageModel;
+        let mut config = MambaConfig::new(64, 2, 9);
+        config.d_state = 8;
+        let model = Model::initialised(Cpu, config, head.clone(), 11).unwrap();
+        let mut rng = Rng::new(12);
+        let shape = Shape { batch: 2, len: 40 };
+        let ids = random_ids(&mut rng, shape.tokens(), 9);
+        let (lengths, targets) = if classifier {
+            (Some(&[40, 23][..]), vec![2, 0])
+        } else {
+            (None, random_ids(&mut rng, shape.tokens(), 9))
+        };
+        let batch = Batch::new(&Cpu, shape, &ids, lengths, None).unwrap();
+        let (loss, logits, grads) = training_step(&model, &batch, &targets, false);
+        let (loss16, logits16, grads16) = training_step(&model, &batch, &targets, true);
+        assert!(
+            (loss16 - loss).abs() <= 2e-3 * loss.abs(),
+            "{head:?}: loss {loss16} vs {loss}"
+        );
+        let logits_error = max_scaled_error(&logits16, &to_f64(&logits), 2e-2, 0.0);
+        assert!(logits_error <= 1.0, "{head:?}: logits at {logits_error}");
+        assert!(
+            max_scaled_error(&logits16, &to_f64(&logits), 1e-5, 0.0) > 1.0,
+            "{head:?}: bf16 copies were not used"
+        );
+        for entry in &model.table.entries {
+            let range = entry.range.clone();
+            let error =
+                max_scaled_error(&grads16[range.clone()], &to_f64(&grads[range]), 5e-2, 1e-12);
+            assert!(error <= 1.0, "{head:?}: {} gradient at {error}", entry.name);
+        }
     }
 }
 

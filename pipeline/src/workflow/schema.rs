@@ -26,8 +26,9 @@ pub struct Workflow {
     /// `auto`, `cpu`, `cuda` or `cuda:N`.
     #[serde(default = "default_device")]
     pub device: String,
-    /// How the GPU's GEMMs multiply: `f32`, `tf32` or `bf16` (tensor cores, f32 sums and
-    /// outputs). The CPU always runs f32.
+    /// How the GPU's GEMMs multiply: `f32`, `tf32` or `bf16` (training's mixer GEMMs on
+    /// bf16 copies of their operands, the rest in tf32; f32 sums and outputs). The CPU
+    /// always runs f32.
     #[serde(default = "default_precision")]
     pub precision: String,
     pub task: Task,
