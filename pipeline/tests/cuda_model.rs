@@ -182,12 +182,13 @@ fn cuda_language_model_step_in_bf16_equals_the_cpu_in_bf16() {
         count: shape.tokens(),
     };
     // A flip costs its element 2^-8 of its value: at this small width (64) one flip
-    // moves a logit by ~1e-4 of the logits' scale, so a few flips stay under 2e-3, which
-    // must still tell the bf16 step from the f32 one (checked below).
+    // moves a logit by ~1e-4 of the logits' scale (measured: 4.5e-4 in all, gradients
+    // 8e-4); the tolerance must still tell the bf16 step from the f32 one (3e-3 apart;
+    // checked below).
     let bf16 = Tolerance {
         loss: 1e-5,
-        logits: 2e-3,
-        grads: 2e-2,
+        logits: 1e-3,
+        grads: 5e-3,
     };
     let logits_tolerance = bf16.logits;
     let (_, got) = compare_step(
