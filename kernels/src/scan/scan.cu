@@ -457,13 +457,12 @@ __device__ __forceinline__ float quad_sum(float v) {
     return v;
 }
 
+enum QuadColumn { COL_DELTA = 0, COL_U = 1, COL_D_OUT = 2, COL_Z = 3, QUAD_COLUMNS = 4 };
+
 // Raw inputs of one sub-chunk for the block's channels, filled by asynchronous copies
 // one sub-chunk ahead of use (double-buffered).
 struct QuadRaw {
-    float delta[SUB][BWD_CHANNELS];
-    float u[SUB][BWD_CHANNELS];
-    float d_out[SUB][BWD_CHANNELS];
-    float z[SUB][BWD_CHANNELS];
+    float cols[QUAD_COLUMNS][SUB][BWD_CHANNELS];  // delta, u, d_out, z
     float4 rows[SUB][2 * STATE / 4];  // B then C
     u32 reset[SUB];
 };
@@ -475,18 +474,23 @@ struct QuadTile {
     // dt, or +inf at a reset: exp2(A * inf) = 0 (A < 0) drops the carried state and its
     // gradient without a select per state.
     float dt_decay[SUB][BWD_CHANNELS];
-    float u[SUB][BWD_CHANNELS];
     float g[SUB][BWD_CHANNELS];     // d_out * silu(z): gradient w.r.t. y
     float zf[SUB][BWD_CHANNELS];    // dz = y * zf
     float dsp[SUB][BWD_CHANNELS];   // softplus'(delta + bias)
 };
 
-// du, ddelta, dz of one sub-chunk, gathered so that the block writes them in whole rows.
-#define QUAD_OUTPUTS 3
-typedef float QuadOut[QUAD_OUTPUTS][SUB][BWD_CHANNELS];
+// du, ddelta, dz of one sub-chunk, gathered so that the block writes them in whole rows:
+// [position][thread], thread 4 * channel + k holding output k (k = 3 unused).
+typedef float QuadOut[SUB][BWD_THREADS];
 
 #define QUAD_PER_THREAD (SUB * BWD_CHANNELS / BWD_THREADS)
 #define QUAD_ROW_STEP (BWD_THREADS / BWD_CHANNELS)
+// With 16-byte copies a thread copies 4 channels of one row; the block covers two
+// columns at a time.
+#define QUAD_VECTORS (SUB * BWD_CHANNELS / 4)
+#if BWD_THREADS != 2 * QUAD_VECTORS
+#error "the 16-byte copies assume that the block covers two columns of a sub-chunk at a time"
+#endif
 
 // The (position, channel) elements a thread copies, transforms and writes out: channel
 // `ch` of the block at rows row, row + QUAD_ROW_STEP, ... of each sub-chunk. Fixed for
@@ -498,6 +502,7 @@ struct QuadElements {
     bool active;
     float bias;
     size_t row_stride;  // elements from one of the thread's rows to its next
+    bool vectors;  // 16-byte copies: every row of the columns is 16-byte aligned
 };
 
 __device__ __forceinline__ QuadElements quad_elements(const ScanArgs& p) {
@@ -508,6 +513,8 @@ __device__ __forceinline__ QuadElements quad_elements(const ScanArgs& p) {
     io.active = io.d < p.channels;
     io.bias = __ldg(p.delta_bias + min(io.d, p.channels - 1));
     io.row_stride = (size_t)QUAD_ROW_STEP * p.channels;
+    const size_t addresses = (size_t)p.delta | (size_t)p.u | (size_t)p.d_out | (size_t)p.z;
+    io.vectors = p.channels % 4 == 0 && addresses % 16 == 0;
     return io;
 }
 
@@ -521,17 +528,32 @@ __device__ __forceinline__ size_t quad_first(const ScanArgs& p, const QuadElemen
 __device__ __forceinline__ void issue_quad_raw(const ScanArgs& p, const QuadElements& io, QuadRaw& raw, int b,
                                                int ts, int t1, bool backward) {
     const int tid = threadIdx.x;
-    const size_t first = quad_first(p, io, b, ts);
+    if (io.vectors) {
+        // Channels ch .. ch+3 of row r, of the odd column of each pair if `odd`.
+        const int v = tid % QUAD_VECTORS;
+        const int r = v / (BWD_CHANNELS / 4);
+        const int ch = 4 * (v % (BWD_CHANNELS / 4));
+        const int odd = tid / QUAD_VECTORS;
+        const int d = blockIdx.x * BWD_CHANNELS + ch;
+        const bool valid = d < p.channels && ts + r < t1;
+        const size_t i = valid ? ((size_t)b * p.len + ts + r) * p.channels + d : 0;
+        copy_async<16>(&raw.cols[COL_DELTA + odd][r][ch], (odd ? p.u : p.delta) + i, valid);
+        if (backward && (!odd || p.z != nullptr)) {
+            copy_async<16>(&raw.cols[COL_D_OUT + odd][r][ch], (odd ? p.z : p.d_out) + i, valid);
+        }
+    } else {
+        const size_t first = quad_first(p, io, b, ts);
 #pragma unroll
-    for (int e = 0; e < QUAD_PER_THREAD; ++e) {
-        const int r = io.row + e * QUAD_ROW_STEP;
-        const bool valid = io.active && ts + r < t1;
-        const size_t i = valid ? first + e * io.row_stride : 0;
-        copy_async<4>(&raw.delta[r][io.ch], p.delta + i, valid);
-        copy_async<4>(&raw.u[r][io.ch], p.u + i, valid);
-        if (backward) {
-            copy_async<4>(&raw.d_out[r][io.ch], p.d_out + i, valid);
-            if (p.z != nullptr) copy_async<4>(&raw.z[r][io.ch], p.z + i, valid);
+        for (int e = 0; e < QUAD_PER_THREAD; ++e) {
+            const int r = io.row + e * QUAD_ROW_STEP;
+            const bool valid = io.active && ts + r < t1;
+            const size_t i = valid ? first + e * io.row_stride : 0;
+            copy_async<4>(&raw.cols[COL_DELTA][r][io.ch], p.delta + i, valid);
+            copy_async<4>(&raw.cols[COL_U][r][io.ch], p.u + i, valid);
+            if (backward) {
+                copy_async<4>(&raw.cols[COL_D_OUT][r][io.ch], p.d_out + i, valid);
+                if (p.z != nullptr) copy_async<4>(&raw.cols[COL_Z][r][io.ch], p.z + i, valid);
+            }
         }
     }
     if (tid < SUB * 2 * STATE / 4) {
@@ -554,16 +576,15 @@ __device__ __forceinline__ void transform_quad(const ScanArgs& p, const QuadElem
 #pragma unroll
     for (int e = 0; e < QUAD_PER_THREAD; ++e) {
         const int r = io.row + e * QUAD_ROW_STEP;
-        const float v = raw.delta[r][io.ch] + io.bias;
+        const float v = raw.cols[COL_DELTA][r][io.ch] + io.bias;
         const float dt = softplus(v);
         tile.dt[r][io.ch] = dt;
         tile.dt_decay[r][io.ch] = raw.reset[r] ? __int_as_float(0x7f800000) : dt;
-        tile.u[r][io.ch] = raw.u[r][io.ch];
         if (backward) {
-            const float dout = raw.d_out[r][io.ch];
+            const float dout = raw.cols[COL_D_OUT][r][io.ch];
             tile.dsp[r][io.ch] = v > 20.0f ? 1.0f : sigmoid(v);
             if (p.z != nullptr) {
-                const float zz = raw.z[r][io.ch];
+                const float zz = raw.cols[COL_Z][r][io.ch];
                 const float sg = sigmoid(zz);
                 tile.g[r][io.ch] = dout * zz * sg;
                 tile.zf[r][io.ch] = dout * sg * (1.0f + zz * (1.0f - sg));
@@ -583,9 +604,9 @@ __device__ __forceinline__ void write_quad_out(const ScanArgs& p, const QuadElem
         const int r = io.row + e * QUAD_ROW_STEP;
         if (!io.active || r >= steps) continue;
         const size_t i = first + e * io.row_stride;
-        p.du[i] = out[0][r][io.ch];
-        p.ddelta[i] = out[1][r][io.ch];
-        if (p.z != nullptr) p.dz[i] = out[2][r][io.ch];
+        p.du[i] = out[r][GROUPS * io.ch];
+        p.ddelta[i] = out[r][GROUPS * io.ch + 1];
+        if (p.z != nullptr) p.dz[i] = out[r][GROUPS * io.ch + 2];
     }
 }
 
@@ -702,7 +723,7 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanA
 #pragma unroll
                 for (int r = 0; r < SUB; ++r) {
                     const float dt_decay = tile.dt_decay[r][ch];
-                    const float x = tile.dt[r][ch] * tile.u[r][ch];
+                    const float x = tile.dt[r][ch] * raw.cols[COL_U][r][ch];
                     float bv[GROUP_STATES];
                     quad_row(raw, r, 0, group, bv);
 #pragma unroll
@@ -720,7 +741,7 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanA
 #pragma unroll
                 for (int r = 0; r < SUB; ++r) {
                     const float dt_decay = tile.dt_decay[r][ch];
-                    const float x = tile.dt[r][ch] * tile.u[r][ch];
+                    const float x = tile.dt[r][ch] * raw.cols[COL_U][r][ch];
                     float bv[GROUP_STATES];
                     quad_row(raw, r, 0, group, bv);
 #pragma unroll
@@ -736,7 +757,7 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanA
                     quad_row(raw, r, 0, group, bv);
                     quad_row(raw, r, 1, group, cv);
                     const float dt = tile.dt[r][ch];
-                    const float uu = tile.u[r][ch];
+                    const float uu = raw.cols[COL_U][r][ch];
                     const float g = tile.g[r][ch];
                     const float x = dt * uu;
                     // Per state: dh·A·(decayed state) for ddelta, dh·B for du (ddelta's
@@ -766,7 +787,7 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanA
                         const float y = quad_sum(y_part) + skip * uu;
                         if (group == 2) out = y * tile.zf[r][ch];
                     }
-                    if (group < QUAD_OUTPUTS) quad_out[group][r][ch] = out;
+                    quad_out[r][tid] = out;
                     // Sum dB and dC over the warp's 8 channels by recursive halving: after
                     // three exchanges each lane holds one of the 32 (quantity, state) sums.
                     const bool hi16 = lane & 16, hi8 = lane & 8, hi4 = lane & 4;
