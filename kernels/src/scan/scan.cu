@@ -457,13 +457,12 @@ __device__ __forceinline__ float quad_sum(float v) {
     return v;
 }
 
+enum QuadColumn { COL_DELTA = 0, COL_U = 1, COL_D_OUT = 2, COL_Z = 3, QUAD_COLUMNS = 4 };
+
 // Raw inputs of one sub-chunk for the block's channels, filled by asynchronous copies
 // one sub-chunk ahead of use (double-buffered).
 struct QuadRaw {
-    float delta[SUB][BWD_CHANNELS];
-    float u[SUB][BWD_CHANNELS];
-    float d_out[SUB][BWD_CHANNELS];
-    float z[SUB][BWD_CHANNELS];
+    float cols[QUAD_COLUMNS][SUB][BWD_CHANNELS];  // delta, u, d_out, z
     float4 rows[SUB][2 * STATE / 4];  // B then C
     u32 reset[SUB];
 };
@@ -472,31 +471,89 @@ struct QuadRaw {
 // once per thread of a channel's quad.
 struct QuadTile {
     float dt[SUB][BWD_CHANNELS];
-    float u[SUB][BWD_CHANNELS];
+    // dt, or +inf at a reset: exp2(A * inf) = 0 (A < 0) drops the carried state and its
+    // gradient without a select per state.
+    float dt_decay[SUB][BWD_CHANNELS];
     float g[SUB][BWD_CHANNELS];     // d_out * silu(z): gradient w.r.t. y
     float zf[SUB][BWD_CHANNELS];    // dz = y * zf
     float dsp[SUB][BWD_CHANNELS];   // softplus'(delta + bias)
 };
 
+// du, ddelta, dz of one sub-chunk, gathered so that the block writes them in whole rows:
+// [position][thread], thread 4 * channel + k holding output k (k = 3 unused).
+typedef float QuadOut[SUB][BWD_THREADS];
+
 #define QUAD_PER_THREAD (SUB * BWD_CHANNELS / BWD_THREADS)
+#define QUAD_ROW_STEP (BWD_THREADS / BWD_CHANNELS)
+// With 16-byte copies a thread copies 4 channels of one row; the block covers two
+// columns at a time.
+#define QUAD_VECTORS (SUB * BWD_CHANNELS / 4)
+#if BWD_THREADS != 2 * QUAD_VECTORS
+#error "the 16-byte copies assume that the block covers two columns of a sub-chunk at a time"
+#endif
+
+// The (position, channel) elements a thread copies, transforms and writes out: channel
+// `ch` of the block at rows row, row + QUAD_ROW_STEP, ... of each sub-chunk. Fixed for
+// the whole kernel, so the channel's bias and the address arithmetic are done once.
+struct QuadElements {
+    int ch;
+    int row;
+    int d;
+    bool active;
+    float bias;
+    size_t row_stride;  // elements from one of the thread's rows to its next
+    bool vectors;  // 16-byte copies: every row of the columns is 16-byte aligned
+};
+
+__device__ __forceinline__ QuadElements quad_elements(const ScanArgs& p) {
+    QuadElements io;
+    io.ch = threadIdx.x % BWD_CHANNELS;
+    io.row = threadIdx.x / BWD_CHANNELS;
+    io.d = blockIdx.x * BWD_CHANNELS + io.ch;
+    io.active = io.d < p.channels;
+    io.bias = __ldg(p.delta_bias + min(io.d, p.channels - 1));
+    io.row_stride = (size_t)QUAD_ROW_STEP * p.channels;
+    const size_t addresses = (size_t)p.delta | (size_t)p.u | (size_t)p.d_out | (size_t)p.z;
+    io.vectors = p.channels % 4 == 0 && addresses % 16 == 0;
+    return io;
+}
+
+// Index of the thread's first element of the sub-chunk starting at ts (batch b).
+__device__ __forceinline__ size_t quad_first(const ScanArgs& p, const QuadElements& io, int b, int ts) {
+    return ((size_t)b * p.len + ts + io.row) * p.channels + io.d;
+}
 
 // Starts copying positions ts .. ts+SUB (clipped at t1); the backward also needs d_out,
 // z and C.
-__device__ __forceinline__ void issue_quad_raw(const ScanArgs& p, QuadRaw& raw, int b, int ts, int t1,
-                                               bool backward) {
+__device__ __forceinline__ void issue_quad_raw(const ScanArgs& p, const QuadElements& io, QuadRaw& raw, int b,
+                                               int ts, int t1, bool backward) {
     const int tid = threadIdx.x;
-#pragma unroll
-    for (int e = 0; e < QUAD_PER_THREAD; ++e) {
-        const int flat = e * BWD_THREADS + tid;
-        const int r = flat / BWD_CHANNELS, ch = flat % BWD_CHANNELS;
+    if (io.vectors) {
+        // Channels ch .. ch+3 of row r, of the odd column of each pair if `odd`.
+        const int v = tid % QUAD_VECTORS;
+        const int r = v / (BWD_CHANNELS / 4);
+        const int ch = 4 * (v % (BWD_CHANNELS / 4));
+        const int odd = tid / QUAD_VECTORS;
         const int d = blockIdx.x * BWD_CHANNELS + ch;
         const bool valid = d < p.channels && ts + r < t1;
         const size_t i = valid ? ((size_t)b * p.len + ts + r) * p.channels + d : 0;
-        copy_async<4>(&raw.delta[r][ch], p.delta + i, valid);
-        copy_async<4>(&raw.u[r][ch], p.u + i, valid);
-        if (backward) {
-            copy_async<4>(&raw.d_out[r][ch], p.d_out + i, valid);
-            if (p.z != nullptr) copy_async<4>(&raw.z[r][ch], p.z + i, valid);
+        copy_async<16>(&raw.cols[COL_DELTA + odd][r][ch], (odd ? p.u : p.delta) + i, valid);
+        if (backward && (!odd || p.z != nullptr)) {
+            copy_async<16>(&raw.cols[COL_D_OUT + odd][r][ch], (odd ? p.z : p.d_out) + i, valid);
+        }
+    } else {
+        const size_t first = quad_first(p, io, b, ts);
+#pragma unroll
+        for (int e = 0; e < QUAD_PER_THREAD; ++e) {
+            const int r = io.row + e * QUAD_ROW_STEP;
+            const bool valid = io.active && ts + r < t1;
+            const size_t i = valid ? first + e * io.row_stride : 0;
+            copy_async<4>(&raw.cols[COL_DELTA][r][io.ch], p.delta + i, valid);
+            copy_async<4>(&raw.cols[COL_U][r][io.ch], p.u + i, valid);
+            if (backward) {
+                copy_async<4>(&raw.cols[COL_D_OUT][r][io.ch], p.d_out + i, valid);
+                if (p.z != nullptr) copy_async<4>(&raw.cols[COL_Z][r][io.ch], p.z + i, valid);
+            }
         }
     }
     if (tid < SUB * 2 * STATE / 4) {
@@ -514,30 +571,42 @@ __device__ __forceinline__ void issue_quad_raw(const ScanArgs& p, QuadRaw& raw, 
 }
 
 // Turns the raw elements this thread copied into the tile's scalars.
-__device__ __forceinline__ void transform_quad(const ScanArgs& p, const QuadRaw& raw, QuadTile& tile,
-                                               bool backward) {
-    const int tid = threadIdx.x;
+__device__ __forceinline__ void transform_quad(const ScanArgs& p, const QuadElements& io, const QuadRaw& raw,
+                                               QuadTile& tile, bool backward) {
 #pragma unroll
     for (int e = 0; e < QUAD_PER_THREAD; ++e) {
-        const int flat = e * BWD_THREADS + tid;
-        const int r = flat / BWD_CHANNELS, ch = flat % BWD_CHANNELS;
-        const int d = min(blockIdx.x * BWD_CHANNELS + ch, p.channels - 1);
-        const float v = raw.delta[r][ch] + __ldg(p.delta_bias + d);
-        tile.dt[r][ch] = softplus(v);
-        tile.u[r][ch] = raw.u[r][ch];
+        const int r = io.row + e * QUAD_ROW_STEP;
+        const float v = raw.cols[COL_DELTA][r][io.ch] + io.bias;
+        const float dt = softplus(v);
+        tile.dt[r][io.ch] = dt;
+        tile.dt_decay[r][io.ch] = raw.reset[r] ? __int_as_float(0x7f800000) : dt;
         if (backward) {
-            const float dout = raw.d_out[r][ch];
-            tile.dsp[r][ch] = v > 20.0f ? 1.0f : sigmoid(v);
+            const float dout = raw.cols[COL_D_OUT][r][io.ch];
+            tile.dsp[r][io.ch] = v > 20.0f ? 1.0f : sigmoid(v);
             if (p.z != nullptr) {
-                const float zz = raw.z[r][ch];
+                const float zz = raw.cols[COL_Z][r][io.ch];
                 const float sg = sigmoid(zz);
-                tile.g[r][ch] = dout * zz * sg;
-                tile.zf[r][ch] = dout * sg * (1.0f + zz * (1.0f - sg));
+                tile.g[r][io.ch] = dout * zz * sg;
+                tile.zf[r][io.ch] = dout * sg * (1.0f + zz * (1.0f - sg));
             } else {
-                tile.g[r][ch] = dout;
-                tile.zf[r][ch] = 0.0f;
+                tile.g[r][io.ch] = dout;
             }
         }
+    }
+}
+
+// Writes the sub-chunk's du, ddelta (and dz) gathered in `out`: rows [ts, ts + steps).
+__device__ __forceinline__ void write_quad_out(const ScanArgs& p, const QuadElements& io, const QuadOut& out,
+                                               int b, int ts, int steps) {
+    const size_t first = quad_first(p, io, b, ts);
+#pragma unroll
+    for (int e = 0; e < QUAD_PER_THREAD; ++e) {
+        const int r = io.row + e * QUAD_ROW_STEP;
+        if (!io.active || r >= steps) continue;
+        const size_t i = first + e * io.row_stride;
+        p.du[i] = out[r][GROUPS * io.ch];
+        p.ddelta[i] = out[r][GROUPS * io.ch + 1];
+        if (p.z != nullptr) p.dz[i] = out[r][GROUPS * io.ch + 2];
     }
 }
 
@@ -569,6 +638,7 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanA
     extern __shared__ float4 sub_states[];  // [sub-chunk][thread]
     __shared__ QuadRaw raws[2];
     __shared__ QuadTile tile;
+    __shared__ QuadOut quad_out;
     __shared__ float reduce[BWD_THREADS / 32][SUB][2 * STATE];
 
     const int tid = threadIdx.x;
@@ -582,12 +652,16 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanA
     const bool active = d < p.channels;
     const int dd = active ? d : p.channels - 1;  // inactive threads read a real channel
     const int n0 = group * GROUP_STATES;
+    const bool gated = p.z != nullptr;
+    const QuadElements io = quad_elements(p);
 
     float a_nat[GROUP_STATES], a2[GROUP_STATES];
 #pragma unroll
     for (int j = 0; j < GROUP_STATES; ++j) {
         a_nat[j] = -__expf(__ldg(p.a_log + (size_t)dd * STATE + n0 + j));
-        a2[j] = a_nat[j] * LOG2E;
+        // Kept below zero so that a reset's infinite dt_decay gives exp2(-inf) = 0 even
+        // where exp(a_log) underflows; exp2 of -FLT_MIN * dt is 1, as exp2(0) would be.
+        a2[j] = fminf(a_nat[j] * LOG2E, -1.17549435e-38f);
     }
     const float skip = __ldg(p.d_skip + dd);
 
@@ -609,7 +683,7 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanA
         int ts, c1;
         bool backward;
         quad_tile_at(p, last_chunk, 0, ts, c1, backward);
-        issue_quad_raw(p, raws[0], b, ts, c1, backward);
+        issue_quad_raw(p, io, raws[0], b, ts, c1, backward);
     }
     for (int k = last_chunk; k >= first_chunk; --k) {
         int c0, c1;
@@ -628,7 +702,7 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanA
                 int ts, t1;
                 bool backward;
                 quad_tile_at(p, next_k, j + 1 < count ? j + 1 : 0, ts, t1, backward);
-                issue_quad_raw(p, raws[buffer ^ 1], b, ts, t1, backward);
+                issue_quad_raw(p, io, raws[buffer ^ 1], b, ts, t1, backward);
             } else {
                 copy_commit();
             }
@@ -642,20 +716,19 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanA
             if (j <= subs - 1) {
                 sub_states[q * BWD_THREADS + tid] = make_float4(h[0], h[1], h[2], h[3]);
             }
-            transform_quad(p, raw, tile, backward);
+            transform_quad(p, io, raw, tile, backward);
             __syncthreads();
             if (!backward) {
                 // Rebuild the state at the start of the next sub-chunk.
 #pragma unroll
                 for (int r = 0; r < SUB; ++r) {
-                    const float dt = tile.dt[r][ch];
-                    const float x = dt * tile.u[r][ch];
+                    const float dt_decay = tile.dt_decay[r][ch];
+                    const float x = tile.dt[r][ch] * raw.cols[COL_U][r][ch];
                     float bv[GROUP_STATES];
                     quad_row(raw, r, 0, group, bv);
-                    const bool reset = raw.reset[r];
 #pragma unroll
                     for (int jj = 0; jj < GROUP_STATES; ++jj) {
-                        h[jj] = fast_exp2(a2[jj] * dt) * (reset ? 0.0f : h[jj]) + x * bv[jj];
+                        h[jj] = fast_exp2(a2[jj] * dt_decay) * h[jj] + x * bv[jj];
                     }
                 }
             } else {
@@ -667,59 +740,54 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanA
                 }
 #pragma unroll
                 for (int r = 0; r < SUB; ++r) {
-                    const float dt = tile.dt[r][ch];
-                    const float x = dt * tile.u[r][ch];
+                    const float dt_decay = tile.dt_decay[r][ch];
+                    const float x = tile.dt[r][ch] * raw.cols[COL_U][r][ch];
                     float bv[GROUP_STATES];
                     quad_row(raw, r, 0, group, bv);
-                    const bool reset = raw.reset[r];
 #pragma unroll
                     for (int jj = 0; jj < GROUP_STATES; ++jj) {
-                        decay[r][jj] = fast_exp2(a2[jj] * dt);
-                        hs[r + 1][jj] = decay[r][jj] * (reset ? 0.0f : hs[r][jj]) + x * bv[jj];
+                        decay[r][jj] = fast_exp2(a2[jj] * dt_decay);
+                        hs[r + 1][jj] = decay[r][jj] * hs[r][jj] + x * bv[jj];
                     }
                 }
 #pragma unroll
                 for (int r = SUB - 1; r >= 0; --r) {
                     if (r >= steps) continue;  // uniform across the block
-                    const int t = ts + r;
-                    const size_t i = ((size_t)b * p.len + t) * p.channels + dd;
                     float bv[GROUP_STATES], cv[GROUP_STATES];
                     quad_row(raw, r, 0, group, bv);
                     quad_row(raw, r, 1, group, cv);
                     const float dt = tile.dt[r][ch];
-                    const float uu = tile.u[r][ch];
+                    const float uu = raw.cols[COL_U][r][ch];
                     const float g = tile.g[r][ch];
-                    const bool reset = raw.reset[r];
-                    float y_part = 0.0f;
-#pragma unroll
-                    for (int jj = 0; jj < GROUP_STATES; ++jj) y_part += cv[jj] * hs[r + 1][jj];
-                    if (p.z != nullptr) {
-                        const float y = quad_sum(y_part) + skip * uu;
-                        if (active && group == 0) p.dz[i] = y * tile.zf[r][ch];
-                    }
-                    dskip_sum += g * uu;
-                    float ddt_part = 0.0f, du_part = 0.0f;
-                    float db_part[GROUP_STATES], dc_part[GROUP_STATES];
                     const float x = dt * uu;
+                    // Per state: dh·A·(decayed state) for ddelta, dh·B for du (ddelta's
+                    // B·u term is u times the same sum).
+                    float y_part = 0.0f, ddt_part = 0.0f, du_part = 0.0f;
+                    float db_part[GROUP_STATES], dc_part[GROUP_STATES];
 #pragma unroll
                     for (int jj = 0; jj < GROUP_STATES; ++jj) {
+                        y_part += cv[jj] * hs[r + 1][jj];
                         dh[jj] += g * cv[jj];
                         dc_part[jj] = g * hs[r + 1][jj];
-                        const float decayed = decay[r][jj] * (reset ? 0.0f : hs[r][jj]);
-                        ddt_part += dh[jj] * (a_nat[jj] * decayed + bv[jj] * uu);
                         du_part += dh[jj] * bv[jj];
                         db_part[jj] = dh[jj] * x;
-                        da[jj] += dh[jj] * dt * decayed;
-                        dh[jj] = reset ? 0.0f : dh[jj] * decay[r][jj];
+                        dh[jj] *= decay[r][jj];
+                        // dh · (decay · state before the step), with the new dh.
+                        const float dh_decayed = dh[jj] * hs[r][jj];
+                        ddt_part += dh_decayed * a_nat[jj];
+                        da[jj] += dh_decayed * dt;
                     }
-                    const float ddt = quad_sum(ddt_part);
                     const float du_sum = quad_sum(du_part);
-                    const float dv = ddt * tile.dsp[r][ch];
+                    const float dv = (quad_sum(ddt_part) + uu * du_sum) * tile.dsp[r][ch];
+                    dskip_sum += g * uu;
                     dbias_sum += dv;
-                    if (active && group == 0) {
-                        p.du[i] = g * skip + du_sum * dt;
-                        p.ddelta[i] = dv;
+                    // Lane `group` of the quad gathers output `group`: du, ddelta, dz.
+                    float out = group == 0 ? g * skip + du_sum * dt : dv;
+                    if (gated) {
+                        const float y = quad_sum(y_part) + skip * uu;
+                        if (group == 2) out = y * tile.zf[r][ch];
                     }
+                    quad_out[r][tid] = out;
                     // Sum dB and dC over the warp's 8 channels by recursive halving: after
                     // three exchanges each lane holds one of the 32 (quantity, state) sums.
                     const bool hi16 = lane & 16, hi8 = lane & 8, hi4 = lane & 4;
@@ -744,6 +812,7 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanA
                     reduce[warp][r][slot] = w1;
                 }
                 __syncthreads();
+                write_quad_out(p, io, quad_out, b, ts, steps);
                 // 256 threads = SUB positions x 32 (quantity, state) sums, over warps in order.
                 {
                     const int r = tid / (2 * STATE);
@@ -757,7 +826,7 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanA
                     }
                 }
             }
-            __syncthreads();  // tile, reduce and this raw buffer are rewritten next
+            __syncthreads();  // tile, outputs, reduce and this raw buffer are rewritten next
             buffer ^= 1;
         }
     }
