@@ -8,6 +8,7 @@
 
 #define CONV_RUN 64        // positions per thread
 #define CONV_THREADS 128   // channels per block
+#define CONV_AHEAD 8       // positions whose loads a thread issues together
 
 struct ConvArgs {
     u64 x;
@@ -95,10 +96,19 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv1d_forward(ConvAr
     if (c >= a.channels) return;
     const i64 t1 = min(t0 + CONV_RUN, a.len);
     Walk walk(a, b, c, t0);
-    for (i64 t = t0; t < t1; ++t) {
-        const i64 i = (b * a.len + t) * a.channels + c;
-        const float pre = walk.step(t, ((const float*)a.x)[i]);
-        ((float*)a.out)[i] = pre * sigmoid_of(pre);
+    // This thread's column: position t at t · channels.
+    const float* x = (const float*)a.x + b * a.len * a.channels + c;
+    float* out = (float*)a.out + b * a.len * a.channels + c;
+    for (i64 t = t0; t < t1; t += CONV_AHEAD) {
+        float xs[CONV_AHEAD];
+#pragma unroll
+        for (int j = 0; j < CONV_AHEAD; ++j) xs[j] = t + j < t1 ? x[(t + j) * a.channels] : 0.0f;
+#pragma unroll
+        for (int j = 0; j < CONV_AHEAD; ++j) {
+            if (t + j >= t1) break;
+            const float pre = walk.step(t + j, xs[j]);
+            out[(t + j) * a.channels] = pre * sigmoid_of(pre);
+        }
     }
 }
 
@@ -106,14 +116,19 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv1d_forward(ConvAr
 // dx by scattering each d_pre to the TAPS inputs it came from (the run walks TAPS-1
 // positions past its end so that its last inputs get every contribution), and the
 // run's sums of d_pre · input per tap and of d_pre.
-extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv1d_backward(ConvArgs a) {
+extern "C" __global__ void __launch_bounds__(CONV_THREADS, 8) conv1d_backward(ConvArgs a) {
     const int c = blockIdx.x * CONV_THREADS + threadIdx.x;
     const i64 b = blockIdx.z;
     const i64 run = blockIdx.y;
     const i64 t0 = run * CONV_RUN;
     if (c >= a.channels) return;
     const i64 t1 = min(t0 + CONV_RUN, a.len);
+    const i64 end = t1 + TAPS - 1;  // walked positions [t0, end)
     Walk walk(a, b, c, t0);
+    const i64 column = b * a.len * a.channels + c;
+    const float* x = (const float*)a.x + column;
+    const float* d_out = (const float*)a.d_out + column;
+    float* dx = (float*)a.dx + column;
     // pending[k]: dx of position t - (TAPS-1) + k so far; positions before `first` are in
     // an earlier sequence than t and get nothing from it.
     float pending[TAPS];
@@ -122,30 +137,40 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv1d_backward(ConvA
     for (int k = 0; k < TAPS; ++k) pending[k] = dweight[k] = 0.0f;
     float dbias = 0.0f;
     int first = 0;
-    for (i64 t = t0; t < t1 + TAPS - 1; ++t) {
-        float g = 0.0f;
-        const bool inside = t < a.len;
-        if (inside) {
-            const i64 i = (b * a.len + t) * a.channels + c;
-            first = walk.reset(t) ? TAPS - 1 : max(first - 1, 0);
-            const float pre = walk.step(t, ((const float*)a.x)[i]);
-            const float s = sigmoid_of(pre);
-            g = ((const float*)a.d_out)[i] * s * (1.0f + pre * (1.0f - s));
-            if (t < t1) {
-                dbias += g;
+    for (i64 t = t0; t < end; t += CONV_AHEAD) {
+        float xs[CONV_AHEAD], ds[CONV_AHEAD];
 #pragma unroll
-                for (int k = 0; k < TAPS; ++k) dweight[k] += g * walk.window[k];
-            }
+        for (int j = 0; j < CONV_AHEAD; ++j) {
+            const bool inside = t + j < end && t + j < a.len;
+            xs[j] = inside ? x[(t + j) * a.channels] : 0.0f;
+            ds[j] = inside ? d_out[(t + j) * a.channels] : 0.0f;
         }
 #pragma unroll
-        for (int k = 0; k < TAPS; ++k)
-            if (k >= first) pending[k] += walk.weight[k] * g;
-        // The oldest pending position gets nothing more: write it if it is this run's.
-        const i64 done = t - (TAPS - 1);
-        if (done >= t0 && done < t1) ((float*)a.dx)[(b * a.len + done) * a.channels + c] = pending[0];
+        for (int j = 0; j < CONV_AHEAD; ++j) {
+            const i64 s = t + j;
+            if (s >= end) break;
+            float g = 0.0f;
+            if (s < a.len) {
+                first = walk.reset(s) ? TAPS - 1 : max(first - 1, 0);
+                const float pre = walk.step(s, xs[j]);
+                const float sg = sigmoid_of(pre);
+                g = ds[j] * sg * (1.0f + pre * (1.0f - sg));
+                if (s < t1) {
+                    dbias += g;
 #pragma unroll
-        for (int k = 0; k + 1 < TAPS; ++k) pending[k] = pending[k + 1];
-        pending[TAPS - 1] = 0.0f;
+                    for (int k = 0; k < TAPS; ++k) dweight[k] += g * walk.window[k];
+                }
+            }
+#pragma unroll
+            for (int k = 0; k < TAPS; ++k)
+                if (k >= first) pending[k] += walk.weight[k] * g;
+            // The oldest pending position gets nothing more: write it if it is this run's.
+            const i64 done = s - (TAPS - 1);
+            if (done >= t0 && done < t1) dx[done * a.channels] = pending[0];
+#pragma unroll
+            for (int k = 0; k + 1 < TAPS; ++k) pending[k] = pending[k + 1];
+            pending[TAPS - 1] = 0.0f;
+        }
     }
     const i64 stride = (i64)a.channels * (TAPS + 1);
     float* out = (float*)a.partials + (b * gridDim.y + run) * stride;

@@ -43,8 +43,9 @@ __device__ float block_max(float v, float* scratch) {
     return warp_max(v);
 }
 
-// out[c] += Σ_g partials[g·stride + first + c] for c < columns, g ascending: the second
-// stage of every parameter-gradient reduction (the first writes one row per group).
+// out[c] += Σ_g partials[g·stride + first + c] for c < columns, in an order fixed by the
+// shape (see sum_columns): the second stage of every parameter-gradient reduction (the
+// first writes one row per group).
 struct SumColumnsArgs {
     u64 partials;
     u64 out;
@@ -54,11 +55,33 @@ struct SumColumnsArgs {
     i64 columns;
 };
 
+// Block (32, SUM_SLICES): 32 columns; slice y adds groups y, y + SUM_SLICES, ... in order,
+// SUM_AHEAD loads in flight, then slice sums are added in slice order (few columns:
+// without the slices too few threads would wait on too many loads each).
+#define SUM_SLICES 8
+#define SUM_AHEAD 8
 extern "C" __global__ void sum_columns(SumColumnsArgs a) {
-    const i64 c = blockIdx.x * (i64)blockDim.x + threadIdx.x;
-    if (c >= a.columns) return;
-    const float* p = (const float*)a.partials + a.first + c;
+    __shared__ float slices[SUM_SLICES][32];
+    const i64 c = blockIdx.x * (i64)32 + threadIdx.x;
     float sum = 0.0f;
-    for (i64 g = 0; g < a.groups; ++g) sum += p[g * a.stride];
-    ((float*)a.out)[c] += sum;
+    if (c < a.columns) {
+        const float* p = (const float*)a.partials + a.first + c;
+        i64 g = threadIdx.y;
+        for (; g + (SUM_AHEAD - 1) * SUM_SLICES < a.groups; g += SUM_AHEAD * SUM_SLICES) {
+            float v[SUM_AHEAD];
+#pragma unroll
+            for (int j = 0; j < SUM_AHEAD; ++j) v[j] = p[(g + j * SUM_SLICES) * a.stride];
+#pragma unroll
+            for (int j = 0; j < SUM_AHEAD; ++j) sum += v[j];
+        }
+        for (; g < a.groups; g += SUM_SLICES) sum += p[g * a.stride];
+    }
+    slices[threadIdx.y][threadIdx.x] = sum;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < a.columns) {
+        float total = 0.0f;
+#pragma unroll
+        for (int y = 0; y < SUM_SLICES; ++y) total += slices[y][threadIdx.x];
+        ((float*)a.out)[c] += total;
+    }
 }

@@ -603,7 +603,7 @@ pub(crate) struct Partials {
 }
 
 impl Cuda {
-    /// `out[c] += Σ_g partials[g][first + c]` with the groups added in order, using the
+    /// `out[c] += Σ_g partials[g][first + c]` with the groups added in a fixed order, using the
     /// `sum_columns` kernel of `module` (every op's source starts with `common.cuh`).
     pub(crate) fn sum_columns(
         &self,
@@ -625,7 +625,13 @@ impl Cuda {
             columns: shape.columns as i64,
         };
         let function = self.function(module, source, &[], "sum_columns")?;
-        self.launch(&function, flat_grid(shape.columns), &args)
+        // 32 columns a block, their groups in 8 slices (`SUM_SLICES`).
+        let grid = LaunchConfig {
+            grid_dim: (shape.columns.div_ceil(32) as u32, 1, 1),
+            block_dim: (32, 8, 1),
+            shared_mem_bytes: 0,
+        };
+        self.launch(&function, grid, &args)
     }
 }
 

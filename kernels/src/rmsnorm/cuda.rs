@@ -13,8 +13,11 @@ const SOURCE: &str = concat!(
 );
 /// Warps (rows) per block of the row kernels (`ROWS_PER_BLOCK`).
 const ROWS_PER_BLOCK: usize = 8;
-/// Rows per group of the weight gradient's first stage (`GROUP_ROWS`).
-const GROUP_ROWS: usize = 256;
+/// Rows per block of the backward, whose weight gradient it sums into one partial row
+/// (`GROUP_ROWS`): few enough that the blocks fill the device.
+const GROUP_ROWS: usize = 32;
+/// Shared memory a block may have: the backward's holds a row of sums per warp.
+const MAX_SHARED_BYTES: usize = 227 * 1024;
 
 #[repr(C)]
 #[derive(Default)]
@@ -131,8 +134,8 @@ fn launch_forward(
     cuda.launch(&function, rows_grid(dims.rows), &args)
 }
 
-/// See [`super::backward`]: `dx` and `dweight` accumulated; the weight gradient is summed
-/// per group of rows, then over the groups in order.
+/// See [`super::backward`]: `dx` and `dweight` accumulated in one pass over the rows; the
+/// weight gradient is summed per block of rows, then over the blocks in a fixed order.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward(
     cuda: &Cuda,
@@ -155,6 +158,17 @@ pub(crate) fn backward(
     if dims.rows == 0 {
         return Ok(());
     }
+    let shared = ROWS_PER_BLOCK * dims.cols * std::mem::size_of::<f32>();
+    if shared > MAX_SHARED_BYTES {
+        return Err(KernelError::Invalid {
+            op: OP,
+            message: format!(
+                "rows of {} exceed the {} a block's shared memory holds",
+                dims.cols,
+                MAX_SHARED_BYTES / (ROWS_PER_BLOCK * 4)
+            ),
+        });
+    }
     let groups = dims.rows.div_ceil(GROUP_ROWS);
     let partials = cuda.scratch::<f32>(groups * dims.cols)?;
     let args = NormArgs {
@@ -169,13 +183,11 @@ pub(crate) fn backward(
         eps: dims.eps,
         ..Default::default()
     };
-    let function = cuda.function(MODULE, SOURCE, &[], "rmsnorm_backward_dx")?;
-    cuda.launch(&function, rows_grid(dims.rows), &args)?;
-    let function = cuda.function(MODULE, SOURCE, &[], "rmsnorm_backward_dweight")?;
+    let function = cuda.function(MODULE, SOURCE, &[], "rmsnorm_backward")?;
     let grid = LaunchConfig {
-        grid_dim: (dims.cols.div_ceil(32) as u32, groups as u32, 1),
-        block_dim: (32, 8, 1),
-        shared_mem_bytes: 0,
+        grid_dim: (groups as u32, 1, 1),
+        block_dim: (32 * ROWS_PER_BLOCK as u32, 1, 1),
+        shared_mem_bytes: shared as u32,
     };
     cuda.launch(&function, grid, &args)?;
     let shape = Partials {
@@ -197,7 +209,9 @@ mod tests {
     #[test]
     fn cuda_rmsnorm_matches_the_cpu() {
         let Some(cuda) = device() else { return };
-        for (rows, cols) in [(1, 1), (37, 100), (600, 768)] {
+        // Rows within one backward block, across several with a short last one, and a
+        // row wider than a warp's 32 columns many times over.
+        for (rows, cols) in [(1, 1), (37, 100), (600, 768), (70, 3000)] {
             let dims = NormDims {
                 rows,
                 cols,
@@ -243,6 +257,35 @@ mod tests {
             assert_close("dx", &down(&gdx), &to_f64(&dx), 1e-4, 1e-7);
             assert_close("dweight", &down(&gdw), &to_f64(&dw), 1e-4, 1e-7);
         }
+    }
+
+    /// Rows wider than the backward's shared memory holds are refused, not launched.
+    #[test]
+    fn cuda_rmsnorm_backward_refuses_rows_too_wide() {
+        let Some(cuda) = device() else { return };
+        let dims = NormDims {
+            rows: 1,
+            cols: 8000,
+            eps: 1e-5,
+        };
+        let (x, w) = (cuda.zeros(8000).unwrap(), cuda.zeros(8000).unwrap());
+        let (mut dx, mut dw) = (cuda.zeros(8000).unwrap(), cuda.zeros(8000).unwrap());
+        let rstd = cuda.zeros(1).unwrap();
+        let error = cuda
+            .rmsnorm_backward(
+                dims,
+                cuda.all(&x),
+                cuda.all(&w),
+                cuda.all(&rstd),
+                cuda.all(&x),
+                cuda.all_mut(&mut dx),
+                cuda.all_mut(&mut dw),
+            )
+            .unwrap_err();
+        assert!(
+            matches!(error, crate::KernelError::Invalid { .. }),
+            "{error}"
+        );
     }
 
     /// The fused residual add + norm: the sum exactly as the add, the norm as the CPU's, and

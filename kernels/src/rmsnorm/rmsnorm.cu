@@ -1,7 +1,7 @@
 // RMSNorm forward and backward, one warp per row (common.cuh prepended).
 
 #define ROWS_PER_BLOCK 8     // warps per block of the row kernels
-#define GROUP_ROWS 256       // rows summed by one group of the weight gradient
+#define GROUP_ROWS 32        // rows of a backward block (one weight-gradient partial)
 
 struct NormArgs {
     u64 x;
@@ -45,42 +45,40 @@ extern "C" __global__ void rmsnorm_forward(NormArgs a) {
     if (lane == 0) ((float*)a.rstd)[row] = rstd;
 }
 
-// dx += rstd · (g − x · rstd² · mean(g·x)), g = d_out · weight
-extern "C" __global__ void rmsnorm_backward_dx(NormArgs a) {
-    const i64 row = blockIdx.x * (i64)ROWS_PER_BLOCK + (threadIdx.x >> 5);
+// dx += rstd · (g − x · rstd² · mean(g·x)), g = d_out · weight, one warp per row; and the
+// weight gradient's partial for the block's GROUP_ROWS rows: each warp adds d_out · x ·
+// rstd of its rows into its own shared row (a lane owns columns lane, lane + 32, ...: no
+// two lanes touch one address), then the block adds its warps' rows in order. The second
+// pass over a row reads it back from L1, not from memory.
+extern "C" __global__ void rmsnorm_backward(NormArgs a) {
+    extern __shared__ float warp_sums[];  // [ROWS_PER_BLOCK][cols]
+    const int warp = threadIdx.x >> 5;
     const int lane = threadIdx.x & 31;
-    if (row >= a.rows) return;
-    const float* x = (const float*)a.x + row * a.cols;
-    const float* d = (const float*)a.d_out + row * a.cols;
+    const i64 first = blockIdx.x * (i64)GROUP_ROWS;
+    float* mine = warp_sums + (i64)warp * a.cols;
+    for (int c = lane; c < a.cols; c += 32) mine[c] = 0.0f;
     const float* w = (const float*)a.weight;
-    const float rstd = ((const float*)a.rstd)[row];
-    float dot = 0.0f;
-    for (int c = lane; c < a.cols; c += 32) dot += d[c] * w[c] * x[c];
-    dot = warp_sum(dot);
-    const float projection = dot * rstd * rstd / (float)a.cols;
-    float* dx = (float*)a.dx + row * a.cols;
-    for (int c = lane; c < a.cols; c += 32) dx[c] += rstd * (d[c] * w[c] - x[c] * projection);
-}
-
-// partials[g][c] = Σ over the group's rows of d_out · x · rstd; block (32, 8).
-extern "C" __global__ void rmsnorm_backward_dweight(NormArgs a) {
-    __shared__ float sums[8][32];
-    const int c = blockIdx.x * 32 + threadIdx.x;
-    const i64 first = blockIdx.y * (i64)GROUP_ROWS;
-    float sum = 0.0f;
-    if (c < a.cols) {
-        for (int r = threadIdx.y; r < GROUP_ROWS; r += 8) {
-            const i64 row = first + r;
-            if (row >= a.rows) break;
-            const i64 at = row * a.cols + c;
-            sum += ((const float*)a.d_out)[at] * ((const float*)a.x)[at] * ((const float*)a.rstd)[row];
+    for (int r = warp; r < GROUP_ROWS; r += ROWS_PER_BLOCK) {
+        const i64 row = first + r;
+        if (row >= a.rows) break;
+        const float* x = (const float*)a.x + row * a.cols;
+        const float* d = (const float*)a.d_out + row * a.cols;
+        const float rstd = ((const float*)a.rstd)[row];
+        float dot = 0.0f;
+        for (int c = lane; c < a.cols; c += 32) dot += d[c] * w[c] * x[c];
+        dot = warp_sum(dot);
+        const float projection = dot * rstd * rstd / (float)a.cols;
+        float* dx = (float*)a.dx + row * a.cols;
+        for (int c = lane; c < a.cols; c += 32) {
+            dx[c] += rstd * (d[c] * w[c] - x[c] * projection);
+            mine[c] += d[c] * x[c] * rstd;
         }
     }
-    sums[threadIdx.y][threadIdx.x] = sum;
     __syncthreads();
-    if (threadIdx.y == 0 && c < a.cols) {
+    for (int c = threadIdx.x; c < a.cols; c += blockDim.x) {
         float total = 0.0f;
-        for (int k = 0; k < 8; ++k) total += sums[k][threadIdx.x];
-        ((float*)a.partials)[blockIdx.y * (i64)a.cols + c] = total;
+#pragma unroll
+        for (int k = 0; k < ROWS_PER_BLOCK; ++k) total += warp_sums[(i64)k * a.cols + c];
+        ((float*)a.partials)[blockIdx.x * (i64)a.cols + c] = total;
     }
 }

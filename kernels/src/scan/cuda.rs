@@ -22,6 +22,10 @@ const BACKWARD_THREADS: u32 = 256;
 /// Positions whose states the backward holds in registers at a time (`SUB`).
 const BACKWARD_SUB: usize = 8;
 const REDUCE_THREADS: u32 = 256;
+/// The longest checkpoint chunk: the backward main kernel keeps each sub-chunk's start
+/// states in shared memory (4 KB per `BACKWARD_SUB` positions beside ~46 KB of tiles),
+/// within the 227 KB a block may have.
+pub(crate) const MAX_CHUNK: usize = 360;
 /// Threads wanted on the device before a row is cut into more segments: enough to cover
 /// every multiprocessor several warps deep. Measured on an H200 against 512 and 2048:
 /// best or within noise on every anchor shape (docs/cuda-scan.md).
@@ -110,8 +114,11 @@ fn validate(dims: ScanDims, op: &'static str) -> Result<(), KernelError> {
     if dims.batch > 65_535 {
         return invalid(format!("batch {} exceeds 65535", dims.batch));
     }
-    if dims.chunk > 400 {
-        return invalid(format!("chunk {} exceeds 400 (shared memory)", dims.chunk));
+    if dims.chunk > MAX_CHUNK {
+        return invalid(format!(
+            "chunk {} exceeds {MAX_CHUNK} (the backward's shared memory)",
+            dims.chunk
+        ));
     }
     let largest = dims.batch * dims.len * dims.channels.max(STATE);
     if dims.len > i32::MAX as usize || largest > i32::MAX as usize * 64 {

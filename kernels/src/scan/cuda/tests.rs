@@ -320,6 +320,41 @@ fn cuda_scan_single_segment() {
     check_against_reference(&cuda, &Problem::random(dims, 4, true, true, true));
 }
 
+/// The longest chunk the launcher accepts runs (its shared memory fits), and one more
+/// position is refused before launch.
+#[test]
+fn cuda_scan_longest_chunk() {
+    let Some(cuda) = device() else { return };
+    let dims = ScanDims {
+        batch: 1,
+        len: 2 * MAX_CHUNK + 5,
+        channels: 70,
+        state: 16,
+        chunk: MAX_CHUNK,
+    };
+    check_against_reference(&cuda, &Problem::random(dims, 7, true, true, true));
+    let longer = ScanDims {
+        chunk: MAX_CHUNK + 1,
+        ..dims
+    };
+    let p = Problem::random(longer, 8, false, false, false);
+    let on = OnDevice::new(&cuda, &p);
+    let mut out = cuda
+        .zeros(longer.batch * longer.len * longer.channels)
+        .unwrap();
+    let error = cuda
+        .scan_forward(
+            longer,
+            &on.inputs(&cuda),
+            None,
+            None,
+            None,
+            cuda.all_mut(&mut out),
+        )
+        .unwrap_err();
+    assert!(matches!(error, KernelError::Invalid { .. }), "{error}");
+}
+
 #[test]
 fn cuda_scan_backward_is_deterministic() {
     let Some(cuda) = device() else { return };

@@ -1,0 +1,144 @@
+//! Times the CUDA ops of one mixer layer other than the GEMMs and the scan, at issue 6's
+//! anchor (batch 8 × 2048 tokens, d_model 768, d_inner 1536), against the time their bytes
+//! take at the copy bandwidth.
+//!
+//! `cargo run --release -p seqmamba-kernels --example cuda_ops_bench`
+//!
+//! Times are CUDA-event medians of 30 runs after warm-up.
+
+use seqmamba_kernels::conv1d::ConvDims;
+use seqmamba_kernels::cuda::Cuda;
+use seqmamba_kernels::rmsnorm::NormDims;
+use seqmamba_kernels::rng::Rng;
+use seqmamba_kernels::{Backend, KernelError};
+
+const BATCH: usize = 8;
+const LEN: usize = 2048;
+const TOKENS: usize = BATCH * LEN;
+const D_MODEL: usize = 768;
+const D_INNER: usize = 1536;
+const TAPS: usize = 4;
+/// H200 copy bandwidth measured on this workplace's machines.
+const BANDWIDTH: f64 = 4.3e12;
+
+fn main() -> Result<(), KernelError> {
+    let cuda = Cuda::new(0)?;
+    let mut rng = Rng::new(7);
+    let mut random = |len: usize| cuda.upload(&rng.vec_uniform(len, -1.0, 1.0));
+    let inner = TOKENS * D_INNER;
+    let model = TOKENS * D_MODEL;
+    let (x, d_out) = (random(inner)?, random(inner)?);
+    let (weight, bias) = (random(D_INNER * TAPS)?, random(D_INNER)?);
+    let (residual, branch, norm_weight, d_normed) = (
+        random(model)?,
+        random(model)?,
+        random(D_MODEL)?,
+        random(model)?,
+    );
+    let (mut u, mut dx) = (cuda.zeros(inner)?, cuda.zeros(inner)?);
+    let (mut dweight, mut dbias) = (cuda.zeros(D_INNER * TAPS)?, cuda.zeros(D_INNER)?);
+    let (mut sum, mut normed, mut rstd) =
+        (cuda.zeros(model)?, cuda.zeros(model)?, cuda.zeros(TOKENS)?);
+    let (mut d_residual, mut d_norm_weight) = (cuda.zeros(model)?, cuda.zeros(D_MODEL)?);
+    let mut copy = cuda.zeros_bf16(inner)?;
+    let conv = ConvDims {
+        batch: BATCH,
+        len: LEN,
+        channels: D_INNER,
+        kernel: TAPS,
+    };
+    let norm = NormDims {
+        rows: TOKENS,
+        cols: D_MODEL,
+        eps: 1e-5,
+    };
+    let (f32_bytes, bf16_bytes) = (4.0, 2.0);
+    let mut rows = Vec::new();
+    let mut time = |name: &str, bytes: f64, op: &mut dyn FnMut() -> Result<(), KernelError>| {
+        let ms = cuda.median_ms(5, 30, op)?;
+        let floor = bytes / BANDWIDTH * 1e3;
+        rows.push(format!(
+            "| {name} | {ms:.4} | {floor:.4} | {:.0}% |",
+            100.0 * floor / ms
+        ));
+        Ok::<(), KernelError>(())
+    };
+    time(
+        "conv1d forward (x → u)",
+        2.0 * inner as f64 * f32_bytes,
+        &mut || {
+            cuda.conv1d_forward(
+                conv,
+                cuda.all(&x),
+                cuda.all(&weight),
+                cuda.all(&bias),
+                None,
+                None,
+                cuda.all_mut(&mut u),
+            )
+        },
+    )?;
+    time(
+        "conv1d backward (x, du → dx, dW, db)",
+        3.0 * inner as f64 * f32_bytes,
+        &mut || {
+            cuda.conv1d_backward(
+                conv,
+                cuda.all(&x),
+                cuda.all(&weight),
+                cuda.all(&bias),
+                None,
+                None,
+                cuda.all(&d_out),
+                cuda.all_mut(&mut dx),
+                cuda.all_mut(&mut dweight),
+                cuda.all_mut(&mut dbias),
+            )
+        },
+    )?;
+    time(
+        "residual add + RMSNorm forward",
+        4.0 * model as f64 * f32_bytes,
+        &mut || {
+            cuda.add_rmsnorm_forward(
+                norm,
+                cuda.all(&residual),
+                cuda.all(&branch),
+                cuda.all(&norm_weight),
+                cuda.all_mut(&mut sum),
+                cuda.all_mut(&mut normed),
+                cuda.all_mut(&mut rstd),
+            )
+        },
+    )?;
+    time(
+        "RMSNorm backward (x, d_out, d_residual → d_residual)",
+        4.0 * model as f64 * f32_bytes,
+        &mut || {
+            cuda.rmsnorm_backward(
+                norm,
+                cuda.all(&residual),
+                cuda.all(&norm_weight),
+                cuda.all(&rstd),
+                cuda.all(&d_normed),
+                cuda.all_mut(&mut d_residual),
+                cuda.all_mut(&mut d_norm_weight),
+            )
+        },
+    )?;
+    time(
+        "round to bf16 (tokens × d_inner)",
+        inner as f64 * (f32_bytes + bf16_bytes),
+        &mut || cuda.round_bf16(cuda.all(&x), &mut copy),
+    )?;
+    println!("anchor layer: batch {BATCH} × {LEN}, d_model {D_MODEL}, d_inner {D_INNER}");
+    println!(
+        "| op | ms | bytes at {:.1} TB/s | of the floor |",
+        BANDWIDTH / 1e12
+    );
+    println!("|---|---:|---:|---:|");
+    for row in rows {
+        println!("{row}");
+    }
+    Ok(())
+}
