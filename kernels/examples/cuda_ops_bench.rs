@@ -6,6 +6,7 @@
 //!
 //! Times are CUDA-event medians of 30 runs after warm-up.
 
+use seqmamba_kernels::bf16::Output;
 use seqmamba_kernels::conv1d::ConvDims;
 use seqmamba_kernels::cuda::Cuda;
 use seqmamba_kernels::rmsnorm::NormDims;
@@ -90,7 +91,7 @@ fn main() -> Result<(), KernelError> {
                 None,
                 None,
                 cuda.all(&d_out),
-                cuda.all_mut(&mut dx),
+                Output::F32(cuda.all_mut(&mut dx)),
                 cuda.all_mut(&mut dweight),
                 cuda.all_mut(&mut dbias),
             )

@@ -6,6 +6,7 @@
 //! Times are CUDA-event medians of 30 runs after warm-up. The anchors are the official
 //! mamba_ssm kernels with bf16 inputs, which move half the bytes of ours.
 
+use seqmamba_kernels::bf16::Output;
 use seqmamba_kernels::cuda::Cuda;
 use seqmamba_kernels::rng::Rng;
 use seqmamba_kernels::scan::cpu::InputBuffers;
@@ -93,19 +94,19 @@ fn main() -> Result<(), KernelError> {
                 None,
                 None,
                 Some(cuda.all_mut(&mut checkpoints)),
-                cuda.all_mut(&mut out),
+                Output::F32(cuda.all_mut(&mut out)),
             )
         })?;
         let bwd = cuda.median_ms(WARMUP, RUNS, || {
             let grads = ScanGrads {
                 du: cuda.all_mut(&mut du),
-                ddelta: cuda.all_mut(&mut ddelta),
+                ddelta: Output::F32(cuda.all_mut(&mut ddelta)),
                 da_log: cuda.all_mut(&mut da_log),
                 db: cuda.all_mut(&mut db),
                 dc: cuda.all_mut(&mut dc),
                 dd_skip: cuda.all_mut(&mut dd_skip),
                 ddelta_bias: cuda.all_mut(&mut ddelta_bias),
-                dz: Some(cuda.all_mut(&mut dz)),
+                dz: Some(Output::F32(cuda.all_mut(&mut dz))),
             };
             cuda.scan_backward(
                 dims,

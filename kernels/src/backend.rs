@@ -3,7 +3,7 @@
 use std::ops::Range;
 
 use crate::adamw::AdamW;
-use crate::bf16::Bf16View;
+use crate::bf16::{Bf16View, Output};
 use crate::conv1d::ConvDims;
 use crate::cross_entropy::CrossEntropyDims;
 use crate::elementwise::ColumnBlock;
@@ -169,7 +169,7 @@ pub trait Backend: Clone + Send + Sync {
         resets: Option<&Self::Ids>,
         initial_state: Option<Self::View<'_>>,
         d_out: Self::View<'_>,
-        dx: Self::ViewMut<'_>,
+        dx: Output<'_, Self>,
         dweight: Self::ViewMut<'_>,
         dbias: Self::ViewMut<'_>,
     ) -> Result<(), KernelError>;
@@ -182,7 +182,7 @@ pub trait Backend: Clone + Send + Sync {
         resets: Option<&Self::Ids>,
         state: Option<Self::ViewMut<'_>>,
         checkpoints: Option<Self::ViewMut<'_>>,
-        out: Self::ViewMut<'_>,
+        out: Output<'_, Self>,
     ) -> Result<(), KernelError>;
     /// See [`crate::scan::cpu::backward`].
     fn scan_backward(
@@ -192,7 +192,7 @@ pub trait Backend: Clone + Send + Sync {
         resets: Option<&Self::Ids>,
         checkpoints: Self::View<'_>,
         d_out: Self::View<'_>,
-        grads: ScanGrads<Self::ViewMut<'_>>,
+        grads: ScanGrads<Self::ViewMut<'_>, Output<'_, Self>>,
     ) -> Result<(), KernelError>;
 
     /// See [`crate::rmsnorm::forward`].

@@ -81,6 +81,20 @@ pub fn gemm(
     gemm::gemm(dims, &widen(a), &widen(b), c, accumulate)
 }
 
+/// Where an op writes a tensor: f32 values, or — for a tensor that only bf16 GEMMs read —
+/// its bf16 rounding alone (no f32 copy written, none kept).
+///
+/// ```
+/// use seqmamba_kernels::{bf16::Output, Backend, Cpu};
+/// let mut bits = Cpu.zeros_bf16(3).unwrap();
+/// let out: Output<'_, Cpu> = Output::Bf16(&mut bits);
+/// assert!(matches!(out, Output::Bf16(_)));
+/// ```
+pub enum Output<'a, B: Backend + 'a> {
+    F32(B::ViewMut<'a>),
+    Bf16(&'a mut B::Bf16Buffer),
+}
+
 /// A range of a backend's bf16 buffer: an operand of [`Backend::gemm_bf16`].
 pub struct Bf16View<'a, B: Backend + 'a> {
     pub buffer: &'a B::Bf16Buffer,

@@ -4,7 +4,7 @@ use std::ops::Range;
 
 use crate::adamw::{self, AdamW};
 use crate::backend::Backend;
-use crate::bf16::{self, Bf16View};
+use crate::bf16::{self, Bf16View, Output};
 use crate::conv1d::{self, ConvDims};
 use crate::cross_entropy::{self, CrossEntropyDims};
 use crate::elementwise::{self, ColumnBlock};
@@ -51,6 +51,36 @@ fn advise_huge_pages(buffer: &[f32]) {
         // how pages are backed, never their contents. A refusal leaves 4 KiB pages.
         unsafe {
             libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+        }
+    }
+}
+
+/// The f32 destination of an op's [`Output`]: the view itself, or a vector rounded into
+/// the bf16 buffer by [`Sink::finish`] (the CPU computes in f32 either way).
+enum Sink<'a> {
+    Direct(&'a mut [f32]),
+    Rounded(Vec<f32>, &'a mut Vec<u16>),
+}
+
+impl<'a> Sink<'a> {
+    fn new(out: Output<'a, Cpu>) -> Self {
+        match out {
+            Output::F32(values) => Self::Direct(values),
+            Output::Bf16(bits) => Self::Rounded(vec![0.0; bits.len()], bits),
+        }
+    }
+
+    fn values(&mut self) -> &mut [f32] {
+        match self {
+            Self::Direct(values) => values,
+            Self::Rounded(values, _) => values,
+        }
+    }
+
+    fn finish(self) -> Result<(), KernelError> {
+        match self {
+            Self::Direct(_) => Ok(()),
+            Self::Rounded(values, bits) => bf16::round(&values, bits),
         }
     }
 }
@@ -254,10 +284,11 @@ impl Backend for Cpu {
         resets: Option<&Vec<u32>>,
         initial_state: Option<&[f32]>,
         d_out: &[f32],
-        dx: &mut [f32],
+        dx: Output<'_, Self>,
         dweight: &mut [f32],
         dbias: &mut [f32],
     ) -> Result<(), KernelError> {
+        let mut dx = Sink::new(dx);
         conv1d::backward(
             dims,
             x,
@@ -266,10 +297,11 @@ impl Backend for Cpu {
             resets.map(|r| &r[..]),
             initial_state,
             d_out,
-            dx,
+            dx.values(),
             dweight,
             dbias,
-        )
+        )?;
+        dx.finish()
     }
 
     fn scan_forward(
@@ -279,16 +311,18 @@ impl Backend for Cpu {
         resets: Option<&Vec<u32>>,
         state: Option<&mut [f32]>,
         checkpoints: Option<&mut [f32]>,
-        out: &mut [f32],
+        out: Output<'_, Self>,
     ) -> Result<(), KernelError> {
+        let mut out = Sink::new(out);
         scan::cpu::forward(
             dims,
             inputs,
             resets.map(|r| &r[..]),
             state,
             checkpoints,
-            out,
-        )
+            out.values(),
+        )?;
+        out.finish()
     }
 
     fn scan_backward(
@@ -298,16 +332,29 @@ impl Backend for Cpu {
         resets: Option<&Vec<u32>>,
         checkpoints: &[f32],
         d_out: &[f32],
-        grads: ScanGrads<&mut [f32]>,
+        grads: ScanGrads<&mut [f32], Output<'_, Self>>,
     ) -> Result<(), KernelError> {
+        let mut ddelta = Sink::new(grads.ddelta);
+        let mut dz = grads.dz.map(Sink::new);
         scan::cpu::backward(
             dims,
             inputs,
             resets.map(|r| &r[..]),
             checkpoints,
             d_out,
-            grads,
-        )
+            ScanGrads {
+                du: grads.du,
+                ddelta: ddelta.values(),
+                da_log: grads.da_log,
+                db: grads.db,
+                dc: grads.dc,
+                dd_skip: grads.dd_skip,
+                ddelta_bias: grads.ddelta_bias,
+                dz: dz.as_mut().map(Sink::values),
+            },
+        )?;
+        ddelta.finish()?;
+        dz.map_or(Ok(()), Sink::finish)
     }
 
     fn rmsnorm_forward(

@@ -4,7 +4,8 @@
 // element. The weight and bias gradients are summed per run, then over the runs in order
 // (`sum_columns`): no atomics, the same bits on every run.
 //
-// Built with -DTAPS=<kernel size>; the module without it holds only `sum_columns`.
+// Built with -DTAPS=<kernel size>; the module without it holds only `sum_columns`. The
+// backward writes dx as f32 or, for a GEMM that reads only that, as bf16 (bf16.cuh).
 
 #define CONV_RUN 64        // positions per thread
 #define CONV_THREADS 128   // channels per block
@@ -18,12 +19,13 @@ struct ConvArgs {
     u64 state;     // (batch, kernel-1, channels); 0: zeros
     u64 out;
     u64 d_out;
-    u64 dx;
+    u64 dx;        // f32, or bf16 bits when dx_bf16
     u64 partials;  // (batch · runs, channels·kernel + channels)
     i64 batch;
     i64 len;
     int channels;
     int kernel;
+    int dx_bf16;
 };
 
 __device__ __forceinline__ float sigmoid_of(float v) { return 1.0f / (1.0f + expf(-v)); }
@@ -128,7 +130,6 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS, 8) conv1d_backward(Co
     const i64 column = b * a.len * a.channels + c;
     const float* x = (const float*)a.x + column;
     const float* d_out = (const float*)a.d_out + column;
-    float* dx = (float*)a.dx + column;
     // pending[k]: dx of position t - (TAPS-1) + k so far; positions before `first` are in
     // an earlier sequence than t and get nothing from it.
     float pending[TAPS];
@@ -166,7 +167,7 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS, 8) conv1d_backward(Co
                 if (k >= first) pending[k] += walk.weight[k] * g;
             // The oldest pending position gets nothing more: write it if it is this run's.
             const i64 done = s - (TAPS - 1);
-            if (done >= t0 && done < t1) dx[done * a.channels] = pending[0];
+            if (done >= t0 && done < t1) store_as((void*)a.dx, column + done * a.channels, pending[0], a.dx_bf16);
 #pragma unroll
             for (int k = 0; k + 1 < TAPS; ++k) pending[k] = pending[k + 1];
             pending[TAPS - 1] = 0.0f;

@@ -3,12 +3,15 @@
 use cudarc::driver::{DeviceRepr, LaunchConfig};
 
 use super::ConvDims;
-use crate::cuda::{check_view, flat_grid, Cuda, DeviceIds, DeviceView, DeviceViewMut, Partials};
+use crate::cuda::{
+    check_view, flat_grid, Cuda, DeviceIds, DeviceOutput, DeviceView, DeviceViewMut, Partials,
+};
 use crate::{element_count, KernelError};
 
 const MODULE: &str = "conv1d";
 const SOURCE: &str = concat!(
     include_str!("../cuda/common.cuh"),
+    include_str!("../cuda/bf16.cuh"),
     include_str!("conv1d.cu")
 );
 /// Kernel sizes the launcher accepts (each compiles its own module, `-DTAPS=k`).
@@ -33,6 +36,7 @@ struct ConvArgs {
     len: i64,
     channels: i32,
     kernel: i32,
+    dx_bf16: i32,
 }
 
 // SAFETY: plain old data laid out as the kernel's struct.
@@ -151,7 +155,7 @@ pub(crate) fn backward(
     resets: Option<&DeviceIds>,
     initial_state: Option<DeviceView<'_>>,
     d_out: DeviceView<'_>,
-    dx: DeviceViewMut<'_>,
+    dx: DeviceOutput,
     dweight: DeviceViewMut<'_>,
     dbias: DeviceViewMut<'_>,
 ) -> Result<(), KernelError> {
@@ -159,7 +163,7 @@ pub(crate) fn backward(
     let state_len = initial_state.as_ref().map(|s| s.len());
     let (mut args, elements) = input_args(OP, dims, x, weight, bias, resets, state_len)?;
     check_view(OP, "d_out", elements, d_out.len())?;
-    check_view(OP, "dx", elements, dx.len())?;
+    check_view(OP, "dx", elements, dx.len)?;
     check_view(OP, "dweight", weight.len(), dweight.len())?;
     check_view(OP, "dbias", bias.len(), dbias.len())?;
     if elements == 0 {
@@ -174,7 +178,8 @@ pub(crate) fn backward(
     let partials = cuda.scratch::<f32>(groups * stride)?;
     args.state = initial_state.as_ref().map_or(0, |s| s.address());
     args.d_out = d_out.address();
-    args.dx = dx.address();
+    args.dx = dx.address;
+    args.dx_bf16 = dx.bf16.into();
     args.partials = cuda.address(&partials);
     let function = cuda.function(MODULE, SOURCE, &taps(dims), "conv1d_backward")?;
     cuda.launch(&function, runs_grid(dims), &args)?;
@@ -198,6 +203,7 @@ pub(crate) fn backward(
 
 #[cfg(test)]
 mod tests {
+    use crate::bf16::Output;
     use crate::conv1d::{self, ConvDims};
     use crate::cuda::testing::{device, random};
     use crate::rng::Rng;
@@ -277,7 +283,7 @@ mod tests {
             gr.as_ref(),
             gs0.as_ref().map(|s| cuda.all(s)),
             cuda.all(&gd),
-            cuda.all_mut(&mut gdx),
+            Output::F32(cuda.all_mut(&mut gdx)),
             cuda.all_mut(&mut gdw),
             cuda.all_mut(&mut gdb),
         )
@@ -289,6 +295,25 @@ mod tests {
         }
         assert_close("dx", &down(&gdx), &to_f64(&dx), 1e-4, 1e-7);
         assert_close("dweight", &down(&gdw), &to_f64(&dw), 1e-4, 1e-7);
+        // dx written as bf16 is the f32 dx rounded, bit for bit.
+        let mut dx16 = cuda.zeros_bf16(n).unwrap();
+        let (mut again_dw, mut again_db) = (up(&dw0), up(&db0));
+        cuda.conv1d_backward(
+            dims,
+            cuda.all(&gx),
+            cuda.all(&gw),
+            cuda.all(&gb),
+            gr.as_ref(),
+            gs0.as_ref().map(|s| cuda.all(s)),
+            cuda.all(&gd),
+            Output::Bf16(&mut dx16),
+            cuda.all_mut(&mut again_dw),
+            cuda.all_mut(&mut again_db),
+        )
+        .unwrap();
+        let mut rounded = vec![0u16; n];
+        crate::bf16::round(&down(&gdx), &mut rounded).unwrap();
+        assert_eq!(cuda.download_bf16(&dx16).unwrap(), rounded, "bf16 dx");
         if !bias.is_empty() {
             assert_close("dbias", &down(&gdb), &to_f64(&db), 1e-4, 1e-7);
         }

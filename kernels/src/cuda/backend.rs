@@ -9,7 +9,7 @@ use super::{
 };
 use crate::adamw::AdamW;
 use crate::backend::Backend;
-use crate::bf16::Bf16View;
+use crate::bf16::{Bf16View, Output};
 use crate::conv1d::ConvDims;
 use crate::cross_entropy::CrossEntropyDims;
 use crate::elementwise::ColumnBlock;
@@ -302,7 +302,7 @@ impl Backend for Cuda {
         resets: Option<&DeviceIds>,
         initial_state: Option<DeviceView<'_>>,
         d_out: DeviceView<'_>,
-        dx: DeviceViewMut<'_>,
+        dx: Output<'_, Self>,
         dweight: DeviceViewMut<'_>,
         dbias: DeviceViewMut<'_>,
     ) -> Result<(), KernelError> {
@@ -316,7 +316,7 @@ impl Backend for Cuda {
                 resets,
                 initial_state,
                 d_out,
-                dx,
+                dx.into(),
                 dweight,
                 dbias,
             )
@@ -330,10 +330,10 @@ impl Backend for Cuda {
         resets: Option<&DeviceIds>,
         state: Option<DeviceViewMut<'_>>,
         checkpoints: Option<DeviceViewMut<'_>>,
-        out: DeviceViewMut<'_>,
+        out: Output<'_, Self>,
     ) -> Result<(), KernelError> {
         self.timed(TimedOp::Scan, || {
-            scan::cuda::forward(self, dims, inputs, resets, state, checkpoints, out)
+            scan::cuda::forward(self, dims, inputs, resets, state, checkpoints, out.into())
         })
     }
 
@@ -344,8 +344,18 @@ impl Backend for Cuda {
         resets: Option<&DeviceIds>,
         checkpoints: DeviceView<'_>,
         d_out: DeviceView<'_>,
-        grads: ScanGrads<DeviceViewMut<'_>>,
+        grads: ScanGrads<DeviceViewMut<'_>, Output<'_, Self>>,
     ) -> Result<(), KernelError> {
+        let grads = ScanGrads {
+            du: grads.du,
+            ddelta: grads.ddelta.into(),
+            da_log: grads.da_log,
+            db: grads.db,
+            dc: grads.dc,
+            dd_skip: grads.dd_skip,
+            ddelta_bias: grads.ddelta_bias,
+            dz: grads.dz.map(Into::into),
+        };
         self.timed(TimedOp::Scan, || {
             scan::cuda::backward(self, dims, inputs, resets, checkpoints, d_out, grads)
         })

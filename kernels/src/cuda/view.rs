@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, CudaStream};
 
+use super::Cuda;
+use crate::bf16::Output;
 use crate::KernelError;
 
 /// A read-only view of `len` f32 values at a device address.
@@ -149,6 +151,32 @@ impl<T> DeviceBuffer<T> {
     /// The allocation, for collectives that take cudarc's own types (`None` when empty).
     pub(crate) fn slice_mut(&mut self) -> Option<&mut CudaSlice<T>> {
         self.slice.as_mut()
+    }
+}
+
+/// Where a kernel writes a tensor: its address, its elements, and whether they are bf16
+/// bits (from a [`crate::bf16::Output`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DeviceOutput {
+    pub address: u64,
+    pub len: usize,
+    pub bf16: bool,
+}
+
+impl From<Output<'_, Cuda>> for DeviceOutput {
+    fn from(out: Output<'_, Cuda>) -> Self {
+        match out {
+            Output::F32(view) => Self {
+                address: view.address(),
+                len: view.len(),
+                bf16: false,
+            },
+            Output::Bf16(buffer) => Self {
+                address: buffer.address(),
+                len: buffer.len(),
+                bf16: true,
+            },
+        }
     }
 }
 

@@ -1,6 +1,5 @@
-// f32 -> bf16 copies of GEMM operands (common.cuh is prepended). Rounds to nearest, ties
-// to even, as the hardware conversion does; a NaN stays a (quiet) NaN. A thread converts
-// four values: with 16-byte aligned ends, one 16-byte load and one 8-byte store.
+// f32 -> bf16 copies of GEMM operands (common.cuh and bf16.cuh are prepended). A thread
+// converts four values: with 16-byte aligned ends, one 16-byte load and one 8-byte store.
 
 struct CastArgs {
     u64 x;  // const float*
@@ -8,13 +7,6 @@ struct CastArgs {
     i64 n;
     int vector;  // x, y 16- and 8-byte aligned, n a multiple of 4
 };
-
-__device__ __forceinline__ unsigned int bf16_bits(float value) {
-    const unsigned int bits = __float_as_uint(value);
-    const bool nan = (bits & 0x7fffffffu) > 0x7f800000u;
-    const unsigned int rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
-    return nan ? (bits >> 16) | 0x40u : rounded;
-}
 
 extern "C" __global__ void f32_to_bf16(CastArgs args) {
     const i64 first = 4 * (blockIdx.x * (i64)blockDim.x + threadIdx.x);

@@ -21,7 +21,11 @@ use crate::cuda::{
 use crate::{element_count, KernelError};
 
 const MODULE: &str = "gemm_cast";
-const SOURCE: &str = concat!(include_str!("../cuda/common.cuh"), include_str!("cast.cu"));
+const SOURCE: &str = concat!(
+    include_str!("../cuda/common.cuh"),
+    include_str!("../cuda/bf16.cuh"),
+    include_str!("cast.cu")
+);
 
 #[repr(C)]
 struct CastArgs {

@@ -3,10 +3,10 @@
 use cudarc::driver::{DeviceRepr, LaunchConfig};
 
 use super::{ScanDims, ScanGrads, ScanInputs};
-use crate::cuda::{check_view, Cuda, DeviceIds, DeviceView, DeviceViewMut};
+use crate::cuda::{check_view, Cuda, DeviceIds, DeviceOutput, DeviceView, DeviceViewMut};
 use crate::KernelError;
 
-const SOURCE: &str = include_str!("scan.cu");
+const SOURCE: &str = concat!(include_str!("../cuda/bf16.cuh"), include_str!("scan.cu"));
 /// The only state size the kernels are written for (Mamba-1's default).
 pub const STATE: usize = 16;
 /// Threads (channels) per block of the per-channel kernels (`CH_THREADS` in `scan.cu`).
@@ -74,6 +74,8 @@ struct ScanArgs {
     segments: i32,
     chunks: i32,
     channel_blocks: i32,
+    out_bf16: i32,
+    grads_bf16: i32,
 }
 
 // SAFETY: plain old data matching the kernel's struct field for field.
@@ -209,11 +211,11 @@ impl Cuda {
         resets: Option<&DeviceIds>,
         state: Option<DeviceViewMut<'_>>,
         checkpoints: Option<DeviceViewMut<'_>>,
-        out: DeviceViewMut<'_>,
+        out: DeviceOutput,
     ) -> Result<(), KernelError> {
         const OP: &str = "scan_forward (cuda)";
         let mut args = self.input_args(dims, OP, inputs, resets)?;
-        check_view(OP, "out", dims.batch * dims.len * dims.channels, out.len())?;
+        check_view(OP, "out", dims.batch * dims.len * dims.channels, out.len)?;
         if let Some(state) = &state {
             check_view(OP, "state", dims.state_len(), state.len())?;
         }
@@ -226,7 +228,8 @@ impl Cuda {
         let seg_sum = self.scratch::<f32>(slots)?;
         args.state = state.as_ref().map_or(0, |s| s.address());
         args.checkpoints = checkpoints.as_ref().map_or(0, |c| c.address());
-        args.out = out.address();
+        args.out = out.address;
+        args.out_bf16 = out.bf16.into();
         args.seg_state = self.address(&seg_state);
         args.seg_sum = self.address(&seg_sum);
         args.seg_len = cut.seg_len as i32;
@@ -260,7 +263,7 @@ impl Cuda {
         resets: Option<&DeviceIds>,
         checkpoints: DeviceView<'_>,
         d_out: DeviceView<'_>,
-        grads: ScanGrads<DeviceViewMut<'_>>,
+        grads: ScanGrads<DeviceViewMut<'_>, DeviceOutput>,
     ) -> Result<(), KernelError> {
         const OP: &str = "scan_backward (cuda)";
         let mut args = self.input_args(dims, OP, inputs, resets)?;
@@ -269,14 +272,22 @@ impl Cuda {
         check_view(OP, "checkpoints", dims.checkpoint_len(), checkpoints.len())?;
         check_view(OP, "d_out", activations, d_out.len())?;
         check_view(OP, "du", activations, grads.du.len())?;
-        check_view(OP, "ddelta", activations, grads.ddelta.len())?;
+        check_view(OP, "ddelta", activations, grads.ddelta.len)?;
         check_view(OP, "da_log", dims.channels * dims.state, grads.da_log.len())?;
         check_view(OP, "db", rows, grads.db.len())?;
         check_view(OP, "dc", rows, grads.dc.len())?;
         check_view(OP, "dd_skip", dims.channels, grads.dd_skip.len())?;
         check_view(OP, "ddelta_bias", dims.channels, grads.ddelta_bias.len())?;
         match (&inputs.z, &grads.dz) {
-            (Some(_), Some(dz)) => check_view(OP, "dz", activations, dz.len())?,
+            (Some(_), Some(dz)) => {
+                check_view(OP, "dz", activations, dz.len)?;
+                if dz.bf16 != grads.ddelta.bf16 {
+                    return Err(KernelError::Invalid {
+                        op: OP,
+                        message: "`ddelta` and `dz` must both be f32 or both bf16".into(),
+                    });
+                }
+            }
             (None, None) => {}
             _ => {
                 return Err(KernelError::Invalid {
@@ -301,8 +312,9 @@ impl Cuda {
         args.seg_sum = self.address(&seg_sum);
         args.d_out = d_out.address();
         args.du = grads.du.address();
-        args.ddelta = grads.ddelta.address();
-        args.dz = grads.dz.as_ref().map_or(0, |dz| dz.address());
+        args.ddelta = grads.ddelta.address;
+        args.dz = grads.dz.as_ref().map_or(0, |dz| dz.address);
+        args.grads_bf16 = grads.ddelta.bf16.into();
         args.part_a = self.address(&part_a);
         args.part_d = self.address(&part_d);
         args.part_bias = self.address(&part_bias);
@@ -362,7 +374,7 @@ pub(crate) fn forward(
     resets: Option<&DeviceIds>,
     state: Option<DeviceViewMut<'_>>,
     checkpoints: Option<DeviceViewMut<'_>>,
-    out: DeviceViewMut<'_>,
+    out: DeviceOutput,
 ) -> Result<(), KernelError> {
     cuda.scan_forward_device(dims, inputs, resets, state, checkpoints, out)
 }
@@ -377,7 +389,7 @@ pub(crate) fn backward(
     resets: Option<&DeviceIds>,
     checkpoints: DeviceView<'_>,
     d_out: DeviceView<'_>,
-    grads: ScanGrads<DeviceViewMut<'_>>,
+    grads: ScanGrads<DeviceViewMut<'_>, DeviceOutput>,
 ) -> Result<(), KernelError> {
     cuda.scan_backward_device(dims, inputs, resets, checkpoints, d_out, grads)
 }

@@ -90,18 +90,19 @@ pub struct ScanInputs<V> {
     pub z: Option<V>,
 }
 
-/// Gradient outputs of the scan; `M` is a backend's mutable view (`&mut [f32]` on the CPU).
-/// Activation gradients are overwritten, parameter gradients (`da_log`, `dd_skip`,
-/// `ddelta_bias`) accumulated.
+/// Gradient outputs of the scan; `M` is a backend's mutable view (`&mut [f32]` on the CPU),
+/// `O` where `ddelta` and `dz` go (a [`crate::bf16::Output`] in [`crate::Backend`]: they
+/// feed only GEMMs). Activation gradients are overwritten, parameter gradients (`da_log`,
+/// `dd_skip`, `ddelta_bias`) accumulated.
 #[derive(Debug)]
-pub struct ScanGrads<M> {
+pub struct ScanGrads<M, O = M> {
     pub du: M,
-    pub ddelta: M,
+    pub ddelta: O,
     pub da_log: M,
     pub db: M,
     pub dc: M,
     pub dd_skip: M,
     pub ddelta_bias: M,
     /// Required exactly when the inputs have `z`.
-    pub dz: Option<M>,
+    pub dz: Option<O>,
 }

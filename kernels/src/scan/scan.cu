@@ -26,7 +26,8 @@
 //               result is the same bit for bit on every run.
 // With one segment, steps 1 and 2 are skipped.
 //
-// Built by NVRTC with -DSTATE=<n>; no headers.
+// Built by NVRTC with -DSTATE=<n>; bf16.cuh is prepended (the output, ddelta and dz can be
+// written as bf16 for GEMMs that read only that).
 
 #ifndef STATE
 #error "compile with -DSTATE=<states per channel>"
@@ -84,6 +85,8 @@ struct ScanArgs {
     int segments;
     int chunks;
     int channel_blocks;
+    int out_bf16;             // out written as bf16 bits
+    int grads_bf16;           // ddelta and dz written as bf16 bits
 };
 
 __device__ __forceinline__ void load_row(const float* base, float (&v)[STATE]) {
@@ -361,7 +364,7 @@ extern "C" __global__ void __launch_bounds__(CH_THREADS) scan_fwd_output(ScanArg
                 const float zz = tile.z[r][threadIdx.x];
                 out *= zz * sigmoid(zz);
             }
-            if (active) p.out[row * p.channels + d] = out;
+            if (active) store_as(p.out, row * p.channels + d, out, p.out_bf16);
         }
     });
     if (active && s == p.segments - 1 && p.state != nullptr) {
@@ -605,8 +608,8 @@ __device__ __forceinline__ void write_quad_out(const ScanArgs& p, const QuadElem
         if (!io.active || r >= steps) continue;
         const size_t i = first + e * io.row_stride;
         p.du[i] = out[r][GROUPS * io.ch];
-        p.ddelta[i] = out[r][GROUPS * io.ch + 1];
-        if (p.z != nullptr) p.dz[i] = out[r][GROUPS * io.ch + 2];
+        store_as(p.ddelta, i, out[r][GROUPS * io.ch + 1], p.grads_bf16);
+        if (p.z != nullptr) store_as(p.dz, i, out[r][GROUPS * io.ch + 2], p.grads_bf16);
     }
 }
 

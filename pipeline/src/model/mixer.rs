@@ -19,7 +19,7 @@
 //! step that makes it, into a bf16 copy (the weights once per forward, by the model), and
 //! every GEMM of the mixer reads the copies; the f32 values stay for the other ops.
 
-use seqmamba_kernels::bf16::Bf16View;
+use seqmamba_kernels::bf16::{Bf16View, Output};
 use seqmamba_kernels::conv1d::ConvDims;
 use seqmamba_kernels::elementwise::ColumnBlock;
 use seqmamba_kernels::gemm::GemmDims;
@@ -124,11 +124,11 @@ impl<B: Backend> Clone for Weights<'_, B> {
 
 impl<B: Backend> Copy for Weights<'_, B> {}
 
-/// A GEMM operand: f32 values, and their bf16 copy when the GEMMs run in bf16. (Two
+/// A GEMM operand: f32 values, or a bf16 copy when the mixer trains in bf16. (Two
 /// lifetimes: a backend's views need not shorten.)
-struct Operand<'a, 'b, B: Backend + 'a + 'b> {
-    f32: B::View<'a>,
-    bf16: Option<Bf16View<'b, B>>,
+enum Operand<'a, 'b, B: Backend + 'a + 'b> {
+    F32(B::View<'a>),
+    Bf16(Bf16View<'b, B>),
 }
 
 impl<'a, 'b, B: Backend + 'a + 'b> Clone for Operand<'a, 'b, B> {
@@ -140,15 +140,15 @@ impl<'a, 'b, B: Backend + 'a + 'b> Clone for Operand<'a, 'b, B> {
 impl<'a, 'b, B: Backend + 'a + 'b> Copy for Operand<'a, 'b, B> {}
 
 impl<'a, 'b, B: Backend + 'a + 'b> Operand<'a, 'b, B> {
-    /// All of `x`, with all of its copy.
-    fn whole(be: &B, x: B::View<'a>, copy: Option<&'b B::Bf16Buffer>) -> Self {
-        Self {
-            f32: x,
-            bf16: copy.map(|c| Bf16View::new(c, 0..be.bf16_len(c))),
+    /// `x`, or its bf16 copy when there is one.
+    fn saved(be: &B, x: B::View<'a>, copy: Option<&'b B::Bf16Buffer>) -> Self {
+        match copy {
+            Some(copy) => Self::Bf16(Bf16View::new(copy, 0..be.bf16_len(copy))),
+            None => Self::F32(x),
         }
     }
 
-    /// Rounds `x` into `copy` first, when there is one.
+    /// `x`, or its rounding into `copy` when there is one.
     fn rounded(
         be: &B,
         x: B::View<'a>,
@@ -156,23 +156,35 @@ impl<'a, 'b, B: Backend + 'a + 'b> Operand<'a, 'b, B> {
     ) -> Result<Self, KernelError> {
         if let Some(copy) = copy {
             be.round_bf16(x, copy)?;
-            return Ok(Self::whole(be, x, Some(&*copy)));
+            return Ok(Self::saved(be, x, Some(&*copy)));
         }
-        Ok(Self::whole(be, x, None))
+        Ok(Self::F32(x))
     }
 }
 
 impl<'a, B: Backend + 'a> Operand<'a, 'a, B> {
     /// `range` of the weights.
     fn weight(be: &B, weights: Weights<'a, B>, range: std::ops::Range<usize>) -> Self {
-        Self {
-            f32: be.view(weights.f32, range.clone()),
-            bf16: weights.bf16.map(|c| Bf16View::new(c, range)),
+        match weights.bf16 {
+            Some(copy) => Self::Bf16(Bf16View::new(copy, range)),
+            None => Self::F32(be.view(weights.f32, range)),
         }
     }
 }
 
-/// `c = op(a)·op(b)` on the bf16 copies when both operands have one.
+/// Where an op writes a tensor only GEMMs read: its bf16 copy when there is one.
+fn output<'a, B: Backend>(
+    be: &B,
+    f32: &'a mut B::Buffer,
+    copy: Option<&'a mut B::Bf16Buffer>,
+) -> Output<'a, B> {
+    match copy {
+        Some(copy) => Output::Bf16(copy),
+        None => Output::F32(be.all_mut(f32)),
+    }
+}
+
+/// `c = op(a)·op(b)`, in bf16 when the operands are bf16 copies.
 fn gemm<B: Backend>(
     be: &B,
     dims: GemmDims,
@@ -181,9 +193,13 @@ fn gemm<B: Backend>(
     c: B::ViewMut<'_>,
     accumulate: bool,
 ) -> Result<(), KernelError> {
-    match (a.bf16, b.bf16) {
-        (Some(a), Some(b)) => be.gemm_bf16(dims, a, b, c, accumulate),
-        _ => be.gemm(dims, a.f32, b.f32, c, accumulate),
+    match (a, b) {
+        (Operand::F32(a), Operand::F32(b)) => be.gemm(dims, a, b, c, accumulate),
+        (Operand::Bf16(a), Operand::Bf16(b)) => be.gemm_bf16(dims, a, b, c, accumulate),
+        _ => Err(KernelError::Invalid {
+            op: "mixer",
+            message: "a GEMM of an f32 and a bf16 operand".into(),
+        }),
     }
 }
 
@@ -235,7 +251,6 @@ impl<B: Backend> MixerActivations<B> {
             None
         };
         Ok(Self {
-            bf16,
             x: be.zeros(t * di)?,
             z: be.zeros(t * di)?,
             u: be.zeros(t * di)?,
@@ -249,7 +264,9 @@ impl<B: Backend> MixerActivations<B> {
             } else {
                 0
             })?,
-            y: be.zeros(t * di)?,
+            // In bf16 the scan writes y as its bf16 copy alone.
+            y: be.zeros(if bf16.is_some() { 0 } else { t * di })?,
+            bf16,
         })
     }
 }
@@ -280,17 +297,19 @@ impl<B: Backend> MixerScratch<B> {
         } else {
             None
         };
+        // In bf16 the scan and the conv write ddelta, dz and dx as bf16 copies alone.
+        let only_gemms_read = if bf16.is_some() { 0 } else { t * di };
         Ok(Self {
             bf16,
             dy: be.zeros(t * di)?,
             du: be.zeros(t * di)?,
-            ddelta: be.zeros(t * di)?,
+            ddelta: be.zeros(only_gemms_read)?,
             db: be.zeros(t * c.d_state)?,
             dc: be.zeros(t * c.d_state)?,
-            dz: be.zeros(t * di)?,
+            dz: be.zeros(only_gemms_read)?,
             ddt_low: be.zeros(t * c.dt_rank)?,
             dxproj: be.zeros(t * c.x_proj_width())?,
-            dx: be.zeros(t * di)?,
+            dx: be.zeros(only_gemms_read)?,
         })
     }
 }
@@ -364,7 +383,7 @@ pub fn forward<B: Backend>(
     let w = |range: std::ops::Range<usize>| be.view(weights.f32, range);
     let weight = |range| Operand::weight(be, weights, range);
     let s = Split::new(c, p);
-    let [input_copy, u_copy, dt_low_copy, y_copy] =
+    let [input_copy, u_copy, dt_low_copy, mut y_copy] =
         acts.bf16.as_mut().map_or(Default::default(), |k| {
             [
                 Some(&mut k.input),
@@ -440,7 +459,7 @@ pub fn forward<B: Backend>(
         false,
     )?;
     let inputs = ScanInputs {
-        u: u.f32,
+        u: be.all(&acts.u),
         delta: be.all(&acts.delta),
         a_log: w(p.a_log.clone()),
         b: be.all(&acts.b),
@@ -456,9 +475,9 @@ pub fn forward<B: Backend>(
         resets,
         ssm_state,
         checkpoints,
-        be.all_mut(&mut acts.y),
+        output(be, &mut acts.y, y_copy.as_deref_mut()),
     )?;
-    let y = Operand::rounded(be, be.all(&acts.y), y_copy)?;
+    let y = Operand::saved(be, be.all(&acts.y), y_copy.as_deref());
     gemm(
         be,
         linear(t, d, di),
@@ -502,16 +521,21 @@ pub fn backward<B: Backend>(
     let weight = |range| Operand::weight(be, weights, range);
     let s = Split::new(c, p);
     let saved = acts.bf16.as_ref();
-    let [d_out_copy, ddelta_copy, dxproj_copy, dx_copy, dz_copy] =
-        scratch.bf16.as_mut().map_or(Default::default(), |k| {
-            [
-                Some(&mut k.d_out),
-                Some(&mut k.ddelta),
-                Some(&mut k.dxproj),
-                Some(&mut k.dx),
-                Some(&mut k.dz),
-            ]
-        });
+    let [
+        d_out_copy,
+        mut ddelta_copy,
+        dxproj_copy,
+        mut dx_copy,
+        mut dz_copy,
+    ] = scratch.bf16.as_mut().map_or(Default::default(), |k| {
+        [
+            Some(&mut k.d_out),
+            Some(&mut k.ddelta),
+            Some(&mut k.dxproj),
+            Some(&mut k.dx),
+            Some(&mut k.dz),
+        ]
+    });
 
     let d_out = Operand::rounded(be, d_out, d_out_copy)?;
     gemm(
@@ -526,14 +550,14 @@ pub fn backward<B: Backend>(
         be,
         linear_weight_grad(t, d, di),
         d_out,
-        Operand::whole(be, be.all(&acts.y), saved.map(|k| &k.y)),
+        Operand::saved(be, be.all(&acts.y), saved.map(|k| &k.y)),
         be.view_mut(grads, p.out_proj.clone()),
         true,
     )?;
 
-    let u = Operand::whole(be, be.all(&acts.u), saved.map(|k| &k.u));
+    let u = Operand::saved(be, be.all(&acts.u), saved.map(|k| &k.u));
     let inputs = ScanInputs {
-        u: u.f32,
+        u: be.all(&acts.u),
         delta: be.all(&acts.delta),
         a_log: w(p.a_log.clone()),
         b: be.all(&acts.b),
@@ -554,18 +578,18 @@ pub fn backward<B: Backend>(
         be.all(&scratch.dy),
         ScanGrads {
             du: be.all_mut(&mut scratch.du),
-            ddelta: be.all_mut(&mut scratch.ddelta),
+            ddelta: output(be, &mut scratch.ddelta, ddelta_copy.as_deref_mut()),
             da_log,
             db: be.all_mut(&mut scratch.db),
             dc: be.all_mut(&mut scratch.dc),
             dd_skip,
             ddelta_bias,
-            dz: Some(be.all_mut(&mut scratch.dz)),
+            dz: Some(output(be, &mut scratch.dz, dz_copy.as_deref_mut())),
         },
     )?;
 
     // delta = dt_low · dt_projᵀ
-    let ddelta = Operand::rounded(be, be.all(&scratch.ddelta), ddelta_copy)?;
+    let ddelta = Operand::saved(be, be.all(&scratch.ddelta), ddelta_copy.as_deref());
     gemm(
         be,
         linear_input_grad(t, di, r),
@@ -578,7 +602,7 @@ pub fn backward<B: Backend>(
         be,
         linear_weight_grad(t, di, r),
         ddelta,
-        Operand::whole(be, be.all(&acts.dt_low), saved.map(|k| &k.dt_low)),
+        Operand::saved(be, be.all(&acts.dt_low), saved.map(|k| &k.dt_low)),
         be.view_mut(grads, p.dt_proj_weight.clone()),
         true,
     )?;
@@ -631,15 +655,15 @@ pub fn backward<B: Backend>(
         resets,
         None,
         be.all(&scratch.du),
-        be.all_mut(&mut scratch.dx),
+        output(be, &mut scratch.dx, dx_copy.as_deref_mut()),
         dconv_weight,
         dconv_bias,
     )?;
 
     // x, z = in_proj(input)
-    let input = Operand::whole(be, input, saved.map(|k| &k.input));
-    let dx = Operand::rounded(be, be.all(&scratch.dx), dx_copy)?;
-    let dz = Operand::rounded(be, be.all(&scratch.dz), dz_copy)?;
+    let input = Operand::saved(be, input, saved.map(|k| &k.input));
+    let dx = Operand::saved(be, be.all(&scratch.dx), dx_copy.as_deref());
+    let dz = Operand::saved(be, be.all(&scratch.dz), dz_copy.as_deref());
     let mut d_input = d_input;
     for (dy, rows, accumulate) in [(dx, &s.in_x, false), (dz, &s.in_z, true)] {
         gemm(

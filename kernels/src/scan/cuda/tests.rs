@@ -1,6 +1,7 @@
 //! The CUDA scan against the f64 reference. Each test skips (and says so) without a GPU.
 
 use super::*;
+use crate::bf16::Output;
 use crate::cuda::testing::device;
 use crate::cuda::DeviceBuffer;
 use crate::rng::Rng;
@@ -143,7 +144,7 @@ fn run_forward(cuda: &Cuda, p: &Problem, on: &OnDevice) -> DeviceForward {
         on.resets.as_ref(),
         state_arg,
         Some(cuda.all_mut(&mut checkpoints)),
-        cuda.all_mut(&mut out),
+        Output::F32(cuda.all_mut(&mut out)),
     )
     .unwrap();
     DeviceForward {
@@ -179,13 +180,13 @@ fn run_backward(
     let d_out = cuda.upload(&p.d_out).unwrap();
     let grads = ScanGrads {
         du: cuda.all_mut(&mut du),
-        ddelta: cuda.all_mut(&mut ddelta),
+        ddelta: Output::F32(cuda.all_mut(&mut ddelta)),
         da_log: cuda.all_mut(&mut da_log),
         db: cuda.all_mut(&mut db),
         dc: cuda.all_mut(&mut dc),
         dd_skip: cuda.all_mut(&mut dd_skip),
         ddelta_bias: cuda.all_mut(&mut ddelta_bias),
-        dz: dz.as_mut().map(|dz| cuda.all_mut(dz)),
+        dz: dz.as_mut().map(|dz| Output::F32(cuda.all_mut(dz))),
     };
     cuda.scan_backward(
         dims,
@@ -320,6 +321,75 @@ fn cuda_scan_single_segment() {
     check_against_reference(&cuda, &Problem::random(dims, 4, true, true, true));
 }
 
+/// Written as bf16 (for GEMMs that read nothing else), the output, ddelta and dz are the
+/// f32 results rounded, bit for bit.
+#[test]
+fn cuda_scan_bf16_outputs_are_the_rounded_f32_outputs() {
+    let Some(cuda) = device() else { return };
+    let dims = ScanDims {
+        batch: 2,
+        len: 300,
+        channels: 80,
+        state: 16,
+        chunk: 64,
+    };
+    let p = Problem::random(dims, 9, true, true, false);
+    let on = OnDevice::new(&cuda, &p);
+    let forward = run_forward(&cuda, &p, &on);
+    let f32s = run_backward(&cuda, &p, &on, &forward.checkpoints);
+    let act = dims.batch * dims.len * dims.channels;
+    let rounded = |values: &[f32]| {
+        let mut bits = vec![0u16; values.len()];
+        crate::bf16::round(values, &mut bits).unwrap();
+        bits
+    };
+    let mut out = cuda.zeros_bf16(act).unwrap();
+    let mut checkpoints = cuda.zeros(dims.checkpoint_len()).unwrap();
+    cuda.scan_forward(
+        dims,
+        &on.inputs(&cuda),
+        on.resets.as_ref(),
+        None,
+        Some(cuda.all_mut(&mut checkpoints)),
+        Output::Bf16(&mut out),
+    )
+    .unwrap();
+    assert_eq!(cuda.download_bf16(&out).unwrap(), rounded(&forward.out));
+
+    let grads_f32 = |name| &f32s.all.iter().find(|(n, _)| *n == name).unwrap().1;
+    let zeros = |n: usize| cuda.zeros(n).unwrap();
+    let rows = dims.batch * dims.len * dims.state;
+    let (mut du, mut db, mut dc) = (zeros(act), zeros(rows), zeros(rows));
+    let mut da_log = zeros(dims.channels * dims.state);
+    let (mut dd_skip, mut ddelta_bias) = (zeros(dims.channels), zeros(dims.channels));
+    let (mut ddelta, mut dz) = (cuda.zeros_bf16(act).unwrap(), cuda.zeros_bf16(act).unwrap());
+    let d_out = cuda.upload(&p.d_out).unwrap();
+    cuda.scan_backward(
+        dims,
+        &on.inputs(&cuda),
+        on.resets.as_ref(),
+        cuda.all(&forward.checkpoints),
+        cuda.all(&d_out),
+        ScanGrads {
+            du: cuda.all_mut(&mut du),
+            ddelta: Output::Bf16(&mut ddelta),
+            da_log: cuda.all_mut(&mut da_log),
+            db: cuda.all_mut(&mut db),
+            dc: cuda.all_mut(&mut dc),
+            dd_skip: cuda.all_mut(&mut dd_skip),
+            ddelta_bias: cuda.all_mut(&mut ddelta_bias),
+            dz: Some(Output::Bf16(&mut dz)),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        cuda.download_bf16(&ddelta).unwrap(),
+        rounded(grads_f32("ddelta"))
+    );
+    assert_eq!(cuda.download_bf16(&dz).unwrap(), rounded(grads_f32("dz")));
+    assert_eq!(cuda.download(cuda.all(&du)).unwrap(), *grads_f32("du"));
+}
+
 /// The longest chunk the launcher accepts runs (its shared memory fits), and one more
 /// position is refused before launch.
 #[test]
@@ -349,7 +419,7 @@ fn cuda_scan_longest_chunk() {
             None,
             None,
             None,
-            cuda.all_mut(&mut out),
+            Output::F32(cuda.all_mut(&mut out)),
         )
         .unwrap_err();
     assert!(matches!(error, KernelError::Invalid { .. }), "{error}");
@@ -396,7 +466,7 @@ fn cuda_scan_rejects_bad_shapes() {
             None,
             None,
             None,
-            cuda.all_mut(&mut short),
+            Output::F32(cuda.all_mut(&mut short)),
         )
         .unwrap_err();
     assert!(matches!(
@@ -417,7 +487,7 @@ fn cuda_scan_rejects_bad_shapes() {
             None,
             None,
             None,
-            cuda.all_mut(&mut out),
+            Output::F32(cuda.all_mut(&mut out)),
         )
         .unwrap_err();
     assert!(matches!(error, KernelError::Invalid { .. }), "{error}");
