@@ -206,6 +206,7 @@ mod tests {
     use crate::bf16::Output;
     use crate::conv1d::{self, ConvDims};
     use crate::cuda::testing::{device, random};
+    use crate::cuda::DeviceBuffer;
     use crate::rng::Rng;
     use crate::testing::{assert_close, to_f64};
     use crate::Backend;
@@ -274,49 +275,42 @@ mod tests {
             cuda.all_mut(&mut gout),
         )
         .unwrap();
-        let (mut gdx, mut gdw, mut gdb) = (up(&vec![f32::NAN; n]), up(&dw0), up(&db0));
-        cuda.conv1d_backward(
-            dims,
-            cuda.all(&gx),
-            cuda.all(&gw),
-            cuda.all(&gb),
-            gr.as_ref(),
-            gs0.as_ref().map(|s| cuda.all(s)),
-            cuda.all(&gd),
-            Output::F32(cuda.all_mut(&mut gdx)),
-            cuda.all_mut(&mut gdw),
-            cuda.all_mut(&mut gdb),
-        )
-        .unwrap();
-        let down = |b| cuda.download(cuda.all(b)).unwrap();
+        let down = |b: &DeviceBuffer| cuda.download(cuda.all(b)).unwrap();
+        // The weight and bias gradients accumulate into fresh copies of dw0, db0 each run.
+        let backward = |dx: Output<'_, crate::cuda::Cuda>| {
+            let (mut gdw, mut gdb) = (up(&dw0), up(&db0));
+            cuda.conv1d_backward(
+                dims,
+                cuda.all(&gx),
+                cuda.all(&gw),
+                cuda.all(&gb),
+                gr.as_ref(),
+                gs0.as_ref().map(|s| cuda.all(s)),
+                cuda.all(&gd),
+                dx,
+                cuda.all_mut(&mut gdw),
+                cuda.all_mut(&mut gdb),
+            )
+            .unwrap();
+            (down(&gdw), down(&gdb))
+        };
+        let mut gdx = up(&vec![f32::NAN; n]);
+        let (gdw, gdb) = backward(Output::F32(cuda.all_mut(&mut gdx)));
         assert_close("out", &down(&gout), &to_f64(&out), 1e-5, 1e-7);
         if let (Some(gs), Some(state)) = (&gs, &state) {
             assert_close("state", &down(gs), &to_f64(state), 0.0, 0.0);
         }
         assert_close("dx", &down(&gdx), &to_f64(&dx), 1e-4, 1e-7);
-        assert_close("dweight", &down(&gdw), &to_f64(&dw), 1e-4, 1e-7);
+        assert_close("dweight", &gdw, &to_f64(&dw), 1e-4, 1e-7);
+        if !bias.is_empty() {
+            assert_close("dbias", &gdb, &to_f64(&db), 1e-4, 1e-7);
+        }
         // dx written as bf16 is the f32 dx rounded, bit for bit.
         let mut dx16 = cuda.zeros_bf16(n).unwrap();
-        let (mut again_dw, mut again_db) = (up(&dw0), up(&db0));
-        cuda.conv1d_backward(
-            dims,
-            cuda.all(&gx),
-            cuda.all(&gw),
-            cuda.all(&gb),
-            gr.as_ref(),
-            gs0.as_ref().map(|s| cuda.all(s)),
-            cuda.all(&gd),
-            Output::Bf16(&mut dx16),
-            cuda.all_mut(&mut again_dw),
-            cuda.all_mut(&mut again_db),
-        )
-        .unwrap();
+        backward(Output::Bf16(&mut dx16));
         let mut rounded = vec![0u16; n];
         crate::bf16::round(&down(&gdx), &mut rounded).unwrap();
         assert_eq!(cuda.download_bf16(&dx16).unwrap(), rounded, "bf16 dx");
-        if !bias.is_empty() {
-            assert_close("dbias", &down(&gdb), &to_f64(&db), 1e-4, 1e-7);
-        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::ops::Range;
 
-use cudarc::driver::{result, sys, CudaGraph};
+use cudarc::driver::{result, sys, CudaGraph, DeviceRepr, ValidAsZeroBits};
 
 use super::{
     device_error, Cuda, DeviceBuffer, DeviceIds, DeviceView, DeviceViewMut, GemmPrecision, TimedOp,
@@ -33,6 +33,42 @@ impl Cuda {
     }
 }
 
+impl Cuda {
+    /// A zero-filled buffer of `len` elements (no allocation when empty).
+    fn zeroed<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        len: usize,
+    ) -> Result<DeviceBuffer<T>, KernelError> {
+        if len == 0 {
+            return Ok(DeviceBuffer::new(None));
+        }
+        self.shared
+            .stream
+            .alloc_zeros(len)
+            .map(|slice| DeviceBuffer::new(Some(slice)))
+            .map_err(|e| device_error(&format!("allocating {len} elements"), e))
+    }
+
+    /// `len` elements at `address`, on the host.
+    fn download_at<T: DeviceRepr + Default + Clone>(
+        &self,
+        address: u64,
+        len: usize,
+    ) -> Result<Vec<T>, KernelError> {
+        let mut host = vec![T::default(); len];
+        if !host.is_empty() {
+            // SAFETY: the caller's view or buffer covers `len` elements at `address`; the
+            // stream is synchronised before `host` is read or dropped.
+            unsafe {
+                result::memcpy_dtoh_async(&mut host, address, self.shared.stream.cu_stream())
+            }
+            .map_err(|e| device_error("copying from the device", e))?;
+        }
+        self.synchronize()?;
+        Ok(host)
+    }
+}
+
 impl Backend for Cuda {
     type Buffer = DeviceBuffer;
     type Ids = DeviceIds;
@@ -52,14 +88,7 @@ impl Backend for Cuda {
     }
 
     fn zeros(&self, len: usize) -> Result<DeviceBuffer, KernelError> {
-        if len == 0 {
-            return Ok(DeviceBuffer::new(None));
-        }
-        self.shared
-            .stream
-            .alloc_zeros(len)
-            .map(|slice| DeviceBuffer::new(Some(slice)))
-            .map_err(|e| device_error(&format!("allocating {len} floats"), e))
+        self.zeroed(len)
     }
 
     fn upload(&self, data: &[f32]) -> Result<DeviceBuffer, KernelError> {
@@ -67,17 +96,7 @@ impl Backend for Cuda {
     }
 
     fn download(&self, view: DeviceView<'_>) -> Result<Vec<f32>, KernelError> {
-        let mut host = vec![0.0f32; view.len()];
-        if !host.is_empty() {
-            // SAFETY: the view covers `host.len()` f32s; the stream is synchronised before
-            // `host` is read or dropped.
-            unsafe {
-                result::memcpy_dtoh_async(&mut host, view.address(), self.shared.stream.cu_stream())
-            }
-            .map_err(|e| device_error("copying from the device", e))?;
-        }
-        self.synchronize()?;
-        Ok(host)
+        self.download_at(view.address(), view.len())
     }
 
     fn upload_ids(&self, ids: &[u32]) -> Result<DeviceIds, KernelError> {
@@ -221,14 +240,7 @@ impl Backend for Cuda {
     type Bf16Buffer = DeviceBuffer<u16>;
 
     fn zeros_bf16(&self, len: usize) -> Result<DeviceBuffer<u16>, KernelError> {
-        if len == 0 {
-            return Ok(DeviceBuffer::new(None));
-        }
-        self.shared
-            .stream
-            .alloc_zeros(len)
-            .map(|slice| DeviceBuffer::new(Some(slice)))
-            .map_err(|e| device_error(&format!("allocating {len} bf16 values"), e))
+        self.zeroed(len)
     }
 
     fn bf16_len(&self, buffer: &DeviceBuffer<u16>) -> usize {
@@ -236,21 +248,7 @@ impl Backend for Cuda {
     }
 
     fn download_bf16(&self, buffer: &DeviceBuffer<u16>) -> Result<Vec<u16>, KernelError> {
-        let mut host = vec![0u16; buffer.len()];
-        if !host.is_empty() {
-            // SAFETY: the buffer holds `host.len()` values; the stream is synchronised
-            // before `host` is read or dropped.
-            unsafe {
-                result::memcpy_dtoh_async(
-                    &mut host,
-                    buffer.address(),
-                    self.shared.stream.cu_stream(),
-                )
-            }
-            .map_err(|e| device_error("copying from the device", e))?;
-        }
-        self.synchronize()?;
-        Ok(host)
+        self.download_at(buffer.address(), buffer.len())
     }
 
     fn round_bf16(

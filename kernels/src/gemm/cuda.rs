@@ -238,50 +238,39 @@ mod tests {
             (1, 513, 64),
             (5, 3, 0),
         ] {
-            for transpose_a in [false, true] {
-                for transpose_b in [false, true] {
-                    for accumulate in [false, true] {
-                        let dims = GemmDims {
-                            m,
-                            n,
-                            k,
-                            transpose_a,
-                            transpose_b,
-                        };
-                        let (a, b, c0) = (random(m * k, 1), random(k * n, 2), random(m * n, 3));
-                        let mut c = c0.clone();
-                        gemm::gemm(dims, &a, &b, &mut c, accumulate).unwrap();
-                        let (ga, gb) = (cuda.upload(&a).unwrap(), cuda.upload(&b).unwrap());
-                        let mut gc = cuda.upload(&c0).unwrap();
-                        cuda.gemm(
-                            dims,
-                            cuda.all(&ga),
-                            cuda.all(&gb),
-                            cuda.all_mut(&mut gc),
-                            accumulate,
-                        )
-                        .unwrap();
-                        let got = cuda.download(cuda.all(&gc)).unwrap();
-                        assert_close(
-                            &format!("{dims:?} accumulate {accumulate}"),
-                            &got,
-                            &to_f64(&c),
-                            1e-5,
-                            1e-6,
-                        );
-                        // Same bits on a second run.
-                        let mut again = cuda.upload(&c0).unwrap();
-                        cuda.gemm(
-                            dims,
-                            cuda.all(&ga),
-                            cuda.all(&gb),
-                            cuda.all_mut(&mut again),
-                            accumulate,
-                        )
-                        .unwrap();
-                        assert_eq!(bits(&cuda.download(cuda.all(&again)).unwrap()), bits(&got));
-                    }
-                }
+            for (dims, accumulate) in gemm::every_mode(m, n, k) {
+                let (a, b, c0) = (random(m * k, 1), random(k * n, 2), random(m * n, 3));
+                let mut c = c0.clone();
+                gemm::gemm(dims, &a, &b, &mut c, accumulate).unwrap();
+                let (ga, gb) = (cuda.upload(&a).unwrap(), cuda.upload(&b).unwrap());
+                let mut gc = cuda.upload(&c0).unwrap();
+                cuda.gemm(
+                    dims,
+                    cuda.all(&ga),
+                    cuda.all(&gb),
+                    cuda.all_mut(&mut gc),
+                    accumulate,
+                )
+                .unwrap();
+                let got = cuda.download(cuda.all(&gc)).unwrap();
+                assert_close(
+                    &format!("{dims:?} accumulate {accumulate}"),
+                    &got,
+                    &to_f64(&c),
+                    1e-5,
+                    1e-6,
+                );
+                // Same bits on a second run.
+                let mut again = cuda.upload(&c0).unwrap();
+                cuda.gemm(
+                    dims,
+                    cuda.all(&ga),
+                    cuda.all(&gb),
+                    cuda.all_mut(&mut again),
+                    accumulate,
+                )
+                .unwrap();
+                assert_eq!(bits(&cuda.download(cuda.all(&again)).unwrap()), bits(&got));
             }
         }
     }
@@ -398,39 +387,27 @@ mod tests {
             copy
         };
         let (ga, gb) = (upload(&a), upload(&b));
-        for transpose_a in [false, true] {
-            for transpose_b in [false, true] {
-                for accumulate in [false, true] {
-                    let dims = GemmDims {
-                        m,
-                        n,
-                        k,
-                        transpose_a,
-                        transpose_b,
-                    };
-                    let (ra, rb) = (8..8 + m * k, 4..4 + k * n);
-                    let mut want = c0.clone();
-                    crate::bf16::gemm(dims, &a[ra.clone()], &b[rb.clone()], &mut want, accumulate)
-                        .unwrap();
-                    let mut gc = cuda.upload(&c0).unwrap();
-                    cuda.gemm_bf16(
-                        dims,
-                        Bf16View::new(&ga, ra),
-                        Bf16View::new(&gb, rb),
-                        cuda.all_mut(&mut gc),
-                        accumulate,
-                    )
-                    .unwrap();
-                    let got = cuda.download(cuda.all(&gc)).unwrap();
-                    assert_close(
-                        &format!("{dims:?} accumulate {accumulate}"),
-                        &got,
-                        &to_f64(&want),
-                        1e-5,
-                        1e-6,
-                    );
-                }
-            }
+        for (dims, accumulate) in gemm::every_mode(m, n, k) {
+            let (ra, rb) = (8..8 + m * k, 4..4 + k * n);
+            let mut want = c0.clone();
+            crate::bf16::gemm(dims, &a[ra.clone()], &b[rb.clone()], &mut want, accumulate).unwrap();
+            let mut gc = cuda.upload(&c0).unwrap();
+            cuda.gemm_bf16(
+                dims,
+                Bf16View::new(&ga, ra),
+                Bf16View::new(&gb, rb),
+                cuda.all_mut(&mut gc),
+                accumulate,
+            )
+            .unwrap();
+            let got = cuda.download(cuda.all(&gc)).unwrap();
+            assert_close(
+                &format!("{dims:?} accumulate {accumulate}"),
+                &got,
+                &to_f64(&want),
+                1e-5,
+                1e-6,
+            );
         }
         let out_of_range = cuda.gemm_bf16(
             GemmDims {

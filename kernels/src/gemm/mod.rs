@@ -194,6 +194,23 @@ fn product(
     }
 }
 
+/// Every transpose and accumulate mode of an `m×n×k` product, for tests.
+#[cfg(test)]
+pub(crate) fn every_mode(m: usize, n: usize, k: usize) -> impl Iterator<Item = (GemmDims, bool)> {
+    [false, true].into_iter().flat_map(move |transpose_a| {
+        [false, true].into_iter().flat_map(move |transpose_b| {
+            let dims = GemmDims {
+                m,
+                n,
+                k,
+                transpose_a,
+                transpose_b,
+            };
+            [false, true].map(|accumulate| (dims, accumulate))
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,32 +257,20 @@ mod tests {
             (1, 3000, 300),
         ];
         for (m, n, k) in shapes {
-            for transpose_a in [false, true] {
-                for transpose_b in [false, true] {
-                    for accumulate in [false, true] {
-                        let dims = GemmDims {
-                            m,
-                            n,
-                            k,
-                            transpose_a,
-                            transpose_b,
-                        };
-                        let a = rng.vec_uniform(m * k, -1.0, 1.0);
-                        let b = rng.vec_uniform(k * n, -1.0, 1.0);
-                        let c0 = rng.vec_uniform(m * n, -1.0, 1.0);
-                        let mut c = c0.clone();
-                        gemm(dims, &a, &b, &mut c, accumulate).unwrap();
-                        let expected =
-                            reference(dims, &to_f64(&a), &to_f64(&b), &to_f64(&c0), accumulate);
-                        assert_close(
-                            &format!("{dims:?} acc {accumulate}"),
-                            &c,
-                            &expected,
-                            1e-5,
-                            1e-7,
-                        );
-                    }
-                }
+            for (dims, accumulate) in every_mode(m, n, k) {
+                let a = rng.vec_uniform(m * k, -1.0, 1.0);
+                let b = rng.vec_uniform(k * n, -1.0, 1.0);
+                let c0 = rng.vec_uniform(m * n, -1.0, 1.0);
+                let mut c = c0.clone();
+                gemm(dims, &a, &b, &mut c, accumulate).unwrap();
+                let expected = reference(dims, &to_f64(&a), &to_f64(&b), &to_f64(&c0), accumulate);
+                assert_close(
+                    &format!("{dims:?} acc {accumulate}"),
+                    &c,
+                    &expected,
+                    1e-5,
+                    1e-7,
+                );
             }
         }
     }

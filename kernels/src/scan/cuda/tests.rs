@@ -126,11 +126,52 @@ struct DeviceForward {
     checkpoints: DeviceBuffer,
 }
 
-fn run_forward(cuda: &Cuda, p: &Problem, on: &OnDevice) -> DeviceForward {
+/// Writes the outputs only GEMMs read (out; ddelta, dz) as bf16, read back widened.
+#[derive(Clone, Copy, PartialEq)]
+enum Written {
+    F32,
+    Bf16,
+}
+
+/// Where `run_forward` / `run_backward` write a GEMM-only output, and how to read it back.
+struct Destination {
+    f32: DeviceBuffer,
+    bf16: Option<DeviceBuffer<u16>>,
+}
+
+impl Destination {
+    /// Poisoned: every element must be written.
+    fn new(cuda: &Cuda, len: usize, written: Written) -> Self {
+        Self {
+            f32: cuda.upload(&vec![f32::NAN; len]).unwrap(),
+            bf16: (written == Written::Bf16).then(|| cuda.zeros_bf16(len).unwrap()),
+        }
+    }
+
+    fn output<'a>(&'a mut self, cuda: &Cuda) -> Output<'a, Cuda> {
+        match &mut self.bf16 {
+            Some(bits) => Output::Bf16(bits),
+            None => Output::F32(cuda.all_mut(&mut self.f32)),
+        }
+    }
+
+    fn values(&self, cuda: &Cuda) -> Vec<f32> {
+        match &self.bf16 {
+            Some(bits) => cuda
+                .download_bf16(bits)
+                .unwrap()
+                .into_iter()
+                .map(crate::bf16::to_f32)
+                .collect(),
+            None => cuda.download(cuda.all(&self.f32)).unwrap(),
+        }
+    }
+}
+
+fn run_forward(cuda: &Cuda, p: &Problem, on: &OnDevice, written: Written) -> DeviceForward {
     let dims = p.dims;
     let act = dims.batch * dims.len * dims.channels;
-    // Poisoned outputs: every element must be written.
-    let mut out = cuda.upload(&vec![f32::NAN; act]).unwrap();
+    let mut out = Destination::new(cuda, act, written);
     let mut checkpoints = cuda.upload(&vec![f32::NAN; dims.checkpoint_len()]).unwrap();
     let initial = p
         .initial
@@ -144,11 +185,11 @@ fn run_forward(cuda: &Cuda, p: &Problem, on: &OnDevice) -> DeviceForward {
         on.resets.as_ref(),
         state_arg,
         Some(cuda.all_mut(&mut checkpoints)),
-        Output::F32(cuda.all_mut(&mut out)),
+        out.output(cuda),
     )
     .unwrap();
     DeviceForward {
-        out: cuda.download(cuda.all(&out)).unwrap(),
+        out: out.values(cuda),
         final_state: cuda.download(cuda.all(&state)).unwrap(),
         checkpoints,
     }
@@ -166,27 +207,32 @@ fn run_backward(
     p: &Problem,
     on: &OnDevice,
     checkpoints: &DeviceBuffer,
+    written: Written,
 ) -> DeviceGrads {
     let dims = p.dims;
     let act = dims.batch * dims.len * dims.channels;
     let rows = dims.batch * dims.len * dims.state;
     let poison = |n: usize| cuda.upload(&vec![f32::NAN; n]).unwrap();
     let prior = |n: usize| cuda.upload(&vec![PRIOR; n]).unwrap();
-    let (mut du, mut ddelta, mut db, mut dc) =
-        (poison(act), poison(act), poison(rows), poison(rows));
-    let mut dz = p.inputs.z.as_ref().map(|_| poison(act));
+    let (mut du, mut db, mut dc) = (poison(act), poison(rows), poison(rows));
+    let mut ddelta = Destination::new(cuda, act, written);
+    let mut dz = p
+        .inputs
+        .z
+        .as_ref()
+        .map(|_| Destination::new(cuda, act, written));
     let mut da_log = prior(dims.channels * dims.state);
     let (mut dd_skip, mut ddelta_bias) = (prior(dims.channels), prior(dims.channels));
     let d_out = cuda.upload(&p.d_out).unwrap();
     let grads = ScanGrads {
         du: cuda.all_mut(&mut du),
-        ddelta: Output::F32(cuda.all_mut(&mut ddelta)),
+        ddelta: ddelta.output(cuda),
         da_log: cuda.all_mut(&mut da_log),
         db: cuda.all_mut(&mut db),
         dc: cuda.all_mut(&mut dc),
         dd_skip: cuda.all_mut(&mut dd_skip),
         ddelta_bias: cuda.all_mut(&mut ddelta_bias),
-        dz: dz.as_mut().map(|dz| Output::F32(cuda.all_mut(dz))),
+        dz: dz.as_mut().map(|dz| dz.output(cuda)),
     };
     cuda.scan_backward(
         dims,
@@ -200,7 +246,7 @@ fn run_backward(
     let down = |x: &DeviceBuffer| cuda.download(cuda.all(x)).unwrap();
     let mut all = vec![
         ("du", down(&du)),
-        ("ddelta", down(&ddelta)),
+        ("ddelta", ddelta.values(cuda)),
         ("da_log", down(&da_log)),
         ("db", down(&db)),
         ("dc", down(&dc)),
@@ -208,7 +254,7 @@ fn run_backward(
         ("ddelta_bias", down(&ddelta_bias)),
     ];
     if let Some(dz) = &dz {
-        all.push(("dz", down(dz)));
+        all.push(("dz", dz.values(cuda)));
     }
     DeviceGrads { all }
 }
@@ -222,7 +268,7 @@ fn check_against_reference(cuda: &Cuda, p: &Problem) {
     let initial = p.initial.as_ref().map(|h| to_f64(h));
     let want = reference::forward(dims, &x, resets, initial.as_deref());
     let on = OnDevice::new(cuda, p);
-    let got = run_forward(cuda, p, &on);
+    let got = run_forward(cuda, p, &on, Written::F32);
     assert_close("out", &got.out, &want.out, 1e-5, 1e-7);
     assert_close(
         "checkpoints",
@@ -242,7 +288,7 @@ fn check_against_reference(cuda: &Cuda, p: &Problem) {
     }
 
     let want = reference::backward(dims, &x, resets, initial.as_deref(), &to_f64(&p.d_out));
-    let got = run_backward(cuda, p, &on, &got.checkpoints);
+    let got = run_backward(cuda, p, &on, &got.checkpoints, Written::F32);
     let prior = |v: &[f64]| -> Vec<f64> { v.iter().map(|g| g + PRIOR as f64).collect() };
     let mut expected = vec![
         ("du", want.du),
@@ -322,7 +368,7 @@ fn cuda_scan_single_segment() {
 }
 
 /// Written as bf16 (for GEMMs that read nothing else), the output, ddelta and dz are the
-/// f32 results rounded, bit for bit.
+/// f32 results rounded, bit for bit; the rest is unchanged.
 #[test]
 fn cuda_scan_bf16_outputs_are_the_rounded_f32_outputs() {
     let Some(cuda) = device() else { return };
@@ -335,59 +381,26 @@ fn cuda_scan_bf16_outputs_are_the_rounded_f32_outputs() {
     };
     let p = Problem::random(dims, 9, true, true, false);
     let on = OnDevice::new(&cuda, &p);
-    let forward = run_forward(&cuda, &p, &on);
-    let f32s = run_backward(&cuda, &p, &on, &forward.checkpoints);
-    let act = dims.batch * dims.len * dims.channels;
-    let rounded = |values: &[f32]| {
-        let mut bits = vec![0u16; values.len()];
-        crate::bf16::round(values, &mut bits).unwrap();
-        bits
+    let rounded = |values: &[f32]| -> Vec<u32> {
+        values
+            .iter()
+            .map(|&v| crate::bf16::to_f32(crate::bf16::from_f32(v)).to_bits())
+            .collect()
     };
-    let mut out = cuda.zeros_bf16(act).unwrap();
-    let mut checkpoints = cuda.zeros(dims.checkpoint_len()).unwrap();
-    cuda.scan_forward(
-        dims,
-        &on.inputs(&cuda),
-        on.resets.as_ref(),
-        None,
-        Some(cuda.all_mut(&mut checkpoints)),
-        Output::Bf16(&mut out),
-    )
-    .unwrap();
-    assert_eq!(cuda.download_bf16(&out).unwrap(), rounded(&forward.out));
-
-    let grads_f32 = |name| &f32s.all.iter().find(|(n, _)| *n == name).unwrap().1;
-    let zeros = |n: usize| cuda.zeros(n).unwrap();
-    let rows = dims.batch * dims.len * dims.state;
-    let (mut du, mut db, mut dc) = (zeros(act), zeros(rows), zeros(rows));
-    let mut da_log = zeros(dims.channels * dims.state);
-    let (mut dd_skip, mut ddelta_bias) = (zeros(dims.channels), zeros(dims.channels));
-    let (mut ddelta, mut dz) = (cuda.zeros_bf16(act).unwrap(), cuda.zeros_bf16(act).unwrap());
-    let d_out = cuda.upload(&p.d_out).unwrap();
-    cuda.scan_backward(
-        dims,
-        &on.inputs(&cuda),
-        on.resets.as_ref(),
-        cuda.all(&forward.checkpoints),
-        cuda.all(&d_out),
-        ScanGrads {
-            du: cuda.all_mut(&mut du),
-            ddelta: Output::Bf16(&mut ddelta),
-            da_log: cuda.all_mut(&mut da_log),
-            db: cuda.all_mut(&mut db),
-            dc: cuda.all_mut(&mut dc),
-            dd_skip: cuda.all_mut(&mut dd_skip),
-            ddelta_bias: cuda.all_mut(&mut ddelta_bias),
-            dz: Some(Output::Bf16(&mut dz)),
-        },
-    )
-    .unwrap();
-    assert_eq!(
-        cuda.download_bf16(&ddelta).unwrap(),
-        rounded(grads_f32("ddelta"))
-    );
-    assert_eq!(cuda.download_bf16(&dz).unwrap(), rounded(grads_f32("dz")));
-    assert_eq!(cuda.download(cuda.all(&du)).unwrap(), *grads_f32("du"));
+    let bits = |values: &[f32]| -> Vec<u32> { values.iter().map(|v| v.to_bits()).collect() };
+    let forward = run_forward(&cuda, &p, &on, Written::F32);
+    let forward16 = run_forward(&cuda, &p, &on, Written::Bf16);
+    assert_eq!(bits(&forward16.out), rounded(&forward.out));
+    let f32s = run_backward(&cuda, &p, &on, &forward.checkpoints, Written::F32);
+    let bf16s = run_backward(&cuda, &p, &on, &forward.checkpoints, Written::Bf16);
+    for ((name, f32s), (_, bf16s)) in f32s.all.iter().zip(&bf16s.all) {
+        let want = if ["ddelta", "dz"].contains(name) {
+            rounded(f32s)
+        } else {
+            bits(f32s)
+        };
+        assert_eq!(bits(bf16s), want, "{name}");
+    }
 }
 
 /// The longest chunk the launcher accepts runs (its shared memory fits), and one more
@@ -437,9 +450,9 @@ fn cuda_scan_backward_is_deterministic() {
     };
     let p = Problem::random(dims, 5, true, true, false);
     let on = OnDevice::new(&cuda, &p);
-    let forward = run_forward(&cuda, &p, &on);
-    let first = run_backward(&cuda, &p, &on, &forward.checkpoints);
-    let second = run_backward(&cuda, &p, &on, &forward.checkpoints);
+    let forward = run_forward(&cuda, &p, &on, Written::F32);
+    let first = run_backward(&cuda, &p, &on, &forward.checkpoints, Written::F32);
+    let second = run_backward(&cuda, &p, &on, &forward.checkpoints, Written::F32);
     for ((name, a), (_, b)) in first.all.iter().zip(&second.all) {
         let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
         assert!(same, "{name} differs between two identical backward runs");
@@ -560,7 +573,7 @@ fn cuda_scan_matches_the_cpu_op() {
     )
     .unwrap();
     let on = OnDevice::new(&cuda, &p);
-    let got = run_forward(&cuda, &p, &on);
+    let got = run_forward(&cuda, &p, &on, Written::F32);
     assert_close("out", &got.out, &to_f64(&out), 1e-5, 1e-7);
     assert_close("final state", &got.final_state, &to_f64(&state), 1e-5, 1e-7);
     let device_checkpoints = cuda.download(cuda.all(&got.checkpoints)).unwrap();
@@ -587,7 +600,7 @@ fn cuda_scan_matches_the_cpu_op() {
         dz: Some(&mut dz[..]),
     };
     crate::scan::cpu::backward(dims, &inputs, resets, &checkpoints, &p.d_out, grads).unwrap();
-    let got = run_backward(&cuda, &p, &on, &got.checkpoints);
+    let got = run_backward(&cuda, &p, &on, &got.checkpoints, Written::F32);
     let cpu = [du, ddelta, da_log, db, dc, dd_skip, ddelta_bias, dz];
     assert_eq!(got.all.len(), cpu.len());
     for ((name, actual), expected) in got.all.iter().zip(&cpu) {
