@@ -15,9 +15,11 @@
 //! three times. Every activation the next op reads is a contiguous `(tokens, channels)`
 //! tensor.
 //!
-//! Training in bf16 ([`Backend::bf16_gemms`]): each GEMM input is rounded once, by the
-//! step that makes it, into a bf16 copy (the weights once per forward, by the model), and
-//! every GEMM of the mixer reads the copies; the f32 values stay for the other ops.
+//! Training in bf16 ([`Backend::bf16_gemms`]): each GEMM input is rounded once, after the
+//! op that makes it, into a bf16 copy (the weights once per forward, by the model), and
+//! every GEMM of the mixer reads the copies. Ops whose result only GEMMs read (the scan's
+//! y, ddelta and dz, the conv's dx) write the bf16 copy alone; other f32 values stay for
+//! the other ops.
 
 use seqmamba_kernels::bf16::{Bf16View, Output};
 use seqmamba_kernels::conv1d::ConvDims;
