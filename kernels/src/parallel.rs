@@ -15,6 +15,21 @@ pub(crate) fn rows_per_job(row_elements: usize) -> usize {
     (JOB_ELEMENTS / row_elements.max(1)).max(1)
 }
 
+/// Items per thread when `count` items are cut into one contiguous share per thread of the
+/// pool, every share but the last a multiple of `align` items.
+///
+/// Only for work whose every item is computed alone (no sum runs across items: the rows of
+/// a matrix-vector product, the channels of a scan step): the shares, which depend on the
+/// thread count, then decide only which thread computes an item, never its bits. Each
+/// thread streams one contiguous range, and an op costs one hand-off, not one per job.
+pub(crate) fn share_len(count: usize, align: usize) -> usize {
+    let align = align.max(1);
+    count
+        .div_ceil(rayon::current_num_threads())
+        .next_multiple_of(align)
+        .max(align)
+}
+
 /// Runs `work(index, job)` for every job and returns the results in job order. A single
 /// job, or a pool of one thread, runs on the calling thread: handing work to the pool and
 /// waiting for it costs microseconds, more than a small op or a decode step's share.
@@ -53,6 +68,16 @@ mod tests {
         let caller = std::thread::current().id();
         let ran_on = run_jobs(vec![()], |_, ()| std::thread::current().id());
         assert_eq!(ran_on, [caller]);
+    }
+
+    #[test]
+    fn shares_cover_the_items_in_aligned_pieces_one_per_thread() {
+        assert_eq!(on_threads(1, || share_len(80, 4)), 80);
+        assert_eq!(on_threads(2, || share_len(80, 4)), 40);
+        assert_eq!(on_threads(2, || share_len(81, 4)), 44);
+        assert_eq!(on_threads(3, || share_len(80, 4)), 28);
+        assert_eq!(on_threads(4, || share_len(2, 4)), 4);
+        assert_eq!(on_threads(2, || share_len(0, 0)), 1);
     }
 
     #[test]

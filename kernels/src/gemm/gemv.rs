@@ -7,18 +7,22 @@
 //! [`Lanes::sum`]'s fixed tree, then the last `k mod 16` columns in order: its bits depend
 //! neither on how rows are grouped or split across threads nor on the instruction set.
 
-use crate::lanes::{prefetch_address, run_vectorised, Lanes, Vectorised, LANES};
-use crate::parallel::run_jobs;
+use rayon::prelude::*;
 
-/// Weight elements per job when the rows are split across threads: about 256 KiB, large
-/// enough that rayon's per-job cost is noise, small enough that two threads get many jobs.
-const JOB_WEIGHTS: usize = 1 << 16;
+use crate::lanes::{prefetch_address, run_vectorised, Lanes, Vectorised, LANES};
+use crate::parallel::share_len;
+
+/// Weights below which a product runs on the calling thread: 256 KiB, about 20 µs of
+/// streaming, several times what handing a share of it to another thread costs (x_proj and
+/// dt_proj of a 130M-size layer are above it; every product of the small model below).
+const PARALLEL_MIN_WEIGHTS: usize = 1 << 16;
 
 /// Rows that share one pass over `x`.
 const ROWS_AT_ONCE: usize = 4;
 
 /// `y = W·x` (`y += W·x` when `accumulate`) with `W` `(y.len(), x.len())` row-major.
-/// Small products run on the calling thread, large ones in row blocks fixed by the shape.
+/// Small products run on the calling thread; large ones give each thread of the pool one
+/// contiguous share of the rows (each row's dot product is the same whoever computes it).
 pub(super) fn gemv(weight: &[f32], x: &[f32], y: &mut [f32], accumulate: bool) {
     let k = x.len();
     assert_eq!(weight.len(), y.len() * k, "gemv: weight is not (y, x)");
@@ -28,7 +32,7 @@ pub(super) fn gemv(weight: &[f32], x: &[f32], y: &mut [f32], accumulate: bool) {
         }
         return;
     }
-    if weight.len() < super::PARALLEL_MIN_WORK {
+    if weight.len() < PARALLEL_MIN_WEIGHTS || rayon::current_num_threads() == 1 {
         run_vectorised(Rows {
             weight,
             x,
@@ -37,10 +41,9 @@ pub(super) fn gemv(weight: &[f32], x: &[f32], y: &mut [f32], accumulate: bool) {
         });
         return;
     }
-    let rows_per_job = (JOB_WEIGHTS / k).next_multiple_of(ROWS_AT_ONCE);
-    let jobs: Vec<_> = y.chunks_mut(rows_per_job).collect();
-    run_jobs(jobs, |job, y| {
-        let first = job * rows_per_job;
+    let share = share_len(y.len(), ROWS_AT_ONCE);
+    y.par_chunks_mut(share).enumerate().for_each(|(index, y)| {
+        let first = index * share;
         run_vectorised(Rows {
             weight: &weight[first * k..(first + y.len()) * k],
             x,
@@ -190,22 +193,28 @@ mod tests {
     #[test]
     fn routes_batch_one_linear_layers_and_keeps_the_bits_across_threads() {
         let mut rng = Rng::new(22);
-        let (rows, k) = (2000, 700);
-        let weight = rng.vec_uniform(rows * k, -1.0, 1.0);
-        let x = rng.vec_uniform(k, -1.0, 1.0);
-        let mut direct = vec![0.0; rows];
-        gemv(&weight, &x, &mut direct, false);
-        let dims = GemmDims {
-            m: 1,
-            n: rows,
-            k,
-            transpose_a: false,
-            transpose_b: true,
-        };
-        for threads in [1, 2, 3] {
-            let mut routed = vec![0.0; rows];
-            on_threads(threads, || gemm(dims, &x, &weight, &mut routed, false)).unwrap();
-            assert!(bits(&routed) == bits(&direct), "{threads} threads");
+        // A 130M-size layer's x_proj and dt_proj (just above the parallel size), a row
+        // count that no thread count divides into groups of four, and a large product.
+        for (rows, k) in [(80, 1536), (1536, 48), (1001, 768), (2000, 700)] {
+            let weight = rng.vec_uniform(rows * k, -1.0, 1.0);
+            let x = rng.vec_uniform(k, -1.0, 1.0);
+            let mut direct = vec![0.0; rows];
+            on_threads(1, || gemv(&weight, &x, &mut direct, false));
+            let dims = GemmDims {
+                m: 1,
+                n: rows,
+                k,
+                transpose_a: false,
+                transpose_b: true,
+            };
+            for threads in [1, 2, 3, 4] {
+                let mut routed = vec![0.0; rows];
+                on_threads(threads, || gemm(dims, &x, &weight, &mut routed, false)).unwrap();
+                assert!(
+                    bits(&routed) == bits(&direct),
+                    "({rows}, {k}), {threads} threads"
+                );
+            }
         }
     }
 

@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 use super::{ScanDims, ScanGrads, ScanInputs};
 use crate::lanes::{prefetch, prefetch_address, run_vectorised, Lanes, Vectorised, LANES};
-use crate::parallel::JOB_ELEMENTS;
+use crate::parallel::{share_len, JOB_ELEMENTS};
 use crate::rng::Rng;
 use crate::{check_len, KernelError};
 
@@ -25,6 +25,10 @@ const OP: &str = "selective_scan";
 /// loads that the memory system overlaps, where the recurrence's long dependency chain
 /// would stall on each), then runs the recurrence, then scatters the outputs.
 const BLOCK: usize = 32;
+
+/// Channels × states below which a forward runs on the calling thread: a decode step of
+/// d_inner 1536 (24,576) is split across the threads, one of d_inner 256 (4,096) is not.
+const STEP_PARALLEL_MIN: usize = 1 << 14;
 
 /// Tiles per task: 64 channels, four cache lines of each row of a tensor.
 const TILES_PER_TASK: usize = 4;
@@ -80,10 +84,17 @@ pub fn forward(
         out: Scatter::new(out),
     };
     let run = |task| run_vectorised(ForwardTask { job: &job, task });
-    // A decode step (len 1) is a few microseconds of work, less than handing it to the
-    // pool and waiting for it would cost.
-    if shape.activations() * shape.state <= JOB_ELEMENTS || rayon::current_num_threads() == 1 {
+    // A decode step (len 1) of a small model is a few microseconds of work, less than
+    // handing it to the pool and waiting for it would cost; one of a wide model gives each
+    // thread one share of the tasks (no task's outputs depend on who runs it).
+    let work = shape.activations() * shape.state;
+    if work < STEP_PARALLEL_MIN || rayon::current_num_threads() == 1 {
         (0..shape.tasks()).for_each(run);
+    } else if work <= JOB_ELEMENTS {
+        (0..shape.tasks())
+            .into_par_iter()
+            .with_min_len(share_len(shape.tasks(), 1))
+            .for_each(run);
     } else {
         (0..shape.tasks()).into_par_iter().for_each(run);
     }

@@ -459,6 +459,43 @@ fn results_are_bit_identical_for_any_thread_count() {
     }
 }
 
+#[test]
+fn wide_decode_steps_are_bit_identical_for_any_thread_count() {
+    // A 130M-size layer's step (1536 channels): above the size that splits a step's tasks
+    // into one share per thread.
+    let channels = 1536;
+    let case = Case::random(42, dims(1, 1, channels, 16, 1), ALL);
+    let step = |threads: usize| {
+        let mut state = case.initial.clone().unwrap();
+        let mut y = vec![0.0; channels];
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| {
+                forward(
+                    case.dims,
+                    &case.tensors.views(),
+                    case.resets(),
+                    Some(&mut state),
+                    None,
+                    &mut y,
+                )
+            })
+            .unwrap();
+        (y, state)
+    };
+    let single = step(1);
+    for threads in [2, 3, 4] {
+        let multi = step(threads);
+        assert!(bits(&multi.0) == bits(&single.0), "out, {threads} threads");
+        assert!(
+            bits(&multi.1) == bits(&single.1),
+            "state, {threads} threads"
+        );
+    }
+}
+
 fn bits(x: &[f32]) -> Vec<u32> {
     x.iter().map(|v| v.to_bits()).collect()
 }

@@ -3,7 +3,7 @@
 
 use seqmamba_kernels::Cpu;
 use seqmamba_kernels::rng::Rng;
-use seqmamba_kernels::testing::{max_scaled_error, to_f64};
+use seqmamba_kernels::testing::{bits, max_scaled_error, on_threads, to_f64};
 
 use super::*;
 
@@ -282,4 +282,30 @@ fn chunked_processing_equals_one_pass() {
         chunked.extend(lm_logits(&model, chunk, Some(&mut state)));
     }
     assert_rows_close("chunked", &chunked, &whole, model.logit_width(), 1e-5);
+}
+
+#[test]
+fn wide_decode_is_bit_identical_across_thread_counts_and_equals_the_parallel_forward() {
+    // d_inner 1024: every linear layer but dt_proj, and the scan step, are wide enough to be
+    // split across the threads.
+    let model =
+        Model::initialised(Cpu, MambaConfig::new(512, 1, 300), Head::LanguageModel, 15).unwrap();
+    let mut rng = Rng::new(16);
+    let ids = random_ids(&mut rng, 12, 300);
+    let decode = |threads: usize| {
+        on_threads(threads, || {
+            let mut state = model.decode_state(1).unwrap();
+            let mut stepped = Vec::new();
+            for &id in &ids {
+                stepped.extend(lm_logits(&model, &[id], Some(&mut state)));
+            }
+            stepped
+        })
+    };
+    let single = decode(1);
+    for threads in [2, 3] {
+        assert!(bits(&decode(threads)) == bits(&single), "{threads} threads");
+    }
+    let parallel = lm_logits(&model, &ids, None);
+    assert_rows_close("decode", &single, &parallel, model.logit_width(), 1e-5);
 }
