@@ -143,7 +143,7 @@ impl<'a, 'b, B: Backend + 'a + 'b> Copy for Operand<'a, 'b, B> {}
 
 impl<'a, 'b, B: Backend + 'a + 'b> Operand<'a, 'b, B> {
     /// `x`, or its bf16 copy when there is one.
-    fn saved(be: &B, x: B::View<'a>, copy: Option<&'b B::Bf16Buffer>) -> Self {
+    fn new(be: &B, x: B::View<'a>, copy: Option<&'b B::Bf16Buffer>) -> Self {
         match copy {
             Some(copy) => Self::Bf16(Bf16View::new(copy, 0..be.bf16_len(copy))),
             None => Self::F32(x),
@@ -158,7 +158,7 @@ impl<'a, 'b, B: Backend + 'a + 'b> Operand<'a, 'b, B> {
     ) -> Result<Self, KernelError> {
         if let Some(copy) = copy {
             be.round_bf16(x, copy)?;
-            return Ok(Self::saved(be, x, Some(&*copy)));
+            return Ok(Self::new(be, x, Some(&*copy)));
         }
         Ok(Self::F32(x))
     }
@@ -360,8 +360,8 @@ fn x_proj_part(t: usize, xp: usize, first: usize, width: usize) -> (ColumnBlock,
 
 /// Forward of one mixer: `out = mixer(input)`. With `state`, the conv and SSM start from it
 /// and it holds the final state on return (chunked processing and decoding). With `train`,
-/// the scan saves its checkpoints for [`backward`]. With bf16 copies in `acts` (and of the
-/// weights), the GEMMs read those.
+/// the scan saves its checkpoints for [`backward`]. With bf16 copies in `acts` and of the
+/// weights (the model makes both or neither), the GEMMs read those.
 #[allow(clippy::too_many_arguments)]
 pub fn forward<B: Backend>(
     be: &B,
@@ -378,10 +378,6 @@ pub fn forward<B: Backend>(
 ) -> Result<(), KernelError> {
     let t = shape.tokens();
     let (d, di, n, r) = (c.d_model, c.d_inner(), c.d_state, c.dt_rank);
-    let weights = Weights {
-        bf16: weights.bf16.filter(|_| acts.bf16.is_some()),
-        ..weights
-    };
     let w = |range: std::ops::Range<usize>| be.view(weights.f32, range);
     let weight = |range| Operand::weight(be, weights, range);
     let s = Split::new(c, p);
@@ -479,7 +475,7 @@ pub fn forward<B: Backend>(
         checkpoints,
         output(be, &mut acts.y, y_copy.as_deref_mut()),
     )?;
-    let y = Operand::saved(be, be.all(&acts.y), y_copy.as_deref());
+    let y = Operand::new(be, be.all(&acts.y), y_copy.as_deref());
     gemm(
         be,
         linear(t, d, di),
@@ -515,10 +511,6 @@ pub fn backward<B: Backend>(
             message: "activations and scratch disagree on bf16 GEMMs".into(),
         });
     }
-    let weights = Weights {
-        bf16: weights.bf16.filter(|_| acts.bf16.is_some()),
-        ..weights
-    };
     let w = |range: std::ops::Range<usize>| be.view(weights.f32, range);
     let weight = |range| Operand::weight(be, weights, range);
     let s = Split::new(c, p);
@@ -552,12 +544,12 @@ pub fn backward<B: Backend>(
         be,
         linear_weight_grad(t, d, di),
         d_out,
-        Operand::saved(be, be.all(&acts.y), saved.map(|k| &k.y)),
+        Operand::new(be, be.all(&acts.y), saved.map(|k| &k.y)),
         be.view_mut(grads, p.out_proj.clone()),
         true,
     )?;
 
-    let u = Operand::saved(be, be.all(&acts.u), saved.map(|k| &k.u));
+    let u = Operand::new(be, be.all(&acts.u), saved.map(|k| &k.u));
     let inputs = ScanInputs {
         u: be.all(&acts.u),
         delta: be.all(&acts.delta),
@@ -591,7 +583,7 @@ pub fn backward<B: Backend>(
     )?;
 
     // delta = dt_low · dt_projᵀ
-    let ddelta = Operand::saved(be, be.all(&scratch.ddelta), ddelta_copy.as_deref());
+    let ddelta = Operand::new(be, be.all(&scratch.ddelta), ddelta_copy.as_deref());
     gemm(
         be,
         linear_input_grad(t, di, r),
@@ -604,7 +596,7 @@ pub fn backward<B: Backend>(
         be,
         linear_weight_grad(t, di, r),
         ddelta,
-        Operand::saved(be, be.all(&acts.dt_low), saved.map(|k| &k.dt_low)),
+        Operand::new(be, be.all(&acts.dt_low), saved.map(|k| &k.dt_low)),
         be.view_mut(grads, p.dt_proj_weight.clone()),
         true,
     )?;
@@ -663,9 +655,9 @@ pub fn backward<B: Backend>(
     )?;
 
     // x, z = in_proj(input)
-    let input = Operand::saved(be, input, saved.map(|k| &k.input));
-    let dx = Operand::saved(be, be.all(&scratch.dx), dx_copy.as_deref());
-    let dz = Operand::saved(be, be.all(&scratch.dz), dz_copy.as_deref());
+    let input = Operand::new(be, input, saved.map(|k| &k.input));
+    let dx = Operand::new(be, be.all(&scratch.dx), dx_copy.as_deref());
+    let dz = Operand::new(be, be.all(&scratch.dz), dz_copy.as_deref());
     let mut d_input = d_input;
     for (dy, rows, accumulate) in [(dx, &s.in_x, false), (dz, &s.in_z, true)] {
         gemm(

@@ -198,8 +198,7 @@ impl<B: Backend> Model<B> {
     /// Activation buffers for `shape`; `train` keeps what the backward needs. Training runs
     /// its mixers' GEMMs in bf16 where the backend asks for that ([`Backend::bf16_gemms`]).
     pub fn activations(&self, shape: Shape, train: bool) -> Result<Activations<B>, KernelError> {
-        let bf16 = train && self.backend.bf16_gemms();
-        self.activations_with_bf16(shape, train, bf16)
+        self.activations_with_bf16(shape, train, self.backend.bf16_gemms())
     }
 
     /// [`Model::activations`], choosing whether the mixers' GEMMs read bf16 copies of
