@@ -197,7 +197,7 @@ impl<B: Backend> Trainer<B> {
                 self.step + 1
             )));
         }
-        model.backward(batch, &self.acts, &mut self.scratch, &mut self.grads)?;
+        model.backward(batch, &mut self.acts, &mut self.scratch, &mut self.grads)?;
         Ok(loss_sum)
     }
 

@@ -57,7 +57,7 @@ fn step<B: Backend>(model: &Model<B>, p: &Problem<'_>) -> Step {
         .loss(&mut acts, &targets, Some(1.0 / p.count as f32))
         .unwrap();
     model
-        .backward(&batch, &acts, &mut scratch, &mut grads)
+        .backward(&batch, &mut acts, &mut scratch, &mut grads)
         .unwrap();
     Step {
         loss: losses.iter().map(|&l| l as f64).sum::<f64>() / p.count as f64,

@@ -20,6 +20,12 @@
 //! every GEMM of the mixer reads the copies. Ops whose result only GEMMs read (the scan's
 //! y, ddelta and dz, the conv's dx) write the bf16 copy alone; other f32 values stay for
 //! the other ops.
+//!
+//! Training memory: a layer keeps x, z, dt_low, B, C, the scan's checkpoints and the GEMM
+//! inputs the weight gradients read (y; in bf16 the input's and dt_low's copies). The wide
+//! u and delta are not kept: the backward makes them again (conv forward, dt_proj GEMM)
+//! in [`MixerWork`], which every layer shares, for about 2 % of a step and half the
+//! activation memory.
 
 use seqmamba_kernels::bf16::{Bf16View, Output};
 use seqmamba_kernels::conv1d::ConvDims;
@@ -82,13 +88,9 @@ impl Shape {
 pub struct MixerActivations<B: Backend> {
     x: B::Buffer,
     z: B::Buffer,
-    u: B::Buffer,
-    /// x_proj's output, `[dt_low | B | C]` per token.
-    xproj: B::Buffer,
     dt_low: B::Buffer,
     b: B::Buffer,
     c: B::Buffer,
-    delta: B::Buffer,
     checkpoints: B::Buffer,
     y: B::Buffer,
     /// bf16 copies of the GEMM inputs, when training in bf16.
@@ -98,9 +100,19 @@ pub struct MixerActivations<B: Backend> {
 /// bf16 copies of a mixer's GEMM inputs, kept for the backward's weight gradients.
 struct InputCopies<B: Backend> {
     input: B::Bf16Buffer,
-    u: B::Bf16Buffer,
     dt_low: B::Bf16Buffer,
     y: B::Bf16Buffer,
+}
+
+/// The wide values a mixer's forward makes and its backward makes again (see the module
+/// comment), shared by every layer.
+pub struct MixerWork<B: Backend> {
+    u: B::Buffer,
+    /// u's bf16 copy, when training in bf16.
+    u_copy: Option<B::Bf16Buffer>,
+    delta: B::Buffer,
+    /// x_proj's output, `[dt_low | B | C]` per token.
+    xproj: B::Buffer,
 }
 
 /// bf16 copies of the backward's GEMM inputs.
@@ -142,11 +154,19 @@ impl<'a, 'b, B: Backend + 'a + 'b> Clone for Operand<'a, 'b, B> {
 impl<'a, 'b, B: Backend + 'a + 'b> Copy for Operand<'a, 'b, B> {}
 
 impl<'a, 'b, B: Backend + 'a + 'b> Operand<'a, 'b, B> {
-    /// `x`, or its bf16 copy when there is one.
-    fn new(be: &B, x: B::View<'a>, copy: Option<&'b B::Bf16Buffer>) -> Self {
-        match copy {
-            Some(copy) => Self::Bf16(Bf16View::new(copy, 0..be.bf16_len(copy))),
-            None => Self::F32(x),
+    /// `x`, or its bf16 copy when there is one (then `x` may be absent).
+    fn new(
+        be: &B,
+        x: Option<B::View<'a>>,
+        copy: Option<&'b B::Bf16Buffer>,
+    ) -> Result<Self, KernelError> {
+        match (copy, x) {
+            (Some(copy), _) => Ok(Self::Bf16(Bf16View::new(copy, 0..be.bf16_len(copy)))),
+            (None, Some(x)) => Ok(Self::F32(x)),
+            (None, None) => Err(KernelError::Invalid {
+                op: "mixer",
+                message: "a GEMM operand with neither f32 values nor a bf16 copy".into(),
+            }),
         }
     }
 
@@ -158,7 +178,7 @@ impl<'a, 'b, B: Backend + 'a + 'b> Operand<'a, 'b, B> {
     ) -> Result<Self, KernelError> {
         if let Some(copy) = copy {
             be.round_bf16(x, copy)?;
-            return Ok(Self::new(be, x, Some(&*copy)));
+            return Self::new(be, Some(x), Some(&*copy));
         }
         Ok(Self::F32(x))
     }
@@ -245,7 +265,6 @@ impl<B: Backend> MixerActivations<B> {
         let bf16 = if bf16 {
             Some(InputCopies {
                 input: be.zeros_bf16(t * c.d_model)?,
-                u: be.zeros_bf16(t * di)?,
                 dt_low: be.zeros_bf16(t * c.dt_rank)?,
                 y: be.zeros_bf16(t * di)?,
             })
@@ -255,12 +274,9 @@ impl<B: Backend> MixerActivations<B> {
         Ok(Self {
             x: be.zeros(t * di)?,
             z: be.zeros(t * di)?,
-            u: be.zeros(t * di)?,
-            xproj: be.zeros(t * c.x_proj_width())?,
             dt_low: be.zeros(t * c.dt_rank)?,
             b: be.zeros(t * c.d_state)?,
             c: be.zeros(t * c.d_state)?,
-            delta: be.zeros(t * di)?,
             checkpoints: be.zeros(if train {
                 scan_dims(c, shape).checkpoint_len()
             } else {
@@ -269,6 +285,20 @@ impl<B: Backend> MixerActivations<B> {
             // In bf16 the scan writes y as its bf16 copy alone.
             y: be.zeros(if bf16.is_some() { 0 } else { t * di })?,
             bf16,
+        })
+    }
+}
+
+impl<B: Backend> MixerWork<B> {
+    /// Buffers for `shape`, with u's bf16 copy when `bf16`.
+    pub fn new(be: &B, c: &MambaConfig, shape: Shape, bf16: bool) -> Result<Self, KernelError> {
+        let t = shape.tokens();
+        let di = c.d_inner();
+        Ok(Self {
+            u: be.zeros(t * di)?,
+            u_copy: bf16.then(|| be.zeros_bf16(t * di)).transpose()?,
+            delta: be.zeros(t * di)?,
+            xproj: be.zeros(t * c.x_proj_width())?,
         })
     }
 }
@@ -358,10 +388,62 @@ fn x_proj_part(t: usize, xp: usize, first: usize, width: usize) -> (ColumnBlock,
     (out, back)
 }
 
+fn conv_dims(c: &MambaConfig, shape: Shape) -> ConvDims {
+    ConvDims {
+        batch: shape.batch,
+        len: shape.len,
+        channels: c.d_inner(),
+        kernel: c.d_conv,
+    }
+}
+
+/// `u = silu(conv1d(x))`, from `state` when given.
+fn conv<B: Backend>(
+    be: &B,
+    c: &MambaConfig,
+    shape: Shape,
+    weights: Weights<'_, B>,
+    p: &MixerParams,
+    x: &B::Buffer,
+    resets: Option<&B::Ids>,
+    state: Option<B::ViewMut<'_>>,
+    u: &mut B::Buffer,
+) -> Result<(), KernelError> {
+    be.conv1d_forward(
+        conv_dims(c, shape),
+        be.all(x),
+        be.view(weights.f32, p.conv_weight.clone()),
+        be.view(weights.f32, p.conv_bias.clone()),
+        resets,
+        state,
+        be.all_mut(u),
+    )
+}
+
+/// `delta = dt_low · dt_proj.weightᵀ`.
+fn dt_proj<B: Backend>(
+    be: &B,
+    c: &MambaConfig,
+    shape: Shape,
+    weights: Weights<'_, B>,
+    p: &MixerParams,
+    dt_low: Operand<'_, '_, B>,
+    delta: &mut B::Buffer,
+) -> Result<(), KernelError> {
+    gemm(
+        be,
+        linear(shape.tokens(), c.d_inner(), c.dt_rank),
+        dt_low,
+        Operand::weight(be, weights, p.dt_proj_weight.clone()),
+        be.all_mut(delta),
+        false,
+    )
+}
+
 /// Forward of one mixer: `out = mixer(input)`. With `state`, the conv and SSM start from it
 /// and it holds the final state on return (chunked processing and decoding). With `train`,
-/// the scan saves its checkpoints for [`backward`]. With bf16 copies in `acts` and of the
-/// weights (the model makes both or neither), the GEMMs read those.
+/// the scan saves its checkpoints for [`backward`]. With bf16 copies in `acts` and `work`
+/// and of the weights (the model makes all or none), the GEMMs read those.
 #[allow(clippy::too_many_arguments)]
 pub fn forward<B: Backend>(
     be: &B,
@@ -371,6 +453,7 @@ pub fn forward<B: Backend>(
     p: &MixerParams,
     input: B::View<'_>,
     acts: &mut MixerActivations<B>,
+    work: &mut MixerWork<B>,
     out: B::ViewMut<'_>,
     state: Option<&mut MixerState<B>>,
     resets: Option<&B::Ids>,
@@ -381,14 +464,9 @@ pub fn forward<B: Backend>(
     let w = |range: std::ops::Range<usize>| be.view(weights.f32, range);
     let weight = |range| Operand::weight(be, weights, range);
     let s = Split::new(c, p);
-    let [input_copy, u_copy, dt_low_copy, mut y_copy] =
+    let [input_copy, dt_low_copy, mut y_copy] =
         acts.bf16.as_mut().map_or(Default::default(), |k| {
-            [
-                Some(&mut k.input),
-                Some(&mut k.u),
-                Some(&mut k.dt_low),
-                Some(&mut k.y),
-            ]
+            [Some(&mut k.input), Some(&mut k.dt_low), Some(&mut k.y)]
         });
     let input = Operand::rounded(be, input, input_copy)?;
     gemm(
@@ -411,29 +489,25 @@ pub fn forward<B: Backend>(
         Some(MixerState { conv, ssm }) => (Some(be.all_mut(conv)), Some(be.all_mut(ssm))),
         None => (None, None),
     };
-    let conv_dims = ConvDims {
-        batch: shape.batch,
-        len: shape.len,
-        channels: di,
-        kernel: c.d_conv,
-    };
-    be.conv1d_forward(
-        conv_dims,
-        be.all(&acts.x),
-        w(p.conv_weight.clone()),
-        w(p.conv_bias.clone()),
+    conv(
+        be,
+        c,
+        shape,
+        weights,
+        p,
+        &acts.x,
         resets,
         conv_state,
-        be.all_mut(&mut acts.u),
+        &mut work.u,
     )?;
-    let u = Operand::rounded(be, be.all(&acts.u), u_copy)?;
+    let u = Operand::rounded(be, be.all(&work.u), work.u_copy.as_mut())?;
     let xp = c.x_proj_width();
     gemm(
         be,
         linear(t, xp, di),
         u,
         weight(s.xp),
-        be.all_mut(&mut acts.xproj),
+        be.all_mut(&mut work.xproj),
         false,
     )?;
     for (first, width, part) in [
@@ -443,22 +517,15 @@ pub fn forward<B: Backend>(
     ] {
         be.copy_columns(
             x_proj_part(t, xp, first, width).0,
-            be.all(&acts.xproj),
+            be.all(&work.xproj),
             be.all_mut(part),
         )?;
     }
     let dt_low = Operand::rounded(be, be.all(&acts.dt_low), dt_low_copy)?;
-    gemm(
-        be,
-        linear(t, di, r),
-        dt_low,
-        weight(p.dt_proj_weight.clone()),
-        be.all_mut(&mut acts.delta),
-        false,
-    )?;
+    dt_proj(be, c, shape, weights, p, dt_low, &mut work.delta)?;
     let inputs = ScanInputs {
-        u: be.all(&acts.u),
-        delta: be.all(&acts.delta),
+        u: be.all(&work.u),
+        delta: be.all(&work.delta),
         a_log: w(p.a_log.clone()),
         b: be.all(&acts.b),
         c: be.all(&acts.c),
@@ -475,7 +542,7 @@ pub fn forward<B: Backend>(
         checkpoints,
         output(be, &mut acts.y, y_copy.as_deref_mut()),
     )?;
-    let y = Operand::new(be, be.all(&acts.y), y_copy.as_deref());
+    let y = Operand::new(be, Some(be.all(&acts.y)), y_copy.as_deref())?;
     gemm(
         be,
         linear(t, d, di),
@@ -487,7 +554,8 @@ pub fn forward<B: Backend>(
 }
 
 /// Backward of one mixer: writes `d_input` (overwritten) and accumulates the mixer's
-/// parameter gradients into `grads`.
+/// parameter gradients into `grads`. `input` is the forward's input, needed only where
+/// `acts` holds no bf16 copy of it.
 #[allow(clippy::too_many_arguments)]
 pub fn backward<B: Backend>(
     be: &B,
@@ -495,8 +563,9 @@ pub fn backward<B: Backend>(
     shape: Shape,
     weights: Weights<'_, B>,
     p: &MixerParams,
-    input: B::View<'_>,
+    input: Option<B::View<'_>>,
     acts: &MixerActivations<B>,
+    work: &mut MixerWork<B>,
     d_out: B::View<'_>,
     resets: Option<&B::Ids>,
     grads: &mut B::Buffer,
@@ -544,15 +613,18 @@ pub fn backward<B: Backend>(
         be,
         linear_weight_grad(t, d, di),
         d_out,
-        Operand::new(be, be.all(&acts.y), saved.map(|k| &k.y)),
+        Operand::new(be, Some(be.all(&acts.y)), saved.map(|k| &k.y))?,
         be.view_mut(grads, p.out_proj.clone()),
         true,
     )?;
 
-    let u = Operand::new(be, be.all(&acts.u), saved.map(|k| &k.u));
+    let dt_low = Operand::new(be, Some(be.all(&acts.dt_low)), saved.map(|k| &k.dt_low))?;
+    conv(be, c, shape, weights, p, &acts.x, resets, None, &mut work.u)?;
+    let u = Operand::rounded(be, be.all(&work.u), work.u_copy.as_mut())?;
+    dt_proj(be, c, shape, weights, p, dt_low, &mut work.delta)?;
     let inputs = ScanInputs {
-        u: be.all(&acts.u),
-        delta: be.all(&acts.delta),
+        u: be.all(&work.u),
+        delta: be.all(&work.delta),
         a_log: w(p.a_log.clone()),
         b: be.all(&acts.b),
         c: be.all(&acts.c),
@@ -583,7 +655,7 @@ pub fn backward<B: Backend>(
     )?;
 
     // delta = dt_low · dt_projᵀ
-    let ddelta = Operand::new(be, be.all(&scratch.ddelta), ddelta_copy.as_deref());
+    let ddelta = Operand::new(be, Some(be.all(&scratch.ddelta)), ddelta_copy.as_deref())?;
     gemm(
         be,
         linear_input_grad(t, di, r),
@@ -596,7 +668,7 @@ pub fn backward<B: Backend>(
         be,
         linear_weight_grad(t, di, r),
         ddelta,
-        Operand::new(be, be.all(&acts.dt_low), saved.map(|k| &k.dt_low)),
+        dt_low,
         be.view_mut(grads, p.dt_proj_weight.clone()),
         true,
     )?;
@@ -633,16 +705,10 @@ pub fn backward<B: Backend>(
         true,
     )?;
 
-    let conv_dims = ConvDims {
-        batch: shape.batch,
-        len: shape.len,
-        channels: di,
-        kernel: c.d_conv,
-    };
     let [dconv_weight, dconv_bias] =
         be.split_mut(grads, [p.conv_weight.clone(), p.conv_bias.clone()]);
     be.conv1d_backward(
-        conv_dims,
+        conv_dims(c, shape),
         be.all(&acts.x),
         w(p.conv_weight.clone()),
         w(p.conv_bias.clone()),
@@ -655,9 +721,9 @@ pub fn backward<B: Backend>(
     )?;
 
     // x, z = in_proj(input)
-    let input = Operand::new(be, input, saved.map(|k| &k.input));
-    let dx = Operand::new(be, be.all(&scratch.dx), dx_copy.as_deref());
-    let dz = Operand::new(be, be.all(&scratch.dz), dz_copy.as_deref());
+    let input = Operand::new(be, input, saved.map(|k| &k.input))?;
+    let dx = Operand::new(be, Some(be.all(&scratch.dx)), dx_copy.as_deref())?;
+    let dz = Operand::new(be, Some(be.all(&scratch.dz)), dz_copy.as_deref())?;
     let mut d_input = d_input;
     for (dy, rows, accumulate) in [(dx, &s.in_x, false), (dz, &s.in_z, true)] {
         gemm(

@@ -27,7 +27,8 @@ use seqmamba_kernels::rmsnorm::NormDims;
 use seqmamba_kernels::{Backend, KernelError};
 
 use mixer::{
-    MixerActivations, MixerScratch, Weights, linear, linear_input_grad, linear_weight_grad,
+    MixerActivations, MixerScratch, MixerWork, Weights, linear, linear_input_grad,
+    linear_weight_grad,
 };
 
 /// Target id that contributes no loss.
@@ -85,7 +86,6 @@ struct ReverseActivations<B: Backend> {
 }
 
 struct LayerActivations<B: Backend> {
-    normed: B::Buffer,
     rstd: B::Buffer,
     mixer: MixerActivations<B>,
     reverse: Option<ReverseActivations<B>>,
@@ -97,7 +97,11 @@ pub struct Activations<B: Backend> {
     shape: Shape,
     train: bool,
     residuals: Vec<B::Buffer>,
+    /// Each layer's normed input when the backward reads it (training in f32); else one
+    /// buffer that every layer reuses (the backward reads the bf16 copy the mixer keeps).
+    normed: Vec<B::Buffer>,
     layers: Vec<LayerActivations<B>>,
+    work: MixerWork<B>,
     mix_out: B::Buffer,
     mix_reverse: B::Buffer,
     mix_sum: B::Buffer,
@@ -219,7 +223,6 @@ impl<B: Backend> Model<B> {
         let layers = (0..layer_count)
             .map(|_| {
                 Ok(LayerActivations {
-                    normed: be.zeros(t * d)?,
                     rstd: be.zeros(t)?,
                     mixer: MixerActivations::new(be, c, shape, train, bf16)?,
                     reverse: if bidirectional {
@@ -244,7 +247,11 @@ impl<B: Backend> Model<B> {
             residuals: (0..residual_count)
                 .map(|_| be.zeros(t * d))
                 .collect::<Result<_, _>>()?,
+            normed: (0..if train && !bf16 { c.n_layer } else { 1 })
+                .map(|_| be.zeros(t * d))
+                .collect::<Result<_, _>>()?,
             layers,
+            work: MixerWork::new(be, c, shape, bf16)?,
             mix_out: be.zeros(t * d)?,
             mix_reverse: extra(bidirectional, t * d)?,
             mix_sum: extra(bidirectional, t * d)?,
@@ -374,27 +381,28 @@ impl<B: Backend> Model<B> {
         // The first layer's norm reads the embedding; every later norm, and norm_f, is fused
         // with the residual add that makes its input (at the end of the layer before).
         let slot = |i: usize| if train { i } else { 0 };
-        {
-            let first = &mut acts.layers[0];
-            be.rmsnorm_forward(
-                norm,
-                be.all(&acts.residuals[0]),
-                w(self.table.layers[0].norm.clone()),
-                be.all_mut(&mut first.normed),
-                be.all_mut(&mut first.rstd),
-            )?;
-        }
+        let normed_count = acts.normed.len();
+        let normed_slot = |i: usize| i % normed_count;
+        be.rmsnorm_forward(
+            norm,
+            be.all(&acts.residuals[0]),
+            w(self.table.layers[0].norm.clone()),
+            be.all_mut(&mut acts.normed[0]),
+            be.all_mut(&mut acts.layers[0].rstd),
+        )?;
         for (i, layer) in self.table.layers.iter().enumerate() {
             let (r_in, r_out) = residual_pair(acts.train, i, acts.residuals.len());
             let la = &mut acts.layers[slot(i)];
+            let normed = &acts.normed[normed_slot(i)];
             mixer::forward(
                 be,
                 c,
                 shape,
                 weights,
                 &layer.mixer,
-                be.all(&la.normed),
+                be.all(normed),
                 &mut la.mixer,
+                &mut acts.work,
                 be.all_mut(&mut acts.mix_out),
                 state.as_deref_mut().map(|s| &mut s.layers[i]),
                 batch.resets.as_ref(),
@@ -406,7 +414,7 @@ impl<B: Backend> Model<B> {
                 be.reverse(
                     pool_dims,
                     lengths,
-                    be.all(&la.normed),
+                    be.all(normed),
                     be.all_mut(&mut rev.input),
                 )?;
                 mixer::forward(
@@ -417,6 +425,7 @@ impl<B: Backend> Model<B> {
                     params,
                     be.all(&rev.input),
                     &mut rev.mixer,
+                    &mut acts.work,
                     be.all_mut(&mut rev.out),
                     None,
                     None,
@@ -439,10 +448,11 @@ impl<B: Backend> Model<B> {
             };
             let (r_in_buf, r_out_buf) = pair_mut(&mut acts.residuals, r_in, r_out);
             let (next_weight, normed, rstd) = match self.table.layers.get(i + 1) {
-                Some(next) => {
-                    let nl = &mut acts.layers[slot(i + 1)];
-                    (next.norm.clone(), &mut nl.normed, &mut nl.rstd)
-                }
+                Some(next) => (
+                    next.norm.clone(),
+                    &mut acts.normed[normed_slot(i + 1)],
+                    &mut acts.layers[slot(i + 1)].rstd,
+                ),
                 None => (
                     self.table.norm_f.clone(),
                     &mut acts.hidden,
@@ -550,7 +560,7 @@ impl<B: Backend> Model<B> {
     pub fn backward(
         &self,
         batch: &Batch<B>,
-        acts: &Activations<B>,
+        acts: &mut Activations<B>,
         scratch: &mut Scratch<B>,
         grads: &mut B::Buffer,
     ) -> Result<(), KernelError> {
@@ -657,8 +667,10 @@ impl<B: Backend> Model<B> {
                 shape,
                 weights,
                 &layer.mixer,
-                be.all(&la.normed),
+                // Where the layers share one buffer, the mixer reads its bf16 copy instead.
+                (acts.normed.len() == c.n_layer).then(|| be.all(&acts.normed[i])),
                 &la.mixer,
+                &mut acts.work,
                 be.all(&scratch.d_residual),
                 batch.resets.as_ref(),
                 grads,
@@ -680,8 +692,9 @@ impl<B: Backend> Model<B> {
                     shape,
                     weights,
                     params,
-                    be.all(&rev.input),
+                    Some(be.all(&rev.input)),
                     &rev.mixer,
+                    &mut acts.work,
                     be.all(&scratch.d_reverse_out),
                     None,
                     grads,

@@ -44,7 +44,7 @@ fn check_gradients(model: &mut Model<Cpu>, batch: &Batch<Cpu>, targets: &Vec<u32
         .loss(&mut acts, targets, Some(1.0 / count as f32))
         .unwrap();
     model
-        .backward(batch, &acts, &mut scratch, &mut grads)
+        .backward(batch, &mut acts, &mut scratch, &mut grads)
         .unwrap();
 
     let mut rng = Rng::new(99);
@@ -139,7 +139,7 @@ fn training_step(
     model.forward(batch, &mut acts, None).unwrap();
     let losses = model.loss(&mut acts, targets, Some(1.0)).unwrap();
     model
-        .backward(batch, &acts, &mut scratch, &mut grads)
+        .backward(batch, &mut acts, &mut scratch, &mut grads)
         .unwrap();
     let loss = losses.iter().map(|&l| l as f64).sum();
     (loss, acts.logits.clone(), grads)
