@@ -133,13 +133,17 @@ pub trait Backend: Clone + Send + Sync {
         src: Self::View<'_>,
         dst: &mut Self::Bf16Buffer,
     ) -> Result<(), KernelError>;
-    /// See [`crate::bf16::gemm`].
+    /// `dst = src` widened to f32 (see [`crate::bf16::widen`]).
+    fn widen_bf16(&self, src: &Self::Bf16Buffer, dst: Self::ViewMut<'_>)
+        -> Result<(), KernelError>;
+    /// See [`crate::bf16::gemm`]. A bf16 `c` (all of its buffer) gets the rounded f32
+    /// result and cannot be accumulated into.
     fn gemm_bf16(
         &self,
         dims: GemmDims,
         a: Bf16View<'_, Self>,
         b: Bf16View<'_, Self>,
-        c: Self::ViewMut<'_>,
+        c: Output<'_, Self>,
         accumulate: bool,
     ) -> Result<(), KernelError>;
     /// Whether training should run its large GEMMs on bf16 copies of their operands

@@ -46,6 +46,37 @@ pub fn round(src: &[f32], dst: &mut [u16]) -> Result<(), KernelError> {
     Ok(())
 }
 
+/// `dst = src` as f32 values (exact), element by element.
+///
+/// ```
+/// use seqmamba_kernels::bf16;
+/// let mut values = [0.0; 2];
+/// bf16::widen(&[0x3f80, 0xbf00], &mut values).unwrap();
+/// assert_eq!(values, [1.0, -0.5]);
+/// ```
+pub fn widen(src: &[u16], dst: &mut [f32]) -> Result<(), KernelError> {
+    check_len("bf16 widen", "dst", src.len(), dst)?;
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = to_f32(s);
+    }
+    Ok(())
+}
+
+/// A GEMM writing bf16 values writes its result rounded: it cannot add to them.
+pub(crate) fn check_accumulate(
+    op: &'static str,
+    bf16_output: bool,
+    accumulate: bool,
+) -> Result<(), KernelError> {
+    if bf16_output && accumulate {
+        return Err(KernelError::Invalid {
+            op,
+            message: "a bf16 output cannot be accumulated into".into(),
+        });
+    }
+    Ok(())
+}
+
 /// [`gemm::gemm`] on bf16 operands (raw bits) with f32 sums and output: the reference of
 /// [`Backend::gemm_bf16`]. Widens the operands and runs the f32 GEMM.
 ///
@@ -77,8 +108,8 @@ pub fn gemm(
         element_count("gemm_bf16", &[dims.k, dims.n])?,
         b,
     )?;
-    let widen = |bits: &[u16]| bits.iter().map(|&x| to_f32(x)).collect::<Vec<_>>();
-    gemm::gemm(dims, &widen(a), &widen(b), c, accumulate)
+    let widened = |bits: &[u16]| bits.iter().map(|&x| to_f32(x)).collect::<Vec<_>>();
+    gemm::gemm(dims, &widened(a), &widened(b), c, accumulate)
 }
 
 /// Where an op writes a tensor: f32 values, or — for a tensor that only bf16 GEMMs read —
@@ -176,5 +207,41 @@ mod tests {
         let mut exact = vec![1.0; 6];
         gemm::gemm(dims, &a, &b, &mut exact, true).unwrap();
         assert_ne!(got, exact, "the operands were not rounded");
+
+        // Into bf16 on the CPU backend: the f32 result rounded; no accumulation.
+        let cpu = crate::Cpu;
+        let mut got16 = cpu.zeros_bf16(6).unwrap();
+        let mut f32_result = vec![0.0; 6];
+        gemm(dims, &a16, &b16, &mut f32_result, false).unwrap();
+        let view = |bits| Bf16View::<crate::Cpu>::new(bits, 0..bits.len());
+        cpu.gemm_bf16(
+            dims,
+            view(&a16),
+            view(&b16),
+            Output::Bf16(&mut got16),
+            false,
+        )
+        .unwrap();
+        let mut want16 = vec![0; 6];
+        round(&f32_result, &mut want16).unwrap();
+        assert_eq!(got16, want16);
+        let accumulated =
+            cpu.gemm_bf16(dims, view(&a16), view(&b16), Output::Bf16(&mut got16), true);
+        assert!(accumulated.is_err());
+    }
+
+    #[test]
+    fn widening_is_exact_and_checks_lengths() {
+        let values = [1.5, -0.0, f32::INFINITY, 3.0e-39];
+        let mut bits = [0; 4];
+        round(&values, &mut bits).unwrap();
+        let mut back = [0.0; 4];
+        widen(&bits, &mut back).unwrap();
+        assert_eq!(
+            back.map(f32::to_bits),
+            values.map(|v| to_f32(from_f32(v)).to_bits())
+        );
+        assert_eq!(back[..3], values[..3]);
+        assert!(widen(&bits, &mut [0.0; 3]).is_err());
     }
 }

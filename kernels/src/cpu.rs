@@ -240,21 +240,28 @@ impl Backend for Cpu {
         bf16::round(src, dst)
     }
 
+    fn widen_bf16(&self, src: &Vec<u16>, dst: &mut [f32]) -> Result<(), KernelError> {
+        bf16::widen(src, dst)
+    }
+
     fn gemm_bf16(
         &self,
         dims: GemmDims,
         a: Bf16View<'_, Self>,
         b: Bf16View<'_, Self>,
-        c: &mut [f32],
+        c: Output<'_, Self>,
         accumulate: bool,
     ) -> Result<(), KernelError> {
-        bf16::gemm(
-            dims,
-            &a.buffer[a.range()],
-            &b.buffer[b.range()],
-            c,
-            accumulate,
-        )
+        let (a, b) = (&a.buffer[a.range()], &b.buffer[b.range()]);
+        match c {
+            Output::F32(c) => bf16::gemm(dims, a, b, c, accumulate),
+            Output::Bf16(c) => {
+                bf16::check_accumulate("gemm_bf16", true, accumulate)?;
+                let mut wide = vec![0.0; c.len()];
+                bf16::gemm(dims, a, b, &mut wide, false)?;
+                bf16::round(&wide, c)
+            }
+        }
     }
 
     /// The CPU has no faster bf16 arithmetic: its GEMMs stay f32.

@@ -160,10 +160,10 @@ fn cuda_language_model_step_equals_the_cpu() {
     compare_step(cuda, config, Head::LanguageModel, &problem, F32);
 }
 
-/// The mixers' GEMMs on bf16 copies (f32 sums, outputs, weights and everything else), on
-/// both backends: the GPU's bf16 step is the CPU's up to f32 summation order and the rare
-/// input whose rounding to bf16 flips between the two; and asking the device for bf16
-/// GEMMs makes training take that path.
+/// The mixers' GEMMs on bf16 copies (f32 sums, weights and everything else; x and z kept
+/// in bf16), on both backends: the GPU's bf16 step is the CPU's up to f32 summation order
+/// and the rare value whose rounding to bf16 flips between the two; and asking the device
+/// for bf16 GEMMs makes training take that path.
 #[test]
 fn cuda_language_model_step_in_bf16_equals_the_cpu_in_bf16() {
     let Some(cuda) = device() else { return };
@@ -182,12 +182,13 @@ fn cuda_language_model_step_in_bf16_equals_the_cpu_in_bf16() {
         count: shape.tokens(),
     };
     // A flip costs its element 2^-8 of its value: at this small width (64) one flip
-    // moves a logit by ~1e-4 of the logits' scale (measured: 4.5e-4 in all, gradients
-    // 8e-4); the tolerance must still tell the bf16 step from the f32 one (3e-3 apart;
-    // checked below).
+    // moves a logit by ~1e-4 of the logits' scale. Measured: 4.5e-4 in all while only
+    // GEMM inputs were rounded, 1.0e-3 since in_proj writes x and z in bf16 (each of
+    // those roundings can flip too); gradients 8e-4. The tolerance must still tell the
+    // bf16 step from the f32 one (checked below).
     let bf16 = Tolerance {
         loss: 1e-5,
-        logits: 1e-3,
+        logits: 2e-3,
         grads: 5e-3,
     };
     let logits_tolerance = bf16.logits;

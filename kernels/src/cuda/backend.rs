@@ -22,13 +22,13 @@ use crate::KernelError;
 use crate::{adamw, conv1d, cross_entropy, elementwise, embedding, gemm, pool, rmsnorm, scan};
 
 impl Cuda {
-    /// Queues `dst[..len] = 0` for the f32s at `address`.
-    pub(crate) fn fill_zero_at(&self, address: u64, len: usize) -> Result<(), KernelError> {
-        if len == 0 {
+    /// Queues zeroing `bytes` bytes at `address`.
+    pub(crate) fn fill_zero_at(&self, address: u64, bytes: usize) -> Result<(), KernelError> {
+        if bytes == 0 {
             return Ok(());
         }
-        // SAFETY: the caller's view covers `len` f32s at `address`.
-        unsafe { result::memset_d8_async(address, 0, len * 4, self.shared.stream.cu_stream()) }
+        // SAFETY: the caller's view covers `bytes` bytes at `address`.
+        unsafe { result::memset_d8_async(address, 0, bytes, self.shared.stream.cu_stream()) }
             .map_err(|e| device_error("zeroing device memory", e))
     }
 }
@@ -172,7 +172,7 @@ impl Backend for Cuda {
 
     fn fill_zero(&self, dst: DeviceViewMut<'_>) -> Result<(), KernelError> {
         self.timed(TimedOp::Other, || {
-            self.fill_zero_at(dst.address(), dst.len())
+            self.fill_zero_at(dst.address(), 4 * dst.len())
         })
     }
 
@@ -259,16 +259,24 @@ impl Backend for Cuda {
         self.timed(TimedOp::Cast, || gemm::cuda::round_bf16(self, src, dst))
     }
 
+    fn widen_bf16(
+        &self,
+        src: &DeviceBuffer<u16>,
+        dst: DeviceViewMut<'_>,
+    ) -> Result<(), KernelError> {
+        self.timed(TimedOp::Cast, || gemm::cuda::widen_bf16(self, src, dst))
+    }
+
     fn gemm_bf16(
         &self,
         dims: GemmDims,
         a: Bf16View<'_, Self>,
         b: Bf16View<'_, Self>,
-        c: DeviceViewMut<'_>,
+        c: Output<'_, Self>,
         accumulate: bool,
     ) -> Result<(), KernelError> {
         self.timed(TimedOp::Gemm, || {
-            gemm::cuda::gemm_bf16(self, dims, a, b, c, accumulate)
+            gemm::cuda::gemm_bf16(self, dims, a, b, c.into(), accumulate)
         })
     }
 

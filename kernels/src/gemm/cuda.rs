@@ -1,6 +1,6 @@
 //! The GEMM on cuBLAS: `cublasSgemm` on f32 operands (f32 or TF32 math, see
-//! [`GemmPrecision`]), `cublasGemmEx` on bf16 operands with f32 sums and output, and the
-//! kernel that rounds f32 values to bf16 copies.
+//! [`GemmPrecision`]), `cublasGemmEx` on bf16 operands with f32 sums and an f32 or bf16
+//! output, and the kernels that round f32 values to bf16 copies and widen them back.
 //!
 //! cuBLAS is column-major; a row-major `m×n` matrix is the column-major `n×m` matrix of
 //! its transpose. So `C = op(A)·op(B)` (row-major) is computed as the column-major
@@ -14,9 +14,10 @@ use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation
 use cudarc::driver::DeviceRepr;
 
 use super::GemmDims;
-use crate::bf16::Bf16View;
+use crate::bf16::{self, Bf16View, Output};
 use crate::cuda::{
-    check_view, device_error, flat_grid, Cuda, DeviceBuffer, DeviceView, DeviceViewMut,
+    check_view, device_error, flat_grid, Cuda, DeviceBuffer, DeviceOutput, DeviceView,
+    DeviceViewMut,
 };
 use crate::{element_count, KernelError};
 
@@ -61,6 +62,29 @@ pub(crate) fn round_bf16(
     cuda.launch(&function, flat_grid(x.len().div_ceil(4)), &args)
 }
 
+/// See [`crate::Backend::widen_bf16`].
+pub(crate) fn widen_bf16(
+    cuda: &Cuda,
+    x: &DeviceBuffer<u16>,
+    y: DeviceViewMut<'_>,
+) -> Result<(), KernelError> {
+    check_view("widen_bf16", "dst", x.len(), y.len())?;
+    if x.is_empty() {
+        return Ok(());
+    }
+    let vector = x.address().is_multiple_of(8)
+        && y.address().is_multiple_of(16)
+        && x.len().is_multiple_of(4);
+    let args = CastArgs {
+        x: x.address(),
+        y: y.address(),
+        n: x.len() as i64,
+        vector: vector.into(),
+    };
+    let function = cuda.function(MODULE, SOURCE, &[], "bf16_to_f32")?;
+    cuda.launch(&function, flat_grid(x.len().div_ceil(4)), &args)
+}
+
 /// The device address of a bf16 view's first element, checked against its buffer.
 fn bf16_address(
     op: &'static str,
@@ -101,7 +125,7 @@ pub(crate) fn gemm(
         a: a.address(),
         b: b.address(),
     };
-    run(cuda, OP, dims, operands, c, accumulate)
+    run(cuda, OP, dims, operands, Output::F32(c).into(), accumulate)
 }
 
 /// See [`crate::bf16::gemm`].
@@ -110,11 +134,12 @@ pub(crate) fn gemm_bf16(
     dims: GemmDims,
     a: Bf16View<'_, Cuda>,
     b: Bf16View<'_, Cuda>,
-    c: DeviceViewMut<'_>,
+    c: DeviceOutput,
     accumulate: bool,
 ) -> Result<(), KernelError> {
     const OP: &str = "gemm_bf16";
     check_operands(OP, dims, a.len, b.len)?;
+    bf16::check_accumulate(OP, c.bf16, accumulate)?;
     let operands = Operands::Bf16 {
         a: bf16_address(OP, "a", a)?,
         b: bf16_address(OP, "b", b)?,
@@ -132,11 +157,11 @@ fn run(
     op: &'static str,
     dims: GemmDims,
     operands: Operands,
-    c: DeviceViewMut<'_>,
+    c: DeviceOutput,
     accumulate: bool,
 ) -> Result<(), KernelError> {
     let GemmDims { m, n, k, .. } = dims;
-    check_view(op, "c", element_count(op, &[m, n])?, c.len())?;
+    check_view(op, "c", element_count(op, &[m, n])?, c.len)?;
     if m.max(n).max(k) > i32::MAX as usize {
         return Err(KernelError::Invalid {
             op,
@@ -151,7 +176,7 @@ fn run(
         return if accumulate {
             Ok(())
         } else {
-            cuda.fill_zero_at(c.address(), c.len())
+            cuda.fill_zero_at(c.address, c.len * if c.bf16 { 2 } else { 4 })
         };
     }
     let operation = |transpose: bool| {
@@ -188,8 +213,12 @@ fn run(
                 cudaDataType::CUDA_R_16BF,
                 lda as i32,
                 (&beta as *const f32).cast(),
-                c.address() as *mut c_void,
-                cudaDataType::CUDA_R_32F,
+                c.address as *mut c_void,
+                if c.bf16 {
+                    cudaDataType::CUDA_R_16BF
+                } else {
+                    cudaDataType::CUDA_R_32F
+                },
                 n,
                 cublasComputeType_t::CUBLAS_COMPUTE_32F,
                 cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
@@ -211,7 +240,7 @@ fn run(
                 a as *const f32,
                 lda as i32,
                 &beta,
-                c.address() as *mut f32,
+                c.address as *mut f32,
                 n,
             )
         }
@@ -221,7 +250,7 @@ fn run(
 
 #[cfg(test)]
 mod tests {
-    use crate::bf16::Bf16View;
+    use crate::bf16::{Bf16View, Output};
     use crate::cuda::testing::{device, random};
     use crate::cuda::GemmPrecision;
     use crate::gemm::{self, GemmDims};
@@ -362,6 +391,37 @@ mod tests {
         }
     }
 
+    /// Widening gives the CPU's values bit for bit, into aligned (vector) and unaligned
+    /// (scalar) views, with specials and a ragged end.
+    #[test]
+    fn cuda_widen_bf16_matches_the_cpu_bit_for_bit() {
+        let Some(cuda) = device() else { return };
+        let mut halves = vec![0u16; 1003];
+        crate::bf16::round(&random(1003, 10), &mut halves).unwrap();
+        halves[..5].copy_from_slice(&[0x7f80, 0xff80, 0x7fc1, 0x8000, 0x0001]);
+        for (len, offset) in [(1000, 0), (1003, 0), (1000, 1)] {
+            let mut copy = cuda.zeros_bf16(len).unwrap();
+            let f32s = cuda
+                .upload(
+                    &halves[..len]
+                        .iter()
+                        .map(|&b| crate::bf16::to_f32(b))
+                        .collect::<Vec<_>>(),
+                )
+                .unwrap();
+            cuda.round_bf16(cuda.all(&f32s), &mut copy).unwrap();
+            let mut wide = cuda.zeros(len + offset).unwrap();
+            cuda.widen_bf16(&copy, cuda.view_mut(&mut wide, offset..offset + len))
+                .unwrap();
+            let mut want = vec![0.0; len];
+            crate::bf16::widen(&halves[..len], &mut want).unwrap();
+            let got = cuda
+                .download(cuda.view(&wide, offset..offset + len))
+                .unwrap();
+            assert_eq!(bits(&got), bits(&want), "{len} at {offset}");
+        }
+    }
+
     /// bf16 operands: the CPU's GEMM of the same rounded operands up to the order of the
     /// f32 sums (products of bf16 values are exact in f32), in every transpose and mode,
     /// on ranges of the buffers.
@@ -394,20 +454,32 @@ mod tests {
             let mut gc = cuda.upload(&c0).unwrap();
             cuda.gemm_bf16(
                 dims,
-                Bf16View::new(&ga, ra),
-                Bf16View::new(&gb, rb),
-                cuda.all_mut(&mut gc),
+                Bf16View::new(&ga, ra.clone()),
+                Bf16View::new(&gb, rb.clone()),
+                Output::F32(cuda.all_mut(&mut gc)),
                 accumulate,
             )
             .unwrap();
             let got = cuda.download(cuda.all(&gc)).unwrap();
-            assert_close(
-                &format!("{dims:?} accumulate {accumulate}"),
-                &got,
-                &to_f64(&want),
-                1e-5,
-                1e-6,
+            let name = format!("{dims:?} accumulate {accumulate}");
+            assert_close(&name, &got, &to_f64(&want), 1e-5, 1e-6);
+            // Into bf16: the same values, rounded (a bf16 unit is 2⁻⁸ of the value).
+            let mut gc16 = cuda.zeros_bf16(m * n).unwrap();
+            let into_bf16 = cuda.gemm_bf16(
+                dims,
+                Bf16View::new(&ga, ra),
+                Bf16View::new(&gb, rb),
+                Output::Bf16(&mut gc16),
+                accumulate,
             );
+            if accumulate {
+                assert!(into_bf16.is_err(), "{name}: accumulated into bf16");
+                continue;
+            }
+            into_bf16.unwrap();
+            let mut got16 = vec![0.0; m * n];
+            crate::bf16::widen(&cuda.download_bf16(&gc16).unwrap(), &mut got16).unwrap();
+            assert_close(&name, &got16, &to_f64(&want), 1.0 / 256.0, 1e-6);
         }
         let out_of_range = cuda.gemm_bf16(
             GemmDims {
@@ -419,7 +491,7 @@ mod tests {
             },
             Bf16View::new(&ga, 0..8),
             Bf16View::new(&gb, k * n..k * n + 8),
-            cuda.all_mut(&mut cuda.zeros(1).unwrap()),
+            Output::F32(cuda.all_mut(&mut cuda.zeros(1).unwrap())),
             false,
         );
         assert!(out_of_range.is_err());

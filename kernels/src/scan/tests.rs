@@ -3,7 +3,7 @@
 use super::cpu::{backward, forward, GradBuffers, InputBuffers};
 use super::{reference, ScanDims, ScanInputs};
 use crate::rng::Rng;
-use crate::testing::{assert_close, finite_difference, to_f64};
+use crate::testing::{assert_close, bits, finite_difference, to_f64};
 use crate::KernelError;
 
 impl InputBuffers<f32> {
@@ -494,10 +494,6 @@ fn wide_decode_steps_are_bit_identical_for_any_thread_count() {
             "state, {threads} threads"
         );
     }
-}
-
-fn bits(x: &[f32]) -> Vec<u32> {
-    x.iter().map(|v| v.to_bits()).collect()
 }
 
 #[test]

@@ -25,7 +25,9 @@
 //! inputs the weight gradients read (y; in bf16 the input's and dt_low's copies). The wide
 //! u and delta are not kept: the backward makes them again (conv forward, dt_proj GEMM)
 //! in [`MixerWork`], which every layer shares, for about 2 % of a step and half the
-//! activation memory.
+//! activation memory. In bf16, in_proj writes x and z as bf16 alone (as the official
+//! model's autocast does), and the forward and backward widen them into [`MixerWork`]
+//! before the conv and the scan read them.
 
 use seqmamba_kernels::bf16::{Bf16View, Output};
 use seqmamba_kernels::conv1d::ConvDims;
@@ -86,8 +88,8 @@ impl Shape {
 
 /// What the mixer's forward keeps for its backward.
 pub struct MixerActivations<B: Backend> {
-    x: B::Buffer,
-    z: B::Buffer,
+    x: Kept<B>,
+    z: Kept<B>,
     dt_low: B::Buffer,
     b: B::Buffer,
     c: B::Buffer,
@@ -104,9 +106,48 @@ struct InputCopies<B: Backend> {
     y: B::Bf16Buffer,
 }
 
+/// An in_proj output the backward reads: f32 values, or in bf16 training their rounding
+/// alone, which readers widen first.
+enum Kept<B: Backend> {
+    F32(B::Buffer),
+    Bf16(B::Bf16Buffer),
+}
+
+impl<B: Backend> Kept<B> {
+    fn new(be: &B, len: usize, bf16: bool) -> Result<Self, KernelError> {
+        Ok(if bf16 {
+            Self::Bf16(be.zeros_bf16(len)?)
+        } else {
+            Self::F32(be.zeros(len)?)
+        })
+    }
+
+    /// Where the op that makes it writes.
+    fn output(&mut self, be: &B) -> Output<'_, B> {
+        match self {
+            Self::F32(values) => Output::F32(be.all_mut(values)),
+            Self::Bf16(bits) => Output::Bf16(bits),
+        }
+    }
+
+    /// Its f32 values: its own, or its bf16 bits widened into `wide`.
+    fn values<'a>(&'a self, be: &B, wide: &'a mut B::Buffer) -> Result<B::View<'a>, KernelError> {
+        match self {
+            Self::F32(values) => Ok(be.all(values)),
+            Self::Bf16(bits) => {
+                be.widen_bf16(bits, be.all_mut(wide))?;
+                Ok(be.all(wide))
+            }
+        }
+    }
+}
+
 /// The wide values a mixer's forward makes and its backward makes again (see the module
 /// comment), shared by every layer.
 pub struct MixerWork<B: Backend> {
+    /// x and z widened from their bf16 copies, when training in bf16.
+    x: B::Buffer,
+    z: B::Buffer,
     u: B::Buffer,
     /// u's bf16 copy, when training in bf16.
     u_copy: Option<B::Bf16Buffer>,
@@ -206,21 +247,22 @@ fn output<'a, B: Backend>(
     }
 }
 
-/// `c = op(a)·op(b)`, in bf16 when the operands are bf16 copies.
+/// `c = op(a)·op(b)`, in bf16 when the operands are bf16 copies (only then may `c` be
+/// bf16).
 fn gemm<B: Backend>(
     be: &B,
     dims: GemmDims,
     a: Operand<'_, '_, B>,
     b: Operand<'_, '_, B>,
-    c: B::ViewMut<'_>,
+    c: Output<'_, B>,
     accumulate: bool,
 ) -> Result<(), KernelError> {
-    match (a, b) {
-        (Operand::F32(a), Operand::F32(b)) => be.gemm(dims, a, b, c, accumulate),
-        (Operand::Bf16(a), Operand::Bf16(b)) => be.gemm_bf16(dims, a, b, c, accumulate),
+    match (a, b, c) {
+        (Operand::F32(a), Operand::F32(b), Output::F32(c)) => be.gemm(dims, a, b, c, accumulate),
+        (Operand::Bf16(a), Operand::Bf16(b), c) => be.gemm_bf16(dims, a, b, c, accumulate),
         _ => Err(KernelError::Invalid {
             op: "mixer",
-            message: "a GEMM of an f32 and a bf16 operand".into(),
+            message: "a GEMM mixing f32 and bf16 operands, or f32 operands into bf16".into(),
         }),
     }
 }
@@ -272,8 +314,8 @@ impl<B: Backend> MixerActivations<B> {
             None
         };
         Ok(Self {
-            x: be.zeros(t * di)?,
-            z: be.zeros(t * di)?,
+            x: Kept::new(be, t * di, bf16.is_some())?,
+            z: Kept::new(be, t * di, bf16.is_some())?,
             dt_low: be.zeros(t * c.dt_rank)?,
             b: be.zeros(t * c.d_state)?,
             c: be.zeros(t * c.d_state)?,
@@ -294,7 +336,10 @@ impl<B: Backend> MixerWork<B> {
     pub fn new(be: &B, c: &MambaConfig, shape: Shape, bf16: bool) -> Result<Self, KernelError> {
         let t = shape.tokens();
         let di = c.d_inner();
+        let widened = if bf16 { t * di } else { 0 };
         Ok(Self {
+            x: be.zeros(widened)?,
+            z: be.zeros(widened)?,
             u: be.zeros(t * di)?,
             u_copy: bf16.then(|| be.zeros_bf16(t * di)).transpose()?,
             delta: be.zeros(t * di)?,
@@ -404,14 +449,14 @@ fn conv<B: Backend>(
     shape: Shape,
     weights: Weights<'_, B>,
     p: &MixerParams,
-    x: &B::Buffer,
+    x: B::View<'_>,
     resets: Option<&B::Ids>,
     state: Option<B::ViewMut<'_>>,
     u: &mut B::Buffer,
 ) -> Result<(), KernelError> {
     be.conv1d_forward(
         conv_dims(c, shape),
-        be.all(x),
+        x,
         be.view(weights.f32, p.conv_weight.clone()),
         be.view(weights.f32, p.conv_bias.clone()),
         resets,
@@ -435,7 +480,7 @@ fn dt_proj<B: Backend>(
         linear(shape.tokens(), c.d_inner(), c.dt_rank),
         dt_low,
         Operand::weight(be, weights, p.dt_proj_weight.clone()),
-        be.all_mut(delta),
+        Output::F32(be.all_mut(delta)),
         false,
     )
 }
@@ -474,7 +519,7 @@ pub fn forward<B: Backend>(
         linear(t, di, d),
         input,
         weight(s.in_x),
-        be.all_mut(&mut acts.x),
+        acts.x.output(be),
         false,
     )?;
     gemm(
@@ -482,7 +527,7 @@ pub fn forward<B: Backend>(
         linear(t, di, d),
         input,
         weight(s.in_z),
-        be.all_mut(&mut acts.z),
+        acts.z.output(be),
         false,
     )?;
     let (conv_state, ssm_state) = match state {
@@ -495,7 +540,7 @@ pub fn forward<B: Backend>(
         shape,
         weights,
         p,
-        &acts.x,
+        acts.x.values(be, &mut work.x)?,
         resets,
         conv_state,
         &mut work.u,
@@ -507,7 +552,7 @@ pub fn forward<B: Backend>(
         linear(t, xp, di),
         u,
         weight(s.xp),
-        be.all_mut(&mut work.xproj),
+        Output::F32(be.all_mut(&mut work.xproj)),
         false,
     )?;
     for (first, width, part) in [
@@ -531,7 +576,7 @@ pub fn forward<B: Backend>(
         c: be.all(&acts.c),
         d_skip: w(p.d_skip.clone()),
         delta_bias: w(p.dt_proj_bias.clone()),
-        z: Some(be.all(&acts.z)),
+        z: Some(acts.z.values(be, &mut work.z)?),
     };
     let checkpoints = train.then(|| be.all_mut(&mut acts.checkpoints));
     be.scan_forward(
@@ -548,7 +593,7 @@ pub fn forward<B: Backend>(
         linear(t, d, di),
         y,
         weight(p.out_proj.clone()),
-        out,
+        Output::F32(out),
         false,
     )
 }
@@ -606,7 +651,7 @@ pub fn backward<B: Backend>(
         linear_input_grad(t, d, di),
         d_out,
         weight(p.out_proj.clone()),
-        be.all_mut(&mut scratch.dy),
+        Output::F32(be.all_mut(&mut scratch.dy)),
         false,
     )?;
     gemm(
@@ -614,12 +659,13 @@ pub fn backward<B: Backend>(
         linear_weight_grad(t, d, di),
         d_out,
         Operand::new(be, Some(be.all(&acts.y)), saved.map(|k| &k.y))?,
-        be.view_mut(grads, p.out_proj.clone()),
+        Output::F32(be.view_mut(grads, p.out_proj.clone())),
         true,
     )?;
 
     let dt_low = Operand::new(be, Some(be.all(&acts.dt_low)), saved.map(|k| &k.dt_low))?;
-    conv(be, c, shape, weights, p, &acts.x, resets, None, &mut work.u)?;
+    let x = acts.x.values(be, &mut work.x)?;
+    conv(be, c, shape, weights, p, x, resets, None, &mut work.u)?;
     let u = Operand::rounded(be, be.all(&work.u), work.u_copy.as_mut())?;
     dt_proj(be, c, shape, weights, p, dt_low, &mut work.delta)?;
     let inputs = ScanInputs {
@@ -630,7 +676,7 @@ pub fn backward<B: Backend>(
         c: be.all(&acts.c),
         d_skip: w(p.d_skip.clone()),
         delta_bias: w(p.dt_proj_bias.clone()),
-        z: Some(be.all(&acts.z)),
+        z: Some(acts.z.values(be, &mut work.z)?),
     };
     let [da_log, dd_skip, ddelta_bias] = be.split_mut(
         grads,
@@ -661,7 +707,7 @@ pub fn backward<B: Backend>(
         linear_input_grad(t, di, r),
         ddelta,
         weight(p.dt_proj_weight.clone()),
-        be.all_mut(&mut scratch.ddt_low),
+        Output::F32(be.all_mut(&mut scratch.ddt_low)),
         false,
     )?;
     gemm(
@@ -669,7 +715,7 @@ pub fn backward<B: Backend>(
         linear_weight_grad(t, di, r),
         ddelta,
         dt_low,
-        be.view_mut(grads, p.dt_proj_weight.clone()),
+        Output::F32(be.view_mut(grads, p.dt_proj_weight.clone())),
         true,
     )?;
 
@@ -693,7 +739,7 @@ pub fn backward<B: Backend>(
         linear_input_grad(t, xp, di),
         dxproj,
         weight(s.xp.clone()),
-        be.all_mut(&mut scratch.du),
+        Output::F32(be.all_mut(&mut scratch.du)),
         true,
     )?;
     gemm(
@@ -701,7 +747,7 @@ pub fn backward<B: Backend>(
         linear_weight_grad(t, xp, di),
         dxproj,
         u,
-        be.view_mut(grads, s.xp),
+        Output::F32(be.view_mut(grads, s.xp)),
         true,
     )?;
 
@@ -709,7 +755,7 @@ pub fn backward<B: Backend>(
         be.split_mut(grads, [p.conv_weight.clone(), p.conv_bias.clone()]);
     be.conv1d_backward(
         conv_dims(c, shape),
-        be.all(&acts.x),
+        x,
         w(p.conv_weight.clone()),
         w(p.conv_bias.clone()),
         resets,
@@ -731,7 +777,7 @@ pub fn backward<B: Backend>(
             linear_input_grad(t, di, d),
             dy,
             weight(rows.clone()),
-            be.reborrow_mut(&mut d_input),
+            Output::F32(be.reborrow_mut(&mut d_input)),
             accumulate,
         )?;
         gemm(
@@ -739,7 +785,7 @@ pub fn backward<B: Backend>(
             linear_weight_grad(t, di, d),
             dy,
             input,
-            be.view_mut(grads, rows.clone()),
+            Output::F32(be.view_mut(grads, rows.clone())),
             true,
         )?;
     }
