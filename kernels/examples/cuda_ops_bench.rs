@@ -6,7 +6,7 @@
 //!
 //! Times are CUDA-event medians of 30 runs after warm-up.
 
-use seqmamba_kernels::bf16::Output;
+use seqmamba_kernels::bf16::{Input, Output};
 use seqmamba_kernels::conv1d::ConvDims;
 use seqmamba_kernels::cuda::Cuda;
 use seqmamba_kernels::rmsnorm::NormDims;
@@ -70,12 +70,13 @@ fn main() -> Result<(), KernelError> {
         &mut || {
             cuda.conv1d_forward(
                 conv,
-                cuda.all(&x),
+                Input::F32(cuda.all(&x)),
                 cuda.all(&weight),
                 cuda.all(&bias),
                 None,
                 None,
                 cuda.all_mut(&mut u),
+                None,
             )
         },
     )?;
@@ -85,7 +86,7 @@ fn main() -> Result<(), KernelError> {
         &mut || {
             cuda.conv1d_backward(
                 conv,
-                cuda.all(&x),
+                Input::F32(cuda.all(&x)),
                 cuda.all(&weight),
                 cuda.all(&bias),
                 None,

@@ -3,7 +3,7 @@
 use std::ops::Range;
 
 use crate::adamw::AdamW;
-use crate::bf16::{Bf16View, Output};
+use crate::bf16::{Bf16View, Input, Output};
 use crate::conv1d::ConvDims;
 use crate::cross_entropy::CrossEntropyDims;
 use crate::elementwise::ColumnBlock;
@@ -152,22 +152,25 @@ pub trait Backend: Clone + Send + Sync {
 
     /// See [`crate::conv1d::forward`].
     #[allow(clippy::too_many_arguments)]
+    /// `x` may be bf16; with `out_copy`, out's bf16 rounding is written there too.
     fn conv1d_forward(
         &self,
         dims: ConvDims,
-        x: Self::View<'_>,
+        x: Input<'_, Self>,
         weight: Self::View<'_>,
         bias: Self::View<'_>,
         resets: Option<&Self::Ids>,
         state: Option<Self::ViewMut<'_>>,
         out: Self::ViewMut<'_>,
+        out_copy: Option<&mut Self::Bf16Buffer>,
     ) -> Result<(), KernelError>;
     /// See [`crate::conv1d::backward`].
     #[allow(clippy::too_many_arguments)]
+    /// `x` may be bf16.
     fn conv1d_backward(
         &self,
         dims: ConvDims,
-        x: Self::View<'_>,
+        x: Input<'_, Self>,
         weight: Self::View<'_>,
         bias: Self::View<'_>,
         resets: Option<&Self::Ids>,

@@ -126,6 +126,28 @@ pub enum Output<'a, B: Backend + 'a> {
     Bf16(&'a mut B::Bf16Buffer),
 }
 
+/// What an op reads a tensor from: f32 values, or — for a tensor kept only in bf16 — all of
+/// a bf16 buffer, widened as it is read.
+///
+/// ```
+/// use seqmamba_kernels::{bf16::Input, Backend, Cpu};
+/// let bits = Cpu.zeros_bf16(3).unwrap();
+/// let x: Input<'_, Cpu> = Input::Bf16(&bits);
+/// assert!(matches!(x, Input::Bf16(_)));
+/// ```
+pub enum Input<'a, B: Backend + 'a> {
+    F32(B::View<'a>),
+    Bf16(&'a B::Bf16Buffer),
+}
+
+impl<'a, B: Backend + 'a> Clone for Input<'a, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<'a, B: Backend + 'a> Copy for Input<'a, B> {}
+
 /// A range of a backend's bf16 buffer: an operand of [`Backend::gemm_bf16`].
 pub struct Bf16View<'a, B: Backend + 'a> {
     pub buffer: &'a B::Bf16Buffer,

@@ -4,7 +4,7 @@ use std::ops::Range;
 
 use crate::adamw::{self, AdamW};
 use crate::backend::Backend;
-use crate::bf16::{self, Bf16View, Output};
+use crate::bf16::{self, Bf16View, Input, Output};
 use crate::conv1d::{self, ConvDims};
 use crate::cross_entropy::{self, CrossEntropyDims};
 use crate::elementwise::{self, ColumnBlock};
@@ -82,6 +82,14 @@ impl<'a> Sink<'a> {
             Self::Direct(_) => Ok(()),
             Self::Rounded(values, bits) => bf16::round(&values, bits),
         }
+    }
+}
+
+/// The f32 values of an op's [`Input`]: the view itself, or its bf16 bits widened.
+fn values(x: Input<'_, Cpu>) -> std::borrow::Cow<'_, [f32]> {
+    match x {
+        Input::F32(values) => values.into(),
+        Input::Bf16(bits) => bits.iter().map(|&b| bf16::to_f32(b)).collect(),
     }
 }
 
@@ -252,16 +260,16 @@ impl Backend for Cpu {
         c: Output<'_, Self>,
         accumulate: bool,
     ) -> Result<(), KernelError> {
-        let (a, b) = (&a.buffer[a.range()], &b.buffer[b.range()]);
-        match c {
-            Output::F32(c) => bf16::gemm(dims, a, b, c, accumulate),
-            Output::Bf16(c) => {
-                bf16::check_accumulate("gemm_bf16", true, accumulate)?;
-                let mut wide = vec![0.0; c.len()];
-                bf16::gemm(dims, a, b, &mut wide, false)?;
-                bf16::round(&wide, c)
-            }
-        }
+        bf16::check_accumulate("gemm_bf16", matches!(c, Output::Bf16(_)), accumulate)?;
+        let mut c = Sink::new(c);
+        bf16::gemm(
+            dims,
+            &a.buffer[a.range()],
+            &b.buffer[b.range()],
+            c.values(),
+            accumulate,
+        )?;
+        c.finish()
     }
 
     /// The CPU has no faster bf16 arithmetic: its GEMMs stay f32.
@@ -272,20 +280,26 @@ impl Backend for Cpu {
     fn conv1d_forward(
         &self,
         dims: ConvDims,
-        x: &[f32],
+        x: Input<'_, Self>,
         weight: &[f32],
         bias: &[f32],
         resets: Option<&Vec<u32>>,
         state: Option<&mut [f32]>,
         out: &mut [f32],
+        out_copy: Option<&mut Vec<u16>>,
     ) -> Result<(), KernelError> {
-        conv1d::forward(dims, x, weight, bias, resets.map(|r| &r[..]), state, out)
+        let x = values(x);
+        conv1d::forward(dims, &x, weight, bias, resets.map(|r| &r[..]), state, out)?;
+        match out_copy {
+            Some(copy) => bf16::round(out, copy),
+            None => Ok(()),
+        }
     }
 
     fn conv1d_backward(
         &self,
         dims: ConvDims,
-        x: &[f32],
+        x: Input<'_, Self>,
         weight: &[f32],
         bias: &[f32],
         resets: Option<&Vec<u32>>,
@@ -298,7 +312,7 @@ impl Backend for Cpu {
         let mut dx = Sink::new(dx);
         conv1d::backward(
             dims,
-            x,
+            &values(x),
             weight,
             bias,
             resets.map(|r| &r[..]),

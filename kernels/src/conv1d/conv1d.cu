@@ -4,20 +4,31 @@
 // element. The weight and bias gradients are summed per run, then over the runs in order
 // (`sum_columns`): no atomics, the same bits on every run.
 //
-// Built with -DTAPS=<kernel size>; the module without it holds only `sum_columns`. The
-// backward writes dx as f32 or, for a GEMM that reads only that, as bf16 (bf16.cuh).
+// Built with -DTAPS=<kernel size>; the module without it holds only `sum_columns`. With
+// -DX_BF16=1, x is bf16 bits (kept so in bf16 training); with -DOUT_COPY=1 the forward
+// also writes out's bf16 copy (a GEMM's operand). Defines, not arguments: the walk without
+// the copy needs half the registers. The backward writes dx as f32 or, for a GEMM that
+// reads only that, as bf16 (bf16.cuh).
 
 #define CONV_RUN 64        // positions per thread
 #define CONV_THREADS 128   // channels per block
 #define CONV_AHEAD 8       // positions whose loads a thread issues together
 
+#ifndef X_BF16
+#define X_BF16 0
+#endif
+#ifndef OUT_COPY
+#define OUT_COPY 0
+#endif
+
 struct ConvArgs {
-    u64 x;
+    u64 x;         // f32, or bf16 bits with X_BF16
     u64 weight;    // (channels, kernel)
     u64 bias;      // 0: none
     u64 resets;    // u32 (batch, len); 0: none
     u64 state;     // (batch, kernel-1, channels); 0: zeros
     u64 out;
+    u64 out_copy;  // bf16 bits of out as well, with OUT_COPY
     u64 d_out;
     u64 dx;        // f32, or bf16 bits when dx_bf16
     u64 partials;  // (batch · runs, channels·kernel + channels)
@@ -28,11 +39,14 @@ struct ConvArgs {
     int dx_bf16;
 };
 
+// Element i of x.
+__device__ __forceinline__ float x_at(const ConvArgs& a, i64 i) { return load_as((const void*)a.x, i, X_BF16); }
+
 __device__ __forceinline__ float sigmoid_of(float v) { return 1.0f / (1.0f + expf(-v)); }
 
 // Input position s of row b, channel c: from the state before 0 (zero without one).
 __device__ __forceinline__ float input_at(const ConvArgs& a, i64 b, i64 s, int c) {
-    if (s >= 0) return ((const float*)a.x)[(b * a.len + s) * a.channels + c];
+    if (s >= 0) return x_at(a, (b * a.len + s) * a.channels + c);
     if (!a.state) return 0.0f;
     return ((const float*)a.state)[(b * (a.kernel - 1) + (a.kernel - 1 + s)) * a.channels + c];
 }
@@ -99,17 +113,21 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv1d_forward(ConvAr
     const i64 t1 = min(t0 + CONV_RUN, a.len);
     Walk walk(a, b, c, t0);
     // This thread's column: position t at t · channels.
-    const float* x = (const float*)a.x + b * a.len * a.channels + c;
-    float* out = (float*)a.out + b * a.len * a.channels + c;
+    const i64 column = b * a.len * a.channels + c;
+    float* out = (float*)a.out + column;
+    unsigned short* copy = (unsigned short*)a.out_copy + column;
     for (i64 t = t0; t < t1; t += CONV_AHEAD) {
         float xs[CONV_AHEAD];
 #pragma unroll
-        for (int j = 0; j < CONV_AHEAD; ++j) xs[j] = t + j < t1 ? x[(t + j) * a.channels] : 0.0f;
+        for (int j = 0; j < CONV_AHEAD; ++j)
+            xs[j] = t + j < t1 ? x_at(a, column + (t + j) * a.channels) : 0.0f;
 #pragma unroll
         for (int j = 0; j < CONV_AHEAD; ++j) {
             if (t + j >= t1) break;
             const float pre = walk.step(t + j, xs[j]);
-            out[(t + j) * a.channels] = pre * sigmoid_of(pre);
+            const float u = pre * sigmoid_of(pre);
+            out[(t + j) * a.channels] = u;
+            if (OUT_COPY) copy[(t + j) * a.channels] = (unsigned short)bf16_bits(u);
         }
     }
 }
@@ -128,7 +146,6 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS, 8) conv1d_backward(Co
     const i64 end = t1 + TAPS - 1;  // walked positions [t0, end)
     Walk walk(a, b, c, t0);
     const i64 column = b * a.len * a.channels + c;
-    const float* x = (const float*)a.x + column;
     const float* d_out = (const float*)a.d_out + column;
     // pending[k]: dx of position t - (TAPS-1) + k so far; positions before `first` are in
     // an earlier sequence than t and get nothing from it.
@@ -143,7 +160,7 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS, 8) conv1d_backward(Co
 #pragma unroll
         for (int j = 0; j < CONV_AHEAD; ++j) {
             const bool inside = t + j < end && t + j < a.len;
-            xs[j] = inside ? x[(t + j) * a.channels] : 0.0f;
+            xs[j] = inside ? x_at(a, column + (t + j) * a.channels) : 0.0f;
             ds[j] = inside ? d_out[(t + j) * a.channels] : 0.0f;
         }
 #pragma unroll
@@ -200,7 +217,7 @@ extern "C" __global__ void conv1d_carry_state(ConvArgs a) {
             for (i64 s = position + 1 < 0 ? 0 : position + 1; s < a.len; ++s) cut |= r[s] != 0;
         float value;
         if (cut) value = 0.0f;
-        else if (position >= 0) value = ((const float*)a.x)[(b * a.len + position) * a.channels + c];
+        else if (position >= 0) value = input_at(a, b, position, c);
         else value = state[(a.len + slot) * a.channels];
         state[(i64)slot * a.channels] = value;
     }

@@ -4,7 +4,8 @@ use cudarc::driver::{DeviceRepr, LaunchConfig};
 
 use super::ConvDims;
 use crate::cuda::{
-    check_view, flat_grid, Cuda, DeviceIds, DeviceOutput, DeviceView, DeviceViewMut, Partials,
+    check_view, flat_grid, Cuda, DeviceBuffer, DeviceIds, DeviceInput, DeviceOutput, DeviceView,
+    DeviceViewMut, Partials,
 };
 use crate::{element_count, KernelError};
 
@@ -29,6 +30,7 @@ struct ConvArgs {
     resets: u64,
     state: u64,
     out: u64,
+    out_copy: u64,
     d_out: u64,
     dx: u64,
     partials: u64,
@@ -46,7 +48,7 @@ unsafe impl DeviceRepr for ConvArgs {}
 fn input_args(
     op: &'static str,
     dims: ConvDims,
-    x: DeviceView<'_>,
+    x: DeviceInput,
     weight: DeviceView<'_>,
     bias: DeviceView<'_>,
     resets: Option<&DeviceIds>,
@@ -71,7 +73,7 @@ fn input_args(
         });
     }
     let elements = element_count(op, &[batch, len, channels])?;
-    check_view(op, "x", elements, x.len())?;
+    check_view(op, "x", elements, x.len)?;
     check_view(op, "weight", channels * kernel, weight.len())?;
     if !bias.is_empty() {
         check_view(op, "bias", channels, bias.len())?;
@@ -83,7 +85,7 @@ fn input_args(
         check_view(op, "state", dims.state_len(), state_len)?;
     }
     let args = ConvArgs {
-        x: x.address(),
+        x: x.address,
         weight: weight.address(),
         bias: if bias.is_empty() { 0 } else { bias.address() },
         resets: resets.map_or(0, |r| r.device_address()),
@@ -97,9 +99,14 @@ fn input_args(
 }
 
 /// See [`super::forward`].
-/// The define that compiles the walking kernels for this kernel size.
-fn taps(dims: ConvDims) -> [String; 1] {
-    [format!("-DTAPS={}", dims.kernel)]
+/// The defines that compile the walking kernels for this kernel size, input type and (in
+/// the forward) whether out's bf16 copy is written.
+fn defines(dims: ConvDims, x: DeviceInput, out_copy: bool) -> [String; 3] {
+    [
+        format!("-DTAPS={}", dims.kernel),
+        format!("-DX_BF16={}", u8::from(x.bf16)),
+        format!("-DOUT_COPY={}", u8::from(out_copy)),
+    ]
 }
 
 /// A thread per (row, run of positions, channel).
@@ -119,26 +126,32 @@ fn runs_grid(dims: ConvDims) -> LaunchConfig {
 pub(crate) fn forward(
     cuda: &Cuda,
     dims: ConvDims,
-    x: DeviceView<'_>,
+    x: DeviceInput,
     weight: DeviceView<'_>,
     bias: DeviceView<'_>,
     resets: Option<&DeviceIds>,
     state: Option<DeviceViewMut<'_>>,
     out: DeviceViewMut<'_>,
+    out_copy: Option<&mut DeviceBuffer<u16>>,
 ) -> Result<(), KernelError> {
     const OP: &str = "conv1d_forward";
     let state_len = state.as_ref().map(|s| s.len());
     let (mut args, elements) = input_args(OP, dims, x, weight, bias, resets, state_len)?;
     check_view(OP, "out", elements, out.len())?;
+    if let Some(copy) = &out_copy {
+        check_view(OP, "out_copy", elements, copy.len())?;
+    }
     if elements == 0 {
         return Ok(());
     }
     args.state = state.as_ref().map_or(0, |s| s.address());
     args.out = out.address();
-    let function = cuda.function(MODULE, SOURCE, &taps(dims), "conv1d_forward")?;
+    args.out_copy = out_copy.as_ref().map_or(0, |c| c.address());
+    let defines = defines(dims, x, out_copy.is_some());
+    let function = cuda.function(MODULE, SOURCE, &defines, "conv1d_forward")?;
     cuda.launch(&function, runs_grid(dims), &args)?;
     if state.is_some() && dims.kernel > 1 {
-        let function = cuda.function(MODULE, SOURCE, &taps(dims), "conv1d_carry_state")?;
+        let function = cuda.function(MODULE, SOURCE, &defines, "conv1d_carry_state")?;
         cuda.launch(&function, flat_grid(dims.batch * dims.channels), &args)?;
     }
     Ok(())
@@ -149,7 +162,7 @@ pub(crate) fn forward(
 pub(crate) fn backward(
     cuda: &Cuda,
     dims: ConvDims,
-    x: DeviceView<'_>,
+    x: DeviceInput,
     weight: DeviceView<'_>,
     bias: DeviceView<'_>,
     resets: Option<&DeviceIds>,
@@ -181,7 +194,7 @@ pub(crate) fn backward(
     args.dx = dx.address;
     args.dx_bf16 = dx.bf16.into();
     args.partials = cuda.address(&partials);
-    let function = cuda.function(MODULE, SOURCE, &taps(dims), "conv1d_backward")?;
+    let function = cuda.function(MODULE, SOURCE, &defines(dims, x, false), "conv1d_backward")?;
     cuda.launch(&function, runs_grid(dims), &args)?;
     let weights = Partials {
         groups,
@@ -203,12 +216,12 @@ pub(crate) fn backward(
 
 #[cfg(test)]
 mod tests {
-    use crate::bf16::Output;
+    use crate::bf16::{Input, Output};
     use crate::conv1d::{self, ConvDims};
     use crate::cuda::testing::{device, random};
     use crate::cuda::DeviceBuffer;
     use crate::rng::Rng;
-    use crate::testing::{assert_close, to_f64};
+    use crate::testing::{assert_close, bits, to_f64};
     use crate::Backend;
 
     /// Forward (output and carried state) and backward against the CPU op.
@@ -267,21 +280,22 @@ mod tests {
         let mut gout = up(&vec![f32::NAN; n]);
         cuda.conv1d_forward(
             dims,
-            cuda.all(&gx),
+            Input::F32(cuda.all(&gx)),
             cuda.all(&gw),
             cuda.all(&gb),
             gr.as_ref(),
             gs.as_mut().map(|s| cuda.all_mut(s)),
             cuda.all_mut(&mut gout),
+            None,
         )
         .unwrap();
         let down = |b: &DeviceBuffer| cuda.download(cuda.all(b)).unwrap();
         // The weight and bias gradients accumulate into fresh copies of dw0, db0 each run.
-        let backward = |dx: Output<'_, crate::cuda::Cuda>| {
+        let backward = |x: Input<'_, crate::cuda::Cuda>, dx: Output<'_, crate::cuda::Cuda>| {
             let (mut gdw, mut gdb) = (up(&dw0), up(&db0));
             cuda.conv1d_backward(
                 dims,
-                cuda.all(&gx),
+                x,
                 cuda.all(&gw),
                 cuda.all(&gb),
                 gr.as_ref(),
@@ -295,7 +309,10 @@ mod tests {
             (down(&gdw), down(&gdb))
         };
         let mut gdx = up(&vec![f32::NAN; n]);
-        let (gdw, gdb) = backward(Output::F32(cuda.all_mut(&mut gdx)));
+        let (gdw, gdb) = backward(
+            Input::F32(cuda.all(&gx)),
+            Output::F32(cuda.all_mut(&mut gdx)),
+        );
         assert_close("out", &down(&gout), &to_f64(&out), 1e-5, 1e-7);
         if let (Some(gs), Some(state)) = (&gs, &state) {
             assert_close("state", &down(gs), &to_f64(state), 0.0, 0.0);
@@ -307,10 +324,57 @@ mod tests {
         }
         // dx written as bf16 is the f32 dx rounded, bit for bit.
         let mut dx16 = cuda.zeros_bf16(n).unwrap();
-        backward(Output::Bf16(&mut dx16));
+        backward(Input::F32(cuda.all(&gx)), Output::Bf16(&mut dx16));
         let mut rounded = vec![0u16; n];
         crate::bf16::round(&down(&gdx), &mut rounded).unwrap();
         assert_eq!(cuda.download_bf16(&dx16).unwrap(), rounded, "bf16 dx");
+
+        // x kept in bf16: every output equals the f32 op's on the widened x, bit for bit,
+        // and the forward's bf16 copy of out is out rounded.
+        let mut x16 = cuda.zeros_bf16(n).unwrap();
+        cuda.round_bf16(cuda.all(&gx), &mut x16).unwrap();
+        let mut wide = cuda.zeros(n).unwrap();
+        cuda.widen_bf16(&x16, cuda.all_mut(&mut wide)).unwrap();
+        let forward = |x: Input<'_, crate::cuda::Cuda>, copy: Option<&mut DeviceBuffer<u16>>| {
+            let mut state = state0.as_ref().map(|s| up(s));
+            let mut out = up(&vec![f32::NAN; n]);
+            cuda.conv1d_forward(
+                dims,
+                x,
+                cuda.all(&gw),
+                cuda.all(&gb),
+                gr.as_ref(),
+                state.as_mut().map(|s| cuda.all_mut(s)),
+                cuda.all_mut(&mut out),
+                copy,
+            )
+            .unwrap();
+            (down(&out), state.as_ref().map(|s| down(s)))
+        };
+        let mut out16 = cuda.zeros_bf16(n).unwrap();
+        let (got, got_state) = forward(Input::Bf16(&x16), Some(&mut out16));
+        let (want, want_state) = forward(Input::F32(cuda.all(&wide)), None);
+        assert_eq!(bits(&got), bits(&want), "out from bf16 x");
+        assert_eq!(
+            got_state.as_deref().map(bits),
+            want_state.as_deref().map(bits),
+            "state from bf16 x"
+        );
+        crate::bf16::round(&want, &mut rounded).unwrap();
+        assert_eq!(
+            cuda.download_bf16(&out16).unwrap(),
+            rounded,
+            "bf16 copy of out"
+        );
+        let mut dx_from16 = cuda.zeros(n).unwrap();
+        let grads16 = backward(Input::Bf16(&x16), Output::F32(cuda.all_mut(&mut dx_from16)));
+        let grads = backward(
+            Input::F32(cuda.all(&wide)),
+            Output::F32(cuda.all_mut(&mut gdx)),
+        );
+        assert_eq!(bits(&down(&dx_from16)), bits(&down(&gdx)), "dx from bf16 x");
+        assert_eq!(bits(&grads16.0), bits(&grads.0), "dweight from bf16 x");
+        assert_eq!(bits(&grads16.1), bits(&grads.1), "dbias from bf16 x");
     }
 
     #[test]

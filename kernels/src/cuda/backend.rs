@@ -9,7 +9,7 @@ use super::{
 };
 use crate::adamw::AdamW;
 use crate::backend::Backend;
-use crate::bf16::{Bf16View, Output};
+use crate::bf16::{Bf16View, Input, Output};
 use crate::conv1d::ConvDims;
 use crate::cross_entropy::CrossEntropyDims;
 use crate::elementwise::ColumnBlock;
@@ -287,22 +287,33 @@ impl Backend for Cuda {
     fn conv1d_forward(
         &self,
         dims: ConvDims,
-        x: DeviceView<'_>,
+        x: Input<'_, Self>,
         weight: DeviceView<'_>,
         bias: DeviceView<'_>,
         resets: Option<&DeviceIds>,
         state: Option<DeviceViewMut<'_>>,
         out: DeviceViewMut<'_>,
+        out_copy: Option<&mut DeviceBuffer<u16>>,
     ) -> Result<(), KernelError> {
         self.timed(TimedOp::Conv, || {
-            conv1d::cuda::forward(self, dims, x, weight, bias, resets, state, out)
+            conv1d::cuda::forward(
+                self,
+                dims,
+                x.into(),
+                weight,
+                bias,
+                resets,
+                state,
+                out,
+                out_copy,
+            )
         })
     }
 
     fn conv1d_backward(
         &self,
         dims: ConvDims,
-        x: DeviceView<'_>,
+        x: Input<'_, Self>,
         weight: DeviceView<'_>,
         bias: DeviceView<'_>,
         resets: Option<&DeviceIds>,
@@ -316,7 +327,7 @@ impl Backend for Cuda {
             conv1d::cuda::backward(
                 self,
                 dims,
-                x,
+                x.into(),
                 weight,
                 bias,
                 resets,

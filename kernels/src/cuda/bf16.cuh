@@ -8,6 +8,12 @@ __device__ __forceinline__ unsigned int bf16_bits(float value) {
     return nan ? (bits >> 16) | 0x40u : rounded;
 }
 
+// Element i of a tensor of f32 values, or of bf16 bits when `bf16` (exact).
+__device__ __forceinline__ float load_as(const void* base, unsigned long long i, int bf16) {
+    if (bf16) return __uint_as_float((unsigned int)((const unsigned short*)base)[i] << 16);
+    return ((const float*)base)[i];
+}
+
 // Element i of a tensor of f32 values, or of bf16 bits when `bf16`.
 __device__ __forceinline__ void store_as(void* base, unsigned long long i, float value, int bf16) {
     if (bf16) {

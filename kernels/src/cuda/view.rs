@@ -11,7 +11,7 @@ use std::sync::Arc;
 use cudarc::driver::{CudaSlice, CudaStream};
 
 use super::Cuda;
-use crate::bf16::Output;
+use crate::bf16::{Input, Output};
 use crate::KernelError;
 
 /// A read-only view of `len` f32 values at a device address.
@@ -172,6 +172,32 @@ impl From<Output<'_, Cuda>> for DeviceOutput {
                 bf16: false,
             },
             Output::Bf16(buffer) => Self {
+                address: buffer.address(),
+                len: buffer.len(),
+                bf16: true,
+            },
+        }
+    }
+}
+
+/// Where a kernel reads a tensor: its address, its elements, and whether they are bf16
+/// bits (from a [`crate::bf16::Input`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DeviceInput {
+    pub address: u64,
+    pub len: usize,
+    pub bf16: bool,
+}
+
+impl From<Input<'_, Cuda>> for DeviceInput {
+    fn from(x: Input<'_, Cuda>) -> Self {
+        match x {
+            Input::F32(view) => Self {
+                address: view.address(),
+                len: view.len(),
+                bf16: false,
+            },
+            Input::Bf16(buffer) => Self {
                 address: buffer.address(),
                 len: buffer.len(),
                 bf16: true,

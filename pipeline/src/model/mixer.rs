@@ -26,10 +26,10 @@
 //! u and delta are not kept: the backward makes them again (conv forward, dt_proj GEMM)
 //! in [`MixerWork`], which every layer shares, for about 2 % of a step and half the
 //! activation memory. In bf16, in_proj writes x and z as bf16 alone (as the official
-//! model's autocast does), and the forward and backward widen them into [`MixerWork`]
-//! before the conv and the scan read them.
+//! model's autocast does); the conv reads x so, and the scan reads z widened into
+//! [`MixerWork`].
 
-use seqmamba_kernels::bf16::{Bf16View, Output};
+use seqmamba_kernels::bf16::{Bf16View, Input, Output};
 use seqmamba_kernels::conv1d::ConvDims;
 use seqmamba_kernels::elementwise::ColumnBlock;
 use seqmamba_kernels::gemm::GemmDims;
@@ -130,6 +130,14 @@ impl<B: Backend> Kept<B> {
         }
     }
 
+    /// What an op that reads it takes.
+    fn input(&self, be: &B) -> Input<'_, B> {
+        match self {
+            Self::F32(values) => Input::F32(be.all(values)),
+            Self::Bf16(bits) => Input::Bf16(bits),
+        }
+    }
+
     /// Its f32 values: its own, or its bf16 bits widened into `wide`.
     fn values<'a>(&'a self, be: &B, wide: &'a mut B::Buffer) -> Result<B::View<'a>, KernelError> {
         match self {
@@ -145,8 +153,7 @@ impl<B: Backend> Kept<B> {
 /// The wide values a mixer's forward makes and its backward makes again (see the module
 /// comment), shared by every layer.
 pub struct MixerWork<B: Backend> {
-    /// x and z widened from their bf16 copies, when training in bf16.
-    x: B::Buffer,
+    /// z widened from its bf16 copy, when training in bf16.
     z: B::Buffer,
     u: B::Buffer,
     /// u's bf16 copy, when training in bf16.
@@ -336,10 +343,8 @@ impl<B: Backend> MixerWork<B> {
     pub fn new(be: &B, c: &MambaConfig, shape: Shape, bf16: bool) -> Result<Self, KernelError> {
         let t = shape.tokens();
         let di = c.d_inner();
-        let widened = if bf16 { t * di } else { 0 };
         Ok(Self {
-            x: be.zeros(widened)?,
-            z: be.zeros(widened)?,
+            z: be.zeros(if bf16 { t * di } else { 0 })?,
             u: be.zeros(t * di)?,
             u_copy: bf16.then(|| be.zeros_bf16(t * di)).transpose()?,
             delta: be.zeros(t * di)?,
@@ -442,17 +447,19 @@ fn conv_dims(c: &MambaConfig, shape: Shape) -> ConvDims {
     }
 }
 
-/// `u = silu(conv1d(x))`, from `state` when given.
+/// `u = silu(conv1d(x))`, and u's bf16 copy where it has one, from `state` when given.
+#[allow(clippy::too_many_arguments)]
 fn conv<B: Backend>(
     be: &B,
     c: &MambaConfig,
     shape: Shape,
     weights: Weights<'_, B>,
     p: &MixerParams,
-    x: B::View<'_>,
+    x: Input<'_, B>,
     resets: Option<&B::Ids>,
     state: Option<B::ViewMut<'_>>,
     u: &mut B::Buffer,
+    u_copy: Option<&mut B::Bf16Buffer>,
 ) -> Result<(), KernelError> {
     be.conv1d_forward(
         conv_dims(c, shape),
@@ -462,6 +469,7 @@ fn conv<B: Backend>(
         resets,
         state,
         be.all_mut(u),
+        u_copy,
     )
 }
 
@@ -540,12 +548,13 @@ pub fn forward<B: Backend>(
         shape,
         weights,
         p,
-        acts.x.values(be, &mut work.x)?,
+        acts.x.input(be),
         resets,
         conv_state,
         &mut work.u,
+        work.u_copy.as_mut(),
     )?;
-    let u = Operand::rounded(be, be.all(&work.u), work.u_copy.as_mut())?;
+    let u = Operand::new(be, Some(be.all(&work.u)), work.u_copy.as_ref())?;
     let xp = c.x_proj_width();
     gemm(
         be,
@@ -664,9 +673,20 @@ pub fn backward<B: Backend>(
     )?;
 
     let dt_low = Operand::new(be, Some(be.all(&acts.dt_low)), saved.map(|k| &k.dt_low))?;
-    let x = acts.x.values(be, &mut work.x)?;
-    conv(be, c, shape, weights, p, x, resets, None, &mut work.u)?;
-    let u = Operand::rounded(be, be.all(&work.u), work.u_copy.as_mut())?;
+    let x = acts.x.input(be);
+    conv(
+        be,
+        c,
+        shape,
+        weights,
+        p,
+        x,
+        resets,
+        None,
+        &mut work.u,
+        work.u_copy.as_mut(),
+    )?;
+    let u = Operand::new(be, Some(be.all(&work.u)), work.u_copy.as_ref())?;
     dt_proj(be, c, shape, weights, p, dt_low, &mut work.delta)?;
     let inputs = ScanInputs {
         u: be.all(&work.u),
