@@ -21,11 +21,11 @@
 //! y, ddelta and dz, the conv's dx) write the bf16 copy alone; other f32 values stay for
 //! the other ops.
 //!
-//! Training memory: a layer keeps x, z, dt_low, B, C, the scan's checkpoints and the GEMM
-//! inputs the weight gradients read (y; in bf16 the input's and dt_low's copies). The wide
-//! u and delta are not kept: the backward makes them again (conv forward, dt_proj GEMM)
-//! in [`MixerWork`], which every layer shares, for about 2 % of a step and half the
-//! activation memory. In bf16, in_proj writes x and z as bf16 alone (as the official
+//! Training memory: a layer keeps x, z, dt_low, B, C, the scan's checkpoints and y (in
+//! bf16, dt_low's and y's copies for the weight gradients). The wide u and delta are not
+//! kept: the backward makes them again (conv forward, dt_proj GEMM) in [`MixerWork`],
+//! which every layer shares, as is the input's bf16 copy (the model makes the input again
+//! for the backward); about 3 % of a step for half the activation memory. In bf16, in_proj writes x and z as bf16 alone (as the official
 //! model's autocast does); the conv reads x so, and the scan reads z widened into
 //! [`MixerWork`].
 
@@ -101,7 +101,6 @@ pub struct MixerActivations<B: Backend> {
 
 /// bf16 copies of a mixer's GEMM inputs, kept for the backward's weight gradients.
 struct InputCopies<B: Backend> {
-    input: B::Bf16Buffer,
     dt_low: B::Bf16Buffer,
     y: B::Bf16Buffer,
 }
@@ -156,7 +155,8 @@ pub struct MixerWork<B: Backend> {
     /// z widened from its bf16 copy, when training in bf16.
     z: B::Buffer,
     u: B::Buffer,
-    /// u's bf16 copy, when training in bf16.
+    /// The input's and u's bf16 copies, when training in bf16.
+    input_copy: Option<B::Bf16Buffer>,
     u_copy: Option<B::Bf16Buffer>,
     delta: B::Buffer,
     /// x_proj's output, `[dt_low | B | C]` per token.
@@ -202,19 +202,11 @@ impl<'a, 'b, B: Backend + 'a + 'b> Clone for Operand<'a, 'b, B> {
 impl<'a, 'b, B: Backend + 'a + 'b> Copy for Operand<'a, 'b, B> {}
 
 impl<'a, 'b, B: Backend + 'a + 'b> Operand<'a, 'b, B> {
-    /// `x`, or its bf16 copy when there is one (then `x` may be absent).
-    fn new(
-        be: &B,
-        x: Option<B::View<'a>>,
-        copy: Option<&'b B::Bf16Buffer>,
-    ) -> Result<Self, KernelError> {
-        match (copy, x) {
-            (Some(copy), _) => Ok(Self::Bf16(Bf16View::new(copy, 0..be.bf16_len(copy)))),
-            (None, Some(x)) => Ok(Self::F32(x)),
-            (None, None) => Err(KernelError::Invalid {
-                op: "mixer",
-                message: "a GEMM operand with neither f32 values nor a bf16 copy".into(),
-            }),
+    /// `x`, or its bf16 copy when there is one.
+    fn new(be: &B, x: B::View<'a>, copy: Option<&'b B::Bf16Buffer>) -> Self {
+        match copy {
+            Some(copy) => Self::Bf16(Bf16View::new(copy, 0..be.bf16_len(copy))),
+            None => Self::F32(x),
         }
     }
 
@@ -226,7 +218,7 @@ impl<'a, 'b, B: Backend + 'a + 'b> Operand<'a, 'b, B> {
     ) -> Result<Self, KernelError> {
         if let Some(copy) = copy {
             be.round_bf16(x, copy)?;
-            return Self::new(be, Some(x), Some(&*copy));
+            return Ok(Self::new(be, x, Some(&*copy)));
         }
         Ok(Self::F32(x))
     }
@@ -313,7 +305,6 @@ impl<B: Backend> MixerActivations<B> {
         let di = c.d_inner();
         let bf16 = if bf16 {
             Some(InputCopies {
-                input: be.zeros_bf16(t * c.d_model)?,
                 dt_low: be.zeros_bf16(t * c.dt_rank)?,
                 y: be.zeros_bf16(t * di)?,
             })
@@ -346,6 +337,7 @@ impl<B: Backend> MixerWork<B> {
         Ok(Self {
             z: be.zeros(if bf16 { t * di } else { 0 })?,
             u: be.zeros(t * di)?,
+            input_copy: bf16.then(|| be.zeros_bf16(t * c.d_model)).transpose()?,
             u_copy: bf16.then(|| be.zeros_bf16(t * di)).transpose()?,
             delta: be.zeros(t * di)?,
             xproj: be.zeros(t * c.x_proj_width())?,
@@ -517,11 +509,10 @@ pub fn forward<B: Backend>(
     let w = |range: std::ops::Range<usize>| be.view(weights.f32, range);
     let weight = |range| Operand::weight(be, weights, range);
     let s = Split::new(c, p);
-    let [input_copy, dt_low_copy, mut y_copy] =
-        acts.bf16.as_mut().map_or(Default::default(), |k| {
-            [Some(&mut k.input), Some(&mut k.dt_low), Some(&mut k.y)]
-        });
-    let input = Operand::rounded(be, input, input_copy)?;
+    let [dt_low_copy, mut y_copy] = acts.bf16.as_mut().map_or(Default::default(), |k| {
+        [Some(&mut k.dt_low), Some(&mut k.y)]
+    });
+    let input = Operand::rounded(be, input, work.input_copy.as_mut())?;
     gemm(
         be,
         linear(t, di, d),
@@ -554,7 +545,7 @@ pub fn forward<B: Backend>(
         &mut work.u,
         work.u_copy.as_mut(),
     )?;
-    let u = Operand::new(be, Some(be.all(&work.u)), work.u_copy.as_ref())?;
+    let u = Operand::new(be, be.all(&work.u), work.u_copy.as_ref());
     let xp = c.x_proj_width();
     gemm(
         be,
@@ -596,7 +587,7 @@ pub fn forward<B: Backend>(
         checkpoints,
         output(be, &mut acts.y, y_copy.as_deref_mut()),
     )?;
-    let y = Operand::new(be, Some(be.all(&acts.y)), y_copy.as_deref())?;
+    let y = Operand::new(be, be.all(&acts.y), y_copy.as_deref());
     gemm(
         be,
         linear(t, d, di),
@@ -608,8 +599,7 @@ pub fn forward<B: Backend>(
 }
 
 /// Backward of one mixer: writes `d_input` (overwritten) and accumulates the mixer's
-/// parameter gradients into `grads`. `input` is the forward's input, needed only where
-/// `acts` holds no bf16 copy of it.
+/// parameter gradients into `grads`. `input` is the forward's input.
 #[allow(clippy::too_many_arguments)]
 pub fn backward<B: Backend>(
     be: &B,
@@ -617,7 +607,7 @@ pub fn backward<B: Backend>(
     shape: Shape,
     weights: Weights<'_, B>,
     p: &MixerParams,
-    input: Option<B::View<'_>>,
+    input: B::View<'_>,
     acts: &MixerActivations<B>,
     work: &mut MixerWork<B>,
     d_out: B::View<'_>,
@@ -667,12 +657,12 @@ pub fn backward<B: Backend>(
         be,
         linear_weight_grad(t, d, di),
         d_out,
-        Operand::new(be, Some(be.all(&acts.y)), saved.map(|k| &k.y))?,
+        Operand::new(be, be.all(&acts.y), saved.map(|k| &k.y)),
         Output::F32(be.view_mut(grads, p.out_proj.clone())),
         true,
     )?;
 
-    let dt_low = Operand::new(be, Some(be.all(&acts.dt_low)), saved.map(|k| &k.dt_low))?;
+    let dt_low = Operand::new(be, be.all(&acts.dt_low), saved.map(|k| &k.dt_low));
     let x = acts.x.input(be);
     conv(
         be,
@@ -686,7 +676,7 @@ pub fn backward<B: Backend>(
         &mut work.u,
         work.u_copy.as_mut(),
     )?;
-    let u = Operand::new(be, Some(be.all(&work.u)), work.u_copy.as_ref())?;
+    let u = Operand::new(be, be.all(&work.u), work.u_copy.as_ref());
     dt_proj(be, c, shape, weights, p, dt_low, &mut work.delta)?;
     let inputs = ScanInputs {
         u: be.all(&work.u),
@@ -721,7 +711,7 @@ pub fn backward<B: Backend>(
     )?;
 
     // delta = dt_low · dt_projᵀ
-    let ddelta = Operand::new(be, Some(be.all(&scratch.ddelta)), ddelta_copy.as_deref())?;
+    let ddelta = Operand::new(be, be.all(&scratch.ddelta), ddelta_copy.as_deref());
     gemm(
         be,
         linear_input_grad(t, di, r),
@@ -787,9 +777,9 @@ pub fn backward<B: Backend>(
     )?;
 
     // x, z = in_proj(input)
-    let input = Operand::new(be, input, saved.map(|k| &k.input))?;
-    let dx = Operand::new(be, Some(be.all(&scratch.dx)), dx_copy.as_deref())?;
-    let dz = Operand::new(be, Some(be.all(&scratch.dz)), dz_copy.as_deref())?;
+    let input = Operand::rounded(be, input, work.input_copy.as_mut())?;
+    let dx = Operand::new(be, be.all(&scratch.dx), dx_copy.as_deref());
+    let dz = Operand::new(be, be.all(&scratch.dz), dz_copy.as_deref());
     let mut d_input = d_input;
     for (dy, rows, accumulate) in [(dx, &s.in_x, false), (dz, &s.in_z, true)] {
         gemm(

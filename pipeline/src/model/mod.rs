@@ -79,16 +79,11 @@ impl<B: Backend> Batch<B> {
     }
 }
 
-struct ReverseActivations<B: Backend> {
-    input: B::Buffer,
-    mixer: MixerActivations<B>,
-    out: B::Buffer,
-}
-
 struct LayerActivations<B: Backend> {
     rstd: B::Buffer,
     mixer: MixerActivations<B>,
-    reverse: Option<ReverseActivations<B>>,
+    /// The reversed mixer's, when bidirectional.
+    reverse: Option<MixerActivations<B>>,
 }
 
 /// Every activation of a forward pass, allocated once per shape. Training keeps every
@@ -97,9 +92,12 @@ pub struct Activations<B: Backend> {
     shape: Shape,
     train: bool,
     residuals: Vec<B::Buffer>,
-    /// Each layer's normed input when the backward reads it (training in f32); else one
-    /// buffer that every layer reuses (the backward reads the bf16 copy the mixer keeps).
-    normed: Vec<B::Buffer>,
+    /// A mixer's input: made by a norm for each layer in the forward, and again from the
+    /// layer's residual in the backward (cheaper than keeping one per layer).
+    normed: B::Buffer,
+    /// The reversed mixer's input and output, when bidirectional.
+    reverse_in: B::Buffer,
+    reverse_out: B::Buffer,
     layers: Vec<LayerActivations<B>>,
     work: MixerWork<B>,
     mix_out: B::Buffer,
@@ -225,15 +223,9 @@ impl<B: Backend> Model<B> {
                 Ok(LayerActivations {
                     rstd: be.zeros(t)?,
                     mixer: MixerActivations::new(be, c, shape, train, bf16)?,
-                    reverse: if bidirectional {
-                        Some(ReverseActivations {
-                            input: be.zeros(t * d)?,
-                            mixer: MixerActivations::new(be, c, shape, train, bf16)?,
-                            out: be.zeros(t * d)?,
-                        })
-                    } else {
-                        None
-                    },
+                    reverse: bidirectional
+                        .then(|| MixerActivations::new(be, c, shape, train, bf16))
+                        .transpose()?,
                 })
             })
             .collect::<Result<_, KernelError>>()?;
@@ -247,9 +239,9 @@ impl<B: Backend> Model<B> {
             residuals: (0..residual_count)
                 .map(|_| be.zeros(t * d))
                 .collect::<Result<_, _>>()?,
-            normed: (0..if train && !bf16 { c.n_layer } else { 1 })
-                .map(|_| be.zeros(t * d))
-                .collect::<Result<_, _>>()?,
+            normed: be.zeros(t * d)?,
+            reverse_in: extra(bidirectional, t * d)?,
+            reverse_out: extra(bidirectional, t * d)?,
             layers,
             work: MixerWork::new(be, c, shape, bf16)?,
             mix_out: be.zeros(t * d)?,
@@ -381,19 +373,17 @@ impl<B: Backend> Model<B> {
         // The first layer's norm reads the embedding; every later norm, and norm_f, is fused
         // with the residual add that makes its input (at the end of the layer before).
         let slot = |i: usize| if train { i } else { 0 };
-        let normed_count = acts.normed.len();
-        let normed_slot = |i: usize| i % normed_count;
         be.rmsnorm_forward(
             norm,
             be.all(&acts.residuals[0]),
             w(self.table.layers[0].norm.clone()),
-            be.all_mut(&mut acts.normed[0]),
+            be.all_mut(&mut acts.normed),
             be.all_mut(&mut acts.layers[0].rstd),
         )?;
         for (i, layer) in self.table.layers.iter().enumerate() {
             let (r_in, r_out) = residual_pair(acts.train, i, acts.residuals.len());
             let la = &mut acts.layers[slot(i)];
-            let normed = &acts.normed[normed_slot(i)];
+            let normed = &acts.normed;
             mixer::forward(
                 be,
                 c,
@@ -415,7 +405,7 @@ impl<B: Backend> Model<B> {
                     pool_dims,
                     lengths,
                     be.all(normed),
-                    be.all_mut(&mut rev.input),
+                    be.all_mut(&mut acts.reverse_in),
                 )?;
                 mixer::forward(
                     be,
@@ -423,10 +413,10 @@ impl<B: Backend> Model<B> {
                     shape,
                     weights,
                     params,
-                    be.all(&rev.input),
-                    &mut rev.mixer,
+                    be.all(&acts.reverse_in),
+                    rev,
                     &mut acts.work,
-                    be.all_mut(&mut rev.out),
+                    be.all_mut(&mut acts.reverse_out),
                     None,
                     None,
                     train,
@@ -434,7 +424,7 @@ impl<B: Backend> Model<B> {
                 be.reverse(
                     pool_dims,
                     lengths,
-                    be.all(&rev.out),
+                    be.all(&acts.reverse_out),
                     be.all_mut(&mut acts.mix_reverse),
                 )?;
                 be.add(
@@ -450,7 +440,7 @@ impl<B: Backend> Model<B> {
             let (next_weight, normed, rstd) = match self.table.layers.get(i + 1) {
                 Some(next) => (
                     next.norm.clone(),
-                    &mut acts.normed[normed_slot(i + 1)],
+                    &mut acts.normed,
                     &mut acts.layers[slot(i + 1)].rstd,
                 ),
                 None => (
@@ -660,15 +650,21 @@ impl<B: Backend> Model<B> {
             be.view_mut(grads, self.table.norm_f.clone()),
         )?;
         for (i, layer) in self.table.layers.iter().enumerate().rev() {
-            let la = &acts.layers[i];
+            let la = &mut acts.layers[i];
+            be.rmsnorm_forward(
+                norm,
+                be.all(&acts.residuals[i]),
+                w(layer.norm.clone()),
+                be.all_mut(&mut acts.normed),
+                be.all_mut(&mut la.rstd),
+            )?;
             mixer::backward(
                 be,
                 c,
                 shape,
                 weights,
                 &layer.mixer,
-                // Where the layers share one buffer, the mixer reads its bf16 copy instead.
-                (acts.normed.len() == c.n_layer).then(|| be.all(&acts.normed[i])),
+                be.all(&acts.normed),
                 &la.mixer,
                 &mut acts.work,
                 be.all(&scratch.d_residual),
@@ -683,6 +679,12 @@ impl<B: Backend> Model<B> {
                 be.reverse(
                     pool_dims,
                     lengths,
+                    be.all(&acts.normed),
+                    be.all_mut(&mut acts.reverse_in),
+                )?;
+                be.reverse(
+                    pool_dims,
+                    lengths,
                     be.all(&scratch.d_residual),
                     be.all_mut(&mut scratch.d_reverse_out),
                 )?;
@@ -692,8 +694,8 @@ impl<B: Backend> Model<B> {
                     shape,
                     weights,
                     params,
-                    Some(be.all(&rev.input)),
-                    &rev.mixer,
+                    be.all(&acts.reverse_in),
+                    rev,
                     &mut acts.work,
                     be.all(&scratch.d_reverse_out),
                     None,
