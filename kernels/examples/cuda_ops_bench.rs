@@ -108,7 +108,7 @@ fn main() -> Result<(), KernelError> {
                 cuda.all(&branch),
                 cuda.all(&norm_weight),
                 cuda.all_mut(&mut sum),
-                cuda.all_mut(&mut normed),
+                Output::F32(cuda.all_mut(&mut normed)),
                 cuda.all_mut(&mut rstd),
             )
         },

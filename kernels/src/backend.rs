@@ -202,16 +202,16 @@ pub trait Backend: Clone + Send + Sync {
         grads: ScanGrads<Self::ViewMut<'_>, Output<'_, Self>>,
     ) -> Result<(), KernelError>;
 
-    /// See [`crate::rmsnorm::forward`].
+    /// See [`crate::rmsnorm::forward`]; `out` may be bf16 (a GEMM's operand).
     fn rmsnorm_forward(
         &self,
         dims: NormDims,
         x: Self::View<'_>,
         weight: Self::View<'_>,
-        out: Self::ViewMut<'_>,
+        out: Output<'_, Self>,
         rstd: Self::ViewMut<'_>,
     ) -> Result<(), KernelError>;
-    /// See [`crate::rmsnorm::add_forward`].
+    /// See [`crate::rmsnorm::add_forward`]; `out` may be bf16 (a GEMM's operand).
     #[allow(clippy::too_many_arguments)]
     fn add_rmsnorm_forward(
         &self,
@@ -220,7 +220,7 @@ pub trait Backend: Clone + Send + Sync {
         branch: Self::View<'_>,
         weight: Self::View<'_>,
         sum: Self::ViewMut<'_>,
-        out: Self::ViewMut<'_>,
+        out: Output<'_, Self>,
         rstd: Self::ViewMut<'_>,
     ) -> Result<(), KernelError>;
     /// See [`crate::rmsnorm::backward`].

@@ -383,10 +383,12 @@ impl Backend for Cpu {
         dims: NormDims,
         x: &[f32],
         weight: &[f32],
-        out: &mut [f32],
+        out: Output<'_, Self>,
         rstd: &mut [f32],
     ) -> Result<(), KernelError> {
-        rmsnorm::forward(dims, x, weight, out, rstd)
+        let mut out = Sink::new(out);
+        rmsnorm::forward(dims, x, weight, out.values(), rstd)?;
+        out.finish()
     }
 
     fn add_rmsnorm_forward(
@@ -396,10 +398,12 @@ impl Backend for Cpu {
         branch: &[f32],
         weight: &[f32],
         sum: &mut [f32],
-        out: &mut [f32],
+        out: Output<'_, Self>,
         rstd: &mut [f32],
     ) -> Result<(), KernelError> {
-        rmsnorm::add_forward(dims, residual, branch, weight, sum, out, rstd)
+        let mut out = Sink::new(out);
+        rmsnorm::add_forward(dims, residual, branch, weight, sum, out.values(), rstd)?;
+        out.finish()
     }
 
     fn rmsnorm_backward(

@@ -383,11 +383,11 @@ impl Backend for Cuda {
         dims: NormDims,
         x: DeviceView<'_>,
         weight: DeviceView<'_>,
-        out: DeviceViewMut<'_>,
+        out: Output<'_, Self>,
         rstd: DeviceViewMut<'_>,
     ) -> Result<(), KernelError> {
         self.timed(TimedOp::Norm, || {
-            rmsnorm::cuda::forward(self, dims, x, weight, out, rstd)
+            rmsnorm::cuda::forward(self, dims, x, weight, out.into(), rstd)
         })
     }
 
@@ -398,11 +398,11 @@ impl Backend for Cuda {
         branch: DeviceView<'_>,
         weight: DeviceView<'_>,
         sum: DeviceViewMut<'_>,
-        out: DeviceViewMut<'_>,
+        out: Output<'_, Self>,
         rstd: DeviceViewMut<'_>,
     ) -> Result<(), KernelError> {
         self.timed(TimedOp::Norm, || {
-            rmsnorm::cuda::add_forward(self, dims, residual, branch, weight, sum, out, rstd)
+            rmsnorm::cuda::add_forward(self, dims, residual, branch, weight, sum, out.into(), rstd)
         })
     }
 

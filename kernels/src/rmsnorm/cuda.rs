@@ -3,12 +3,13 @@
 use cudarc::driver::{DeviceRepr, LaunchConfig};
 
 use super::NormDims;
-use crate::cuda::{check_view, Cuda, DeviceView, DeviceViewMut, Partials};
+use crate::cuda::{check_view, Cuda, DeviceOutput, DeviceView, DeviceViewMut, Partials};
 use crate::KernelError;
 
 const MODULE: &str = "rmsnorm";
 const SOURCE: &str = concat!(
     include_str!("../cuda/common.cuh"),
+    include_str!("../cuda/bf16.cuh"),
     include_str!("rmsnorm.cu")
 );
 /// Warps (rows) per block of the row kernels (`ROWS_PER_BLOCK`).
@@ -34,6 +35,7 @@ struct NormArgs {
     rows: i64,
     cols: i32,
     eps: f32,
+    out_bf16: i32,
 }
 
 // SAFETY: plain old data laid out as the kernel's struct.
@@ -64,7 +66,7 @@ pub(crate) fn forward(
     dims: NormDims,
     x: DeviceView<'_>,
     weight: DeviceView<'_>,
-    out: DeviceViewMut<'_>,
+    out: DeviceOutput,
     rstd: DeviceViewMut<'_>,
 ) -> Result<(), KernelError> {
     launch_forward(cuda, "rmsnorm_forward", dims, x, None, weight, out, rstd)
@@ -79,7 +81,7 @@ pub(crate) fn add_forward(
     branch: DeviceView<'_>,
     weight: DeviceView<'_>,
     sum: DeviceViewMut<'_>,
-    out: DeviceViewMut<'_>,
+    out: DeviceOutput,
     rstd: DeviceViewMut<'_>,
 ) -> Result<(), KernelError> {
     const OP: &str = "add_rmsnorm_forward";
@@ -106,13 +108,13 @@ fn launch_forward(
     x: DeviceView<'_>,
     add: Option<(DeviceView<'_>, DeviceViewMut<'_>)>,
     weight: DeviceView<'_>,
-    out: DeviceViewMut<'_>,
+    out: DeviceOutput,
     rstd: DeviceViewMut<'_>,
 ) -> Result<(), KernelError> {
     let elements = checked(op, dims)?;
     check_view(op, "x", elements, x.len())?;
     check_view(op, "weight", dims.cols, weight.len())?;
-    check_view(op, "out", elements, out.len())?;
+    check_view(op, "out", elements, out.len)?;
     check_view(op, "rstd", dims.rows, rstd.len())?;
     if dims.rows == 0 {
         return Ok(());
@@ -123,7 +125,8 @@ fn launch_forward(
         branch,
         sum,
         weight: weight.address(),
-        out: out.address(),
+        out: out.address,
+        out_bf16: out.bf16.into(),
         rstd: rstd.address(),
         rows: dims.rows as i64,
         cols: dims.cols as i32,
@@ -201,6 +204,7 @@ pub(crate) fn backward(
 
 #[cfg(test)]
 mod tests {
+    use crate::bf16::Output;
     use crate::cuda::testing::{device, random};
     use crate::rmsnorm::{self, NormDims};
     use crate::testing::{assert_close, to_f64};
@@ -236,7 +240,7 @@ mod tests {
                 dims,
                 cuda.all(&gx),
                 cuda.all(&gw),
-                cuda.all_mut(&mut gout),
+                Output::F32(cuda.all_mut(&mut gout)),
                 cuda.all_mut(&mut grstd),
             )
             .unwrap();
@@ -323,7 +327,7 @@ mod tests {
             cuda.all(&gb),
             cuda.all(&gw),
             cuda.all_mut(&mut gsum),
-            cuda.all_mut(&mut gout),
+            Output::F32(cuda.all_mut(&mut gout)),
             cuda.all_mut(&mut grstd),
         )
         .unwrap();
@@ -336,11 +340,41 @@ mod tests {
             dims,
             cuda.all(&gsum),
             cuda.all(&gw),
-            cuda.all_mut(&mut unfused),
+            Output::F32(cuda.all_mut(&mut unfused)),
             cuda.all_mut(&mut unfused_rstd),
         )
         .unwrap();
         assert_eq!(down(&gout), down(&unfused));
         assert_eq!(down(&grstd), down(&unfused_rstd));
+
+        // Written as bf16, by either kernel: the f32 values rounded, bit for bit.
+        let mut rounded = vec![0u16; rows * cols];
+        crate::bf16::round(&down(&gout), &mut rounded).unwrap();
+        let mut out16 = cuda.zeros_bf16(rows * cols).unwrap();
+        cuda.add_rmsnorm_forward(
+            dims,
+            cuda.all(&gr),
+            cuda.all(&gb),
+            cuda.all(&gw),
+            cuda.all_mut(&mut gsum),
+            Output::Bf16(&mut out16),
+            cuda.all_mut(&mut grstd),
+        )
+        .unwrap();
+        assert_eq!(cuda.download_bf16(&out16).unwrap(), rounded, "fused, bf16");
+        let mut unfused16 = cuda.zeros_bf16(rows * cols).unwrap();
+        cuda.rmsnorm_forward(
+            dims,
+            cuda.all(&gsum),
+            cuda.all(&gw),
+            Output::Bf16(&mut unfused16),
+            cuda.all_mut(&mut unfused_rstd),
+        )
+        .unwrap();
+        assert_eq!(
+            cuda.download_bf16(&unfused16).unwrap(),
+            rounded,
+            "unfused, bf16"
+        );
     }
 }

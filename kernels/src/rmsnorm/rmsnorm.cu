@@ -1,4 +1,5 @@
-// RMSNorm forward and backward, one warp per row (common.cuh prepended).
+// RMSNorm forward and backward, one warp per row (common.cuh and bf16.cuh prepended). The
+// forward writes out as f32 or, for a GEMM that reads only that, as bf16.
 
 #define ROWS_PER_BLOCK 8     // warps per block of the row kernels
 #define GROUP_ROWS 32        // rows of a backward block (one weight-gradient partial)
@@ -8,7 +9,7 @@ struct NormArgs {
     u64 branch;    // 0, or added to x first (the residual add), the sum written to `sum`
     u64 sum;
     u64 weight;
-    u64 out;
+    u64 out;       // f32, or bf16 bits when out_bf16
     u64 rstd;
     u64 d_out;
     u64 dx;
@@ -16,6 +17,7 @@ struct NormArgs {
     i64 rows;
     int cols;
     float eps;
+    int out_bf16;
 };
 
 // out = v · rstd · weight, rstd = 1/sqrt(mean(v²) + eps), v = x (+ branch, written to sum)
@@ -40,8 +42,7 @@ extern "C" __global__ void rmsnorm_forward(NormArgs a) {
     const float rstd = 1.0f / sqrtf(squares / (float)a.cols + a.eps);
     // Each lane reads back only the elements it wrote itself.
     const float* v = branch ? summed : x;
-    float* out = (float*)a.out + row * a.cols;
-    for (int c = lane; c < a.cols; c += 32) out[c] = v[c] * rstd * w[c];
+    for (int c = lane; c < a.cols; c += 32) store_as((void*)a.out, row * a.cols + c, v[c] * rstd * w[c], a.out_bf16);
     if (lane == 0) ((float*)a.rstd)[row] = rstd;
 }
 

@@ -88,8 +88,8 @@ impl Shape {
 
 /// What the mixer's forward keeps for its backward.
 pub struct MixerActivations<B: Backend> {
-    x: Kept<B>,
-    z: Kept<B>,
+    x: Stored<B>,
+    z: Stored<B>,
     dt_low: B::Buffer,
     b: B::Buffer,
     c: B::Buffer,
@@ -105,15 +105,16 @@ struct InputCopies<B: Backend> {
     y: B::Bf16Buffer,
 }
 
-/// An in_proj output the backward reads: f32 values, or in bf16 training their rounding
-/// alone, which readers widen first.
-enum Kept<B: Backend> {
+/// A tensor held as f32 values or, in bf16 training, as their rounding alone (where GEMMs
+/// read it, or ops that widen it as they read).
+pub enum Stored<B: Backend> {
     F32(B::Buffer),
     Bf16(B::Bf16Buffer),
 }
 
-impl<B: Backend> Kept<B> {
-    fn new(be: &B, len: usize, bf16: bool) -> Result<Self, KernelError> {
+impl<B: Backend> Stored<B> {
+    /// `len` zeros, as bf16 when `bf16`.
+    pub fn new(be: &B, len: usize, bf16: bool) -> Result<Self, KernelError> {
         Ok(if bf16 {
             Self::Bf16(be.zeros_bf16(len)?)
         } else {
@@ -122,7 +123,7 @@ impl<B: Backend> Kept<B> {
     }
 
     /// Where the op that makes it writes.
-    fn output(&mut self, be: &B) -> Output<'_, B> {
+    pub fn output(&mut self, be: &B) -> Output<'_, B> {
         match self {
             Self::F32(values) => Output::F32(be.all_mut(values)),
             Self::Bf16(bits) => Output::Bf16(bits),
@@ -130,7 +131,7 @@ impl<B: Backend> Kept<B> {
     }
 
     /// What an op that reads it takes.
-    fn input(&self, be: &B) -> Input<'_, B> {
+    pub fn input(&self, be: &B) -> Input<'_, B> {
         match self {
             Self::F32(values) => Input::F32(be.all(values)),
             Self::Bf16(bits) => Input::Bf16(bits),
@@ -138,7 +139,11 @@ impl<B: Backend> Kept<B> {
     }
 
     /// Its f32 values: its own, or its bf16 bits widened into `wide`.
-    fn values<'a>(&'a self, be: &B, wide: &'a mut B::Buffer) -> Result<B::View<'a>, KernelError> {
+    pub fn values<'a>(
+        &'a self,
+        be: &B,
+        wide: &'a mut B::Buffer,
+    ) -> Result<B::View<'a>, KernelError> {
         match self {
             Self::F32(values) => Ok(be.all(values)),
             Self::Bf16(bits) => {
@@ -155,7 +160,7 @@ pub struct MixerWork<B: Backend> {
     /// z widened from its bf16 copy, when training in bf16.
     z: B::Buffer,
     u: B::Buffer,
-    /// The input's and u's bf16 copies, when training in bf16.
+    /// The input's (when it comes in f32) and u's bf16 copies, when training in bf16.
     input_copy: Option<B::Bf16Buffer>,
     u_copy: Option<B::Bf16Buffer>,
     delta: B::Buffer,
@@ -207,6 +212,22 @@ impl<'a, 'b, B: Backend + 'a + 'b> Operand<'a, 'b, B> {
         match copy {
             Some(copy) => Self::Bf16(Bf16View::new(copy, 0..be.bf16_len(copy))),
             None => Self::F32(x),
+        }
+    }
+
+    /// An op's input as a GEMM operand: bf16 bits as they are, f32 values rounded into
+    /// `copy` when there is one.
+    fn input(
+        be: &B,
+        x: Input<'a, B>,
+        copy: Option<&'b mut B::Bf16Buffer>,
+    ) -> Result<Self, KernelError>
+    where
+        'a: 'b,
+    {
+        match x {
+            Input::F32(values) => Self::rounded(be, values, copy),
+            Input::Bf16(bits) => Ok(Self::Bf16(Bf16View::new(bits, 0..be.bf16_len(bits)))),
         }
     }
 
@@ -312,8 +333,8 @@ impl<B: Backend> MixerActivations<B> {
             None
         };
         Ok(Self {
-            x: Kept::new(be, t * di, bf16.is_some())?,
-            z: Kept::new(be, t * di, bf16.is_some())?,
+            x: Stored::new(be, t * di, bf16.is_some())?,
+            z: Stored::new(be, t * di, bf16.is_some())?,
             dt_low: be.zeros(t * c.dt_rank)?,
             b: be.zeros(t * c.d_state)?,
             c: be.zeros(t * c.d_state)?,
@@ -496,7 +517,7 @@ pub fn forward<B: Backend>(
     shape: Shape,
     weights: Weights<'_, B>,
     p: &MixerParams,
-    input: B::View<'_>,
+    input: Input<'_, B>,
     acts: &mut MixerActivations<B>,
     work: &mut MixerWork<B>,
     out: B::ViewMut<'_>,
@@ -512,7 +533,7 @@ pub fn forward<B: Backend>(
     let [dt_low_copy, mut y_copy] = acts.bf16.as_mut().map_or(Default::default(), |k| {
         [Some(&mut k.dt_low), Some(&mut k.y)]
     });
-    let input = Operand::rounded(be, input, work.input_copy.as_mut())?;
+    let input = Operand::input(be, input, work.input_copy.as_mut())?;
     gemm(
         be,
         linear(t, di, d),
@@ -607,7 +628,7 @@ pub fn backward<B: Backend>(
     shape: Shape,
     weights: Weights<'_, B>,
     p: &MixerParams,
-    input: B::View<'_>,
+    input: Input<'_, B>,
     acts: &MixerActivations<B>,
     work: &mut MixerWork<B>,
     d_out: B::View<'_>,
@@ -777,7 +798,7 @@ pub fn backward<B: Backend>(
     )?;
 
     // x, z = in_proj(input)
-    let input = Operand::rounded(be, input, work.input_copy.as_mut())?;
+    let input = Operand::input(be, input, work.input_copy.as_mut())?;
     let dx = Operand::new(be, be.all(&scratch.dx), dx_copy.as_deref());
     let dz = Operand::new(be, be.all(&scratch.dz), dz_copy.as_deref());
     let mut d_input = d_input;

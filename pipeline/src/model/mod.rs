@@ -27,9 +27,10 @@ use seqmamba_kernels::rmsnorm::NormDims;
 use seqmamba_kernels::{Backend, KernelError};
 
 use mixer::{
-    MixerActivations, MixerScratch, MixerWork, Weights, linear, linear_input_grad,
+    MixerActivations, MixerScratch, MixerWork, Stored, Weights, linear, linear_input_grad,
     linear_weight_grad,
 };
+use seqmamba_kernels::bf16::{Input, Output};
 
 /// Target id that contributes no loss.
 pub const IGNORE_INDEX: u32 = u32::MAX;
@@ -92,9 +93,10 @@ pub struct Activations<B: Backend> {
     shape: Shape,
     train: bool,
     residuals: Vec<B::Buffer>,
-    /// A mixer's input: made by a norm for each layer in the forward, and again from the
-    /// layer's residual in the backward (cheaper than keeping one per layer).
-    normed: B::Buffer,
+    /// A mixer's input (in bf16 training its bf16 rounding alone, which only GEMMs read):
+    /// made by a norm for each layer in the forward, and again from the layer's residual
+    /// in the backward (cheaper than keeping one per layer).
+    normed: Stored<B>,
     /// The reversed mixer's input and output, when bidirectional.
     reverse_in: B::Buffer,
     reverse_out: B::Buffer,
@@ -239,7 +241,7 @@ impl<B: Backend> Model<B> {
             residuals: (0..residual_count)
                 .map(|_| be.zeros(t * d))
                 .collect::<Result<_, _>>()?,
-            normed: be.zeros(t * d)?,
+            normed: Stored::new(be, t * d, bf16)?,
             reverse_in: extra(bidirectional, t * d)?,
             reverse_out: extra(bidirectional, t * d)?,
             layers,
@@ -377,20 +379,19 @@ impl<B: Backend> Model<B> {
             norm,
             be.all(&acts.residuals[0]),
             w(self.table.layers[0].norm.clone()),
-            be.all_mut(&mut acts.normed),
+            acts.normed.output(be),
             be.all_mut(&mut acts.layers[0].rstd),
         )?;
         for (i, layer) in self.table.layers.iter().enumerate() {
             let (r_in, r_out) = residual_pair(acts.train, i, acts.residuals.len());
             let la = &mut acts.layers[slot(i)];
-            let normed = &acts.normed;
             mixer::forward(
                 be,
                 c,
                 shape,
                 weights,
                 &layer.mixer,
-                be.all(normed),
+                acts.normed.input(be),
                 &mut la.mixer,
                 &mut acts.work,
                 be.all_mut(&mut acts.mix_out),
@@ -401,19 +402,16 @@ impl<B: Backend> Model<B> {
             let mix = if let Some(rev) = &mut la.reverse {
                 let lengths = batch.lengths.as_ref().expect("checked in check_batch");
                 let params = layer.reverse.as_ref().unwrap_or(&layer.mixer);
-                be.reverse(
-                    pool_dims,
-                    lengths,
-                    be.all(normed),
-                    be.all_mut(&mut acts.reverse_in),
-                )?;
+                // reverse_out is free until the reversed mixer writes it.
+                let normed = acts.normed.values(be, &mut acts.reverse_out)?;
+                be.reverse(pool_dims, lengths, normed, be.all_mut(&mut acts.reverse_in))?;
                 mixer::forward(
                     be,
                     c,
                     shape,
                     weights,
                     params,
-                    be.all(&acts.reverse_in),
+                    Input::F32(be.all(&acts.reverse_in)),
                     rev,
                     &mut acts.work,
                     be.all_mut(&mut acts.reverse_out),
@@ -440,12 +438,12 @@ impl<B: Backend> Model<B> {
             let (next_weight, normed, rstd) = match self.table.layers.get(i + 1) {
                 Some(next) => (
                     next.norm.clone(),
-                    &mut acts.normed,
+                    acts.normed.output(be),
                     &mut acts.layers[slot(i + 1)].rstd,
                 ),
                 None => (
                     self.table.norm_f.clone(),
-                    &mut acts.hidden,
+                    Output::F32(be.all_mut(&mut acts.hidden)),
                     &mut acts.rstd_f,
                 ),
             };
@@ -455,7 +453,7 @@ impl<B: Backend> Model<B> {
                 be.all(mix),
                 w(next_weight),
                 be.all_mut(r_out_buf),
-                be.all_mut(normed),
+                normed,
                 be.all_mut(rstd),
             )?;
         }
@@ -655,7 +653,7 @@ impl<B: Backend> Model<B> {
                 norm,
                 be.all(&acts.residuals[i]),
                 w(layer.norm.clone()),
-                be.all_mut(&mut acts.normed),
+                acts.normed.output(be),
                 be.all_mut(&mut la.rstd),
             )?;
             mixer::backward(
@@ -664,7 +662,7 @@ impl<B: Backend> Model<B> {
                 shape,
                 weights,
                 &layer.mixer,
-                be.all(&acts.normed),
+                acts.normed.input(be),
                 &la.mixer,
                 &mut acts.work,
                 be.all(&scratch.d_residual),
@@ -676,12 +674,9 @@ impl<B: Backend> Model<B> {
             if let Some(rev) = &la.reverse {
                 let lengths = batch.lengths.as_ref().expect("checked in check_batch");
                 let params = layer.reverse.as_ref().unwrap_or(&layer.mixer);
-                be.reverse(
-                    pool_dims,
-                    lengths,
-                    be.all(&acts.normed),
-                    be.all_mut(&mut acts.reverse_in),
-                )?;
+                // reverse_out is free: the backward does not read it.
+                let normed = acts.normed.values(be, &mut acts.reverse_out)?;
+                be.reverse(pool_dims, lengths, normed, be.all_mut(&mut acts.reverse_in))?;
                 be.reverse(
                     pool_dims,
                     lengths,
@@ -694,7 +689,7 @@ impl<B: Backend> Model<B> {
                     shape,
                     weights,
                     params,
-                    be.all(&acts.reverse_in),
+                    Input::F32(be.all(&acts.reverse_in)),
                     rev,
                     &mut acts.work,
                     be.all(&scratch.d_reverse_out),
