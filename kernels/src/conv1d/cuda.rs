@@ -349,7 +349,7 @@ mod tests {
                 copy,
             )
             .unwrap();
-            (down(&out), state.as_ref().map(|s| down(s)))
+            (down(&out), state.as_ref().map(&down))
         };
         let mut out16 = cuda.zeros_bf16(n).unwrap();
         let (got, got_state) = forward(Input::Bf16(&x16), Some(&mut out16));
