@@ -4,8 +4,8 @@ use cudarc::driver::{DeviceRepr, LaunchConfig};
 
 use super::ConvDims;
 use crate::cuda::{
-    check_view, flat_grid, Cuda, DeviceBuffer, DeviceIds, DeviceInput, DeviceOutput, DeviceView,
-    DeviceViewMut, Partials,
+    check_view, flat_grid, Cuda, DeviceBuffer, DeviceIds, DeviceTensor, DeviceView, DeviceViewMut,
+    Partials,
 };
 use crate::{element_count, KernelError};
 
@@ -48,7 +48,7 @@ unsafe impl DeviceRepr for ConvArgs {}
 fn input_args(
     op: &'static str,
     dims: ConvDims,
-    x: DeviceInput,
+    x: DeviceTensor,
     weight: DeviceView<'_>,
     bias: DeviceView<'_>,
     resets: Option<&DeviceIds>,
@@ -101,7 +101,7 @@ fn input_args(
 /// See [`super::forward`].
 /// The defines that compile the walking kernels for this kernel size, input type and (in
 /// the forward) whether out's bf16 copy is written.
-fn defines(dims: ConvDims, x: DeviceInput, out_copy: bool) -> [String; 3] {
+fn defines(dims: ConvDims, x: DeviceTensor, out_copy: bool) -> [String; 3] {
     [
         format!("-DTAPS={}", dims.kernel),
         format!("-DX_BF16={}", u8::from(x.bf16)),
@@ -126,7 +126,7 @@ fn runs_grid(dims: ConvDims) -> LaunchConfig {
 pub(crate) fn forward(
     cuda: &Cuda,
     dims: ConvDims,
-    x: DeviceInput,
+    x: DeviceTensor,
     weight: DeviceView<'_>,
     bias: DeviceView<'_>,
     resets: Option<&DeviceIds>,
@@ -162,13 +162,13 @@ pub(crate) fn forward(
 pub(crate) fn backward(
     cuda: &Cuda,
     dims: ConvDims,
-    x: DeviceInput,
+    x: DeviceTensor,
     weight: DeviceView<'_>,
     bias: DeviceView<'_>,
     resets: Option<&DeviceIds>,
     initial_state: Option<DeviceView<'_>>,
     d_out: DeviceView<'_>,
-    dx: DeviceOutput,
+    dx: DeviceTensor,
     dweight: DeviceViewMut<'_>,
     dbias: DeviceViewMut<'_>,
 ) -> Result<(), KernelError> {

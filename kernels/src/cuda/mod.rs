@@ -29,8 +29,8 @@ use cudarc::nvrtc::Ptx;
 pub use doctor::{doctor, Doctor};
 pub use nccl::{device_count, Communicator, CommunicatorId};
 pub(crate) use view::check_view;
+pub(crate) use view::DeviceTensor;
 pub use view::{DeviceBuffer, DeviceIds, DeviceView, DeviceViewMut};
-pub(crate) use view::{DeviceInput, DeviceOutput};
 #[cfg(test)]
 pub(crate) mod testing;
 

@@ -154,54 +154,47 @@ impl<T> DeviceBuffer<T> {
     }
 }
 
-/// Where a kernel writes a tensor: its address, its elements, and whether they are bf16
-/// bits (from a [`crate::bf16::Output`]).
+/// A tensor a kernel reads or writes: its address, its elements, and whether they are
+/// bf16 bits (from a [`crate::bf16::Input`] or [`crate::bf16::Output`]).
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct DeviceOutput {
+pub(crate) struct DeviceTensor {
     pub address: u64,
     pub len: usize,
     pub bf16: bool,
 }
 
-impl From<Output<'_, Cuda>> for DeviceOutput {
-    fn from(out: Output<'_, Cuda>) -> Self {
-        match out {
-            Output::F32(view) => Self {
-                address: view.address(),
-                len: view.len(),
-                bf16: false,
-            },
-            Output::Bf16(buffer) => Self {
-                address: buffer.address(),
-                len: buffer.len(),
-                bf16: true,
-            },
+impl DeviceTensor {
+    fn f32(address: u64, len: usize) -> Self {
+        Self {
+            address,
+            len,
+            bf16: false,
+        }
+    }
+
+    fn bf16(buffer: &DeviceBuffer<u16>) -> Self {
+        Self {
+            address: buffer.address(),
+            len: buffer.len(),
+            bf16: true,
         }
     }
 }
 
-/// Where a kernel reads a tensor: its address, its elements, and whether they are bf16
-/// bits (from a [`crate::bf16::Input`]).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct DeviceInput {
-    pub address: u64,
-    pub len: usize,
-    pub bf16: bool,
+impl From<Output<'_, Cuda>> for DeviceTensor {
+    fn from(out: Output<'_, Cuda>) -> Self {
+        match out {
+            Output::F32(view) => Self::f32(view.address(), view.len()),
+            Output::Bf16(buffer) => Self::bf16(buffer),
+        }
+    }
 }
 
-impl From<Input<'_, Cuda>> for DeviceInput {
+impl From<Input<'_, Cuda>> for DeviceTensor {
     fn from(x: Input<'_, Cuda>) -> Self {
         match x {
-            Input::F32(view) => Self {
-                address: view.address(),
-                len: view.len(),
-                bf16: false,
-            },
-            Input::Bf16(buffer) => Self {
-                address: buffer.address(),
-                len: buffer.len(),
-                bf16: true,
-            },
+            Input::F32(view) => Self::f32(view.address(), view.len()),
+            Input::Bf16(buffer) => Self::bf16(buffer),
         }
     }
 }

@@ -3,7 +3,7 @@
 use cudarc::driver::{DeviceRepr, LaunchConfig};
 
 use super::NormDims;
-use crate::cuda::{check_view, Cuda, DeviceOutput, DeviceView, DeviceViewMut, Partials};
+use crate::cuda::{check_view, Cuda, DeviceTensor, DeviceView, DeviceViewMut, Partials};
 use crate::KernelError;
 
 const MODULE: &str = "rmsnorm";
@@ -66,7 +66,7 @@ pub(crate) fn forward(
     dims: NormDims,
     x: DeviceView<'_>,
     weight: DeviceView<'_>,
-    out: DeviceOutput,
+    out: DeviceTensor,
     rstd: DeviceViewMut<'_>,
 ) -> Result<(), KernelError> {
     launch_forward(cuda, "rmsnorm_forward", dims, x, None, weight, out, rstd)
@@ -81,7 +81,7 @@ pub(crate) fn add_forward(
     branch: DeviceView<'_>,
     weight: DeviceView<'_>,
     sum: DeviceViewMut<'_>,
-    out: DeviceOutput,
+    out: DeviceTensor,
     rstd: DeviceViewMut<'_>,
 ) -> Result<(), KernelError> {
     const OP: &str = "add_rmsnorm_forward";
@@ -108,7 +108,7 @@ fn launch_forward(
     x: DeviceView<'_>,
     add: Option<(DeviceView<'_>, DeviceViewMut<'_>)>,
     weight: DeviceView<'_>,
-    out: DeviceOutput,
+    out: DeviceTensor,
     rstd: DeviceViewMut<'_>,
 ) -> Result<(), KernelError> {
     let elements = checked(op, dims)?;

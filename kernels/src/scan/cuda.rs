@@ -3,7 +3,7 @@
 use cudarc::driver::{DeviceRepr, LaunchConfig};
 
 use super::{ScanDims, ScanGrads, ScanInputs};
-use crate::cuda::{check_view, Cuda, DeviceIds, DeviceOutput, DeviceView, DeviceViewMut};
+use crate::cuda::{check_view, Cuda, DeviceIds, DeviceTensor, DeviceView, DeviceViewMut};
 use crate::KernelError;
 
 const SOURCE: &str = concat!(include_str!("../cuda/bf16.cuh"), include_str!("scan.cu"));
@@ -32,7 +32,7 @@ pub(crate) const MAX_CHUNK: usize = 360;
 const THREADS_PER_SM: usize = 1024;
 
 /// Device inputs of the scan.
-pub type DeviceInputs<'a> = ScanInputs<DeviceView<'a>>;
+pub type DeviceTensors<'a> = ScanInputs<DeviceView<'a>>;
 
 /// The kernels' one argument, laid out as `struct ScanArgs` in `scan.cu`.
 #[repr(C)]
@@ -164,7 +164,7 @@ impl Cuda {
         &self,
         dims: ScanDims,
         op: &'static str,
-        inputs: &DeviceInputs<'_>,
+        inputs: &DeviceTensors<'_>,
         resets: Option<&DeviceIds>,
     ) -> Result<ScanArgs, KernelError> {
         validate(dims, op)?;
@@ -207,11 +207,11 @@ impl Cuda {
     fn scan_forward_device(
         &self,
         dims: ScanDims,
-        inputs: &DeviceInputs<'_>,
+        inputs: &DeviceTensors<'_>,
         resets: Option<&DeviceIds>,
         state: Option<DeviceViewMut<'_>>,
         checkpoints: Option<DeviceViewMut<'_>>,
-        out: DeviceOutput,
+        out: DeviceTensor,
     ) -> Result<(), KernelError> {
         const OP: &str = "scan_forward (cuda)";
         let mut args = self.input_args(dims, OP, inputs, resets)?;
@@ -259,11 +259,11 @@ impl Cuda {
     fn scan_backward_device(
         &self,
         dims: ScanDims,
-        inputs: &DeviceInputs<'_>,
+        inputs: &DeviceTensors<'_>,
         resets: Option<&DeviceIds>,
         checkpoints: DeviceView<'_>,
         d_out: DeviceView<'_>,
-        grads: ScanGrads<DeviceViewMut<'_>, DeviceOutput>,
+        grads: ScanGrads<DeviceViewMut<'_>, DeviceTensor>,
     ) -> Result<(), KernelError> {
         const OP: &str = "scan_backward (cuda)";
         let mut args = self.input_args(dims, OP, inputs, resets)?;
@@ -370,11 +370,11 @@ impl Cuda {
 pub(crate) fn forward(
     cuda: &Cuda,
     dims: ScanDims,
-    inputs: &DeviceInputs<'_>,
+    inputs: &DeviceTensors<'_>,
     resets: Option<&DeviceIds>,
     state: Option<DeviceViewMut<'_>>,
     checkpoints: Option<DeviceViewMut<'_>>,
-    out: DeviceOutput,
+    out: DeviceTensor,
 ) -> Result<(), KernelError> {
     cuda.scan_forward_device(dims, inputs, resets, state, checkpoints, out)
 }
@@ -385,11 +385,11 @@ pub(crate) fn forward(
 pub(crate) fn backward(
     cuda: &Cuda,
     dims: ScanDims,
-    inputs: &DeviceInputs<'_>,
+    inputs: &DeviceTensors<'_>,
     resets: Option<&DeviceIds>,
     checkpoints: DeviceView<'_>,
     d_out: DeviceView<'_>,
-    grads: ScanGrads<DeviceViewMut<'_>, DeviceOutput>,
+    grads: ScanGrads<DeviceViewMut<'_>, DeviceTensor>,
 ) -> Result<(), KernelError> {
     cuda.scan_backward_device(dims, inputs, resets, checkpoints, d_out, grads)
 }

@@ -105,7 +105,7 @@ impl OnDevice {
         }
     }
 
-    fn inputs<'a>(&'a self, cuda: &Cuda) -> DeviceInputs<'a> {
+    fn inputs<'a>(&'a self, cuda: &Cuda) -> DeviceTensors<'a> {
         let t = &self.tensors;
         ScanInputs {
             u: cuda.all(&t[0]),
