@@ -32,8 +32,10 @@ pub(crate) fn for_each_block(count: usize, block: usize, work: impl Fn(Range<usi
     let block = block.max(1);
     let blocks = count.div_ceil(block);
     let range = |index: usize| index * block..count.min((index + 1) * block);
-    let threads = rayon::current_num_threads().min(blocks);
-    if threads <= 1 {
+    // The team has a thread per thread of the pool whatever the block count (a worker
+    // that finds no block left just waits again), so it is made once.
+    let threads = rayon::current_num_threads();
+    if threads == 1 || blocks <= 1 {
         (0..blocks).for_each(|index| work(range(index)));
         return;
     }
