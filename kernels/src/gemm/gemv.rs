@@ -7,22 +7,25 @@
 //! [`Lanes::sum`]'s fixed tree, then the last `k mod 16` columns in order: its bits depend
 //! neither on how rows are grouped or split across threads nor on the instruction set.
 
-use rayon::prelude::*;
-
 use crate::lanes::{prefetch_address, run_vectorised, Lanes, Vectorised, LANES};
-use crate::parallel::share_len;
+use crate::parallel::for_each_block_mut;
 
 /// Weights below which a product runs on the calling thread: 256 KiB, about 20 µs of
 /// streaming, several times what handing a share of it to another thread costs (x_proj and
 /// dt_proj of a 130M-size layer are above it; every product of the small model below).
 const PARALLEL_MIN_WEIGHTS: usize = 1 << 16;
 
+/// Weights in the block of rows a thread claims at a time: 64 KiB, a few microseconds of
+/// streaming, many times what claiming it costs, and small enough that the threads of a
+/// product finish within a few microseconds of each other.
+const BLOCK_WEIGHTS: usize = 1 << 14;
+
 /// Rows that share one pass over `x`.
 const ROWS_AT_ONCE: usize = 4;
 
 /// `y = W·x` (`y += W·x` when `accumulate`) with `W` `(y.len(), x.len())` row-major.
-/// Small products run on the calling thread; large ones give each thread of the pool one
-/// contiguous share of the rows (each row's dot product is the same whoever computes it).
+/// Small products run on the calling thread; large ones go to the threads in blocks of rows
+/// (each row's dot product is the same whoever computes it).
 pub(super) fn gemv(weight: &[f32], x: &[f32], y: &mut [f32], accumulate: bool) {
     let k = x.len();
     assert_eq!(weight.len(), y.len() * k, "gemv: weight is not (y, x)");
@@ -32,7 +35,7 @@ pub(super) fn gemv(weight: &[f32], x: &[f32], y: &mut [f32], accumulate: bool) {
         }
         return;
     }
-    if weight.len() < PARALLEL_MIN_WEIGHTS || rayon::current_num_threads() == 1 {
+    if weight.len() < PARALLEL_MIN_WEIGHTS {
         run_vectorised(Rows {
             weight,
             x,
@@ -41,9 +44,10 @@ pub(super) fn gemv(weight: &[f32], x: &[f32], y: &mut [f32], accumulate: bool) {
         });
         return;
     }
-    let share = share_len(y.len(), ROWS_AT_ONCE);
-    y.par_chunks_mut(share).enumerate().for_each(|(index, y)| {
-        let first = index * share;
+    let block = (BLOCK_WEIGHTS / k)
+        .next_multiple_of(ROWS_AT_ONCE)
+        .max(ROWS_AT_ONCE);
+    for_each_block_mut(y, block, |first, y| {
         run_vectorised(Rows {
             weight: &weight[first * k..(first + y.len()) * k],
             x,

@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 use super::{ScanDims, ScanGrads, ScanInputs};
 use crate::lanes::{prefetch, prefetch_address, run_vectorised, Lanes, Vectorised, LANES};
-use crate::parallel::{share_len, JOB_ELEMENTS};
+use crate::parallel::{for_each_block, JOB_ELEMENTS};
 use crate::rng::Rng;
 use crate::{check_len, KernelError};
 
@@ -85,16 +85,13 @@ pub fn forward(
     };
     let run = |task| run_vectorised(ForwardTask { job: &job, task });
     // A decode step (len 1) of a small model is a few microseconds of work, less than
-    // handing it to the pool and waiting for it would cost; one of a wide model gives each
-    // thread one share of the tasks (no task's outputs depend on who runs it).
+    // handing it to the threads and waiting for them would cost; one of a wide model goes to
+    // the decode team task by task (no task's outputs depend on who runs it).
     let work = shape.activations() * shape.state;
     if work < STEP_PARALLEL_MIN || rayon::current_num_threads() == 1 {
         (0..shape.tasks()).for_each(run);
     } else if work <= JOB_ELEMENTS {
-        (0..shape.tasks())
-            .into_par_iter()
-            .with_min_len(share_len(shape.tasks(), 1))
-            .for_each(run);
+        for_each_block(shape.tasks(), 1, |tasks| tasks.for_each(run));
     } else {
         (0..shape.tasks()).into_par_iter().for_each(run);
     }
