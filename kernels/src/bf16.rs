@@ -62,6 +62,15 @@ pub fn widen(src: &[u16], dst: &mut [f32]) -> Result<(), KernelError> {
     Ok(())
 }
 
+/// [`widen`] into a new vector.
+///
+/// ```
+/// assert_eq!(seqmamba_kernels::bf16::widened(&[0x4000]), [2.0]);
+/// ```
+pub fn widened(src: &[u16]) -> Vec<f32> {
+    src.iter().map(|&s| to_f32(s)).collect()
+}
+
 /// A GEMM writing bf16 values writes its result rounded: it cannot add to them.
 pub(crate) fn check_accumulate(
     op: &'static str,
@@ -108,7 +117,6 @@ pub fn gemm(
         element_count("gemm_bf16", &[dims.k, dims.n])?,
         b,
     )?;
-    let widened = |bits: &[u16]| bits.iter().map(|&x| to_f32(x)).collect::<Vec<_>>();
     gemm::gemm(dims, &widened(a), &widened(b), c, accumulate)
 }
 

@@ -89,7 +89,7 @@ impl<'a> Sink<'a> {
 fn values(x: Input<'_, Cpu>) -> std::borrow::Cow<'_, [f32]> {
     match x {
         Input::F32(values) => values.into(),
-        Input::Bf16(bits) => bits.iter().map(|&b| bf16::to_f32(b)).collect(),
+        Input::Bf16(bits) => bf16::widened(bits).into(),
     }
 }
 

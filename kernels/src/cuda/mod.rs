@@ -509,7 +509,7 @@ pub(crate) enum TimedOp {
     Norm,
     Loss,
     Optimizer,
-    /// Rounding f32 values to bf16 copies for the GEMMs.
+    /// Converting between f32 values and bf16 copies (rounding for GEMMs, widening for readers).
     Cast,
     /// Embedding, pooling, element-wise ops, copies and fills.
     Other,
@@ -538,7 +538,7 @@ pub struct OpSeconds {
     pub loss: f64,
     /// AdamW.
     pub optimizer: f64,
-    /// Rounding f32 values to bf16 copies for the GEMMs.
+    /// Converting between f32 values and bf16 copies (rounding for GEMMs, widening for readers).
     pub cast: f64,
     /// Embedding, pooling, element-wise ops (the gradient norm among them), copies, fills.
     pub other: f64,

@@ -1,7 +1,8 @@
 //! What the CUDA tests share: the device (or a skip notice) and seeded inputs.
 
-use super::Cuda;
+use super::{Cuda, DeviceBuffer};
 use crate::rng::Rng;
+use crate::Backend;
 
 /// Device 0, or `None` after printing why the calling test skips.
 pub(crate) fn device() -> Option<Cuda> {
@@ -12,6 +13,14 @@ pub(crate) fn device() -> Option<Cuda> {
             None
         }
     }
+}
+
+/// bf16 bits on the device (through their exact f32 values and the rounding kernel).
+pub(crate) fn upload_bf16(cuda: &Cuda, bits: &[u16]) -> DeviceBuffer<u16> {
+    let values = cuda.upload(&crate::bf16::widened(bits)).unwrap();
+    let mut copy = cuda.zeros_bf16(bits.len()).unwrap();
+    cuda.round_bf16(cuda.all(&values), &mut copy).unwrap();
+    copy
 }
 
 /// `n` values uniform in [-1, 1) from `seed`.

@@ -252,7 +252,7 @@ fn run(
 #[cfg(test)]
 mod tests {
     use crate::bf16::{Bf16View, Output};
-    use crate::cuda::testing::{device, random};
+    use crate::cuda::testing::{device, random, upload_bf16};
     use crate::cuda::GemmPrecision;
     use crate::gemm::{self, GemmDims};
     use crate::testing::{assert_close, bits, to_f64};
@@ -401,16 +401,7 @@ mod tests {
         crate::bf16::round(&random(1003, 10), &mut halves).unwrap();
         halves[..5].copy_from_slice(&[0x7f80, 0xff80, 0x7fc1, 0x8000, 0x0001]);
         for (len, offset) in [(1000, 0), (1003, 0), (1000, 1)] {
-            let mut copy = cuda.zeros_bf16(len).unwrap();
-            let f32s = cuda
-                .upload(
-                    &halves[..len]
-                        .iter()
-                        .map(|&b| crate::bf16::to_f32(b))
-                        .collect::<Vec<_>>(),
-                )
-                .unwrap();
-            cuda.round_bf16(cuda.all(&f32s), &mut copy).unwrap();
+            let copy = upload_bf16(&cuda, &halves[..len]);
             let mut wide = cuda.zeros(len + offset).unwrap();
             cuda.widen_bf16(&copy, cuda.view_mut(&mut wide, offset..offset + len))
                 .unwrap();
@@ -440,14 +431,7 @@ mod tests {
             rounded(&random(k * n + 4, 6)),
             random(m * n, 7),
         );
-        let upload = |bits: &[u16]| {
-            let widened: Vec<f32> = bits.iter().map(|&x| crate::bf16::to_f32(x)).collect();
-            let f32s = cuda.upload(&widened).unwrap();
-            let mut copy = cuda.zeros_bf16(bits.len()).unwrap();
-            cuda.round_bf16(cuda.all(&f32s), &mut copy).unwrap();
-            copy
-        };
-        let (ga, gb) = (upload(&a), upload(&b));
+        let (ga, gb) = (upload_bf16(&cuda, &a), upload_bf16(&cuda, &b));
         for (dims, accumulate) in gemm::every_mode(m, n, k) {
             let (ra, rb) = (8..8 + m * k, 4..4 + k * n);
             let mut want = c0.clone();

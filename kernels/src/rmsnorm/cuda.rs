@@ -206,6 +206,7 @@ pub(crate) fn backward(
 mod tests {
     use crate::bf16::Output;
     use crate::cuda::testing::{device, random};
+    use crate::cuda::{Cuda, DeviceBuffer};
     use crate::rmsnorm::{self, NormDims};
     use crate::testing::{assert_close, to_f64};
     use crate::Backend;
@@ -320,57 +321,53 @@ mod tests {
         let up = |v: &[f32]| cuda.upload(v).unwrap();
         let (gr, gb, gw) = (up(&residual), up(&branch), up(&weight));
         let zeros = |n| cuda.zeros(n).unwrap();
-        let (mut gsum, mut gout, mut grstd) = (zeros(rows * cols), zeros(rows * cols), zeros(rows));
-        cuda.add_rmsnorm_forward(
-            dims,
-            cuda.all(&gr),
-            cuda.all(&gb),
-            cuda.all(&gw),
-            cuda.all_mut(&mut gsum),
-            Output::F32(cuda.all_mut(&mut gout)),
-            cuda.all_mut(&mut grstd),
-        )
-        .unwrap();
-        let down = |b| cuda.download(cuda.all(b)).unwrap();
-        assert_eq!(down(&gsum), sum, "the sum is an f32 add, exact");
+        let down = |b: &DeviceBuffer| cuda.download(cuda.all(b)).unwrap();
+        // Each kernel writes its norm to `out`; the sum and rstd come back.
+        let fused = |out: Output<'_, Cuda>| {
+            let (mut gsum, mut grstd) = (zeros(rows * cols), zeros(rows));
+            cuda.add_rmsnorm_forward(
+                dims,
+                cuda.all(&gr),
+                cuda.all(&gb),
+                cuda.all(&gw),
+                cuda.all_mut(&mut gsum),
+                out,
+                cuda.all_mut(&mut grstd),
+            )
+            .unwrap();
+            (down(&gsum), down(&grstd))
+        };
+        let unfused = |sum: &DeviceBuffer, out: Output<'_, Cuda>| {
+            let mut grstd = zeros(rows);
+            cuda.rmsnorm_forward(
+                dims,
+                cuda.all(sum),
+                cuda.all(&gw),
+                out,
+                cuda.all_mut(&mut grstd),
+            )
+            .unwrap();
+            down(&grstd)
+        };
+        let mut gout = zeros(rows * cols);
+        let (got_sum, got_rstd) = fused(Output::F32(cuda.all_mut(&mut gout)));
+        assert_eq!(got_sum, sum, "the sum is an f32 add, exact");
         assert_close("out", &down(&gout), &to_f64(&out), 1e-5, 1e-7);
-        assert_close("rstd", &down(&grstd), &to_f64(&rstd), 1e-5, 1e-7);
-        let (mut unfused, mut unfused_rstd) = (zeros(rows * cols), zeros(rows));
-        cuda.rmsnorm_forward(
-            dims,
-            cuda.all(&gsum),
-            cuda.all(&gw),
-            Output::F32(cuda.all_mut(&mut unfused)),
-            cuda.all_mut(&mut unfused_rstd),
-        )
-        .unwrap();
-        assert_eq!(down(&gout), down(&unfused));
-        assert_eq!(down(&grstd), down(&unfused_rstd));
+        assert_close("rstd", &got_rstd, &to_f64(&rstd), 1e-5, 1e-7);
+        let gsum = up(&got_sum);
+        let mut unfused_out = zeros(rows * cols);
+        let unfused_rstd = unfused(&gsum, Output::F32(cuda.all_mut(&mut unfused_out)));
+        assert_eq!(down(&gout), down(&unfused_out));
+        assert_eq!(got_rstd, unfused_rstd);
 
         // Written as bf16, by either kernel: the f32 values rounded, bit for bit.
         let mut rounded = vec![0u16; rows * cols];
         crate::bf16::round(&down(&gout), &mut rounded).unwrap();
         let mut out16 = cuda.zeros_bf16(rows * cols).unwrap();
-        cuda.add_rmsnorm_forward(
-            dims,
-            cuda.all(&gr),
-            cuda.all(&gb),
-            cuda.all(&gw),
-            cuda.all_mut(&mut gsum),
-            Output::Bf16(&mut out16),
-            cuda.all_mut(&mut grstd),
-        )
-        .unwrap();
+        fused(Output::Bf16(&mut out16));
         assert_eq!(cuda.download_bf16(&out16).unwrap(), rounded, "fused, bf16");
         let mut unfused16 = cuda.zeros_bf16(rows * cols).unwrap();
-        cuda.rmsnorm_forward(
-            dims,
-            cuda.all(&gsum),
-            cuda.all(&gw),
-            Output::Bf16(&mut unfused16),
-            cuda.all_mut(&mut unfused_rstd),
-        )
-        .unwrap();
+        unfused(&gsum, Output::Bf16(&mut unfused16));
         assert_eq!(
             cuda.download_bf16(&unfused16).unwrap(),
             rounded,

@@ -32,7 +32,7 @@ pub(crate) const MAX_CHUNK: usize = 360;
 const THREADS_PER_SM: usize = 1024;
 
 /// Device inputs of the scan.
-pub type DeviceTensors<'a> = ScanInputs<DeviceView<'a>>;
+pub type DeviceInputs<'a> = ScanInputs<DeviceView<'a>>;
 
 /// The kernels' one argument, laid out as `struct ScanArgs` in `scan.cu`.
 #[repr(C)]
@@ -164,7 +164,7 @@ impl Cuda {
         &self,
         dims: ScanDims,
         op: &'static str,
-        inputs: &DeviceTensors<'_>,
+        inputs: &DeviceInputs<'_>,
         resets: Option<&DeviceIds>,
     ) -> Result<ScanArgs, KernelError> {
         validate(dims, op)?;
@@ -207,7 +207,7 @@ impl Cuda {
     fn scan_forward_device(
         &self,
         dims: ScanDims,
-        inputs: &DeviceTensors<'_>,
+        inputs: &DeviceInputs<'_>,
         resets: Option<&DeviceIds>,
         state: Option<DeviceViewMut<'_>>,
         checkpoints: Option<DeviceViewMut<'_>>,
@@ -259,7 +259,7 @@ impl Cuda {
     fn scan_backward_device(
         &self,
         dims: ScanDims,
-        inputs: &DeviceTensors<'_>,
+        inputs: &DeviceInputs<'_>,
         resets: Option<&DeviceIds>,
         checkpoints: DeviceView<'_>,
         d_out: DeviceView<'_>,
@@ -370,7 +370,7 @@ impl Cuda {
 pub(crate) fn forward(
     cuda: &Cuda,
     dims: ScanDims,
-    inputs: &DeviceTensors<'_>,
+    inputs: &DeviceInputs<'_>,
     resets: Option<&DeviceIds>,
     state: Option<DeviceViewMut<'_>>,
     checkpoints: Option<DeviceViewMut<'_>>,
@@ -385,7 +385,7 @@ pub(crate) fn forward(
 pub(crate) fn backward(
     cuda: &Cuda,
     dims: ScanDims,
-    inputs: &DeviceTensors<'_>,
+    inputs: &DeviceInputs<'_>,
     resets: Option<&DeviceIds>,
     checkpoints: DeviceView<'_>,
     d_out: DeviceView<'_>,

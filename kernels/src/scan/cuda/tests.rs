@@ -7,7 +7,7 @@ use crate::cuda::DeviceBuffer;
 use crate::rng::Rng;
 use crate::scan::cpu::InputBuffers;
 use crate::scan::reference;
-use crate::testing::{assert_close, to_f64};
+use crate::testing::{assert_close, bits, to_f64};
 use crate::Backend;
 
 /// Host data of one scan problem, f32 as the device sees it.
@@ -105,7 +105,7 @@ impl OnDevice {
         }
     }
 
-    fn inputs<'a>(&'a self, cuda: &Cuda) -> DeviceTensors<'a> {
+    fn inputs<'a>(&'a self, cuda: &Cuda) -> DeviceInputs<'a> {
         let t = &self.tensors;
         ScanInputs {
             u: cuda.all(&t[0]),
@@ -157,12 +157,7 @@ impl Destination {
 
     fn values(&self, cuda: &Cuda) -> Vec<f32> {
         match &self.bf16 {
-            Some(bits) => cuda
-                .download_bf16(bits)
-                .unwrap()
-                .into_iter()
-                .map(crate::bf16::to_f32)
-                .collect(),
+            Some(bits) => crate::bf16::widened(&cuda.download_bf16(bits).unwrap()),
             None => cuda.download(cuda.all(&self.f32)).unwrap(),
         }
     }
@@ -387,7 +382,6 @@ fn cuda_scan_bf16_outputs_are_the_rounded_f32_outputs() {
             .map(|&v| crate::bf16::to_f32(crate::bf16::from_f32(v)).to_bits())
             .collect()
     };
-    let bits = |values: &[f32]| -> Vec<u32> { values.iter().map(|v| v.to_bits()).collect() };
     let forward = run_forward(&cuda, &p, &on, Written::F32);
     let forward16 = run_forward(&cuda, &p, &on, Written::Bf16);
     assert_eq!(bits(&forward16.out), rounded(&forward.out));
@@ -454,8 +448,10 @@ fn cuda_scan_backward_is_deterministic() {
     let first = run_backward(&cuda, &p, &on, &forward.checkpoints, Written::F32);
     let second = run_backward(&cuda, &p, &on, &forward.checkpoints, Written::F32);
     for ((name, a), (_, b)) in first.all.iter().zip(&second.all) {
-        let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
-        assert!(same, "{name} differs between two identical backward runs");
+        assert!(
+            bits(a) == bits(b),
+            "{name} differs between two identical backward runs"
+        );
     }
 }
 
