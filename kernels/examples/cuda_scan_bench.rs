@@ -107,6 +107,7 @@ fn main() -> Result<(), KernelError> {
                 dd_skip: cuda.all_mut(&mut dd_skip),
                 ddelta_bias: cuda.all_mut(&mut ddelta_bias),
                 dz: Some(Output::F32(cuda.all_mut(&mut dz))),
+                out: None,
             };
             cuda.scan_backward(
                 dims,

@@ -357,6 +357,7 @@ impl Backend for Cpu {
     ) -> Result<(), KernelError> {
         let mut ddelta = Sink::new(grads.ddelta);
         let mut dz = grads.dz.map(Sink::new);
+        let mut out = grads.out.map(Sink::new);
         scan::cpu::backward(
             dims,
             inputs,
@@ -372,10 +373,12 @@ impl Backend for Cpu {
                 dd_skip: grads.dd_skip,
                 ddelta_bias: grads.ddelta_bias,
                 dz: dz.as_mut().map(Sink::values),
+                out: out.as_mut().map(Sink::values),
             },
         )?;
         ddelta.finish()?;
-        dz.map_or(Ok(()), Sink::finish)
+        dz.map_or(Ok(()), Sink::finish)?;
+        out.map_or(Ok(()), Sink::finish)
     }
 
     fn rmsnorm_forward(

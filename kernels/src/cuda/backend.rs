@@ -372,6 +372,7 @@ impl Backend for Cuda {
             dd_skip: grads.dd_skip,
             ddelta_bias: grads.ddelta_bias,
             dz: grads.dz.map(Into::into),
+            out: grads.out.map(Into::into),
         };
         self.timed(TimedOp::Scan, || {
             scan::cuda::backward(self, dims, inputs, resets, checkpoints, d_out, grads)

@@ -100,8 +100,8 @@ pub fn forward(
 
 /// Gradients of [`forward`] given `d_out`, from the checkpoints the forward saved.
 ///
-/// `du`, `ddelta` (with respect to `delta` before bias and softplus), `db`, `dc` and `dz`
-/// are overwritten; `da_log`, `dd_skip` and `ddelta_bias` are accumulated. No gradient
+/// `du`, `ddelta` (with respect to `delta` before bias and softplus), `db`, `dc`, `dz` and
+/// `out` (the forward's output made again, bit for bit) are overwritten; `da_log`, `dd_skip` and `ddelta_bias` are accumulated. No gradient
 /// flows into the initial state, and the final state receives none. `checkpoints` must
 /// come from [`forward`] with the same `dims` and inputs. Each task recomputes one chunk
 /// of states at a time, so its scratch memory grows with `dims.chunk` (64 by default);
@@ -132,6 +132,7 @@ pub fn forward(
 ///     dd_skip: &mut dd_skip[..],
 ///     ddelta_bias: &mut ddelta_bias[..],
 ///     dz: None,
+///     out: None,
 /// };
 /// cpu::backward(dims, &inputs, None, &checkpoints, &[1.0], grads).unwrap();
 /// // out = Δ·B·u·C + D·u with Δ = 30: ∂out/∂u = 30 + 0.5, ∂out/∂C = 60.
@@ -158,6 +159,7 @@ pub fn backward(
         dd_skip,
         ddelta_bias,
         dz,
+        out,
     } = grads;
     let (activations, per_position) = (shape.activations(), shape.batch * shape.len * shape.state);
     check_len(OP, "du", activations, du)?;
@@ -173,6 +175,9 @@ pub fn backward(
         (Some(_), None) => return Err(invalid("the inputs have `z` but no `dz` was given")),
         (None, Some(_)) => return Err(invalid("`dz` was given but the inputs have no `z`")),
     }
+    if let Some(out) = &out {
+        check_len(OP, "out", activations, out)?;
+    }
 
     let job = BackwardJob {
         shape,
@@ -183,6 +188,7 @@ pub fn backward(
         du: Scatter::new(du),
         ddelta: Scatter::new(ddelta),
         dz: dz.map(Scatter::new),
+        out: out.map(Scatter::new),
     };
     let partial_len = shape.task_partial_len();
     let mut partials = vec![0.0f32; shape.tasks() * partial_len];
@@ -673,6 +679,8 @@ struct BackwardJob<'a> {
     du: Scatter<'a>,
     ddelta: Scatter<'a>,
     dz: Option<Scatter<'a>>,
+    /// The forward's output, made again.
+    out: Option<Scatter<'a>>,
 }
 
 struct BackwardTask<'a> {
@@ -722,6 +730,7 @@ impl Vectorised for BackwardTask<'_> {
         let per_position = || vec![Lanes::ZERO; span * count];
         let (mut dts, mut dt_slopes, mut us) = (per_position(), per_position(), per_position());
         let (mut d_outs, mut dys, mut dzs) = (per_position(), per_position(), per_position());
+        let mut outs = per_position();
         let (mut dus, mut dxs) = (per_position(), per_position());
         let mut gates = vec![Lanes::splat(1.0); span * count];
         let mut gate_slopes = per_position();
@@ -799,6 +808,7 @@ impl Vectorised for BackwardTask<'_> {
                     }
                     dys[at] = d_outs[at] * gates[at];
                     dzs[at] = d_outs[at] * y * gate_slopes[at];
+                    outs[at] = y * gates[at];
                 }
                 // Walk the chunk backwards.
                 for (i, t) in positions.clone().enumerate().rev() {
@@ -863,6 +873,9 @@ impl Vectorised for BackwardTask<'_> {
                         job.ddelta.write_lanes(start, dxs[at], width);
                         if let Some(dz) = &job.dz {
                             dz.write_lanes(start, dzs[at], width);
+                        }
+                        if let Some(out) = &job.out {
+                            out.write_lanes(start, outs[at], width);
                         }
                     }
                 }
@@ -1024,6 +1037,8 @@ pub struct GradBuffers {
     pub dd_skip: Vec<f32>,
     pub ddelta_bias: Vec<f32>,
     pub dz: Option<Vec<f32>>,
+    /// The forward's output made again: none unless a caller puts a buffer here.
+    pub out: Option<Vec<f32>>,
 }
 
 impl GradBuffers {
@@ -1040,6 +1055,7 @@ impl GradBuffers {
             dd_skip: vec![0.0; dims.channels],
             ddelta_bias: vec![0.0; dims.channels],
             dz: gate.then(|| vec![0.0; activations]),
+            out: None,
         }
     }
 
@@ -1054,6 +1070,7 @@ impl GradBuffers {
             dd_skip: &mut self.dd_skip,
             ddelta_bias: &mut self.ddelta_bias,
             dz: self.dz.as_deref_mut(),
+            out: self.out.as_deref_mut(),
         }
     }
 }

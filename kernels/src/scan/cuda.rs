@@ -296,6 +296,9 @@ impl Cuda {
                 })
             }
         }
+        if let Some(out) = &grads.out {
+            check_view(OP, "out", activations, out.len)?;
+        }
 
         let cut = segments_for(dims, 1, self.target_threads()?);
         let slots = dims.batch * cut.segments * dims.channels;
@@ -315,6 +318,8 @@ impl Cuda {
         args.ddelta = grads.ddelta.address;
         args.dz = grads.dz.as_ref().map_or(0, |dz| dz.address);
         args.grads_bf16 = grads.ddelta.bf16.into();
+        args.out = grads.out.as_ref().map_or(0, |out| out.address);
+        args.out_bf16 = grads.out.as_ref().is_some_and(|out| out.bf16).into();
         args.part_a = self.address(&part_a);
         args.part_d = self.address(&part_d);
         args.part_bias = self.address(&part_bias);

@@ -91,9 +91,9 @@ pub struct ScanInputs<V> {
 }
 
 /// Gradient outputs of the scan; `M` is a backend's mutable view (`&mut [f32]` on the CPU),
-/// `O` where `ddelta` and `dz` go (a [`crate::bf16::Output`] in [`crate::Backend`]: they
-/// feed only GEMMs). Activation gradients are overwritten, parameter gradients (`da_log`,
-/// `dd_skip`, `ddelta_bias`) accumulated.
+/// `O` where `ddelta`, `dz` and `out` go (a [`crate::bf16::Output`] in [`crate::Backend`]:
+/// they feed only GEMMs). Activation gradients are overwritten, parameter gradients
+/// (`da_log`, `dd_skip`, `ddelta_bias`) accumulated.
 #[derive(Debug)]
 pub struct ScanGrads<M, O = M> {
     pub du: M,
@@ -105,4 +105,8 @@ pub struct ScanGrads<M, O = M> {
     pub ddelta_bias: M,
     /// Required exactly when the inputs have `z`.
     pub dz: Option<O>,
+    /// When given, receives the forward's output made again (the backward rebuilds every
+    /// state anyway), so that a caller who needs it only after the backward (out_proj's
+    /// weight gradient) need not keep it.
+    pub out: Option<O>,
 }

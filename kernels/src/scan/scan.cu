@@ -60,7 +60,7 @@ struct ScanArgs {
     const u32* resets;        // may be null
     float* state;             // may be null: initial state in, final state out
     float* checkpoints;       // may be null in the forward
-    float* out;               // forward output
+    float* out;               // forward output; the backward may write it again
     float* seg_state;         // (batch, segments, channels, STATE) scratch
     float* seg_sum;           // (batch, segments, channels) scratch; -1 marks a reset
     const float* d_out;
@@ -353,11 +353,13 @@ extern "C" __global__ void __launch_bounds__(CH_THREADS) scan_fwd_output(ScanArg
             float bt[STATE], ct[STATE];
             tile_row(tile, r, 0, bt);
             tile_row(tile, r, 1, ct);
-            float y[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            // Summed in the backward main kernel's order (four states per partial, as
+            // its threads hold them), so that the output it makes again has these bits.
+            float y[GROUPS] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
             for (int n = 0; n < STATE; ++n) {
                 h[n] = fast_exp2(a2[n] * dt) * h[n] + x * bt[n];
-                y[n % 4] += h[n] * ct[n];
+                y[n / GROUP_STATES] += h[n] * ct[n];
             }
             float out = (y[0] + y[1]) + (y[2] + y[3]) + skip * uu;
             if (gated) {
@@ -479,11 +481,12 @@ struct QuadTile {
     float dt_decay[SUB][BWD_CHANNELS];
     float g[SUB][BWD_CHANNELS];     // d_out * silu(z): gradient w.r.t. y
     float zf[SUB][BWD_CHANNELS];    // dz = y * zf
+    float gate[SUB][BWD_CHANNELS];  // silu(z): the output made again is y * gate
     float dsp[SUB][BWD_CHANNELS];   // softplus'(delta + bias)
 };
 
-// du, ddelta, dz of one sub-chunk, gathered so that the block writes them in whole rows:
-// [position][thread], thread 4 * channel + k holding output k (k = 3 unused).
+// du, ddelta, dz and the forward's output of one sub-chunk, gathered so that the block
+// writes them in whole rows: [position][thread], thread 4 * channel + k holding output k.
 typedef float QuadOut[SUB][BWD_THREADS];
 
 #define QUAD_PER_THREAD (SUB * BWD_CHANNELS / BWD_THREADS)
@@ -591,6 +594,7 @@ __device__ __forceinline__ void transform_quad(const ScanArgs& p, const QuadElem
                 const float sg = sigmoid(zz);
                 tile.g[r][io.ch] = dout * zz * sg;
                 tile.zf[r][io.ch] = dout * sg * (1.0f + zz * (1.0f - sg));
+                tile.gate[r][io.ch] = zz * sg;
             } else {
                 tile.g[r][io.ch] = dout;
             }
@@ -598,7 +602,8 @@ __device__ __forceinline__ void transform_quad(const ScanArgs& p, const QuadElem
     }
 }
 
-// Writes the sub-chunk's du, ddelta (and dz) gathered in `out`: rows [ts, ts + steps).
+// Writes the sub-chunk's du, ddelta (and dz, the output) gathered in `out`: rows
+// [ts, ts + steps).
 __device__ __forceinline__ void write_quad_out(const ScanArgs& p, const QuadElements& io, const QuadOut& out,
                                                int b, int ts, int steps) {
     const size_t first = quad_first(p, io, b, ts);
@@ -610,6 +615,7 @@ __device__ __forceinline__ void write_quad_out(const ScanArgs& p, const QuadElem
         p.du[i] = out[r][GROUPS * io.ch];
         store_as(p.ddelta, i, out[r][GROUPS * io.ch + 1], p.grads_bf16);
         if (p.z != nullptr) store_as(p.dz, i, out[r][GROUPS * io.ch + 2], p.grads_bf16);
+        if (p.out != nullptr) store_as(p.out, i, out[r][GROUPS * io.ch + 3], p.out_bf16);
     }
 }
 
@@ -656,6 +662,7 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanA
     const int dd = active ? d : p.channels - 1;  // inactive threads read a real channel
     const int n0 = group * GROUP_STATES;
     const bool gated = p.z != nullptr;
+    const bool remake_out = p.out != nullptr;
     const QuadElements io = quad_elements(p);
 
     float a_nat[GROUP_STATES], a2[GROUP_STATES];
@@ -784,11 +791,12 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanA
                     const float dv = (quad_sum(ddt_part) + uu * du_sum) * tile.dsp[r][ch];
                     dskip_sum += g * uu;
                     dbias_sum += dv;
-                    // Lane `group` of the quad gathers output `group`: du, ddelta, dz.
+                    // Lane `group` of the quad gathers output `group`: du, ddelta, dz, out.
                     float out = group == 0 ? g * skip + du_sum * dt : dv;
-                    if (gated) {
+                    if (gated || remake_out) {
                         const float y = quad_sum(y_part) + skip * uu;
-                        if (group == 2) out = y * tile.zf[r][ch];
+                        if (group == 2 && gated) out = y * tile.zf[r][ch];
+                        if (group == 3) out = gated ? y * tile.gate[r][ch] : y;
                     }
                     quad_out[r][tid] = out;
                     // Sum dB and dC over the warp's 8 channels by recursive halving: after

@@ -398,6 +398,36 @@ fn backward_matches_finite_differences_across_several_tasks_per_row() {
     check_gradients(&Case::random(24, dims(2, 5, 67, 2, 2), ALL));
 }
 
+/// The output the backward makes again is the forward's, bit for bit: with and without
+/// gate, resets and initial state, across tasks and chunks.
+#[test]
+fn backward_remakes_the_forward_output_bit_for_bit() {
+    for (seed, (dims, options)) in [
+        (dims(2, 23, 5, 4, 8), ALL),
+        (dims(1, 30, 19, 16, 64), PLAIN),
+        (dims(2, 40, 150, 16, 16), ALL),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let case = Case::random(40 + seed as u64, dims, options);
+        let (out, _, checkpoints) = case.forward();
+        let mut grads = GradBuffers::zeros(dims, options.gate);
+        grads.out = Some(vec![f32::NAN; out.len()]);
+        let d_out = vec![1.0; out.len()];
+        backward(
+            dims,
+            &case.tensors.views(),
+            case.resets(),
+            &checkpoints,
+            &d_out,
+            grads.views(),
+        )
+        .unwrap();
+        assert_eq!(bits(grads.out.as_ref().unwrap()), bits(&out), "{dims:?}");
+    }
+}
+
 #[test]
 fn parameter_gradients_accumulate_and_activation_gradients_are_overwritten() {
     let case = Case::random(31, dims(2, 10, 17, 4, 4), ALL);

@@ -21,13 +21,15 @@
 //! y, ddelta and dz, the conv's dx) write the bf16 copy alone; other f32 values stay for
 //! the other ops.
 //!
-//! Training memory: a layer keeps x, z, dt_low, B, C, the scan's checkpoints and y (in
-//! bf16, dt_low's and y's copies for the weight gradients). The wide u and delta are not
-//! kept: the backward makes them again (conv forward, dt_proj GEMM) in [`MixerWork`],
-//! which every layer shares (the model likewise makes the mixer's input again). In bf16,
-//! in_proj writes x and z as bf16 alone (as the official model's autocast does); the conv
-//! reads x so, and the scan reads z widened into [`MixerWork`]. Measured on the anchor
-//! step: 18.4 → 8.44 GB for 4 % of its time (docs/cuda-backend.md).
+//! Training memory: a layer keeps x, z, dt_low, B, C and the scan's checkpoints (in bf16,
+//! dt_low's copy for the weight gradient). The wide u, delta and y are not kept: the
+//! backward makes them again (conv forward, dt_proj GEMM, and the scan's backward, which
+//! rebuilds every state anyway, writes y for out_proj's weight gradient) in
+//! [`MixerWork`], which every layer shares (the model likewise makes the mixer's input
+//! again). In bf16, in_proj writes x and z as bf16 alone (as the official model's autocast
+//! does); the conv reads x so, and the scan reads z widened into [`MixerWork`]. Measured on
+//! the anchor step: 18.4 → 8.44 GB for 4 % of its time, y made again: → 7.3 GB
+//! (docs/cuda-backend.md).
 
 use seqmamba_kernels::bf16::{Bf16View, Input, Output};
 use seqmamba_kernels::conv1d::ConvDims;
@@ -94,15 +96,8 @@ pub struct MixerActivations<B: Backend> {
     b: B::Buffer,
     c: B::Buffer,
     checkpoints: B::Buffer,
-    y: B::Buffer,
-    /// bf16 copies of the GEMM inputs, when training in bf16.
-    bf16: Option<InputCopies<B>>,
-}
-
-/// bf16 copies of a mixer's GEMM inputs, kept for the backward's weight gradients.
-struct InputCopies<B: Backend> {
-    dt_low: B::Bf16Buffer,
-    y: B::Bf16Buffer,
+    /// dt_low's bf16 copy for dt_proj's weight gradient, when training in bf16.
+    dt_low_copy: Option<B::Bf16Buffer>,
 }
 
 /// A tensor held as f32 values or, in bf16 training, as their rounding alone (where GEMMs
@@ -166,6 +161,8 @@ pub struct MixerWork<B: Backend> {
     delta: B::Buffer,
     /// x_proj's output, `[dt_low | B | C]` per token.
     xproj: B::Buffer,
+    /// The scan's output (bf16 in bf16 training: only out_proj's GEMMs read it).
+    y: Stored<B>,
 }
 
 /// bf16 copies of the backward's GEMM inputs.
@@ -324,17 +321,9 @@ impl<B: Backend> MixerActivations<B> {
     ) -> Result<Self, KernelError> {
         let t = shape.tokens();
         let di = c.d_inner();
-        let bf16 = if bf16 {
-            Some(InputCopies {
-                dt_low: be.zeros_bf16(t * c.dt_rank)?,
-                y: be.zeros_bf16(t * di)?,
-            })
-        } else {
-            None
-        };
         Ok(Self {
-            x: Stored::new(be, t * di, bf16.is_some())?,
-            z: Stored::new(be, t * di, bf16.is_some())?,
+            x: Stored::new(be, t * di, bf16)?,
+            z: Stored::new(be, t * di, bf16)?,
             dt_low: be.zeros(t * c.dt_rank)?,
             b: be.zeros(t * c.d_state)?,
             c: be.zeros(t * c.d_state)?,
@@ -343,9 +332,7 @@ impl<B: Backend> MixerActivations<B> {
             } else {
                 0
             })?,
-            // In bf16 the scan writes y as its bf16 copy alone.
-            y: be.zeros(if bf16.is_some() { 0 } else { t * di })?,
-            bf16,
+            dt_low_copy: bf16.then(|| be.zeros_bf16(t * c.dt_rank)).transpose()?,
         })
     }
 }
@@ -362,6 +349,7 @@ impl<B: Backend> MixerWork<B> {
             u_copy: bf16.then(|| be.zeros_bf16(t * di)).transpose()?,
             delta: be.zeros(t * di)?,
             xproj: be.zeros(t * c.x_proj_width())?,
+            y: Stored::new(be, t * di, bf16)?,
         })
     }
 }
@@ -530,9 +518,6 @@ pub fn forward<B: Backend>(
     let w = |range: std::ops::Range<usize>| be.view(weights.f32, range);
     let weight = |range| Operand::weight(be, weights, range);
     let s = Split::new(c, p);
-    let [dt_low_copy, mut y_copy] = acts.bf16.as_mut().map_or(Default::default(), |k| {
-        [Some(&mut k.dt_low), Some(&mut k.y)]
-    });
     let input = Operand::input(be, input, work.input_copy.as_mut())?;
     gemm(
         be,
@@ -587,7 +572,7 @@ pub fn forward<B: Backend>(
             be.all_mut(part),
         )?;
     }
-    let dt_low = Operand::rounded(be, be.all(&acts.dt_low), dt_low_copy)?;
+    let dt_low = Operand::rounded(be, be.all(&acts.dt_low), acts.dt_low_copy.as_mut())?;
     dt_proj(be, c, shape, weights, p, dt_low, &mut work.delta)?;
     let inputs = ScanInputs {
         u: be.all(&work.u),
@@ -606,13 +591,12 @@ pub fn forward<B: Backend>(
         resets,
         ssm_state,
         checkpoints,
-        output(be, &mut acts.y, y_copy.as_deref_mut()),
+        work.y.output(be),
     )?;
-    let y = Operand::new(be, be.all(&acts.y), y_copy.as_deref());
     gemm(
         be,
         linear(t, d, di),
-        y,
+        Operand::input(be, work.y.input(be), None)?,
         weight(p.out_proj.clone()),
         Output::F32(out),
         false,
@@ -639,7 +623,7 @@ pub fn backward<B: Backend>(
 ) -> Result<(), KernelError> {
     let t = shape.tokens();
     let (d, di, n, r) = (c.d_model, c.d_inner(), c.d_state, c.dt_rank);
-    if acts.bf16.is_some() != scratch.bf16.is_some() {
+    if acts.dt_low_copy.is_some() != scratch.bf16.is_some() {
         return Err(KernelError::Invalid {
             op: "mixer backward",
             message: "activations and scratch disagree on bf16 GEMMs".into(),
@@ -648,7 +632,6 @@ pub fn backward<B: Backend>(
     let w = |range: std::ops::Range<usize>| be.view(weights.f32, range);
     let weight = |range| Operand::weight(be, weights, range);
     let s = Split::new(c, p);
-    let saved = acts.bf16.as_ref();
     let [
         d_out_copy,
         mut ddelta_copy,
@@ -674,16 +657,8 @@ pub fn backward<B: Backend>(
         Output::F32(be.all_mut(&mut scratch.dy)),
         false,
     )?;
-    gemm(
-        be,
-        linear_weight_grad(t, d, di),
-        d_out,
-        Operand::new(be, be.all(&acts.y), saved.map(|k| &k.y)),
-        Output::F32(be.view_mut(grads, p.out_proj.clone())),
-        true,
-    )?;
 
-    let dt_low = Operand::new(be, be.all(&acts.dt_low), saved.map(|k| &k.dt_low));
+    let dt_low = Operand::new(be, be.all(&acts.dt_low), acts.dt_low_copy.as_ref());
     let x = acts.x.input(be);
     conv(
         be,
@@ -728,7 +703,16 @@ pub fn backward<B: Backend>(
             dd_skip,
             ddelta_bias,
             dz: Some(output(be, &mut scratch.dz, dz_copy.as_deref_mut())),
+            out: Some(work.y.output(be)),
         },
+    )?;
+    gemm(
+        be,
+        linear_weight_grad(t, d, di),
+        d_out,
+        Operand::input(be, work.y.input(be), None)?,
+        Output::F32(be.view_mut(grads, p.out_proj.clone())),
+        true,
     )?;
 
     // delta = dt_low · dt_projᵀ

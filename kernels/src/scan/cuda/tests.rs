@@ -126,7 +126,8 @@ struct DeviceForward {
     checkpoints: DeviceBuffer,
 }
 
-/// Writes the outputs only GEMMs read (out; ddelta, dz) as bf16, read back widened.
+/// Writes the outputs only GEMMs read (out; ddelta, dz and out again) as bf16, read back
+/// widened.
 #[derive(Clone, Copy, PartialEq)]
 enum Written {
     F32,
@@ -216,6 +217,7 @@ fn run_backward(
         .z
         .as_ref()
         .map(|_| Destination::new(cuda, act, written));
+    let mut out = Destination::new(cuda, act, written);
     let mut da_log = prior(dims.channels * dims.state);
     let (mut dd_skip, mut ddelta_bias) = (prior(dims.channels), prior(dims.channels));
     let d_out = cuda.upload(&p.d_out).unwrap();
@@ -228,6 +230,7 @@ fn run_backward(
         dd_skip: cuda.all_mut(&mut dd_skip),
         ddelta_bias: cuda.all_mut(&mut ddelta_bias),
         dz: dz.as_mut().map(|dz| dz.output(cuda)),
+        out: Some(out.output(cuda)),
     };
     cuda.scan_backward(
         dims,
@@ -251,10 +254,12 @@ fn run_backward(
     if let Some(dz) = &dz {
         all.push(("dz", dz.values(cuda)));
     }
+    all.push(("out", out.values(cuda)));
     DeviceGrads { all }
 }
 
-/// Forward (output, final state, checkpoints) and every gradient against the reference.
+/// Forward (output, final state, checkpoints) and every gradient against the reference;
+/// the output the backward makes again has the forward's bits.
 fn check_against_reference(cuda: &Cuda, p: &Problem) {
     let dims = p.dims;
     let host = p.reference_inputs();
@@ -282,6 +287,8 @@ fn check_against_reference(cuda: &Cuda, p: &Problem) {
         );
     }
 
+    let want_out = want.out;
+    let forward_out = got.out;
     let want = reference::backward(dims, &x, resets, initial.as_deref(), &to_f64(&p.d_out));
     let got = run_backward(cuda, p, &on, &got.checkpoints, Written::F32);
     let prior = |v: &[f64]| -> Vec<f64> { v.iter().map(|g| g + PRIOR as f64).collect() };
@@ -297,10 +304,13 @@ fn check_against_reference(cuda: &Cuda, p: &Problem) {
     if let Some(dz) = want.dz {
         expected.push(("dz", dz));
     }
+    expected.push(("out", want_out));
     assert_eq!(got.all.len(), expected.len());
     for ((name, actual), (_, reference)) in got.all.iter().zip(&expected) {
         assert_close(name, actual, reference, 1e-4, 1e-7);
     }
+    let (_, remade) = got.all.last().unwrap();
+    assert_eq!(bits(remade), bits(&forward_out), "out made again");
 }
 
 #[test]
@@ -388,7 +398,7 @@ fn cuda_scan_bf16_outputs_are_the_rounded_f32_outputs() {
     let f32s = run_backward(&cuda, &p, &on, &forward.checkpoints, Written::F32);
     let bf16s = run_backward(&cuda, &p, &on, &forward.checkpoints, Written::Bf16);
     for ((name, f32s), (_, bf16s)) in f32s.all.iter().zip(&bf16s.all) {
-        let want = if ["ddelta", "dz"].contains(name) {
+        let want = if ["ddelta", "dz", "out"].contains(name) {
             rounded(f32s)
         } else {
             bits(f32s)
@@ -594,10 +604,11 @@ fn cuda_scan_matches_the_cpu_op() {
         dd_skip: &mut dd_skip[..],
         ddelta_bias: &mut ddelta_bias[..],
         dz: Some(&mut dz[..]),
+        out: None,
     };
     crate::scan::cpu::backward(dims, &inputs, resets, &checkpoints, &p.d_out, grads).unwrap();
     let got = run_backward(&cuda, &p, &on, &got.checkpoints, Written::F32);
-    let cpu = [du, ddelta, da_log, db, dc, dd_skip, ddelta_bias, dz];
+    let cpu = [du, ddelta, da_log, db, dc, dd_skip, ddelta_bias, dz, out];
     assert_eq!(got.all.len(), cpu.len());
     for ((name, actual), expected) in got.all.iter().zip(&cpu) {
         assert_close(name, actual, &to_f64(expected), 1e-4, 1e-7);
