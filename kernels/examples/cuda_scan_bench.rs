@@ -1,12 +1,13 @@
 //! Times the CUDA selective scan, forward and backward, on the anchor shapes of issue 6.
 //!
-//! `cargo run --release -p seqmamba-kernels --example cuda_scan_bench [-- SHAPE_FILTER]`
+//! `cargo run --release -p seqmamba-kernels --example cuda_scan_bench [-- [--z-bf16] [SHAPE_FILTER]]`
 //!
-//! Each shape: batch, d_inner, L with N = 16, the z gate and delta_softplus; inputs f32.
+//! Each shape: batch, d_inner, L with N = 16, the z gate and delta_softplus; inputs f32
+//! (z as bf16 with `--z-bf16`, as bf16 training gives it).
 //! Times are CUDA-event medians of 30 runs after warm-up. The anchors are the official
 //! mamba_ssm kernels with bf16 inputs, which move half the bytes of ours.
 
-use seqmamba_kernels::bf16::Output;
+use seqmamba_kernels::bf16::{Input, Output};
 use seqmamba_kernels::cuda::Cuda;
 use seqmamba_kernels::rng::Rng;
 use seqmamba_kernels::scan::cpu::InputBuffers;
@@ -46,7 +47,12 @@ fn tiled(pattern: &[f32], len: usize) -> Vec<f32> {
 }
 
 fn main() -> Result<(), KernelError> {
-    let filter = std::env::args().nth(1);
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let z_bf16 = args.first().is_some_and(|a| a == "--z-bf16");
+    if z_bf16 {
+        args.remove(0);
+    }
+    let filter = args.first();
     let cuda = Cuda::new(0)?;
     println!("{}", seqmamba_kernels::cuda::doctor()?);
     let mut rng = Rng::new(2024);
@@ -65,6 +71,13 @@ fn main() -> Result<(), KernelError> {
         let u = up(&pattern.u, act)?;
         let delta = up(&pattern.delta, act)?;
         let z = up(pattern.z.as_deref().expect("the pattern is gated"), act)?;
+        let z_bits = if z_bf16 {
+            let mut bits = cuda.zeros_bf16(act)?;
+            cuda.round_bf16(cuda.all(&z), &mut bits)?;
+            Some(bits)
+        } else {
+            None
+        };
         let d_out = up(&d_out_pattern, act)?;
         let b = up(&pattern.b, rows)?;
         let c = up(&pattern.c, rows)?;
@@ -85,7 +98,10 @@ fn main() -> Result<(), KernelError> {
             c: cuda.all(&c),
             d_skip: cuda.all(&d_skip),
             delta_bias: cuda.all(&delta_bias),
-            z: Some(cuda.all(&z)),
+            z: Some(match &z_bits {
+                Some(bits) => Input::Bf16(bits),
+                None => Input::F32(cuda.all(&z)),
+            }),
         };
         let fwd = cuda.median_ms(WARMUP, RUNS, || {
             cuda.scan_forward(
@@ -119,8 +135,10 @@ fn main() -> Result<(), KernelError> {
             )
         })?;
         let exps = (act * STATE) as f64 / EXP_RATE * 1e3;
-        let fwd_bytes = ((4 * act + 2 * rows) * 4) as f64;
-        let bwd_bytes = ((7 * act + 4 * rows) * 4) as f64;
+        // z: 4 or 2 bytes an element, read once by each pass.
+        let z_bytes = if z_bf16 { 2 } else { 4 };
+        let fwd_bytes = ((3 * act + 2 * rows) * 4 + act * z_bytes) as f64;
+        let bwd_bytes = ((6 * act + 4 * rows) * 4 + act * z_bytes) as f64;
         let fwd_floor = (fwd_bytes / BANDWIDTH * 1e3).max(exps);
         let bwd_floor = (bwd_bytes / BANDWIDTH * 1e3).max(exps);
         println!(
@@ -136,7 +154,10 @@ fn main() -> Result<(), KernelError> {
         ));
     }
     println!();
-    println!("f32 inputs (ours) vs official mamba_ssm with bf16 inputs; N=16, z gate, softplus");
+    let z = if z_bf16 { "bf16" } else { "f32" };
+    println!(
+        "f32 inputs, z {z} (ours) vs official mamba_ssm with bf16 inputs; N=16, z gate, softplus"
+    );
     println!("| shape (B,D,L) | fwd ms | official fwd | speedup | fwd % of floor | bwd ms | official bwd | speedup | bwd/fwd | bwd % of floor |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for row in table {

@@ -185,7 +185,7 @@ pub trait Backend: Clone + Send + Sync {
     fn scan_forward(
         &self,
         dims: ScanDims,
-        inputs: &ScanInputs<Self::View<'_>>,
+        inputs: &ScanInputs<Self::View<'_>, Input<'_, Self>>,
         resets: Option<&Self::Ids>,
         state: Option<Self::ViewMut<'_>>,
         checkpoints: Option<Self::ViewMut<'_>>,
@@ -195,7 +195,7 @@ pub trait Backend: Clone + Send + Sync {
     fn scan_backward(
         &self,
         dims: ScanDims,
-        inputs: &ScanInputs<Self::View<'_>>,
+        inputs: &ScanInputs<Self::View<'_>, Input<'_, Self>>,
         resets: Option<&Self::Ids>,
         checkpoints: Self::View<'_>,
         d_out: Self::View<'_>,

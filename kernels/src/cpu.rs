@@ -93,6 +93,23 @@ fn values(x: Input<'_, Cpu>) -> std::borrow::Cow<'_, [f32]> {
     }
 }
 
+/// The scan's inputs with `z` for the gate (its f32 [`values`]).
+fn with_gate<'a>(
+    inputs: &ScanInputs<&'a [f32], Input<'_, Cpu>>,
+    z: Option<&'a [f32]>,
+) -> ScanInputs<&'a [f32]> {
+    ScanInputs {
+        u: inputs.u,
+        delta: inputs.delta,
+        a_log: inputs.a_log,
+        b: inputs.b,
+        c: inputs.c,
+        d_skip: inputs.d_skip,
+        delta_bias: inputs.delta_bias,
+        z,
+    }
+}
+
 impl Backend for Cpu {
     type Buffer = Vec<f32>;
     type Ids = Vec<u32>;
@@ -328,16 +345,17 @@ impl Backend for Cpu {
     fn scan_forward(
         &self,
         dims: ScanDims,
-        inputs: &ScanInputs<&[f32]>,
+        inputs: &ScanInputs<&[f32], Input<'_, Self>>,
         resets: Option<&Vec<u32>>,
         state: Option<&mut [f32]>,
         checkpoints: Option<&mut [f32]>,
         out: Output<'_, Self>,
     ) -> Result<(), KernelError> {
         let mut out = Sink::new(out);
+        let z = inputs.z.map(values);
         scan::cpu::forward(
             dims,
-            inputs,
+            &with_gate(inputs, z.as_deref()),
             resets.map(|r| &r[..]),
             state,
             checkpoints,
@@ -349,7 +367,7 @@ impl Backend for Cpu {
     fn scan_backward(
         &self,
         dims: ScanDims,
-        inputs: &ScanInputs<&[f32]>,
+        inputs: &ScanInputs<&[f32], Input<'_, Self>>,
         resets: Option<&Vec<u32>>,
         checkpoints: &[f32],
         d_out: &[f32],
@@ -358,9 +376,10 @@ impl Backend for Cpu {
         let mut ddelta = Sink::new(grads.ddelta);
         let mut dz = grads.dz.map(Sink::new);
         let mut out = grads.out.map(Sink::new);
+        let z = inputs.z.map(values);
         scan::cpu::backward(
             dims,
-            inputs,
+            &with_gate(inputs, z.as_deref()),
             resets.map(|r| &r[..]),
             checkpoints,
             d_out,

@@ -343,7 +343,7 @@ impl Backend for Cuda {
     fn scan_forward(
         &self,
         dims: ScanDims,
-        inputs: &ScanInputs<DeviceView<'_>>,
+        inputs: &ScanInputs<DeviceView<'_>, Input<'_, Self>>,
         resets: Option<&DeviceIds>,
         state: Option<DeviceViewMut<'_>>,
         checkpoints: Option<DeviceViewMut<'_>>,
@@ -357,7 +357,7 @@ impl Backend for Cuda {
     fn scan_backward(
         &self,
         dims: ScanDims,
-        inputs: &ScanInputs<DeviceView<'_>>,
+        inputs: &ScanInputs<DeviceView<'_>, Input<'_, Self>>,
         resets: Option<&DeviceIds>,
         checkpoints: DeviceView<'_>,
         d_out: DeviceView<'_>,

@@ -3,6 +3,7 @@
 use cudarc::driver::{DeviceRepr, LaunchConfig};
 
 use super::{ScanDims, ScanGrads, ScanInputs};
+use crate::bf16::Input;
 use crate::cuda::{check_view, Cuda, DeviceIds, DeviceTensor, DeviceView, DeviceViewMut};
 use crate::KernelError;
 
@@ -31,8 +32,8 @@ pub(crate) const MAX_CHUNK: usize = 360;
 /// best or within noise on every anchor shape (docs/cuda-scan.md).
 const THREADS_PER_SM: usize = 1024;
 
-/// Device inputs of the scan.
-pub type DeviceInputs<'a> = ScanInputs<DeviceView<'a>>;
+/// Device inputs of the scan (z f32 or bf16).
+pub type DeviceInputs<'a> = ScanInputs<DeviceView<'a>, Input<'a, Cuda>>;
 
 /// The kernels' one argument, laid out as `struct ScanArgs` in `scan.cu`.
 #[repr(C)]
@@ -156,15 +157,24 @@ impl Cuda {
         Ok(self.multiprocessors() * THREADS_PER_SM)
     }
 
-    fn scan_function(&self, name: &str) -> Result<cudarc::driver::CudaFunction, KernelError> {
-        self.function("scan", SOURCE, &[format!("-DSTATE={STATE}")], name)
+    /// Kernel `name`, built to read z as bf16 bits when `z_bf16`.
+    fn scan_function(
+        &self,
+        name: &str,
+        z_bf16: bool,
+    ) -> Result<cudarc::driver::CudaFunction, KernelError> {
+        let mut options = vec![format!("-DSTATE={STATE}")];
+        if z_bf16 {
+            options.push("-DZ_BF16=1".into());
+        }
+        self.function("scan", SOURCE, &options, name)
     }
 
     fn input_args(
         &self,
         dims: ScanDims,
         op: &'static str,
-        inputs: &DeviceInputs<'_>,
+        inputs: &ScanInputs<DeviceView<'_>, Input<'_, Cuda>>,
         resets: Option<&DeviceIds>,
     ) -> Result<ScanArgs, KernelError> {
         validate(dims, op)?;
@@ -177,8 +187,9 @@ impl Cuda {
         check_view(op, "c", rows, inputs.c.len())?;
         check_view(op, "d_skip", dims.channels, inputs.d_skip.len())?;
         check_view(op, "delta_bias", dims.channels, inputs.delta_bias.len())?;
-        if let Some(z) = inputs.z {
-            check_view(op, "z", activations, z.len())?;
+        let z = inputs.z.map(DeviceTensor::from);
+        if let Some(z) = z {
+            check_view(op, "z", activations, z.len)?;
         }
         if let Some(resets) = resets {
             check_view(op, "resets", dims.batch * dims.len, resets.host().len())?;
@@ -191,7 +202,7 @@ impl Cuda {
             c: inputs.c.address(),
             d_skip: inputs.d_skip.address(),
             delta_bias: inputs.delta_bias.address(),
-            z: inputs.z.map_or(0, |z| z.address()),
+            z: z.map_or(0, |z| z.address),
             resets: resets.map_or(0, |r| r.device_address()),
             batch: dims.batch as i32,
             len: dims.len as i32,
@@ -207,7 +218,7 @@ impl Cuda {
     fn scan_forward_device(
         &self,
         dims: ScanDims,
-        inputs: &DeviceInputs<'_>,
+        inputs: &ScanInputs<DeviceView<'_>, Input<'_, Cuda>>,
         resets: Option<&DeviceIds>,
         state: Option<DeviceViewMut<'_>>,
         checkpoints: Option<DeviceViewMut<'_>>,
@@ -215,6 +226,7 @@ impl Cuda {
     ) -> Result<(), KernelError> {
         const OP: &str = "scan_forward (cuda)";
         let mut args = self.input_args(dims, OP, inputs, resets)?;
+        let z_bf16 = matches!(inputs.z, Some(Input::Bf16(_)));
         check_view(OP, "out", dims.batch * dims.len * dims.channels, out.len)?;
         if let Some(state) = &state {
             check_view(OP, "state", dims.state_len(), state.len())?;
@@ -244,11 +256,23 @@ impl Cuda {
             CHANNEL_TILES_BYTES,
         );
         if cut.segments > 1 {
-            self.launch(&self.scan_function("scan_fwd_segment")?, per_segment, &args)?;
+            self.launch(
+                &self.scan_function("scan_fwd_segment", z_bf16)?,
+                per_segment,
+                &args,
+            )?;
             let combine = flat(dims.batch * dims.channels * STATE);
-            self.launch(&self.scan_function("scan_fwd_combine")?, combine, &args)?;
+            self.launch(
+                &self.scan_function("scan_fwd_combine", z_bf16)?,
+                combine,
+                &args,
+            )?;
         }
-        self.launch(&self.scan_function("scan_fwd_output")?, per_segment, &args)?;
+        self.launch(
+            &self.scan_function("scan_fwd_output", z_bf16)?,
+            per_segment,
+            &args,
+        )?;
         // The scratch buffers are freed in stream order, after the kernels.
         Ok(())
     }
@@ -259,7 +283,7 @@ impl Cuda {
     fn scan_backward_device(
         &self,
         dims: ScanDims,
-        inputs: &DeviceInputs<'_>,
+        inputs: &ScanInputs<DeviceView<'_>, Input<'_, Cuda>>,
         resets: Option<&DeviceIds>,
         checkpoints: DeviceView<'_>,
         d_out: DeviceView<'_>,
@@ -267,6 +291,7 @@ impl Cuda {
     ) -> Result<(), KernelError> {
         const OP: &str = "scan_backward (cuda)";
         let mut args = self.input_args(dims, OP, inputs, resets)?;
+        let z_bf16 = matches!(inputs.z, Some(Input::Bf16(_)));
         let activations = dims.batch * dims.len * dims.channels;
         let rows = dims.batch * dims.len * dims.state;
         check_view(OP, "checkpoints", dims.checkpoint_len(), checkpoints.len())?;
@@ -343,9 +368,17 @@ impl Cuda {
                 CHANNEL_THREADS,
                 CHANNEL_TILES_BYTES,
             );
-            self.launch(&self.scan_function("scan_bwd_segment")?, per_segment, &args)?;
+            self.launch(
+                &self.scan_function("scan_bwd_segment", z_bf16)?,
+                per_segment,
+                &args,
+            )?;
             let combine = flat(dims.batch * dims.channels * STATE);
-            self.launch(&self.scan_function("scan_bwd_combine")?, combine, &args)?;
+            self.launch(
+                &self.scan_function("scan_bwd_combine", z_bf16)?,
+                combine,
+                &args,
+            )?;
         }
         let sub_states = dims.chunk.div_ceil(BACKWARD_SUB) * BACKWARD_THREADS as usize * 16;
         let main = grid(
@@ -355,15 +388,15 @@ impl Cuda {
             BACKWARD_THREADS,
             sub_states,
         );
-        self.launch(&self.scan_function("scan_bwd_main")?, main, &args)?;
+        self.launch(&self.scan_function("scan_bwd_main", z_bf16)?, main, &args)?;
         self.launch(
-            &self.scan_function("scan_bwd_reduce_bc")?,
+            &self.scan_function("scan_bwd_reduce_bc", z_bf16)?,
             flat(rows),
             &args,
         )?;
         let params = flat(dims.channels * STATE);
         self.launch(
-            &self.scan_function("scan_bwd_reduce_params")?,
+            &self.scan_function("scan_bwd_reduce_params", z_bf16)?,
             params,
             &args,
         )?;
@@ -375,7 +408,7 @@ impl Cuda {
 pub(crate) fn forward(
     cuda: &Cuda,
     dims: ScanDims,
-    inputs: &DeviceInputs<'_>,
+    inputs: &ScanInputs<DeviceView<'_>, Input<'_, Cuda>>,
     resets: Option<&DeviceIds>,
     state: Option<DeviceViewMut<'_>>,
     checkpoints: Option<DeviceViewMut<'_>>,
@@ -390,7 +423,7 @@ pub(crate) fn forward(
 pub(crate) fn backward(
     cuda: &Cuda,
     dims: ScanDims,
-    inputs: &DeviceInputs<'_>,
+    inputs: &ScanInputs<DeviceView<'_>, Input<'_, Cuda>>,
     resets: Option<&DeviceIds>,
     checkpoints: DeviceView<'_>,
     d_out: DeviceView<'_>,

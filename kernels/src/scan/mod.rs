@@ -69,9 +69,10 @@ impl ScanDims {
     }
 }
 
-/// Inputs of the scan; `V` is a backend's read-only view (`&[f32]` on the CPU).
+/// Inputs of the scan; `V` is a backend's read-only view (`&[f32]` on the CPU), `Z` what
+/// `z` is (a [`crate::bf16::Input`] in [`crate::Backend`]: the gate may come as bf16).
 #[derive(Clone, Copy, Debug)]
-pub struct ScanInputs<V> {
+pub struct ScanInputs<V, Z = V> {
     /// `(batch, len, channels)`: the conv output.
     pub u: V,
     /// `(batch, len, channels)`: `dt_proj` output before its bias and softplus.
@@ -87,7 +88,7 @@ pub struct ScanInputs<V> {
     /// `(channels)`: `dt_proj.bias`.
     pub delta_bias: V,
     /// `(batch, len, channels)`: the gate; `None` for no gate.
-    pub z: Option<V>,
+    pub z: Option<Z>,
 }
 
 /// Gradient outputs of the scan; `M` is a backend's mutable view (`&mut [f32]` on the CPU),

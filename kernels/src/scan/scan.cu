@@ -27,13 +27,19 @@
 // With one segment, steps 1 and 2 are skipped.
 //
 // Built by NVRTC with -DSTATE=<n>; bf16.cuh is prepended (the output, ddelta and dz can be
-// written as bf16 for GEMMs that read only that).
+// written as bf16 for GEMMs that read only that). Built with -DZ_BF16=1, the kernels read z
+// as bf16 bits, staged in the first half of its f32 tile (a define, not an argument: both
+// paths in one kernel cost registers).
 
 #ifndef STATE
 #error "compile with -DSTATE=<states per channel>"
 #endif
 #if STATE != 16
 #error "the CUDA scan is written for 16 states per channel"
+#endif
+
+#ifndef Z_BF16
+#define Z_BF16 0
 #endif
 
 #define LOG2E 1.4426950408889634f
@@ -56,7 +62,7 @@ struct ScanArgs {
     const float* c;
     const float* d_skip;
     const float* delta_bias;
-    const float* z;           // may be null
+    const void* z;            // may be null; f32, or bf16 bits when built with Z_BF16
     const u32* resets;        // may be null
     float* state;             // may be null: initial state in, final state out
     float* checkpoints;       // may be null in the forward
@@ -139,7 +145,7 @@ enum TileKind { FWD_LOCAL = 0, FWD_OUTPUT = 1, BWD_LOCAL = 2 };
 struct ChannelTile {
     float delta[TILE][CH_THREADS];
     float x[TILE][CH_THREADS];      // forward: u; backward: d_out
-    float z[TILE][CH_THREADS];
+    float z[TILE][CH_THREADS];      // bf16 z: [TILE][CH_THREADS] bits in the first half
     float4 rows[TILE][2 * STATE / 4];  // B then C
     u32 reset[TILE];
 };
@@ -158,6 +164,33 @@ __device__ __forceinline__ void copy_commit() { asm volatile("cp.async.commit_gr
 // Waits until at most one committed group (the tile in flight) is still pending.
 __device__ __forceinline__ void copy_wait_all_but_one() { asm volatile("cp.async.wait_group 1;\n" ::); }
 
+// Stages rows [ts, ts + ROWS) of a bf16 z (clipped at t1) for WIDTH channels from channel
+// c0: its bits into dst[r * WIDTH + ch]. Each copy takes VEC channels of a row (VEC * 2
+// bytes) when every row starts so aligned, else each thread loads one element at a time
+// (odd channel counts). The shapes are constants: the index arithmetic is shifts.
+template <int VEC, int WIDTH, int ROWS, int THREADS>
+__device__ __forceinline__ void issue_z_bf16(const ScanArgs& p, unsigned short* dst, int b, int c0, int ts,
+                                             int t1) {
+    const unsigned short* z = static_cast<const unsigned short*>(p.z);
+    const bool vectors = p.channels % VEC == 0 && (size_t)p.z % (2 * VEC) == 0;
+    const int step = vectors ? VEC : 1;
+    constexpr int MOST = (ROWS * WIDTH + THREADS - 1) / THREADS;
+#pragma unroll
+    for (int k = 0; k < MOST; ++k) {
+        const int w = threadIdx.x + k * THREADS;
+        if (vectors && w >= ROWS * (WIDTH / VEC)) break;
+        const int r = vectors ? w / (WIDTH / VEC) : w / WIDTH;
+        const int ch = (vectors ? w % (WIDTH / VEC) : w % WIDTH) * step;
+        const bool valid = c0 + ch < p.channels && ts + r < t1;
+        const size_t i = valid ? ((size_t)b * p.len + ts + r) * p.channels + c0 + ch : 0;
+        if (vectors) {
+            copy_async<2 * VEC>(dst + r * WIDTH + ch, z + i, valid);
+        } else {
+            dst[r * WIDTH + ch] = valid ? z[i] : 0;
+        }
+    }
+}
+
 template <int KIND>
 __device__ __forceinline__ void issue_channel_tile(const ScanArgs& p, ChannelTile& tile, int b, int d,
                                                    int ts, int t1) {
@@ -171,7 +204,11 @@ __device__ __forceinline__ void issue_channel_tile(const ScanArgs& p, ChannelTil
         const size_t i = valid ? ((size_t)b * p.len + ts + r) * p.channels + d : 0;
         copy_async<4>(&tile.delta[r][tid], p.delta + i, valid);
         copy_async<4>(&tile.x[r][tid], x_src + i, valid);
-        if (gated) copy_async<4>(&tile.z[r][tid], p.z + i, valid);
+        if (gated && !Z_BF16) copy_async<4>(&tile.z[r][tid], static_cast<const float*>(p.z) + i, valid);
+    }
+    if (gated && Z_BF16) {
+        issue_z_bf16<2, CH_THREADS, TILE, CH_THREADS>(p, reinterpret_cast<unsigned short*>(tile.z), b,
+                                                      blockIdx.x * CH_THREADS, ts, t1);
     }
     {
         const int r = tid / 8, q = tid % 8;  // 128 threads = TILE rows x 8 float4
@@ -186,6 +223,11 @@ __device__ __forceinline__ void issue_channel_tile(const ScanArgs& p, ChannelTil
         copy_async<4>(&tile.reset[tid], p.resets + (valid ? (size_t)b * p.len + ts + tid : 0), valid);
     }
     copy_commit();
+}
+
+// The thread's z at row r of the tile.
+__device__ __forceinline__ float tile_z(const ScanArgs& p, const ChannelTile& tile, int r) {
+    return load_as(tile.z, (size_t)r * CH_THREADS + threadIdx.x, Z_BF16);
 }
 
 __device__ __forceinline__ void tile_row(const ChannelTile& tile, int r, int half, float (&v)[STATE]) {
@@ -363,7 +405,7 @@ extern "C" __global__ void __launch_bounds__(CH_THREADS) scan_fwd_output(ScanArg
             }
             float out = (y[0] + y[1]) + (y[2] + y[3]) + skip * uu;
             if (gated) {
-                const float zz = tile.z[r][threadIdx.x];
+                const float zz = tile_z(p, tile, r);
                 out *= zz * sigmoid(zz);
             }
             if (active) store_as(p.out, row * p.channels + d, out, p.out_bf16);
@@ -402,7 +444,7 @@ extern "C" __global__ void __launch_bounds__(CH_THREADS) scan_bwd_segment(ScanAr
 #pragma unroll
         for (int r = 0; r < TILE; ++r) {
             dts[r] = softplus(tile.delta[r][threadIdx.x] + bias);
-            const float zz = tile.z[r][threadIdx.x];
+            const float zz = tile_z(p, tile, r);
             gs[r] = tile.x[r][threadIdx.x] * (gated ? zz * sigmoid(zz) : 1.0f);
         }
 #pragma unroll
@@ -467,7 +509,7 @@ enum QuadColumn { COL_DELTA = 0, COL_U = 1, COL_D_OUT = 2, COL_Z = 3, QUAD_COLUM
 // Raw inputs of one sub-chunk for the block's channels, filled by asynchronous copies
 // one sub-chunk ahead of use (double-buffered).
 struct QuadRaw {
-    float cols[QUAD_COLUMNS][SUB][BWD_CHANNELS];  // delta, u, d_out, z
+    float cols[QUAD_COLUMNS][SUB][BWD_CHANNELS];  // delta, u, d_out, z (bf16 z: bits in its first half)
     float4 rows[SUB][2 * STATE / 4];  // B then C
     u32 reset[SUB];
 };
@@ -544,8 +586,9 @@ __device__ __forceinline__ void issue_quad_raw(const ScanArgs& p, const QuadElem
         const bool valid = d < p.channels && ts + r < t1;
         const size_t i = valid ? ((size_t)b * p.len + ts + r) * p.channels + d : 0;
         copy_async<16>(&raw.cols[COL_DELTA + odd][r][ch], (odd ? p.u : p.delta) + i, valid);
-        if (backward && (!odd || p.z != nullptr)) {
-            copy_async<16>(&raw.cols[COL_D_OUT + odd][r][ch], (odd ? p.z : p.d_out) + i, valid);
+        if (backward && (!odd || (p.z != nullptr && !Z_BF16))) {
+            const float* src = odd ? static_cast<const float*>(p.z) : p.d_out;
+            copy_async<16>(&raw.cols[COL_D_OUT + odd][r][ch], src + i, valid);
         }
     } else {
         const size_t first = quad_first(p, io, b, ts);
@@ -558,9 +601,15 @@ __device__ __forceinline__ void issue_quad_raw(const ScanArgs& p, const QuadElem
             copy_async<4>(&raw.cols[COL_U][r][io.ch], p.u + i, valid);
             if (backward) {
                 copy_async<4>(&raw.cols[COL_D_OUT][r][io.ch], p.d_out + i, valid);
-                if (p.z != nullptr) copy_async<4>(&raw.cols[COL_Z][r][io.ch], p.z + i, valid);
+                if (p.z != nullptr && !Z_BF16) {
+                    copy_async<4>(&raw.cols[COL_Z][r][io.ch], static_cast<const float*>(p.z) + i, valid);
+                }
             }
         }
+    }
+    if (backward && p.z != nullptr && Z_BF16) {
+        issue_z_bf16<4, BWD_CHANNELS, SUB, BWD_THREADS>(p, reinterpret_cast<unsigned short*>(raw.cols[COL_Z]), b,
+                                                        blockIdx.x * BWD_CHANNELS, ts, t1);
     }
     if (tid < SUB * 2 * STATE / 4) {
         const int r = tid / 8, q = tid % 8;
@@ -590,7 +639,7 @@ __device__ __forceinline__ void transform_quad(const ScanArgs& p, const QuadElem
             const float dout = raw.cols[COL_D_OUT][r][io.ch];
             tile.dsp[r][io.ch] = v > 20.0f ? 1.0f : sigmoid(v);
             if (p.z != nullptr) {
-                const float zz = raw.cols[COL_Z][r][io.ch];
+                const float zz = load_as(raw.cols[COL_Z], (size_t)r * BWD_CHANNELS + io.ch, Z_BF16);
                 const float sg = sigmoid(zz);
                 tile.g[r][io.ch] = dout * zz * sg;
                 tile.zf[r][io.ch] = dout * sg * (1.0f + zz * (1.0f - sg));

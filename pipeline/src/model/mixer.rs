@@ -27,9 +27,8 @@
 //! rebuilds every state anyway, writes y for out_proj's weight gradient) in
 //! [`MixerWork`], which every layer shares (the model likewise makes the mixer's input
 //! again). In bf16, in_proj writes x and z as bf16 alone (as the official model's autocast
-//! does); the conv reads x so, and the scan reads z widened into [`MixerWork`]. Measured on
-//! the anchor step: 18.4 → 8.44 GB for 4 % of its time, y made again: → 7.3 GB
-//! (docs/cuda-backend.md).
+//! does); the conv and the scan read them so. Measured on the anchor step: 18.4 → 8.44 GB
+//! for 4 % of its time, y made again: → 7.3 GB (docs/cuda-backend.md).
 
 use seqmamba_kernels::bf16::{Bf16View, Input, Output};
 use seqmamba_kernels::conv1d::ConvDims;
@@ -152,8 +151,6 @@ impl<B: Backend> Stored<B> {
 /// The wide values a mixer's forward makes and its backward makes again (see the module
 /// comment), shared by every layer.
 pub struct MixerWork<B: Backend> {
-    /// z widened from its bf16 copy, when training in bf16.
-    z: B::Buffer,
     u: B::Buffer,
     /// The input's (when it comes in f32) and u's bf16 copies, when training in bf16.
     input_copy: Option<B::Bf16Buffer>,
@@ -343,7 +340,6 @@ impl<B: Backend> MixerWork<B> {
         let t = shape.tokens();
         let di = c.d_inner();
         Ok(Self {
-            z: be.zeros(if bf16 { t * di } else { 0 })?,
             u: be.zeros(t * di)?,
             input_copy: bf16.then(|| be.zeros_bf16(t * c.d_model)).transpose()?,
             u_copy: bf16.then(|| be.zeros_bf16(t * di)).transpose()?,
@@ -582,7 +578,7 @@ pub fn forward<B: Backend>(
         c: be.all(&acts.c),
         d_skip: w(p.d_skip.clone()),
         delta_bias: w(p.dt_proj_bias.clone()),
-        z: Some(acts.z.values(be, &mut work.z)?),
+        z: Some(acts.z.input(be)),
     };
     let checkpoints = train.then(|| be.all_mut(&mut acts.checkpoints));
     be.scan_forward(
@@ -682,7 +678,7 @@ pub fn backward<B: Backend>(
         c: be.all(&acts.c),
         d_skip: w(p.d_skip.clone()),
         delta_bias: w(p.dt_proj_bias.clone()),
-        z: Some(acts.z.values(be, &mut work.z)?),
+        z: Some(acts.z.input(be)),
     };
     let [da_log, dd_skip, ddelta_bias] = be.split_mut(
         grads,

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::bf16::Output;
-use crate::cuda::testing::device;
+use crate::cuda::testing::{device, upload_bf16};
 use crate::cuda::DeviceBuffer;
 use crate::rng::Rng;
 use crate::scan::cpu::InputBuffers;
@@ -80,6 +80,8 @@ fn as_inputs(v: &[Vec<f64>; 8], gated: bool) -> ScanInputs<&[f64]> {
 struct OnDevice {
     tensors: Vec<DeviceBuffer>,
     z: Option<DeviceBuffer>,
+    /// z's bf16 rounding, given to the scan instead of `z` when present.
+    z_bf16: Option<DeviceBuffer<u16>>,
     resets: Option<DeviceIds>,
 }
 
@@ -101,7 +103,16 @@ impl OnDevice {
         Self {
             tensors,
             z: x.z.as_ref().map(|z| cuda.upload(z).unwrap()),
+            z_bf16: None,
             resets: p.resets.as_ref().map(|r| cuda.upload_ids(r).unwrap()),
+        }
+    }
+
+    /// As [`OnDevice::new`], z given as bf16 bits.
+    fn with_bf16_z(cuda: &Cuda, p: &Problem, z_bits: &[u16]) -> Self {
+        Self {
+            z_bf16: Some(upload_bf16(cuda, z_bits)),
+            ..Self::new(cuda, p)
         }
     }
 
@@ -115,7 +126,10 @@ impl OnDevice {
             c: cuda.all(&t[4]),
             d_skip: cuda.all(&t[5]),
             delta_bias: cuda.all(&t[6]),
-            z: self.z.as_ref().map(|z| cuda.all(z)),
+            z: match &self.z_bf16 {
+                Some(bits) => Some(Input::Bf16(bits)),
+                None => self.z.as_ref().map(|z| Input::F32(cuda.all(z))),
+            },
         }
     }
 }
@@ -404,6 +418,37 @@ fn cuda_scan_bf16_outputs_are_the_rounded_f32_outputs() {
             bits(f32s)
         };
         assert_eq!(bits(bf16s), want, "{name}");
+    }
+}
+
+/// z given as bf16 bits gives the f32 scan's results on the widened bits, bit for bit: z
+/// staged by channel pairs and quads (80 channels), by pairs with quads of channels
+/// element by element (82), and element by element everywhere (33).
+#[test]
+fn cuda_scan_reads_bf16_z_as_its_widened_values() {
+    let Some(cuda) = device() else { return };
+    for channels in [80, 82, 33] {
+        let dims = ScanDims {
+            batch: 2,
+            len: 300,
+            channels,
+            state: 16,
+            chunk: 64,
+        };
+        let mut p = Problem::random(dims, 10, true, true, true);
+        let z = p.inputs.z.as_mut().unwrap();
+        let z_bits: Vec<u16> = z.iter().map(|&v| crate::bf16::from_f32(v)).collect();
+        *z = crate::bf16::widened(&z_bits);
+        let wide = OnDevice::new(&cuda, &p);
+        let narrow = OnDevice::with_bf16_z(&cuda, &p, &z_bits);
+        let want = run_forward(&cuda, &p, &wide, Written::F32);
+        let got = run_forward(&cuda, &p, &narrow, Written::F32);
+        assert_eq!(bits(&got.out), bits(&want.out), "out, {channels} channels");
+        let want = run_backward(&cuda, &p, &wide, &want.checkpoints, Written::F32);
+        let got = run_backward(&cuda, &p, &narrow, &got.checkpoints, Written::F32);
+        for ((name, got), (_, want)) in got.all.iter().zip(&want.all) {
+            assert_eq!(bits(got), bits(want), "{name}, {channels} channels");
+        }
     }
 }
 
