@@ -28,7 +28,7 @@
 //! [`MixerWork`], which every layer shares (the model likewise makes the mixer's input
 //! again). In bf16, in_proj writes x and z as bf16 alone (as the official model's autocast
 //! does); the conv and the scan read them so. Measured on the anchor step: 18.4 → 8.44 GB
-//! for 4 % of its time, y made again: → 7.3 GB (docs/cuda-backend.md).
+//! for 4 % of its time; y made again and z read as bf16: → 7.18 GB (docs/cuda-backend.md).
 
 use seqmamba_kernels::bf16::{Bf16View, Input, Output};
 use seqmamba_kernels::conv1d::ConvDims;
