@@ -231,6 +231,7 @@ impl Cuda {
         const OP: &str = "scan_forward (cuda)";
         let mut args = self.input_args(dims, OP, inputs, resets)?;
         let z_bf16 = matches!(inputs.z, Some(Input::Bf16(_)));
+        let kernel = |name| self.scan_function(name, z_bf16);
         check_view(OP, "out", dims.batch * dims.len * dims.channels, out.len)?;
         if let Some(state) = &state {
             check_view(OP, "state", dims.state_len(), state.len())?;
@@ -260,23 +261,11 @@ impl Cuda {
             CHANNEL_TILES_BYTES,
         );
         if cut.segments > 1 {
-            self.launch(
-                &self.scan_function("scan_fwd_segment", z_bf16)?,
-                per_segment,
-                &args,
-            )?;
+            self.launch(&kernel("scan_fwd_segment")?, per_segment, &args)?;
             let combine = flat(dims.batch * dims.channels * STATE);
-            self.launch(
-                &self.scan_function("scan_fwd_combine", z_bf16)?,
-                combine,
-                &args,
-            )?;
+            self.launch(&kernel("scan_fwd_combine")?, combine, &args)?;
         }
-        self.launch(
-            &self.scan_function("scan_fwd_output", z_bf16)?,
-            per_segment,
-            &args,
-        )?;
+        self.launch(&kernel("scan_fwd_output")?, per_segment, &args)?;
         // The scratch buffers are freed in stream order, after the kernels.
         Ok(())
     }
@@ -296,6 +285,7 @@ impl Cuda {
         const OP: &str = "scan_backward (cuda)";
         let mut args = self.input_args(dims, OP, inputs, resets)?;
         let z_bf16 = matches!(inputs.z, Some(Input::Bf16(_)));
+        let kernel = |name| self.scan_function(name, z_bf16);
         let activations = dims.batch * dims.len * dims.channels;
         let rows = dims.batch * dims.len * dims.state;
         check_view(OP, "checkpoints", dims.checkpoint_len(), checkpoints.len())?;
@@ -372,17 +362,9 @@ impl Cuda {
                 CHANNEL_THREADS,
                 CHANNEL_TILES_BYTES,
             );
-            self.launch(
-                &self.scan_function("scan_bwd_segment", z_bf16)?,
-                per_segment,
-                &args,
-            )?;
+            self.launch(&kernel("scan_bwd_segment")?, per_segment, &args)?;
             let combine = flat(dims.batch * dims.channels * STATE);
-            self.launch(
-                &self.scan_function("scan_bwd_combine", z_bf16)?,
-                combine,
-                &args,
-            )?;
+            self.launch(&kernel("scan_bwd_combine")?, combine, &args)?;
         }
         let sub_states = dims.chunk.div_ceil(BACKWARD_SUB) * BACKWARD_THREADS as usize * 16;
         let main = grid(
@@ -392,18 +374,10 @@ impl Cuda {
             BACKWARD_THREADS,
             sub_states,
         );
-        self.launch(&self.scan_function("scan_bwd_main", z_bf16)?, main, &args)?;
-        self.launch(
-            &self.scan_function("scan_bwd_reduce_bc", z_bf16)?,
-            flat(rows),
-            &args,
-        )?;
+        self.launch(&kernel("scan_bwd_main")?, main, &args)?;
+        self.launch(&kernel("scan_bwd_reduce_bc")?, flat(rows), &args)?;
         let params = flat(dims.channels * STATE);
-        self.launch(
-            &self.scan_function("scan_bwd_reduce_params", z_bf16)?,
-            params,
-            &args,
-        )?;
+        self.launch(&kernel("scan_bwd_reduce_params")?, params, &args)?;
         Ok(())
     }
 }

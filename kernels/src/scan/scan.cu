@@ -26,10 +26,10 @@
 //               result is the same bit for bit on every run.
 // With one segment, steps 1 and 2 are skipped.
 //
-// Built by NVRTC with -DSTATE=<n>; common.cuh and bf16.cuh are prepended (the output, ddelta and dz can be
-// written as bf16 for GEMMs that read only that). Built with -DZ_BF16=1, the kernels read z
-// as bf16 bits, staged in the first half of its f32 tile (a define, not an argument: both
-// paths in one kernel cost registers).
+// Built by NVRTC with -DSTATE=<n>; common.cuh and bf16.cuh are prepended (the output,
+// ddelta and dz can be written as bf16 for GEMMs that read only that). Built with
+// -DZ_BF16=1, the kernels read z as bf16 bits, staged in the first half of its f32 tile (a
+// define, not an argument: both paths in one kernel cost registers).
 
 #ifndef STATE
 #error "compile with -DSTATE=<states per channel>"
@@ -116,7 +116,6 @@ __device__ __forceinline__ void store_row(float* base, const float (&v)[STATE]) 
 __device__ __forceinline__ float softplus(float x) {
     return x > 20.0f ? x : log1pf(fast_exp2(x * LOG2E));
 }
-
 
 // ---------------------------------------------------------------------------------------
 // Per-channel kernels (forward segment/output, backward segment): a thread per channel
