@@ -65,6 +65,12 @@ impl Lanes {
         v[0]
     }
 
+    /// The transposed 16 × 16 block: lane `j` of vector `i` becomes lane `i` of vector `j`.
+    #[inline(always)]
+    pub(crate) fn transpose(rows: &[Self; LANES]) -> [Self; LANES] {
+        std::array::from_fn(|j| Self(std::array::from_fn(|i| rows[i].0[j])))
+    }
+
     #[inline(always)]
     fn zip_with(self, other: Self, f: impl Fn(f32, f32) -> f32) -> Self {
         let mut out = self;
@@ -339,6 +345,19 @@ mod tests {
         let partial = Lanes::load(&values[..3]);
         assert_eq!(partial.sum(), 6.0);
         assert_eq!((partial * 2.0).0[..4], [2.0, 4.0, 6.0, 0.0]);
+    }
+
+    #[test]
+    fn transpose_swaps_lanes_and_vectors() {
+        let rows: [Lanes; LANES] =
+            std::array::from_fn(|i| Lanes(std::array::from_fn(|j| (i * LANES + j) as f32)));
+        let columns = Lanes::transpose(&rows);
+        for (i, j) in [(0, 0), (0, 1), (1, 0), (3, 14), (15, 2), (15, 15)] {
+            assert_eq!(columns[j].0[i], rows[i].0[j]);
+        }
+        assert_eq!(columns[1].0[0], 1.0);
+        assert_eq!(columns[0].0[1], LANES as f32);
+        assert_eq!(Lanes::transpose(&columns), rows);
     }
 
     #[test]

@@ -61,10 +61,18 @@ pub fn forward(
     weight: &[f32],
     bias: &[f32],
     resets: Option<&[u32]>,
-    state: Option<&mut [f32]>,
+    mut state: Option<&mut [f32]>,
     out: &mut [f32],
 ) -> Result<(), KernelError> {
     const OP: &str = "conv1d_forward";
+    if let (1, Some(state)) = (dims.len, state.as_deref_mut()) {
+        check_args(OP, dims, x, weight, bias, resets, Some(state))?;
+        check_len(OP, "out", x.len(), out)?;
+        if !x.is_empty() {
+            decode_step(dims, x, weight, bias, resets, state, out);
+        }
+        return Ok(());
+    }
     let conv = Conv::new(OP, dims, x, weight, bias, resets, state.as_deref())?;
     check_len(OP, "out", x.len(), out)?;
     if x.is_empty() {
@@ -234,35 +242,10 @@ impl<'a> Conv<'a> {
         resets: Option<&'a [u32]>,
         state: Option<&'a [f32]>,
     ) -> Result<Self, KernelError> {
+        check_args(op, dims, x, weight, bias, resets, state)?;
         let ConvDims {
-            batch,
-            len,
-            channels,
-            kernel,
+            channels, kernel, ..
         } = dims;
-        if kernel == 0 {
-            return Err(KernelError::Invalid {
-                op,
-                message: "kernel must have at least one tap".into(),
-            });
-        }
-        check_len(op, "x", element_count(op, &[batch, len, channels])?, x)?;
-        check_len(
-            op,
-            "weight",
-            element_count(op, &[channels, kernel])?,
-            weight,
-        )?;
-        if !bias.is_empty() {
-            check_len(op, "bias", channels, bias)?;
-        }
-        if let Some(resets) = resets {
-            check_len(op, "resets", element_count(op, &[batch, len])?, resets)?;
-        }
-        if let Some(state) = state {
-            let state_len = element_count(op, &[batch, kernel - 1, channels])?;
-            check_len(op, "state", state_len, state)?;
-        }
         let mut taps = vec![0.0; weight.len()];
         for (c, w) in weight.chunks_exact(kernel).enumerate() {
             for (tap, &v) in w.iter().enumerate() {
@@ -347,6 +330,94 @@ impl<'a> Conv<'a> {
             }
         }
     }
+}
+
+/// Checks the sizes every convolution's inputs share.
+fn check_args(
+    op: &'static str,
+    dims: ConvDims,
+    x: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    resets: Option<&[u32]>,
+    state: Option<&[f32]>,
+) -> Result<(), KernelError> {
+    let ConvDims {
+        batch,
+        len,
+        channels,
+        kernel,
+    } = dims;
+    if kernel == 0 {
+        return Err(KernelError::Invalid {
+            op,
+            message: "kernel must have at least one tap".into(),
+        });
+    }
+    check_len(op, "x", element_count(op, &[batch, len, channels])?, x)?;
+    check_len(
+        op,
+        "weight",
+        element_count(op, &[channels, kernel])?,
+        weight,
+    )?;
+    if !bias.is_empty() {
+        check_len(op, "bias", channels, bias)?;
+    }
+    if let Some(resets) = resets {
+        check_len(op, "resets", element_count(op, &[batch, len])?, resets)?;
+    }
+    if let Some(state) = state {
+        let state_len = element_count(op, &[batch, kernel - 1, channels])?;
+        check_len(op, "state", state_len, state)?;
+    }
+    Ok(())
+}
+
+/// [`forward`] of one position with a state (a decode step, `dims.len` = 1), checked.
+/// Reads each channel's taps from its weight row as they lie, where the general path makes
+/// a tap-major copy of the weight on every call; same sums in the same order (bias, then
+/// the taps from the oldest input), so the same bits.
+fn decode_step(
+    dims: ConvDims,
+    x: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    resets: Option<&[u32]>,
+    state: &mut [f32],
+    out: &mut [f32],
+) {
+    let ConvDims {
+        channels, kernel, ..
+    } = dims;
+    let slots = kernel - 1;
+    for (b, (out, x)) in out
+        .chunks_exact_mut(channels)
+        .zip(x.chunks_exact(channels))
+        .enumerate()
+    {
+        let row_state = &state[b * slots * channels..][..slots * channels];
+        // A reset at the step's position leaves only the tap on its own input.
+        let reset = resets.is_some_and(|resets| resets[b] != 0);
+        for (c, ((o, &input), taps)) in out
+            .iter_mut()
+            .zip(x)
+            .zip(weight.chunks_exact(kernel))
+            .enumerate()
+        {
+            let mut acc = if bias.is_empty() { 0.0 } else { bias[c] };
+            if !reset {
+                for (slot, &w) in taps[..slots].iter().enumerate() {
+                    acc += w * row_state[slot * channels + c];
+                }
+            }
+            *o = acc + taps[slots] * input;
+        }
+        for o in out.iter_mut() {
+            *o = silu(*o);
+        }
+    }
+    carry_state(dims, x, resets, state);
 }
 
 /// Overwrites `state`, the state `x` continued, with the last K-1 inputs of each row, zero

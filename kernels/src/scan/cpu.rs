@@ -8,6 +8,8 @@
 //! The task list depends only on the shape, and the parameter gradients are reduced over
 //! tasks in a fixed order, so results are bit-identical for any number of threads.
 
+mod step;
+
 use std::marker::PhantomData;
 use std::ops::Range;
 
@@ -74,6 +76,13 @@ pub fn forward(
         check_len(OP, "checkpoints", dims.checkpoint_len(), checkpoints)?;
     }
     check_len(OP, "out", shape.activations(), out)?;
+    let (state, checkpoints) = match (state, checkpoints) {
+        (Some(state), None) if step::handles(&shape) => {
+            step::forward(shape, inputs, resets, state, out);
+            return Ok(());
+        }
+        other => other,
+    };
 
     let job = ForwardJob {
         shape,
@@ -83,19 +92,25 @@ pub fn forward(
         checkpoints: checkpoints.map(Scatter::new),
         out: Scatter::new(out),
     };
-    let run = |task| run_vectorised(ForwardTask { job: &job, task });
-    // A decode step (len 1) of a small model is a few microseconds of work, less than
-    // handing it to the threads and waiting for them would cost; one of a wide model goes to
-    // the decode team task by task (no task's outputs depend on who runs it).
+    for_each_task(&shape, |task| {
+        run_vectorised(ForwardTask { job: &job, task })
+    });
+    Ok(())
+}
+
+/// Runs `run(task)` for every task of a forward of `shape`, on the threads its size is
+/// worth. A decode step (len 1) of a small model is a few microseconds of work, less than
+/// handing it to the threads and waiting for them would cost; one of a wide model goes to
+/// the decode team task by task (no task's outputs depend on who runs it).
+fn for_each_task(shape: &Shape, run: impl Fn(usize) + Sync) {
     let work = shape.activations() * shape.state;
     if work < STEP_PARALLEL_MIN || rayon::current_num_threads() == 1 {
         (0..shape.tasks()).for_each(run);
     } else if work <= JOB_ELEMENTS {
-        for_each_block(shape.tasks(), 1, |tasks| tasks.for_each(run));
+        for_each_block(shape.tasks(), 1, |tasks| tasks.for_each(&run));
     } else {
-        (0..shape.tasks()).into_par_iter().for_each(run);
+        (0..shape.tasks()).into_par_iter().for_each(&run);
     }
-    Ok(())
 }
 
 /// Gradients of [`forward`] given `d_out`, from the checkpoints the forward saved.

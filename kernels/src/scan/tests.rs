@@ -241,25 +241,44 @@ fn chunked_calls_carrying_state_equal_one_pass() {
 
 #[test]
 fn decode_steps_equal_one_pass() {
-    let full = dims(1, 12, 18, 16, 64);
-    let case = Case::random(6, full, ALL);
-    let (out, state, _) = case.forward();
-    let mut carried = case.initial.clone().unwrap();
-    for t in 0..full.len {
-        let step = slice_positions(&case, t..t + 1);
-        let mut y = vec![0.0; 18];
-        forward(
-            dims(1, 1, 18, 16, 1),
-            &step.tensors.views(),
-            step.resets(),
-            Some(&mut carried),
-            None,
-            &mut y,
-        )
-        .unwrap();
-        assert_eq!(y, out[t * 18..(t + 1) * 18], "position {t}");
+    let no_gate = Options { gate: false, ..ALL };
+    // 16 states take the step path (a channel's states in one vector), 4 the forward's
+    // tiles; 150 channels make several tasks per row, the last tile partial.
+    for (seed, (batch, channels, state, options)) in [
+        (1, 18, 16, ALL),
+        (2, 150, 16, ALL),
+        (2, 18, 16, no_gate),
+        (2, 18, 4, ALL),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let full = dims(batch, 12, channels, state, 64);
+        let case = Case::random(6 + seed as u64, full, options);
+        let (out, final_state, _) = case.forward();
+        let mut carried = case.initial.clone().unwrap();
+        for t in 0..full.len {
+            let step = slice_positions(&case, t..t + 1);
+            let mut y = vec![0.0; batch * channels];
+            forward(
+                dims(batch, 1, channels, state, 1),
+                &step.tensors.views(),
+                step.resets(),
+                Some(&mut carried),
+                None,
+                &mut y,
+            )
+            .unwrap();
+            for (b, y) in y.chunks(channels).enumerate() {
+                let at = (b * full.len + t) * channels;
+                assert!(
+                    bits(y) == bits(&out[at..at + channels]),
+                    "{full:?}: row {b}, position {t}"
+                );
+            }
+        }
+        assert!(bits(&carried) == bits(&final_state), "{full:?}: state");
     }
-    assert_eq!(carried, state);
 }
 
 /// The positions `range` of every batch row of `case` (parameters unchanged).
