@@ -5,22 +5,6 @@
 typedef unsigned long long u64;
 typedef long long i64;
 
-#define LOG2E 1.4426950408889634f
-
-// exp2 as the one special-function instruction it is: a couple of ulp, subnormal results
-// flushed to zero, +inf above 128.
-__device__ __forceinline__ float fast_exp2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-
-// 1 / (1 + exp(-x)) on the special-function unit: a few ulp, 0 and 1 at the extremes (the
-// IEEE expf and division cost the conv more instructions than its bytes take to move).
-__device__ __forceinline__ float sigmoid(float x) {
-    return __fdividef(1.0f, 1.0f + fast_exp2(-x * LOG2E));
-}
-
 __device__ __forceinline__ float warp_sum(float v) {
     for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
     return v;

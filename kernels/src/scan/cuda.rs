@@ -7,11 +7,7 @@ use crate::bf16::Input;
 use crate::cuda::{check_view, Cuda, DeviceIds, DeviceTensor, DeviceView, DeviceViewMut};
 use crate::KernelError;
 
-const SOURCE: &str = concat!(
-    include_str!("../cuda/common.cuh"),
-    include_str!("../cuda/bf16.cuh"),
-    include_str!("scan.cu")
-);
+const SOURCE: &str = concat!(include_str!("../cuda/bf16.cuh"), include_str!("scan.cu"));
 /// The only state size the kernels are written for (Mamba-1's default).
 pub const STATE: usize = 16;
 /// Threads (channels) per block of the per-channel kernels (`CH_THREADS` in `scan.cu`).

@@ -26,10 +26,10 @@
 //               result is the same bit for bit on every run.
 // With one segment, steps 1 and 2 are skipped.
 //
-// Built by NVRTC with -DSTATE=<n>; common.cuh and bf16.cuh are prepended (the output,
-// ddelta and dz can be written as bf16 for GEMMs that read only that). Built with
-// -DZ_BF16=1, the kernels read z as bf16 bits, staged in the first half of its f32 tile (a
-// define, not an argument: both paths in one kernel cost registers).
+// Built by NVRTC with -DSTATE=<n>; bf16.cuh is prepended (the output, ddelta and dz can be
+// written as bf16 for GEMMs that read only that). Built with -DZ_BF16=1, the kernels read
+// z as bf16 bits, staged in the first half of its f32 tile (a define, not an argument:
+// both paths in one kernel cost registers).
 
 #ifndef STATE
 #error "compile with -DSTATE=<states per channel>"
@@ -42,6 +42,7 @@
 #define Z_BF16 0
 #endif
 
+#define LOG2E 1.4426950408889634f
 // Backward: states per thread (4 threads share a channel), and positions recomputed
 // and held in registers at a time.
 #define GROUP_STATES 4
@@ -51,6 +52,7 @@
 #define BWD_THREADS (BWD_CHANNELS * GROUPS)
 
 typedef unsigned int u32;
+typedef unsigned long long u64;
 
 struct ScanArgs {
     const float* u;
@@ -113,8 +115,19 @@ __device__ __forceinline__ void store_row(float* base, const float (&v)[STATE]) 
     }
 }
 
+// exp2 as the one special-function instruction it is (inputs here are never huge).
+__device__ __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
 __device__ __forceinline__ float softplus(float x) {
     return x > 20.0f ? x : log1pf(fast_exp2(x * LOG2E));
+}
+
+__device__ __forceinline__ float sigmoid(float x) {
+    return __fdividef(1.0f, 1.0f + fast_exp2(-x * LOG2E));
 }
 
 // ---------------------------------------------------------------------------------------
