@@ -414,7 +414,8 @@ fn backward_matches_finite_differences_with_full_tiles_of_sixteen_states() {
 
 #[test]
 fn backward_matches_finite_differences_across_several_tasks_per_row() {
-    check_gradients(&Case::random(24, dims(2, 5, 67, 2, 2), ALL));
+    // 259 channels: a task of 16 full tiles and one of a 3-channel tile.
+    check_gradients(&Case::random(24, dims(2, 5, 259, 2, 2), ALL));
 }
 
 /// The output the backward makes again is the forward's, bit for bit: with and without
@@ -424,7 +425,7 @@ fn backward_remakes_the_forward_output_bit_for_bit() {
     for (seed, (dims, options)) in [
         (dims(2, 23, 5, 4, 8), ALL),
         (dims(1, 30, 19, 16, 64), PLAIN),
-        (dims(2, 40, 150, 16, 16), ALL),
+        (dims(2, 40, 300, 16, 16), ALL),
     ]
     .into_iter()
     .enumerate()
@@ -475,8 +476,9 @@ fn parameter_gradients_accumulate_and_activation_gradients_are_overwritten() {
 
 #[test]
 fn results_are_bit_identical_for_any_thread_count() {
-    let case = Case::random(41, dims(3, 150, 70, 16, 16), ALL);
-    let d_out = Rng::new(2).vec_uniform(3 * 150 * 70, -1.0, 1.0);
+    // Two tasks per batch row (270 channels), the second with a partial tile.
+    let case = Case::random(41, dims(3, 150, 270, 16, 16), ALL);
+    let d_out = Rng::new(2).vec_uniform(3 * 150 * 270, -1.0, 1.0);
     let run = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)

@@ -6,11 +6,11 @@
 //! at a time, and makes `A = −exp(a_log)` that way too: paid once for a sequence, but on
 //! every call of a decode step. Here a channel's states are one vector, as they lie in the
 //! state tensor and in `a_log`: one load and one store each, and one 16-lane `exp` for `A`
-//! and one for the decay. `y` sums over the states in the forward's order with its
+//! and one `exp2` for the decay. `y` sums over the states in the forward's order with its
 //! roundings, a channel per lane again (one transpose of the tile's new states), so a step
 //! gives the forward's bits.
 
-use super::{for_each_task, is_reset, Scatter, Shape};
+use super::{decay_rate, for_each_task, is_reset, Scatter, Shape};
 use crate::lanes::{run_vectorised, Lanes, Vectorised, LANES};
 use crate::scan::ScanInputs;
 
@@ -80,14 +80,13 @@ impl Vectorised for StepTask<'_> {
             let first_row = shape.state_block(tile).start;
             for (lane, h) in states.iter_mut().enumerate().take(tile.width) {
                 let channel = tile.first + lane;
-                let rate =
-                    Lanes::ZERO - Lanes::load(&inputs.a_log[channel * LANES..][..LANES]).exp();
+                let rate = decay_rate(Lanes::load(&inputs.a_log[channel * LANES..][..LANES]));
                 let at = first_row + lane * LANES;
                 if !reset {
                     // SAFETY: this channel's row of the state tensor, no other task's.
                     unsafe { job.state.read(at, &mut h.0) };
                 }
-                *h = (rate * dt.0[lane]).exp().mul_add(*h, b * dt_u.0[lane]);
+                *h = (rate * dt.0[lane]).exp2().mul_add(*h, b * dt_u.0[lane]);
                 // SAFETY: as above.
                 unsafe { job.state.write_lanes(at, *h, LANES) };
             }
