@@ -182,7 +182,7 @@ impl Cuda {
             .max(1) as usize;
         let blas = CudaBlas::new(stream.clone())
             .map_err(|e| device_error("creating the cuBLAS handle", e))?;
-        Ok(Self {
+        let cuda = Self {
             shared: Arc::new(Shared {
                 context,
                 stream,
@@ -195,7 +195,28 @@ impl Cuda {
                 op_events: Mutex::new(None),
                 gemm_precision: Mutex::new(GemmPrecision::F32),
             }),
-        })
+        };
+        cuda.keep_freed_memory()?;
+        Ok(cuda)
+    }
+
+    /// Keeps memory freed into the stream-ordered pool there, instead of the default of
+    /// returning it to the driver at every synchronisation: the ops' scratch (partial sums,
+    /// segment states) freed during a step is then reused by the next step without a new
+    /// mapping, so a step allocates nothing from the driver once the first one has run.
+    fn keep_freed_memory(&self) -> Result<(), KernelError> {
+        let pool = self.memory_pool()?;
+        let mut keep_all = u64::MAX;
+        // SAFETY: the release threshold is a u64 read from `keep_all`.
+        unsafe {
+            sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                &mut keep_all as *mut u64 as *mut std::ffi::c_void,
+            )
+        }
+        .result()
+        .map_err(|e| device_error("setting the memory pool's release threshold", e))
     }
 
     /// The stream every op of this device runs on.
