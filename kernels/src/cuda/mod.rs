@@ -205,18 +205,11 @@ impl Cuda {
     /// segment states) freed during a step is then reused by the next step without a new
     /// mapping, so a step allocates nothing from the driver once the first one has run.
     fn keep_freed_memory(&self) -> Result<(), KernelError> {
-        let pool = self.memory_pool()?;
-        let mut keep_all = u64::MAX;
-        // SAFETY: the release threshold is a u64 read from `keep_all`.
-        unsafe {
-            sys::cuMemPoolSetAttribute(
-                pool,
-                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
-                &mut keep_all as *mut u64 as *mut std::ffi::c_void,
-            )
-        }
-        .result()
-        .map_err(|e| device_error("setting the memory pool's release threshold", e))
+        self.set_pool_attribute(
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            u64::MAX,
+            "setting the memory pool's release threshold",
+        )
     }
 
     /// The stream every op of this device runs on.
@@ -422,18 +415,32 @@ impl Cuda {
     /// Restarts [`Cuda::peak_memory`] from the memory in use now.
     pub fn reset_peak_memory(&self) -> Result<(), KernelError> {
         self.synchronize()?;
+        self.set_pool_attribute(
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+            0,
+            "resetting the memory pool's high-water mark",
+        )
+    }
+
+    /// Sets a u64 `attribute` of the device's stream-ordered pool; `doing` names it in errors.
+    fn set_pool_attribute(
+        &self,
+        attribute: sys::CUmemPool_attribute,
+        mut value: u64,
+        doing: &str,
+    ) -> Result<(), KernelError> {
         let pool = self.memory_pool()?;
-        let mut zero = 0u64;
-        // SAFETY: setting the high-water mark takes a u64 zero.
+        // SAFETY: both attributes set here (release threshold, high-water mark) are u64s
+        // read from `value`.
         unsafe {
             sys::cuMemPoolSetAttribute(
                 pool,
-                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
-                &mut zero as *mut u64 as *mut std::ffi::c_void,
+                attribute,
+                &mut value as *mut u64 as *mut std::ffi::c_void,
             )
         }
         .result()
-        .map_err(|e| device_error("resetting the memory pool's high-water mark", e))
+        .map_err(|e| device_error(doing, e))
     }
 
     fn memory_pool(&self) -> Result<sys::CUmemoryPool, KernelError> {
