@@ -276,20 +276,25 @@ mod tests {
         let (gx, gw, gb, gd) = (up(&x), up(&weight), up(&bias), up(&d_out));
         let gr = resets.as_ref().map(|r| cuda.upload_ids(r).unwrap());
         let gs0 = state0.as_ref().map(|s| up(s));
-        let mut gs = state0.as_ref().map(|s| up(s));
-        let mut gout = up(&vec![f32::NAN; n]);
-        cuda.conv1d_forward(
-            dims,
-            Input::F32(cuda.all(&gx)),
-            cuda.all(&gw),
-            cuda.all(&gb),
-            gr.as_ref(),
-            gs.as_mut().map(|s| cuda.all_mut(s)),
-            cuda.all_mut(&mut gout),
-            None,
-        )
-        .unwrap();
         let down = |b: &DeviceBuffer| cuda.download(cuda.all(b)).unwrap();
+        // The output and the carried state, from a fresh copy of state0 each run.
+        let forward = |x: Input<'_, crate::cuda::Cuda>, copy: Option<&mut DeviceBuffer<u16>>| {
+            let mut state = state0.as_ref().map(|s| up(s));
+            let mut out = up(&vec![f32::NAN; n]);
+            cuda.conv1d_forward(
+                dims,
+                x,
+                cuda.all(&gw),
+                cuda.all(&gb),
+                gr.as_ref(),
+                state.as_mut().map(|s| cuda.all_mut(s)),
+                cuda.all_mut(&mut out),
+                copy,
+            )
+            .unwrap();
+            (down(&out), state.as_ref().map(&down))
+        };
+        let (gout, gs) = forward(Input::F32(cuda.all(&gx)), None);
         // The weight and bias gradients accumulate into fresh copies of dw0, db0 each run.
         let backward = |x: Input<'_, crate::cuda::Cuda>, dx: Output<'_, crate::cuda::Cuda>| {
             let (mut gdw, mut gdb) = (up(&dw0), up(&db0));
@@ -313,9 +318,9 @@ mod tests {
             Input::F32(cuda.all(&gx)),
             Output::F32(cuda.all_mut(&mut gdx)),
         );
-        assert_close("out", &down(&gout), &to_f64(&out), 1e-5, 1e-7);
+        assert_close("out", &gout, &to_f64(&out), 1e-5, 1e-7);
         if let (Some(gs), Some(state)) = (&gs, &state) {
-            assert_close("state", &down(gs), &to_f64(state), 0.0, 0.0);
+            assert_close("state", gs, &to_f64(state), 0.0, 0.0);
         }
         assert_close("dx", &down(&gdx), &to_f64(&dx), 1e-4, 1e-7);
         assert_close("dweight", &gdw, &to_f64(&dw), 1e-4, 1e-7);
@@ -335,22 +340,6 @@ mod tests {
         cuda.round_bf16(cuda.all(&gx), &mut x16).unwrap();
         let mut wide = cuda.zeros(n).unwrap();
         cuda.widen_bf16(&x16, cuda.all_mut(&mut wide)).unwrap();
-        let forward = |x: Input<'_, crate::cuda::Cuda>, copy: Option<&mut DeviceBuffer<u16>>| {
-            let mut state = state0.as_ref().map(|s| up(s));
-            let mut out = up(&vec![f32::NAN; n]);
-            cuda.conv1d_forward(
-                dims,
-                x,
-                cuda.all(&gw),
-                cuda.all(&gb),
-                gr.as_ref(),
-                state.as_mut().map(|s| cuda.all_mut(s)),
-                cuda.all_mut(&mut out),
-                copy,
-            )
-            .unwrap();
-            (down(&out), state.as_ref().map(&down))
-        };
         let mut out16 = cuda.zeros_bf16(n).unwrap();
         let (got, got_state) = forward(Input::Bf16(&x16), Some(&mut out16));
         let (want, want_state) = forward(Input::F32(cuda.all(&wide)), None);
