@@ -150,9 +150,9 @@ pub trait Backend: Clone + Send + Sync {
     /// ([`Backend::gemm_bf16`]): true where the device was asked for bf16 GEMMs.
     fn bf16_gemms(&self) -> bool;
 
-    /// See [`crate::conv1d::forward`].
+    /// See [`crate::conv1d::forward`]. `x` may be bf16; with `out_copy`, out's bf16 rounding
+    /// is written there too.
     #[allow(clippy::too_many_arguments)]
-    /// `x` may be bf16; with `out_copy`, out's bf16 rounding is written there too.
     fn conv1d_forward(
         &self,
         dims: ConvDims,
@@ -164,9 +164,8 @@ pub trait Backend: Clone + Send + Sync {
         out: Self::ViewMut<'_>,
         out_copy: Option<&mut Self::Bf16Buffer>,
     ) -> Result<(), KernelError>;
-    /// See [`crate::conv1d::backward`].
+    /// See [`crate::conv1d::backward`]. `x` may be bf16.
     #[allow(clippy::too_many_arguments)]
-    /// `x` may be bf16.
     fn conv1d_backward(
         &self,
         dims: ConvDims,

@@ -162,13 +162,10 @@ pub struct MixerWork<B: Backend> {
     y: Stored<B>,
 }
 
-/// bf16 copies of the backward's GEMM inputs.
+/// bf16 copies of the backward's f32 GEMM inputs.
 struct GradientCopies<B: Backend> {
     d_out: B::Bf16Buffer,
-    ddelta: B::Bf16Buffer,
     dxproj: B::Bf16Buffer,
-    dx: B::Bf16Buffer,
-    dz: B::Bf16Buffer,
 }
 
 /// The mixer's weights: the flat parameters, and their bf16 copy when training in bf16.
@@ -240,24 +237,20 @@ impl<'a, 'b, B: Backend + 'a + 'b> Operand<'a, 'b, B> {
 }
 
 impl<'a, B: Backend + 'a> Operand<'a, 'a, B> {
+    /// A tensor held as f32 values or bf16 bits, as it is.
+    fn stored(be: &B, x: &'a Stored<B>) -> Self {
+        match x {
+            Stored::F32(values) => Self::F32(be.all(values)),
+            Stored::Bf16(bits) => Self::Bf16(Bf16View::new(bits, 0..be.bf16_len(bits))),
+        }
+    }
+
     /// `range` of the weights.
     fn weight(be: &B, weights: Weights<'a, B>, range: std::ops::Range<usize>) -> Self {
         match weights.bf16 {
             Some(copy) => Self::Bf16(Bf16View::new(copy, range)),
             None => Self::F32(be.view(weights.f32, range)),
         }
-    }
-}
-
-/// Where an op writes a tensor only GEMMs read: its bf16 copy when there is one.
-fn output<'a, B: Backend>(
-    be: &B,
-    f32: &'a mut B::Buffer,
-    copy: Option<&'a mut B::Bf16Buffer>,
-) -> Output<'a, B> {
-    match copy {
-        Some(copy) => Output::Bf16(copy),
-        None => Output::F32(be.all_mut(f32)),
     }
 }
 
@@ -291,14 +284,15 @@ pub struct MixerState<B: Backend> {
 pub struct MixerScratch<B: Backend> {
     dy: B::Buffer,
     du: B::Buffer,
-    ddelta: B::Buffer,
+    /// Read only by GEMMs: bf16 alone in bf16 training, as the scan and the conv write them.
+    ddelta: Stored<B>,
+    dz: Stored<B>,
+    dx: Stored<B>,
     db: B::Buffer,
     dc: B::Buffer,
-    dz: B::Buffer,
     ddt_low: B::Buffer,
     /// `[d dt_low | dB | dC]` per token: x_proj's output gradient.
     dxproj: B::Buffer,
-    dx: B::Buffer,
     bf16: Option<GradientCopies<B>>,
 }
 
@@ -365,30 +359,25 @@ impl<B: Backend> MixerScratch<B> {
     pub fn new(be: &B, c: &MambaConfig, shape: Shape, bf16: bool) -> Result<Self, KernelError> {
         let t = shape.tokens();
         let di = c.d_inner();
-        let bf16 = if bf16 {
+        let copies = if bf16 {
             Some(GradientCopies {
                 d_out: be.zeros_bf16(t * c.d_model)?,
-                ddelta: be.zeros_bf16(t * di)?,
                 dxproj: be.zeros_bf16(t * c.x_proj_width())?,
-                dx: be.zeros_bf16(t * di)?,
-                dz: be.zeros_bf16(t * di)?,
             })
         } else {
             None
         };
-        // In bf16 the scan and the conv write ddelta, dz and dx as bf16 copies alone.
-        let only_gemms_read = if bf16.is_some() { 0 } else { t * di };
         Ok(Self {
-            bf16,
+            bf16: copies,
             dy: be.zeros(t * di)?,
             du: be.zeros(t * di)?,
-            ddelta: be.zeros(only_gemms_read)?,
+            ddelta: Stored::new(be, t * di, bf16)?,
+            dz: Stored::new(be, t * di, bf16)?,
+            dx: Stored::new(be, t * di, bf16)?,
             db: be.zeros(t * c.d_state)?,
             dc: be.zeros(t * c.d_state)?,
-            dz: be.zeros(only_gemms_read)?,
             ddt_low: be.zeros(t * c.dt_rank)?,
             dxproj: be.zeros(t * c.x_proj_width())?,
-            dx: be.zeros(only_gemms_read)?,
         })
     }
 }
@@ -592,7 +581,7 @@ pub fn forward<B: Backend>(
     gemm(
         be,
         linear(t, d, di),
-        Operand::input(be, work.y.input(be), None)?,
+        Operand::stored(be, &work.y),
         weight(p.out_proj.clone()),
         Output::F32(out),
         false,
@@ -628,20 +617,8 @@ pub fn backward<B: Backend>(
     let w = |range: std::ops::Range<usize>| be.view(weights.f32, range);
     let weight = |range| Operand::weight(be, weights, range);
     let s = Split::new(c, p);
-    let [
-        d_out_copy,
-        mut ddelta_copy,
-        dxproj_copy,
-        mut dx_copy,
-        mut dz_copy,
-    ] = scratch.bf16.as_mut().map_or(Default::default(), |k| {
-        [
-            Some(&mut k.d_out),
-            Some(&mut k.ddelta),
-            Some(&mut k.dxproj),
-            Some(&mut k.dx),
-            Some(&mut k.dz),
-        ]
+    let [d_out_copy, dxproj_copy] = scratch.bf16.as_mut().map_or(Default::default(), |k| {
+        [Some(&mut k.d_out), Some(&mut k.dxproj)]
     });
 
     let d_out = Operand::rounded(be, d_out, d_out_copy)?;
@@ -692,13 +669,13 @@ pub fn backward<B: Backend>(
         be.all(&scratch.dy),
         ScanGrads {
             du: be.all_mut(&mut scratch.du),
-            ddelta: output(be, &mut scratch.ddelta, ddelta_copy.as_deref_mut()),
+            ddelta: scratch.ddelta.output(be),
             da_log,
             db: be.all_mut(&mut scratch.db),
             dc: be.all_mut(&mut scratch.dc),
             dd_skip,
             ddelta_bias,
-            dz: Some(output(be, &mut scratch.dz, dz_copy.as_deref_mut())),
+            dz: Some(scratch.dz.output(be)),
             out: Some(work.y.output(be)),
         },
     )?;
@@ -706,13 +683,13 @@ pub fn backward<B: Backend>(
         be,
         linear_weight_grad(t, d, di),
         d_out,
-        Operand::input(be, work.y.input(be), None)?,
+        Operand::stored(be, &work.y),
         Output::F32(be.view_mut(grads, p.out_proj.clone())),
         true,
     )?;
 
     // delta = dt_low · dt_projᵀ
-    let ddelta = Operand::new(be, be.all(&scratch.ddelta), ddelta_copy.as_deref());
+    let ddelta = Operand::stored(be, &scratch.ddelta);
     gemm(
         be,
         linear_input_grad(t, di, r),
@@ -772,15 +749,15 @@ pub fn backward<B: Backend>(
         resets,
         None,
         be.all(&scratch.du),
-        output(be, &mut scratch.dx, dx_copy.as_deref_mut()),
+        scratch.dx.output(be),
         dconv_weight,
         dconv_bias,
     )?;
 
     // x, z = in_proj(input)
     let input = Operand::input(be, input, work.input_copy.as_mut())?;
-    let dx = Operand::new(be, be.all(&scratch.dx), dx_copy.as_deref());
-    let dz = Operand::new(be, be.all(&scratch.dz), dz_copy.as_deref());
+    let dx = Operand::stored(be, &scratch.dx);
+    let dz = Operand::stored(be, &scratch.dz);
     let mut d_input = d_input;
     for (dy, rows, accumulate) in [(dx, &s.in_x, false), (dz, &s.in_z, true)] {
         gemm(
