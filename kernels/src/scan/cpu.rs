@@ -3,7 +3,8 @@
 //!
 //! A tile is [`LANES`] channels of one batch row; lane `i` of every vector is channel
 //! `first + i`, and the tile's states are `state` vectors (one per state index). A task
-//! owns [`TILES_PER_TASK`] neighbouring tiles and walks the sequence in blocks of
+//! owns neighbouring tiles ([`TILES_PER_TASK`], or [`WIDE_TASK_TILES`] in a forward that
+//! keeps every thread as busy that way) and walks the sequence in blocks of
 //! positions, tile after tile, so that each row it touches yields several cache lines.
 //! The task list depends only on the shape, and the parameter gradients are reduced over
 //! tasks in a fixed order, so results are bit-identical for any number of threads.
@@ -23,11 +24,12 @@ use crate::{check_len, KernelError};
 
 const OP: &str = "selective_scan";
 
-/// Positions the forward handles per phase: it first gathers a block's inputs (independent
-/// loads that the memory system overlaps, where the recurrence's long dependency chain
-/// would stall on each), then runs the recurrence, then scatters the outputs. Eight
-/// positions of [`TILES_PER_TASK`] tiles keep the block's four vectors per tile in 32 KiB.
-const BLOCK: usize = 8;
+/// Tile-positions the forward handles per phase: it first gathers a block's inputs
+/// (independent loads that the memory system overlaps, where the recurrence's long
+/// dependency chain would stall on each), then runs the recurrence, then scatters the
+/// outputs. 128 (eight positions of 16 tiles, four of 32) keep the block's four vectors
+/// per tile in 32 KiB, the first-level cache of the machines we measure.
+const BLOCK_TILE_POSITIONS: usize = 128;
 
 /// Channels × states below which a forward runs on the calling thread: a decode step of
 /// d_inner 1536 (24,576) is split across the threads, one of d_inner 256 (4,096) is not.
@@ -38,6 +40,12 @@ const STEP_PARALLEL_MIN: usize = 1 << 14;
 /// miss; a wide task spreads it over more work. On a Zen 3 without huge pages, 16 tiles
 /// rather than 4 made the forward and the backward 20–30 % faster (docs/benchmarks.md).
 const TILES_PER_TASK: usize = 16;
+
+/// Tiles per forward task when the wider tasks still come out even over the threads
+/// (see [`Shape::widened_for`]): 2 KiB of a 1024-channel row then costs one TLB miss. At
+/// (1, 1024, 8192) on the 2-core Zen 3 this made the forward 5–7 % faster
+/// (docs/benchmarks.md). A forward's bits do not depend on the task width.
+const WIDE_TASK_TILES: usize = 32;
 
 /// Forward scan writing `out` `(batch, len, channels)`.
 ///
@@ -88,6 +96,7 @@ pub fn forward(
         other => other,
     };
 
+    let shape = shape.widened_for(rayon::current_num_threads());
     let job = ForwardJob {
         shape,
         inputs: *inputs,
@@ -244,7 +253,9 @@ struct Shape {
     chunk: usize,
     chunks: usize,
     tiles: usize,
-    /// Groups of [`TILES_PER_TASK`] tiles per batch row.
+    /// Tiles per task.
+    task_tiles: usize,
+    /// Groups of `task_tiles` tiles per batch row.
     groups: usize,
 }
 
@@ -284,8 +295,32 @@ impl Shape {
             chunk,
             chunks: dims.chunks(),
             tiles,
+            task_tiles: TILES_PER_TASK,
             groups: tiles.div_ceil(TILES_PER_TASK),
         })
+    }
+
+    /// The shape with forward tasks of [`WIDE_TASK_TILES`] when that makes fewer tasks and
+    /// their count is a multiple of `threads`, so the threads stay evenly loaded; otherwise
+    /// unchanged (a decode step of 1536 channels keeps six tasks rather than three over two
+    /// threads; rows of at most 16 tiles keep their blocks of eight positions). The
+    /// backward keeps [`TILES_PER_TASK`]: its parameter gradients are summed per task.
+    fn widened_for(self, threads: usize) -> Self {
+        let groups = self.tiles.div_ceil(WIDE_TASK_TILES);
+        if groups < self.groups && (self.batch * groups).is_multiple_of(threads.max(1)) {
+            Self {
+                task_tiles: WIDE_TASK_TILES,
+                groups,
+                ..self
+            }
+        } else {
+            self
+        }
+    }
+
+    /// Positions of a forward block (see [`BLOCK_TILE_POSITIONS`]).
+    fn block(&self) -> usize {
+        BLOCK_TILE_POSITIONS / self.task_tiles
     }
 
     fn tasks(&self) -> usize {
@@ -314,8 +349,8 @@ impl Shape {
     /// The tiles of task `task`, in channel order.
     fn task_tiles(&self, task: usize) -> impl Iterator<Item = Tile> + '_ {
         let (batch, group) = (task / self.groups, task % self.groups);
-        let first = group * TILES_PER_TASK;
-        (first..self.tiles.min(first + TILES_PER_TASK)).map(move |index| self.tile(batch, index))
+        let first = group * self.task_tiles;
+        (first..self.tiles.min(first + self.task_tiles)).map(move |index| self.tile(batch, index))
     }
 
     /// The tile's channels at position `t` of a `(batch, len, channels)` tensor.
@@ -404,7 +439,7 @@ struct TileConstants {
 }
 
 impl TileConstants {
-    /// The constants of a task's tiles (at most [`TILES_PER_TASK`], the rest unused) and
+    /// The constants of a task's tiles (at most [`WIDE_TASK_TILES`], the rest unused) and
     /// their `A` into `rates` (`state` vectors per tile), without allocating.
     #[inline(always)]
     fn of_task(
@@ -412,7 +447,7 @@ impl TileConstants {
         shape: &Shape,
         task: usize,
         rates: &mut [Lanes],
-    ) -> ([Self; TILES_PER_TASK], usize) {
+    ) -> ([Self; WIDE_TASK_TILES], usize) {
         let mut tiles = [Self {
             tile: Tile {
                 batch: 0,
@@ -421,7 +456,7 @@ impl TileConstants {
             },
             d_skip: Lanes::ZERO,
             bias: Lanes::ZERO,
-        }; TILES_PER_TASK];
+        }; WIDE_TASK_TILES];
         let mut count = 0;
         // A plain loop, not a closure: the closure would be compiled apart, without the
         // wide instruction set, and its `exp` would call the software fused multiply-add.
@@ -596,12 +631,13 @@ impl Vectorised for ForwardTask<'_> {
         // The task's vectors come from a per-thread scratch kept between calls, so a decode
         // step allocates nothing.
         let mut scratch = FORWARD_SCRATCH.take();
-        let span = BLOCK.min(shape.len) * TILES_PER_TASK;
+        let block_len = shape.block();
+        let span = block_len.min(shape.len) * shape.task_tiles;
         let lanes = &mut scratch.lanes;
         lanes.clear();
-        lanes.resize(2 * TILES_PER_TASK * n_state + 4 * span, Lanes::ZERO);
-        let (rates, rest) = lanes.split_at_mut(TILES_PER_TASK * n_state);
-        let (states, rest) = rest.split_at_mut(TILES_PER_TASK * n_state);
+        lanes.resize(2 * shape.task_tiles * n_state + 4 * span, Lanes::ZERO);
+        let (rates, rest) = lanes.split_at_mut(shape.task_tiles * n_state);
+        let (states, rest) = rest.split_at_mut(shape.task_tiles * n_state);
         // Per position of the block and tile, at `i * count + k`.
         let (dts, rest) = rest.split_at_mut(span);
         let (us, rest) = rest.split_at_mut(span);
@@ -618,13 +654,13 @@ impl Vectorised for ForwardTask<'_> {
                 load_states(block, states);
             }
         }
-        for start in (0..shape.len).step_by(BLOCK) {
-            let positions = start..shape.len.min(start + BLOCK);
+        for start in (0..shape.len).step_by(block_len) {
+            let positions = start..shape.len.min(start + block_len);
             for (i, t) in positions.clone().enumerate() {
                 for (k, constants) in tiles.iter().enumerate() {
                     let at = i * count + k;
                     let columns = shape.columns(constants.tile, t);
-                    let ahead = columns.start + BLOCK * shape.channels;
+                    let ahead = columns.start + block_len * shape.channels;
                     prefetch(inputs.delta, ahead);
                     prefetch(inputs.u, ahead);
                     job.out.prefetch(ahead);
@@ -734,7 +770,7 @@ impl Vectorised for BackwardTask<'_> {
         let shape = &job.shape;
         let inputs = &job.inputs;
         let n_state = shape.state;
-        let mut all_rates = vec![Lanes::ZERO; TILES_PER_TASK * n_state];
+        let mut all_rates = vec![Lanes::ZERO; shape.task_tiles * n_state];
         let (tiles, count) = TileConstants::of_task(inputs, shape, task, &mut all_rates);
         let tiles = &tiles[..count];
         let (db_rows, dc_rows) = partial.split_at_mut(shape.len * n_state);
@@ -768,7 +804,7 @@ impl Vectorised for BackwardTask<'_> {
 
         for chunk in (0..shape.chunks).rev() {
             let positions = shape.chunk_positions(chunk);
-            // Gather the chunk's inputs (see BLOCK for why in a pass of their own), and
+            // Gather the chunk's inputs (see [`BLOCK_TILE_POSITIONS`] for why in a pass of their own), and
             // prefetch those of the chunk before, which comes next.
             for (i, t) in positions.clone().enumerate() {
                 for (k, constants) in tiles.iter().enumerate() {
@@ -957,7 +993,7 @@ fn accumulate_parameter_grads(
 ) {
     for tile_index in 0..shape.tiles {
         let tile = shape.tile(0, tile_index);
-        let (group, k) = (tile_index / TILES_PER_TASK, tile_index % TILES_PER_TASK);
+        let (group, k) = (tile_index / shape.task_tiles, tile_index % shape.task_tiles);
         let mut da = vec![Lanes::ZERO; shape.state];
         let (mut d_skip, mut d_bias) = (Lanes::ZERO, Lanes::ZERO);
         for batch in 0..shape.batch {

@@ -476,7 +476,8 @@ fn parameter_gradients_accumulate_and_activation_gradients_are_overwritten() {
 
 #[test]
 fn results_are_bit_identical_for_any_thread_count() {
-    // Two tasks per batch row (270 channels), the second with a partial tile.
+    // Two tasks per batch row (270 channels), the second with a partial tile; the
+    // forward's tasks are one per row (wide) on 1 and 3 threads, two per row on 2.
     let case = Case::random(41, dims(3, 150, 270, 16, 16), ALL);
     let d_out = Rng::new(2).vec_uniform(3 * 150 * 270, -1.0, 1.0);
     let run = |threads: usize| {
