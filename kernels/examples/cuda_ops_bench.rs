@@ -98,6 +98,44 @@ fn main() -> Result<(), KernelError> {
             )
         },
     )?;
+    // As bf16 training runs them: x kept in bf16, u's bf16 copy for x_proj, dx in bf16.
+    let mut x_bits = cuda.zeros_bf16(inner)?;
+    cuda.round_bf16(cuda.all(&x), &mut x_bits)?;
+    let mut dx_bits = cuda.zeros_bf16(inner)?;
+    time(
+        "conv1d forward, bf16 training (x bf16 → u, u bf16)",
+        inner as f64 * (bf16_bytes + f32_bytes + bf16_bytes),
+        &mut || {
+            cuda.conv1d_forward(
+                conv,
+                Input::Bf16(&x_bits),
+                cuda.all(&weight),
+                cuda.all(&bias),
+                None,
+                None,
+                cuda.all_mut(&mut u),
+                Some(&mut copy),
+            )
+        },
+    )?;
+    time(
+        "conv1d backward, bf16 training (x bf16, du → dx bf16, dW, db)",
+        inner as f64 * (bf16_bytes + f32_bytes + bf16_bytes),
+        &mut || {
+            cuda.conv1d_backward(
+                conv,
+                Input::Bf16(&x_bits),
+                cuda.all(&weight),
+                cuda.all(&bias),
+                None,
+                None,
+                cuda.all(&d_out),
+                Output::Bf16(&mut dx_bits),
+                cuda.all_mut(&mut dweight),
+                cuda.all_mut(&mut dbias),
+            )
+        },
+    )?;
     time(
         "residual add + RMSNorm forward",
         4.0 * model as f64 * f32_bytes,

@@ -607,6 +607,30 @@ pub(crate) fn flat_grid(elements: usize) -> LaunchConfig {
     }
 }
 
+/// Neighbouring elements a kernel thread may access at once (`load_group` in `bf16.cuh`):
+/// `width` when a row of `columns` splits into whole groups and every tensor, given as
+/// (address, bytes per element), starts on a group; else 1.
+pub(crate) fn access_width(columns: usize, width: usize, tensors: &[(u64, u64)]) -> usize {
+    let group = width as u64;
+    let aligned = tensors
+        .iter()
+        .all(|&(address, element)| address % (group * element) == 0);
+    if columns.is_multiple_of(width) && aligned {
+        width
+    } else {
+        1
+    }
+}
+
+/// Bytes per element of a tensor of f32 values or, with `bf16`, of bf16 bits.
+pub(crate) fn element_bytes(bf16: bool) -> u64 {
+    if bf16 {
+        2
+    } else {
+        4
+    }
+}
+
 /// The argument of `sum_columns` in `common.cuh`.
 #[repr(C)]
 struct SumColumnsArgs {
@@ -676,4 +700,22 @@ fn nvrtc_version() -> Result<(i32, i32), KernelError> {
 
 fn poisoned() -> KernelError {
     KernelError::Device("a lock of the CUDA device was poisoned by a panic".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::access_width;
+
+    #[test]
+    fn groups_need_whole_rows_and_aligned_tensors() {
+        assert_eq!(access_width(70, 2, &[(256, 2), (512, 4), (0, 2)]), 2);
+        assert_eq!(access_width(33, 2, &[(256, 2), (512, 4)]), 1);
+        // An f32 view starting at an odd element, a bf16 one at an odd element.
+        assert_eq!(access_width(70, 2, &[(256, 2), (516, 4)]), 1);
+        assert_eq!(access_width(70, 2, &[(258, 2), (512, 4)]), 1);
+        assert_eq!(access_width(70, 2, &[(260, 2), (520, 4)]), 2);
+        assert_eq!(access_width(768, 4, &[(256, 4), (1032, 2)]), 4);
+        assert_eq!(access_width(768, 4, &[(264, 4)]), 1);
+        assert_eq!(access_width(766, 4, &[(256, 4)]), 1);
+    }
 }

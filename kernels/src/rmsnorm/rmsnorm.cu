@@ -1,8 +1,14 @@
 // RMSNorm forward and backward, one warp per row (common.cuh and bf16.cuh prepended). The
-// forward writes out as f32 or, for a GEMM that reads only that, as bf16.
+// forward writes out as f32 or, for a GEMM that reads only that, as bf16. A lane takes
+// GROUP neighbouring columns at a time: built with -DGROUP=4 when rows are a multiple of 4
+// columns and every tensor is aligned to 4 elements (one 16-byte access each; a warp then
+// keeps four times the bytes in flight), else -DGROUP=1.
 
 #define ROWS_PER_BLOCK 8     // warps per block of the row kernels
 #define GROUP_ROWS 32        // rows of a backward block (one weight-gradient partial)
+#ifndef GROUP
+#define GROUP 1
+#endif
 
 struct NormArgs {
     u64 x;
@@ -25,54 +31,78 @@ extern "C" __global__ void rmsnorm_forward(NormArgs a) {
     const i64 row = blockIdx.x * (i64)ROWS_PER_BLOCK + (threadIdx.x >> 5);
     const int lane = threadIdx.x & 31;
     if (row >= a.rows) return;
-    const float* x = (const float*)a.x + row * a.cols;
-    const float* branch = a.branch ? (const float*)a.branch + row * a.cols : nullptr;
-    float* summed = a.branch ? (float*)a.sum + row * a.cols : nullptr;
-    const float* w = (const float*)a.weight;
+    const i64 first = row * a.cols;
     float squares = 0.0f;
-    for (int c = lane; c < a.cols; c += 32) {
-        float v = x[c];
-        if (branch) {
-            v += branch[c];
-            summed[c] = v;
+    for (int c = lane * GROUP; c < a.cols; c += 32 * GROUP) {
+        float v[GROUP];
+        load_group<GROUP>((const void*)a.x, first + c, 0, v);
+        if (a.branch) {
+            float b[GROUP];
+            load_group<GROUP>((const void*)a.branch, first + c, 0, b);
+#pragma unroll
+            for (int g = 0; g < GROUP; ++g) v[g] += b[g];
+            store_group<GROUP>((void*)a.sum, first + c, v, 0);
         }
-        squares += v * v;
+#pragma unroll
+        for (int g = 0; g < GROUP; ++g) squares += v[g] * v[g];
     }
     squares = warp_sum(squares);
     const float rstd = 1.0f / sqrtf(squares / (float)a.cols + a.eps);
     // Each lane reads back only the elements it wrote itself.
-    const float* v = branch ? summed : x;
-    for (int c = lane; c < a.cols; c += 32) store_as((void*)a.out, row * a.cols + c, v[c] * rstd * w[c], a.out_bf16);
+    const void* summed = a.branch ? (const void*)a.sum : (const void*)a.x;
+    for (int c = lane * GROUP; c < a.cols; c += 32 * GROUP) {
+        float v[GROUP], w[GROUP];
+        load_group<GROUP>(summed, first + c, 0, v);
+        load_group<GROUP>((const void*)a.weight, c, 0, w);
+#pragma unroll
+        for (int g = 0; g < GROUP; ++g) v[g] = v[g] * rstd * w[g];
+        store_group<GROUP>((void*)a.out, first + c, v, a.out_bf16);
+    }
     if (lane == 0) ((float*)a.rstd)[row] = rstd;
 }
 
 // dx += rstd · (g − x · rstd² · mean(g·x)), g = d_out · weight, one warp per row; and the
 // weight gradient's partial for the block's GROUP_ROWS rows: each warp adds d_out · x ·
-// rstd of its rows into its own shared row (a lane owns columns lane, lane + 32, ...: no
-// two lanes touch one address), then the block adds its warps' rows in order. The second
+// rstd of its rows into its own shared row (a lane owns its groups of columns: no two
+// lanes touch one address), then the block adds its warps' rows in order. The second
 // pass over a row reads it back from L1, not from memory.
 extern "C" __global__ void rmsnorm_backward(NormArgs a) {
     extern __shared__ float warp_sums[];  // [ROWS_PER_BLOCK][cols]
     const int warp = threadIdx.x >> 5;
     const int lane = threadIdx.x & 31;
-    const i64 first = blockIdx.x * (i64)GROUP_ROWS;
+    const i64 first_row = blockIdx.x * (i64)GROUP_ROWS;
     float* mine = warp_sums + (i64)warp * a.cols;
     for (int c = lane; c < a.cols; c += 32) mine[c] = 0.0f;
-    const float* w = (const float*)a.weight;
     for (int r = warp; r < GROUP_ROWS; r += ROWS_PER_BLOCK) {
-        const i64 row = first + r;
+        const i64 row = first_row + r;
         if (row >= a.rows) break;
-        const float* x = (const float*)a.x + row * a.cols;
-        const float* d = (const float*)a.d_out + row * a.cols;
+        const i64 first = row * a.cols;
         const float rstd = ((const float*)a.rstd)[row];
         float dot = 0.0f;
-        for (int c = lane; c < a.cols; c += 32) dot += d[c] * w[c] * x[c];
+        for (int c = lane * GROUP; c < a.cols; c += 32 * GROUP) {
+            float x[GROUP], d[GROUP], w[GROUP];
+            load_group<GROUP>((const void*)a.x, first + c, 0, x);
+            load_group<GROUP>((const void*)a.d_out, first + c, 0, d);
+            load_group<GROUP>((const void*)a.weight, c, 0, w);
+#pragma unroll
+            for (int g = 0; g < GROUP; ++g) dot += d[g] * w[g] * x[g];
+        }
         dot = warp_sum(dot);
         const float projection = dot * rstd * rstd / (float)a.cols;
-        float* dx = (float*)a.dx + row * a.cols;
-        for (int c = lane; c < a.cols; c += 32) {
-            dx[c] += rstd * (d[c] * w[c] - x[c] * projection);
-            mine[c] += d[c] * x[c] * rstd;
+        for (int c = lane * GROUP; c < a.cols; c += 32 * GROUP) {
+            float x[GROUP], d[GROUP], w[GROUP], dx[GROUP], sums[GROUP];
+            load_group<GROUP>((const void*)a.x, first + c, 0, x);
+            load_group<GROUP>((const void*)a.d_out, first + c, 0, d);
+            load_group<GROUP>((const void*)a.weight, c, 0, w);
+            load_group<GROUP>((const void*)a.dx, first + c, 0, dx);
+            load_group<GROUP>((const void*)mine, c, 0, sums);
+#pragma unroll
+            for (int g = 0; g < GROUP; ++g) {
+                dx[g] += rstd * (d[g] * w[g] - x[g] * projection);
+                sums[g] += d[g] * x[g] * rstd;
+            }
+            store_group<GROUP>((void*)a.dx, first + c, dx, 0);
+            store_group<GROUP>((void*)mine, c, sums, 0);
         }
     }
     __syncthreads();
