@@ -6,8 +6,11 @@
 //
 // Built with -DTAPS=<kernel size>; the module without it holds only `sum_columns`. With
 // -DX_BF16=1, x is bf16 bits (kept so in bf16 training); with -DOUT_COPY=1 the forward
-// also writes out's bf16 copy (a GEMM's operand). Defines, not arguments: the walk without
-// the copy needs half the registers. The backward writes dx as f32 or, for a GEMM that
+// also writes out's bf16 copy (a GEMM's operand); with -DRESETS=1 the walks read reset
+// flags. Defines, not arguments: the walk without the copy needs half the registers, and
+// the kernels are bound by issuing instructions, so a test per element costs time. For the
+// same reason a thread walks its run in blocks of CONV_AHEAD positions, and only the blocks
+// at a run's edges check each position against them. The backward writes dx as f32 or, for a GEMM that
 // reads only that, as bf16 (bf16.cuh).
 
 #define CONV_RUN 64        // positions per thread
@@ -19,6 +22,9 @@
 #endif
 #ifndef OUT_COPY
 #define OUT_COPY 0
+#endif
+#ifndef RESETS
+#define RESETS 0
 #endif
 
 struct ConvArgs {
@@ -44,6 +50,11 @@ __device__ __forceinline__ float x_at(const ConvArgs& a, i64 i) { return load_as
 
 __device__ __forceinline__ float sigmoid_of(float v) { return 1.0f / (1.0f + expf(-v)); }
 
+// The forward's sigmoid from the fast exp and division (a few ulp off; 10 % off the bf16
+// forward's time at the anchor's shape). The backward keeps the exact one: there the fast
+// form measured 12 % slower (docs/benchmarks.md).
+__device__ __forceinline__ float fast_sigmoid(float v) { return __fdividef(1.0f, 1.0f + __expf(-v)); }
+
 // Input position s of row b, channel c: from the state before 0 (zero without one).
 __device__ __forceinline__ float input_at(const ConvArgs& a, i64 b, i64 s, int c) {
     if (s >= 0) return x_at(a, (b * a.len + s) * a.channels + c);
@@ -60,11 +71,9 @@ struct Walk {
     float weight[TAPS];
     float bias;
     float window[TAPS];
-    int c;
-    i64 b;
-    const unsigned* resets;  // this row's flags, or null
+    const unsigned* resets;  // this row's flags (with RESETS)
 
-    __device__ Walk(const ConvArgs& a, i64 b_, int c_, i64 t0) : c(c_), b(b_) {
+    __device__ Walk(const ConvArgs& a, i64 b, int c, int t0) {
         const float* w = (const float*)a.weight + (i64)c * TAPS;
 #pragma unroll
         for (int k = 0; k < TAPS; ++k) {
@@ -72,16 +81,16 @@ struct Walk {
             window[k] = 0.0f;
         }
         bias = a.bias ? ((const float*)a.bias)[c] : 0.0f;
-        resets = a.resets ? (const unsigned*)a.resets + b * a.len : nullptr;
+        resets = RESETS ? (const unsigned*)a.resets + b * a.len : nullptr;
         // The history of t0, replayed so that resets inside it clear what precedes them.
-        for (i64 s = t0 - (TAPS - 1); s < t0; ++s) {
+        for (int s = t0 - (TAPS - 1); s < t0; ++s) {
             if (s >= 0 && reset(s)) clear();
             shift();
             window[TAPS - 1] = input_at(a, b, s, c);
         }
     }
 
-    __device__ __forceinline__ bool reset(i64 t) const { return resets && resets[t]; }
+    __device__ __forceinline__ bool reset(int t) const { return RESETS && resets[t]; }
 
     __device__ __forceinline__ void clear() {
 #pragma unroll
@@ -94,7 +103,7 @@ struct Walk {
     }
 
     // Moves to position t with input x_t; returns the pre-activation there.
-    __device__ __forceinline__ float step(i64 t, float x_t) {
+    __device__ __forceinline__ float step(int t, float x_t) {
         if (reset(t)) clear();
         shift();
         window[TAPS - 1] = x_t;
@@ -105,30 +114,90 @@ struct Walk {
     }
 };
 
+// One block of the forward: positions t .. t+CONV_AHEAD-1, those from t1 on skipped when
+// CHECKED (the run's last block).
+template <bool CHECKED>
+__device__ __forceinline__ void forward_block(const ConvArgs& a, Walk& walk, int t, int t1, const void* x, i64 at,
+                                              i64 stride) {
+    float xs[CONV_AHEAD];
+#pragma unroll
+    for (int j = 0; j < CONV_AHEAD; ++j)
+        xs[j] = !CHECKED || t + j < t1 ? load_as(x, at + j * stride, X_BF16) : 0.0f;
+#pragma unroll
+    for (int j = 0; j < CONV_AHEAD; ++j) {
+        if (CHECKED && t + j >= t1) break;
+        const float pre = walk.step(t + j, xs[j]);
+        const float u = pre * fast_sigmoid(pre);
+        ((float*)a.out)[at + j * stride] = u;
+        if (OUT_COPY) ((unsigned short*)a.out_copy)[at + j * stride] = (unsigned short)bf16_bits(u);
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv1d_forward(ConvArgs a) {
     const int c = blockIdx.x * CONV_THREADS + threadIdx.x;
     const i64 b = blockIdx.z;
-    const i64 t0 = (i64)blockIdx.y * CONV_RUN;
+    const int t0 = blockIdx.y * CONV_RUN;
     if (c >= a.channels) return;
-    const i64 t1 = min(t0 + CONV_RUN, a.len);
+    const int t1 = min(t0 + CONV_RUN, (int)a.len);
     Walk walk(a, b, c, t0);
-    // This thread's column: position t at t · channels.
-    const i64 column = b * a.len * a.channels + c;
-    float* out = (float*)a.out + column;
-    unsigned short* copy = (unsigned short*)a.out_copy + column;
-    for (i64 t = t0; t < t1; t += CONV_AHEAD) {
-        float xs[CONV_AHEAD];
+    const i64 stride = a.channels;
+    i64 at = (b * a.len + t0) * stride + c;  // element (b, t, c)
+    int t = t0;
+    for (; t + CONV_AHEAD <= t1; t += CONV_AHEAD, at += CONV_AHEAD * stride)
+        forward_block<false>(a, walk, t, t1, (const void*)a.x, at, stride);
+    if (t < t1) forward_block<true>(a, walk, t, t1, (const void*)a.x, at, stride);
+}
+
+// What a backward thread carries along its run: pending[k] is dx of position
+// t - (TAPS-1) + k so far (positions before `first` are in an earlier sequence than t and
+// get nothing from it); the run's sums of d_pre · input per tap and of d_pre.
+struct BackwardSums {
+    float pending[TAPS];
+    float dweight[TAPS];
+    float dbias;
+    int first;
+};
+
+// One block of the backward: positions s .. s+CONV_AHEAD-1 of the walk [t0, end), end =
+// t1 + TAPS - 1. Unless CHECKED, every position lies in [t0 + TAPS - 1, t1): inside the
+// sequence, in this run, and past the positions whose dx another run writes.
+template <bool CHECKED>
+__device__ __forceinline__ void backward_block(const ConvArgs& a, Walk& walk, BackwardSums& sums, int s, int t0,
+                                               int t1, int end, i64 at, i64 stride) {
+    const int len = (int)a.len;
+    float xs[CONV_AHEAD], ds[CONV_AHEAD];
 #pragma unroll
-        for (int j = 0; j < CONV_AHEAD; ++j)
-            xs[j] = t + j < t1 ? x_at(a, column + (t + j) * a.channels) : 0.0f;
+    for (int j = 0; j < CONV_AHEAD; ++j) {
+        const bool inside = !CHECKED || (s + j < end && s + j < len);
+        xs[j] = inside ? load_as((const void*)a.x, at + j * stride, X_BF16) : 0.0f;
+        ds[j] = inside ? ((const float*)a.d_out)[at + j * stride] : 0.0f;
+    }
 #pragma unroll
-        for (int j = 0; j < CONV_AHEAD; ++j) {
-            if (t + j >= t1) break;
-            const float pre = walk.step(t + j, xs[j]);
-            const float u = pre * sigmoid_of(pre);
-            out[(t + j) * a.channels] = u;
-            if (OUT_COPY) copy[(t + j) * a.channels] = (unsigned short)bf16_bits(u);
+    for (int j = 0; j < CONV_AHEAD; ++j) {
+        const int t = s + j;
+        if (CHECKED && t >= end) break;
+        float g = 0.0f;
+        if (!CHECKED || t < len) {
+            if (RESETS) sums.first = walk.reset(t) ? TAPS - 1 : max(sums.first - 1, 0);
+            const float pre = walk.step(t, xs[j]);
+            const float sg = sigmoid_of(pre);
+            g = ds[j] * sg * (1.0f + pre * (1.0f - sg));
+            if (!CHECKED || t < t1) {
+                sums.dbias += g;
+#pragma unroll
+                for (int k = 0; k < TAPS; ++k) sums.dweight[k] += g * walk.window[k];
+            }
         }
+#pragma unroll
+        for (int k = 0; k < TAPS; ++k)
+            if (!RESETS || k >= sums.first) sums.pending[k] += walk.weight[k] * g;
+        // The oldest pending position gets nothing more: write it if it is this run's.
+        const int done = t - (TAPS - 1);
+        if (!CHECKED || (done >= t0 && done < t1))
+            store_as((void*)a.dx, at + (j - (TAPS - 1)) * stride, sums.pending[0], a.dx_bf16);
+#pragma unroll
+        for (int k = 0; k + 1 < TAPS; ++k) sums.pending[k] = sums.pending[k + 1];
+        sums.pending[TAPS - 1] = 0.0f;
     }
 }
 
@@ -139,62 +208,31 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv1d_forward(ConvAr
 extern "C" __global__ void __launch_bounds__(CONV_THREADS, 8) conv1d_backward(ConvArgs a) {
     const int c = blockIdx.x * CONV_THREADS + threadIdx.x;
     const i64 b = blockIdx.z;
-    const i64 run = blockIdx.y;
-    const i64 t0 = run * CONV_RUN;
+    const int run = blockIdx.y;
+    const int t0 = run * CONV_RUN;
     if (c >= a.channels) return;
-    const i64 t1 = min(t0 + CONV_RUN, a.len);
-    const i64 end = t1 + TAPS - 1;  // walked positions [t0, end)
+    const int t1 = min(t0 + CONV_RUN, (int)a.len);
+    const int end = t1 + TAPS - 1;  // walked positions [t0, end)
     Walk walk(a, b, c, t0);
-    const i64 column = b * a.len * a.channels + c;
-    const float* d_out = (const float*)a.d_out + column;
-    // pending[k]: dx of position t - (TAPS-1) + k so far; positions before `first` are in
-    // an earlier sequence than t and get nothing from it.
-    float pending[TAPS];
-    float dweight[TAPS];
+    BackwardSums sums;
 #pragma unroll
-    for (int k = 0; k < TAPS; ++k) pending[k] = dweight[k] = 0.0f;
-    float dbias = 0.0f;
-    int first = 0;
-    for (i64 t = t0; t < end; t += CONV_AHEAD) {
-        float xs[CONV_AHEAD], ds[CONV_AHEAD];
-#pragma unroll
-        for (int j = 0; j < CONV_AHEAD; ++j) {
-            const bool inside = t + j < end && t + j < a.len;
-            xs[j] = inside ? x_at(a, column + (t + j) * a.channels) : 0.0f;
-            ds[j] = inside ? d_out[(t + j) * a.channels] : 0.0f;
-        }
-#pragma unroll
-        for (int j = 0; j < CONV_AHEAD; ++j) {
-            const i64 s = t + j;
-            if (s >= end) break;
-            float g = 0.0f;
-            if (s < a.len) {
-                first = walk.reset(s) ? TAPS - 1 : max(first - 1, 0);
-                const float pre = walk.step(s, xs[j]);
-                const float sg = sigmoid_of(pre);
-                g = ds[j] * sg * (1.0f + pre * (1.0f - sg));
-                if (s < t1) {
-                    dbias += g;
-#pragma unroll
-                    for (int k = 0; k < TAPS; ++k) dweight[k] += g * walk.window[k];
-                }
-            }
-#pragma unroll
-            for (int k = 0; k < TAPS; ++k)
-                if (k >= first) pending[k] += walk.weight[k] * g;
-            // The oldest pending position gets nothing more: write it if it is this run's.
-            const i64 done = s - (TAPS - 1);
-            if (done >= t0 && done < t1) store_as((void*)a.dx, column + done * a.channels, pending[0], a.dx_bf16);
-#pragma unroll
-            for (int k = 0; k + 1 < TAPS; ++k) pending[k] = pending[k + 1];
-            pending[TAPS - 1] = 0.0f;
+    for (int k = 0; k < TAPS; ++k) sums.pending[k] = sums.dweight[k] = 0.0f;
+    sums.dbias = 0.0f;
+    sums.first = 0;
+    const i64 stride = a.channels;
+    i64 at = (b * a.len + t0) * stride + c;  // element (b, s, c)
+    for (int s = t0; s < end; s += CONV_AHEAD, at += CONV_AHEAD * stride) {
+        if (s >= t0 + TAPS - 1 && s + CONV_AHEAD <= t1) {
+            backward_block<false>(a, walk, sums, s, t0, t1, end, at, stride);
+        } else {
+            backward_block<true>(a, walk, sums, s, t0, t1, end, at, stride);
         }
     }
-    const i64 stride = (i64)a.channels * (TAPS + 1);
-    float* out = (float*)a.partials + (b * gridDim.y + run) * stride;
+    const i64 partial_stride = (i64)a.channels * (TAPS + 1);
+    float* out = (float*)a.partials + (b * gridDim.y + run) * partial_stride;
 #pragma unroll
-    for (int k = 0; k < TAPS; ++k) out[(i64)c * TAPS + k] = dweight[k];
-    out[(i64)a.channels * TAPS + c] = dbias;
+    for (int k = 0; k < TAPS; ++k) out[(i64)c * TAPS + k] = sums.dweight[k];
+    out[(i64)a.channels * TAPS + c] = sums.dbias;
 }
 
 #endif  // TAPS

@@ -99,12 +99,13 @@ fn input_args(
 }
 
 /// See [`super::forward`].
-/// The defines that compile the walking kernels for this kernel size, input type and (in
-/// the forward) whether out's bf16 copy is written.
-fn defines(dims: ConvDims, x: DeviceTensor, out_copy: bool) -> [String; 3] {
+/// The defines that compile the walking kernels for this kernel size, input type, whether
+/// rows have reset flags and (in the forward) whether out's bf16 copy is written.
+fn defines(dims: ConvDims, x: DeviceTensor, resets: bool, out_copy: bool) -> [String; 4] {
     [
         format!("-DTAPS={}", dims.kernel),
         format!("-DX_BF16={}", u8::from(x.bf16)),
+        format!("-DRESETS={}", u8::from(resets)),
         format!("-DOUT_COPY={}", u8::from(out_copy)),
     ]
 }
@@ -147,7 +148,7 @@ pub(crate) fn forward(
     args.state = state.as_ref().map_or(0, |s| s.address());
     args.out = out.address();
     args.out_copy = out_copy.as_ref().map_or(0, |c| c.address());
-    let defines = defines(dims, x, out_copy.is_some());
+    let defines = defines(dims, x, resets.is_some(), out_copy.is_some());
     let function = cuda.function(MODULE, SOURCE, &defines, "conv1d_forward")?;
     cuda.launch(&function, runs_grid(dims), &args)?;
     if state.is_some() && dims.kernel > 1 {
@@ -194,7 +195,12 @@ pub(crate) fn backward(
     args.dx = dx.address;
     args.dx_bf16 = dx.bf16.into();
     args.partials = cuda.address(&partials);
-    let function = cuda.function(MODULE, SOURCE, &defines(dims, x, false), "conv1d_backward")?;
+    let function = cuda.function(
+        MODULE,
+        SOURCE,
+        &defines(dims, x, resets.is_some(), false),
+        "conv1d_backward",
+    )?;
     cuda.launch(&function, runs_grid(dims), &args)?;
     let weights = Partials {
         groups,
