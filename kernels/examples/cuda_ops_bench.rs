@@ -64,78 +64,68 @@ fn main() -> Result<(), KernelError> {
         ));
         Ok::<(), KernelError>(())
     };
-    time(
-        "conv1d forward (x → u)",
-        2.0 * inner as f64 * f32_bytes,
-        &mut || {
-            cuda.conv1d_forward(
-                conv,
-                Input::F32(cuda.all(&x)),
-                cuda.all(&weight),
-                cuda.all(&bias),
-                None,
-                None,
-                cuda.all_mut(&mut u),
-                None,
-            )
-        },
-    )?;
-    time(
-        "conv1d backward (x, du → dx, dW, db)",
-        3.0 * inner as f64 * f32_bytes,
-        &mut || {
-            cuda.conv1d_backward(
-                conv,
-                Input::F32(cuda.all(&x)),
-                cuda.all(&weight),
-                cuda.all(&bias),
-                None,
-                None,
-                cuda.all(&d_out),
-                Output::F32(cuda.all_mut(&mut dx)),
-                cuda.all_mut(&mut dweight),
-                cuda.all_mut(&mut dbias),
-            )
-        },
-    )?;
-    // As bf16 training runs them: x kept in bf16, u's bf16 copy for x_proj, dx in bf16.
+    // In f32, then as bf16 training runs them: x kept in bf16, u's bf16 copy for x_proj,
+    // dx in bf16.
     let mut x_bits = cuda.zeros_bf16(inner)?;
     cuda.round_bf16(cuda.all(&x), &mut x_bits)?;
     let mut dx_bits = cuda.zeros_bf16(inner)?;
-    time(
-        "conv1d forward, bf16 training (x bf16 → u, u bf16)",
-        inner as f64 * (bf16_bytes + f32_bytes + bf16_bytes),
-        &mut || {
-            cuda.conv1d_forward(
-                conv,
-                Input::Bf16(&x_bits),
-                cuda.all(&weight),
-                cuda.all(&bias),
-                None,
-                None,
-                cuda.all_mut(&mut u),
-                Some(&mut copy),
-            )
-        },
-    )?;
-    time(
-        "conv1d backward, bf16 training (x bf16, du → dx bf16, dW, db)",
-        inner as f64 * (bf16_bytes + f32_bytes + bf16_bytes),
-        &mut || {
-            cuda.conv1d_backward(
-                conv,
-                Input::Bf16(&x_bits),
-                cuda.all(&weight),
-                cuda.all(&bias),
-                None,
-                None,
-                cuda.all(&d_out),
-                Output::Bf16(&mut dx_bits),
-                cuda.all_mut(&mut dweight),
-                cuda.all_mut(&mut dbias),
-            )
-        },
-    )?;
+    let conv_runs = [
+        (false, "", 2.0 * f32_bytes, 3.0 * f32_bytes),
+        (
+            true,
+            ", bf16 training (x bf16 → u and its bf16 copy; du → dx bf16)",
+            bf16_bytes + f32_bytes + bf16_bytes,
+            bf16_bytes + f32_bytes + bf16_bytes,
+        ),
+    ];
+    for (bf16, label, forward_bytes, backward_bytes) in conv_runs {
+        let x_input = || {
+            if bf16 {
+                Input::Bf16(&x_bits)
+            } else {
+                Input::F32(cuda.all(&x))
+            }
+        };
+        time(
+            &format!("conv1d forward{label}"),
+            inner as f64 * forward_bytes,
+            &mut || {
+                cuda.conv1d_forward(
+                    conv,
+                    x_input(),
+                    cuda.all(&weight),
+                    cuda.all(&bias),
+                    None,
+                    None,
+                    cuda.all_mut(&mut u),
+                    bf16.then_some(&mut copy),
+                )
+            },
+        )?;
+        time(
+            &format!("conv1d backward{label}"),
+            inner as f64 * backward_bytes,
+            &mut || {
+                let dx_output = if bf16 {
+                    Output::Bf16(&mut dx_bits)
+                } else {
+                    Output::F32(cuda.all_mut(&mut dx))
+                };
+                cuda.conv1d_backward(
+                    conv,
+                    x_input(),
+                    cuda.all(&weight),
+                    cuda.all(&bias),
+                    None,
+                    None,
+                    cuda.all(&d_out),
+                    dx_output,
+                    cuda.all_mut(&mut dweight),
+                    cuda.all_mut(&mut dbias),
+                )
+            },
+        )?;
+    }
     time(
         "residual add + RMSNorm forward",
         4.0 * model as f64 * f32_bytes,
