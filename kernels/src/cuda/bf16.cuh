@@ -23,30 +23,18 @@ __device__ __forceinline__ void store_as(void* base, unsigned long long i, float
     }
 }
 
-// Elements i..i+W-1 (W 1, 2 or 4, i a multiple of W, the tensor aligned to W elements) of a
+// Elements i..i+W-1 (W 1 or 4, i a multiple of W, the tensor aligned to W elements) of a
 // tensor of f32 values or of bf16 bits, in one access.
 template <int W>
 __device__ __forceinline__ void load_group(const void* base, unsigned long long i, int bf16, float (&v)[W]) {
     if (W == 1) {
         v[0] = load_as(base, i, bf16);
     } else if (bf16) {
-        unsigned int words[2];
-        if (W == 2) {
-            words[0] = ((const unsigned int*)base)[i / 2];
-        } else {
-            const uint2 pair = ((const uint2*)base)[i / 4];
-            words[0] = pair.x;
-            words[1] = pair.y;
-        }
-#pragma unroll
-        for (int k = 0; k < W / 2; ++k) {
-            v[2 * k] = __uint_as_float(words[k] << 16);
-            v[2 * k + 1] = __uint_as_float(words[k] & 0xffff0000u);
-        }
-    } else if (W == 2) {
-        const float2 pair = ((const float2*)base)[i / 2];
-        v[0] = pair.x;
-        v[W - 1] = pair.y;
+        const uint2 words = ((const uint2*)base)[i / 4];
+        v[0] = __uint_as_float(words.x << 16);
+        v[1 % W] = __uint_as_float(words.x & 0xffff0000u);
+        v[2 % W] = __uint_as_float(words.y << 16);
+        v[3 % W] = __uint_as_float(words.y & 0xffff0000u);
     } else {
         const float4 quad = ((const float4*)base)[i / 4];
         v[0] = quad.x;
@@ -62,16 +50,8 @@ __device__ __forceinline__ void store_group(void* base, unsigned long long i, co
     if (W == 1) {
         store_as(base, i, v[0], bf16);
     } else if (bf16) {
-        unsigned int words[2];
-#pragma unroll
-        for (int k = 0; k < W / 2; ++k) words[k] = bf16_bits(v[2 * k]) | (bf16_bits(v[2 * k + 1]) << 16);
-        if (W == 2) {
-            ((unsigned int*)base)[i / 2] = words[0];
-        } else {
-            ((uint2*)base)[i / 4] = make_uint2(words[0], words[1 % (W / 2)]);
-        }
-    } else if (W == 2) {
-        ((float2*)base)[i / 2] = make_float2(v[0], v[W - 1]);
+        ((uint2*)base)[i / 4] = make_uint2(bf16_bits(v[0]) | (bf16_bits(v[1 % W]) << 16),
+                                           bf16_bits(v[2 % W]) | (bf16_bits(v[3 % W]) << 16));
     } else {
         ((float4*)base)[i / 4] = make_float4(v[0], v[1 % W], v[2 % W], v[3 % W]);
     }
