@@ -72,7 +72,11 @@ extern "C" __global__ void rmsnorm_backward(NormArgs a) {
     const int lane = threadIdx.x & 31;
     const i64 first_row = blockIdx.x * (i64)GROUP_ROWS;
     float* mine = warp_sums + (i64)warp * a.cols;
-    for (int c = lane; c < a.cols; c += 32) mine[c] = 0.0f;
+    // Zeroed by the lane that adds into each column, as it will: no lane reads another's.
+    for (int c = lane * GROUP; c < a.cols; c += 32 * GROUP) {
+        const float zeros[GROUP] = {};
+        store_group<GROUP>((void*)mine, c, zeros, 0);
+    }
     for (int r = warp; r < GROUP_ROWS; r += ROWS_PER_BLOCK) {
         const i64 row = first_row + r;
         if (row >= a.rows) break;
