@@ -11,9 +11,9 @@ cd "$root"
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 
-# The test executables cargo builds, by target name.
+# The test executables cargo builds, by target name (its build messages go to stderr).
 executables() {
-    cargo test --release --no-run --message-format=json "$@" 2>/dev/null |
+    cargo test --release --no-run --message-format=json "$@" |
         sed -nE 's/.*"target":\{[^}]*"name":"([^"]*)".*"executable":"([^"]+)".*/\1 \2/p'
 }
 
@@ -24,6 +24,9 @@ cp "$target/release/seqmamba" "$stage/seqmamba"
     executables -p seqmamba --test cuda_model --test cuda_parallel --test workflow
 } | while read -r name path; do
     cp "$path" "$stage/$name"
+done
+for name in seqmamba_kernels cuda_model cuda_parallel workflow; do
+    [ -x "$stage/$name" ] || { echo "pack.sh: no test binary $name was built" >&2; exit 1; }
 done
 strip "$stage"/* 2>/dev/null || true
 # Tests find the binary and the repository at the paths they were built with.
