@@ -255,8 +255,6 @@ struct Shape {
     tiles: usize,
     /// Tiles per task.
     task_tiles: usize,
-    /// Groups of `task_tiles` tiles per batch row.
-    groups: usize,
 }
 
 /// The channels `first..first + width` of batch row `batch`.
@@ -296,7 +294,6 @@ impl Shape {
             chunks: dims.chunks(),
             tiles,
             task_tiles: TILES_PER_TASK,
-            groups: tiles.div_ceil(TILES_PER_TASK),
         })
     }
 
@@ -306,13 +303,13 @@ impl Shape {
     /// threads; rows of at most 16 tiles keep their blocks of eight positions). The
     /// backward keeps [`TILES_PER_TASK`]: its parameter gradients are summed per task.
     fn widened_for(self, threads: usize) -> Self {
-        let groups = self.tiles.div_ceil(WIDE_TASK_TILES);
-        if groups < self.groups && (self.batch * groups).is_multiple_of(threads.max(1)) {
-            Self {
-                task_tiles: WIDE_TASK_TILES,
-                groups,
-                ..self
-            }
+        let wide = Self {
+            task_tiles: WIDE_TASK_TILES,
+            ..self
+        };
+        let fewer = wide.groups() < self.groups();
+        if fewer && (self.batch * wide.groups()).is_multiple_of(threads.max(1)) {
+            wide
         } else {
             self
         }
@@ -323,8 +320,13 @@ impl Shape {
         BLOCK_TILE_POSITIONS / self.task_tiles
     }
 
+    /// Groups of `task_tiles` tiles (tasks) per batch row.
+    fn groups(&self) -> usize {
+        self.tiles.div_ceil(self.task_tiles)
+    }
+
     fn tasks(&self) -> usize {
-        self.batch * self.groups
+        self.batch * self.groups()
     }
 
     fn activations(&self) -> usize {
@@ -348,7 +350,7 @@ impl Shape {
 
     /// The tiles of task `task`, in channel order.
     fn task_tiles(&self, task: usize) -> impl Iterator<Item = Tile> + '_ {
-        let (batch, group) = (task / self.groups, task % self.groups);
+        let (batch, group) = (task / self.groups(), task % self.groups());
         let first = group * self.task_tiles;
         (first..self.tiles.min(first + self.task_tiles)).map(move |index| self.tile(batch, index))
     }
@@ -968,8 +970,8 @@ fn sum_task_partials(shape: &Shape, partials: &[f32], db: &mut [f32], dc: &mut [
             {
                 let position = block * ROWS_PER_TASK + i;
                 let (batch, t) = (position / len, position % len);
-                for group in 0..shape.groups {
-                    let partial = &partials[(batch * shape.groups + group) * partial_len..];
+                for group in 0..shape.groups() {
+                    let partial = &partials[(batch * shape.groups() + group) * partial_len..];
                     let (db_rows, dc_rows) = partial[..partial_len].split_at(len * n_state);
                     for (sum, &value) in db.iter_mut().zip(&db_rows[t * n_state..]) {
                         *sum += value;
@@ -997,7 +999,7 @@ fn accumulate_parameter_grads(
         let mut da = vec![Lanes::ZERO; shape.state];
         let (mut d_skip, mut d_bias) = (Lanes::ZERO, Lanes::ZERO);
         for batch in 0..shape.batch {
-            let tile_params = &params[batch * shape.groups + group][k];
+            let tile_params = &params[batch * shape.groups() + group][k];
             for (sum, &value) in da.iter_mut().zip(&tile_params.da) {
                 *sum = *sum + value;
             }
