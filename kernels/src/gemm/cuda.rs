@@ -16,8 +16,8 @@ use cudarc::driver::DeviceRepr;
 use super::GemmDims;
 use crate::bf16::{self, Bf16View, Output};
 use crate::cuda::{
-    check_view, device_error, flat_grid, Cuda, DeviceBuffer, DeviceTensor, DeviceView,
-    DeviceViewMut,
+    check_view, device_error, element_bytes, flat_grid, Cuda, DeviceBuffer, DeviceTensor,
+    DeviceView, DeviceViewMut,
 };
 use crate::{element_count, KernelError};
 
@@ -177,7 +177,7 @@ fn run(
         return if accumulate {
             Ok(())
         } else {
-            cuda.fill_zero_at(c.address, c.len * if c.bf16 { 2 } else { 4 })
+            cuda.fill_zero_at(c.address, c.len * element_bytes(c.bf16) as usize)
         };
     }
     let operation = |transpose: bool| {
