@@ -20,6 +20,12 @@ const CHANNEL_TILES_BYTES: usize =
 /// Channels per block of the backward's main kernel, four threads each.
 const BACKWARD_CHANNELS: usize = 64;
 const BACKWARD_THREADS: u32 = 256;
+/// Channels per block of the one-pass forward kernel, four threads each.
+const ONE_PASS_CHANNELS: usize = 32;
+const ONE_PASS_THREADS: u32 = 128;
+/// Threads per multiprocessor from which the forward runs in one pass (four a channel)
+/// rather than cutting rows into segments, whose exps it takes twice.
+const ONE_PASS_THREADS_PER_SM: usize = 256;
 /// Positions whose states the backward holds in registers at a time (`SUB`).
 const BACKWARD_SUB: usize = 8;
 const REDUCE_THREADS: u32 = 256;
@@ -81,6 +87,28 @@ struct ScanArgs {
 
 // SAFETY: plain old data matching the kernel's struct field for field.
 unsafe impl DeviceRepr for ScanArgs {}
+
+/// How the forward covers a shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ForwardPath {
+    /// A thread per channel, rows cut into segments: a segment pass, the carries chained,
+    /// an output pass.
+    Segmented,
+    /// Four threads per channel walking whole rows (`scan_fwd_quad`).
+    OnePass,
+}
+
+impl ForwardPath {
+    /// One pass where batch · channels alone give `ONE_PASS_THREADS_PER_SM` threads a
+    /// multiprocessor.
+    fn for_shape(dims: ScanDims, multiprocessors: usize) -> Self {
+        if dims.batch * dims.channels * 4 >= multiprocessors * ONE_PASS_THREADS_PER_SM {
+            Self::OnePass
+        } else {
+            Self::Segmented
+        }
+    }
+}
 
 /// How each row is cut for the GPU: `segments` pieces of `seg_len` positions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -213,10 +241,13 @@ impl Cuda {
         })
     }
 
-    /// Forward scan on the device; arguments and semantics as [`super::cpu::forward`]
-    /// (`resets` as u32 flags, `state` and `checkpoints` optional). Queued on the stream.
+    /// Forward scan on the device by `path`; arguments and semantics as
+    /// [`super::cpu::forward`] (`resets` as u32 flags, `state` and `checkpoints` optional).
+    /// Queued on the stream.
+    #[allow(clippy::too_many_arguments)]
     fn scan_forward_device(
         &self,
+        path: ForwardPath,
         dims: ScanDims,
         inputs: &ScanInputs<DeviceView<'_>, Input<'_, Cuda>>,
         resets: Option<&DeviceIds>,
@@ -235,14 +266,19 @@ impl Cuda {
         if let Some(checkpoints) = &checkpoints {
             check_view(OP, "checkpoints", dims.checkpoint_len(), checkpoints.len())?;
         }
-        let cut = segments_for(dims, 1, self.target_threads()?);
-        let slots = dims.batch * cut.segments * dims.channels;
-        let seg_state = self.scratch::<f32>(slots * STATE)?;
-        let seg_sum = self.scratch::<f32>(slots)?;
         args.state = state.as_ref().map_or(0, |s| s.address());
         args.checkpoints = checkpoints.as_ref().map_or(0, |c| c.address());
         args.out = out.address;
         args.out_bf16 = out.bf16.into();
+        if path == ForwardPath::OnePass {
+            let blocks = dims.channels.div_ceil(ONE_PASS_CHANNELS);
+            let config = grid(blocks, dims, 1, ONE_PASS_THREADS, 0);
+            return self.launch(&kernel("scan_fwd_quad")?, config, &args);
+        }
+        let cut = segments_for(dims, 1, self.target_threads()?);
+        let slots = dims.batch * cut.segments * dims.channels;
+        let seg_state = self.scratch::<f32>(slots * STATE)?;
+        let seg_sum = self.scratch::<f32>(slots)?;
         args.seg_state = self.address(&seg_state);
         args.seg_sum = self.address(&seg_sum);
         args.seg_len = cut.seg_len as i32;
@@ -388,7 +424,8 @@ pub(crate) fn forward(
     checkpoints: Option<DeviceViewMut<'_>>,
     out: DeviceTensor,
 ) -> Result<(), KernelError> {
-    cuda.scan_forward_device(dims, inputs, resets, state, checkpoints, out)
+    let path = ForwardPath::for_shape(dims, cuda.multiprocessors());
+    cuda.scan_forward_device(path, dims, inputs, resets, state, checkpoints, out)
 }
 
 /// Gradients of [`forward`] from its checkpoints; semantics as [`super::cpu::backward`]:

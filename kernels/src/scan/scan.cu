@@ -506,39 +506,41 @@ __device__ __forceinline__ float quad_sum(float v) {
 
 enum QuadColumn { COL_DELTA = 0, COL_U = 1, COL_D_OUT = 2, COL_Z = 3, QUAD_COLUMNS = 4 };
 
-// Raw inputs of one sub-chunk for the block's channels, filled by asynchronous copies
-// one sub-chunk ahead of use (double-buffered).
+// What a quad kernel stages and transforms for a sub-chunk: rebuilding states needs delta,
+// u and B; making the output also z and C; the backward also d_out.
+enum QuadNeeds { QUAD_REBUILD = 0, QUAD_OUTPUT = 1, QUAD_BACKWARD = 2 };
+
+// Raw inputs of one sub-chunk for a block's CHANNELS channels, filled by asynchronous
+// copies one sub-chunk ahead of use (double-buffered).
+template <int CHANNELS>
 struct QuadRaw {
-    float cols[QUAD_COLUMNS][SUB][BWD_CHANNELS];  // delta, u, d_out, z (bf16 z: bits in its first half)
+    float cols[QUAD_COLUMNS][SUB][CHANNELS];  // delta, u, d_out, z (bf16 z: bits in its first half)
     float4 rows[SUB][2 * STATE / 4];  // B then C
     u32 reset[SUB];
 };
 
 // Per-(position, channel) scalars of one sub-chunk, computed once per block rather than
 // once per thread of a channel's quad.
+template <int CHANNELS>
 struct QuadTile {
-    float dt[SUB][BWD_CHANNELS];
+    float dt[SUB][CHANNELS];
     // dt, or +inf at a reset: exp2(A * inf) = 0 (A < 0) drops the carried state and its
     // gradient without a select per state.
-    float dt_decay[SUB][BWD_CHANNELS];
-    float g[SUB][BWD_CHANNELS];     // d_out * silu(z): gradient w.r.t. y
-    float zf[SUB][BWD_CHANNELS];    // dz = y * zf
-    float gate[SUB][BWD_CHANNELS];  // silu(z): the output made again is y * gate
-    float dsp[SUB][BWD_CHANNELS];   // softplus'(delta + bias)
+    float dt_decay[SUB][CHANNELS];
+    float g[SUB][CHANNELS];     // d_out * silu(z): gradient w.r.t. y
+    float zf[SUB][CHANNELS];    // dz = y * zf
+    float gate[SUB][CHANNELS];  // silu(z): the output is y * gate
+    float dsp[SUB][CHANNELS];   // softplus'(delta + bias)
 };
 
 // du, ddelta, dz and the forward's output of one sub-chunk, gathered so that the block
 // writes them in whole rows: [position][thread], thread 4 * channel + k holding output k.
 typedef float QuadOut[SUB][BWD_THREADS];
 
-#define QUAD_PER_THREAD (SUB * BWD_CHANNELS / BWD_THREADS)
-#define QUAD_ROW_STEP (BWD_THREADS / BWD_CHANNELS)
-// With 16-byte copies a thread copies 4 channels of one row; the block covers two
-// columns at a time.
-#define QUAD_VECTORS (SUB * BWD_CHANNELS / 4)
-#if BWD_THREADS != 2 * QUAD_VECTORS
-#error "the 16-byte copies assume that the block covers two columns of a sub-chunk at a time"
-#endif
+// A block of CHANNELS channels has GROUPS threads a channel; each thread copies,
+// transforms and writes QUAD_PER_THREAD elements of a sub-chunk, QUAD_ROW_STEP rows apart.
+#define QUAD_PER_THREAD (SUB / GROUPS)
+#define QUAD_ROW_STEP GROUPS
 
 // The (position, channel) elements a thread copies, transforms and writes out: channel
 // `ch` of the block at rows row, row + QUAD_ROW_STEP, ... of each sub-chunk. Fixed for
@@ -553,11 +555,12 @@ struct QuadElements {
     bool vectors;  // 16-byte copies: every row of the columns is 16-byte aligned
 };
 
+template <int CHANNELS>
 __device__ __forceinline__ QuadElements quad_elements(const ScanArgs& p) {
     QuadElements io;
-    io.ch = threadIdx.x % BWD_CHANNELS;
-    io.row = threadIdx.x / BWD_CHANNELS;
-    io.d = blockIdx.x * BWD_CHANNELS + io.ch;
+    io.ch = threadIdx.x % CHANNELS;
+    io.row = threadIdx.x / CHANNELS;
+    io.d = blockIdx.x * CHANNELS + io.ch;
     io.active = io.d < p.channels;
     io.bias = __ldg(p.delta_bias + min(io.d, p.channels - 1));
     io.row_stride = (size_t)QUAD_ROW_STEP * p.channels;
@@ -571,22 +574,26 @@ __device__ __forceinline__ size_t quad_first(const ScanArgs& p, const QuadElemen
     return ((size_t)b * p.len + ts + io.row) * p.channels + io.d;
 }
 
-// Starts copying positions ts .. ts+SUB (clipped at t1); the backward also needs d_out,
-// z and C.
-__device__ __forceinline__ void issue_quad_raw(const ScanArgs& p, const QuadElements& io, QuadRaw& raw, int b,
-                                               int ts, int t1, bool backward) {
+// Starts copying what `needs` asks of positions ts .. ts+SUB (clipped at t1).
+template <int CHANNELS>
+__device__ __forceinline__ void issue_quad_raw(const ScanArgs& p, const QuadElements& io, QuadRaw<CHANNELS>& raw,
+                                               int b, int ts, int t1, int needs) {
     const int tid = threadIdx.x;
+    const bool gated = needs != QUAD_REBUILD && p.z != nullptr;
     if (io.vectors) {
-        // Channels ch .. ch+3 of row r, of the odd column of each pair if `odd`.
-        const int v = tid % QUAD_VECTORS;
-        const int r = v / (BWD_CHANNELS / 4);
-        const int ch = 4 * (v % (BWD_CHANNELS / 4));
-        const int odd = tid / QUAD_VECTORS;
-        const int d = blockIdx.x * BWD_CHANNELS + ch;
+        // With 16-byte copies a thread copies channels ch .. ch+3 of row r, of the odd
+        // column of each pair if `odd`: the block covers two columns at a time.
+        constexpr int VECTORS = SUB * CHANNELS / 4;
+        const int v = tid % VECTORS;
+        const int r = v / (CHANNELS / 4);
+        const int ch = 4 * (v % (CHANNELS / 4));
+        const int odd = tid / VECTORS;
+        const int d = blockIdx.x * CHANNELS + ch;
         const bool valid = d < p.channels && ts + r < t1;
         const size_t i = valid ? ((size_t)b * p.len + ts + r) * p.channels + d : 0;
         copy_async<16>(&raw.cols[COL_DELTA + odd][r][ch], (odd ? p.u : p.delta) + i, valid);
-        if (backward && (!odd || (p.z != nullptr && !Z_BF16))) {
+        const bool second = odd ? gated && !Z_BF16 : needs == QUAD_BACKWARD;  // z, d_out
+        if (second) {
             const float* src = odd ? static_cast<const float*>(p.z) : p.d_out;
             copy_async<16>(&raw.cols[COL_D_OUT + odd][r][ch], src + i, valid);
         }
@@ -599,21 +606,19 @@ __device__ __forceinline__ void issue_quad_raw(const ScanArgs& p, const QuadElem
             const size_t i = valid ? first + e * io.row_stride : 0;
             copy_async<4>(&raw.cols[COL_DELTA][r][io.ch], p.delta + i, valid);
             copy_async<4>(&raw.cols[COL_U][r][io.ch], p.u + i, valid);
-            if (backward) {
-                copy_async<4>(&raw.cols[COL_D_OUT][r][io.ch], p.d_out + i, valid);
-                if (p.z != nullptr && !Z_BF16) {
-                    copy_async<4>(&raw.cols[COL_Z][r][io.ch], static_cast<const float*>(p.z) + i, valid);
-                }
+            if (needs == QUAD_BACKWARD) copy_async<4>(&raw.cols[COL_D_OUT][r][io.ch], p.d_out + i, valid);
+            if (gated && !Z_BF16) {
+                copy_async<4>(&raw.cols[COL_Z][r][io.ch], static_cast<const float*>(p.z) + i, valid);
             }
         }
     }
-    if (backward && p.z != nullptr && Z_BF16) {
-        issue_z_bf16<4, BWD_CHANNELS, SUB, BWD_THREADS>(p, reinterpret_cast<unsigned short*>(raw.cols[COL_Z]), b,
-                                                        blockIdx.x * BWD_CHANNELS, ts, t1);
+    if (gated && Z_BF16) {
+        issue_z_bf16<4, CHANNELS, SUB, GROUPS * CHANNELS>(p, reinterpret_cast<unsigned short*>(raw.cols[COL_Z]), b,
+                                                          blockIdx.x * CHANNELS, ts, t1);
     }
     if (tid < SUB * 2 * STATE / 4) {
         const int r = tid / 8, q = tid % 8;
-        const bool valid = (q < 4 || backward) && ts + r < t1;
+        const bool valid = (q < 4 || needs != QUAD_REBUILD) && ts + r < t1;
         const size_t row = valid ? (size_t)b * p.len + ts + r : 0;
         const float* src = q < 4 ? p.b + row * STATE + 4 * q : p.c + row * STATE + 4 * (q - 4);
         copy_async<16>(&raw.rows[r][q], src, valid);
@@ -625,9 +630,10 @@ __device__ __forceinline__ void issue_quad_raw(const ScanArgs& p, const QuadElem
     copy_commit();
 }
 
-// Turns the raw elements this thread copied into the tile's scalars.
-__device__ __forceinline__ void transform_quad(const ScanArgs& p, const QuadElements& io, const QuadRaw& raw,
-                                               QuadTile& tile, bool backward) {
+// Turns the raw elements this thread copied into the tile's scalars that `needs` asks.
+template <int CHANNELS>
+__device__ __forceinline__ void transform_quad(const ScanArgs& p, const QuadElements& io,
+                                               const QuadRaw<CHANNELS>& raw, QuadTile<CHANNELS>& tile, int needs) {
 #pragma unroll
     for (int e = 0; e < QUAD_PER_THREAD; ++e) {
         const int r = io.row + e * QUAD_ROW_STEP;
@@ -635,19 +641,21 @@ __device__ __forceinline__ void transform_quad(const ScanArgs& p, const QuadElem
         const float dt = softplus(v);
         tile.dt[r][io.ch] = dt;
         tile.dt_decay[r][io.ch] = raw.reset[r] ? __int_as_float(0x7f800000) : dt;
-        if (backward) {
-            const float dout = raw.cols[COL_D_OUT][r][io.ch];
-            tile.dsp[r][io.ch] = v > 20.0f ? 1.0f : sigmoid(v);
-            if (p.z != nullptr) {
-                const float zz = load_as(raw.cols[COL_Z], (size_t)r * BWD_CHANNELS + io.ch, Z_BF16);
-                const float sg = sigmoid(zz);
+        if (needs == QUAD_REBUILD) continue;
+        const bool backward = needs == QUAD_BACKWARD;
+        const float dout = backward ? raw.cols[COL_D_OUT][r][io.ch] : 0.0f;
+        if (p.z != nullptr) {
+            const float zz = load_as(raw.cols[COL_Z], (size_t)r * CHANNELS + io.ch, Z_BF16);
+            const float sg = sigmoid(zz);
+            tile.gate[r][io.ch] = zz * sg;
+            if (backward) {
                 tile.g[r][io.ch] = dout * zz * sg;
                 tile.zf[r][io.ch] = dout * sg * (1.0f + zz * (1.0f - sg));
-                tile.gate[r][io.ch] = zz * sg;
-            } else {
-                tile.g[r][io.ch] = dout;
             }
+        } else if (backward) {
+            tile.g[r][io.ch] = dout;
         }
+        if (backward) tile.dsp[r][io.ch] = v > 20.0f ? 1.0f : sigmoid(v);
     }
 }
 
@@ -668,10 +676,141 @@ __device__ __forceinline__ void write_quad_out(const ScanArgs& p, const QuadElem
     }
 }
 
-__device__ __forceinline__ void quad_row(const QuadRaw& raw, int r, int half, int group, float (&v)[GROUP_STATES]) {
+template <int CHANNELS>
+__device__ __forceinline__ void quad_row(const QuadRaw<CHANNELS>& raw, int r, int half, int group,
+                                         float (&v)[GROUP_STATES]) {
     const float4 x = raw.rows[r][half * (STATE / 4) + group];
     v[0] = x.x; v[1] = x.y; v[2] = x.z; v[3] = x.w;
 }
+
+// A for the thread's states: natural, and scaled by log2(e) for exp2. The scaled one is
+// kept below zero so that a reset's infinite dt_decay gives exp2(-inf) = 0 even where
+// exp(a_log) underflows; exp2 of -FLT_MIN * dt is 1, as exp2(0) would be.
+__device__ __forceinline__ void quad_a(const ScanArgs& p, int d, int n0, float (&a_nat)[GROUP_STATES],
+                                       float (&a2)[GROUP_STATES]) {
+#pragma unroll
+    for (int j = 0; j < GROUP_STATES; ++j) {
+        a_nat[j] = -__expf(__ldg(p.a_log + (size_t)d * STATE + n0 + j));
+        a2[j] = fminf(a_nat[j] * LOG2E, -1.17549435e-38f);
+    }
+}
+
+// Advances the thread's states over row r of a sub-chunk (h <- exp(A dt) h + dt u B),
+// giving the decays too.
+template <int CHANNELS>
+__device__ __forceinline__ void quad_step(const QuadRaw<CHANNELS>& raw, const QuadTile<CHANNELS>& tile, int r,
+                                          int ch, int group, const float (&a2)[GROUP_STATES],
+                                          float (&h)[GROUP_STATES], float (&decay)[GROUP_STATES]) {
+    const float dt_decay = tile.dt_decay[r][ch];
+    const float x = tile.dt[r][ch] * raw.cols[COL_U][r][ch];
+    float bv[GROUP_STATES];
+    quad_row(raw, r, 0, group, bv);
+#pragma unroll
+    for (int j = 0; j < GROUP_STATES; ++j) {
+        decay[j] = fast_exp2(a2[j] * dt_decay);
+        h[j] = decay[j] * h[j] + x * bv[j];
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Forward in one pass, used when batch x channels alone give the device enough threads:
+// four threads a channel (GROUP_STATES states each), so every exp is taken once where the
+// per-channel kernels take each twice for a row cut into segments. The per-(position,
+// channel) work (softplus, gate) is shared out over the block; the output's sum over a
+// channel's four threads is transposed (six exchanges per sub-chunk, not sixteen), so
+// that each thread finishes the outputs of two positions. The sums run in the order of the
+// per-channel kernel and the backward's, so the bits are the same.
+
+#define FWD_CHANNELS 32
+#define FWD_THREADS (FWD_CHANNELS * GROUPS)
+
+extern "C" __global__ void __launch_bounds__(FWD_THREADS) scan_fwd_quad(ScanArgs p) {
+    __shared__ QuadRaw<FWD_CHANNELS> raws[2];
+    __shared__ QuadTile<FWD_CHANNELS> tile;
+    const int tid = threadIdx.x;
+    const int group = tid % GROUPS;
+    const int ch = tid / GROUPS;
+    const int d = blockIdx.x * FWD_CHANNELS + ch;
+    const int b = blockIdx.z;
+    const bool active = d < p.channels;
+    const int dd = active ? d : p.channels - 1;
+    const int n0 = group * GROUP_STATES;
+    const bool gated = p.z != nullptr;
+    const QuadElements io = quad_elements<FWD_CHANNELS>(p);
+    float a_nat[GROUP_STATES], a2[GROUP_STATES];
+    quad_a(p, dd, n0, a_nat, a2);
+    const float skip = __ldg(p.d_skip + dd);
+    const size_t own = ((size_t)b * p.channels + d) * STATE + n0;
+    float h[GROUP_STATES] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (active && p.state != nullptr) {
+        const float4 saved = *reinterpret_cast<const float4*>(p.state + own);
+        h[0] = saved.x; h[1] = saved.y; h[2] = saved.z; h[3] = saved.w;
+    }
+    // After the two exchanges, lane `group` holds the sums of rows `mine` and `mine + 1`.
+    const bool odd1 = group & 1, odd2 = group & 2;
+    const int mine = (odd1 ? 4 : 0) + (odd2 ? 2 : 0);
+    const int subs = (p.len + SUB - 1) / SUB;
+    int next_checkpoint = 0;
+    issue_quad_raw<FWD_CHANNELS>(p, io, raws[0], b, 0, p.len, QUAD_OUTPUT);
+    for (int k = 0; k < subs; ++k) {
+        if (k + 1 < subs) {
+            issue_quad_raw<FWD_CHANNELS>(p, io, raws[(k + 1) & 1], b, (k + 1) * SUB, p.len, QUAD_OUTPUT);
+        } else {
+            copy_commit();  // an empty group keeps the wait count uniform
+        }
+        copy_wait_all_but_one();
+        __syncthreads();
+        const QuadRaw<FWD_CHANNELS>& raw = raws[k & 1];
+        transform_quad<FWD_CHANNELS>(p, io, raw, tile, QUAD_OUTPUT);
+        __syncthreads();
+        const int ts = k * SUB;
+        const int steps = min(SUB, p.len - ts);
+        float y[SUB];
+#pragma unroll
+        for (int r = 0; r < SUB; ++r) {
+            y[r] = 0.0f;
+            if (r >= steps) continue;  // uniform across the block
+            if (ts + r == next_checkpoint) {
+                if (active && p.checkpoints != nullptr) {
+                    const size_t at = (((size_t)b * p.chunks + next_checkpoint / p.chunk) * p.channels + d) * STATE;
+                    *reinterpret_cast<float4*>(p.checkpoints + at + n0) = make_float4(h[0], h[1], h[2], h[3]);
+                }
+                next_checkpoint += p.chunk;
+            }
+            float decay[GROUP_STATES], cv[GROUP_STATES];
+            quad_step(raw, tile, r, ch, group, a2, h, decay);
+            quad_row(raw, r, 1, group, cv);
+#pragma unroll
+            for (int j = 0; j < GROUP_STATES; ++j) y[r] += cv[j] * h[j];
+        }
+        float y4[SUB / 2];
+#pragma unroll
+        for (int i = 0; i < SUB / 2; ++i) {
+            const float send = odd1 ? y[i] : y[SUB / 2 + i];
+            const float keep = odd1 ? y[SUB / 2 + i] : y[i];
+            y4[i] = keep + __shfl_xor_sync(0xffffffffu, send, 1);
+        }
+#pragma unroll
+        for (int i = 0; i < SUB / 4; ++i) {
+            const float send = odd2 ? y4[i] : y4[SUB / 4 + i];
+            const float keep = odd2 ? y4[SUB / 4 + i] : y4[i];
+            const float total = keep + __shfl_xor_sync(0xffffffffu, send, 2);
+            const int r = mine + i;
+            if (active && r < steps) {
+                float out = total + skip * raw.cols[COL_U][r][ch];
+                if (gated) out *= tile.gate[r][ch];
+                store_as(p.out, ((size_t)b * p.len + ts + r) * p.channels + d, out, p.out_bf16);
+            }
+        }
+        __syncthreads();  // the tile and this raw buffer are rewritten next
+    }
+    if (active && p.state != nullptr) {
+        *reinterpret_cast<float4*>(p.state + own) = make_float4(h[0], h[1], h[2], h[3]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Backward main kernel
 
 // Sub-chunks of chunk k, and the chunk's positions [c0, c1).
 __device__ __forceinline__ int chunk_subs(const ScanArgs& p, int k, int& c0, int& c1) {
@@ -694,8 +833,8 @@ __device__ __forceinline__ void quad_tile_at(const ScanArgs& p, int k, int j, in
 // Block: BWD_CHANNELS channels of one (batch, segment).
 extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanArgs p) {
     extern __shared__ float4 sub_states[];  // [sub-chunk][thread]
-    __shared__ QuadRaw raws[2];
-    __shared__ QuadTile tile;
+    __shared__ QuadRaw<BWD_CHANNELS> raws[2];
+    __shared__ QuadTile<BWD_CHANNELS> tile;
     __shared__ QuadOut quad_out;
     __shared__ float reduce[BWD_THREADS / 32][SUB][2 * STATE];
 
@@ -712,16 +851,10 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanA
     const int n0 = group * GROUP_STATES;
     const bool gated = p.z != nullptr;
     const bool remake_out = p.out != nullptr;
-    const QuadElements io = quad_elements(p);
+    const QuadElements io = quad_elements<BWD_CHANNELS>(p);
 
     float a_nat[GROUP_STATES], a2[GROUP_STATES];
-#pragma unroll
-    for (int j = 0; j < GROUP_STATES; ++j) {
-        a_nat[j] = -__expf(__ldg(p.a_log + (size_t)dd * STATE + n0 + j));
-        // Kept below zero so that a reset's infinite dt_decay gives exp2(-inf) = 0 even
-        // where exp(a_log) underflows; exp2 of -FLT_MIN * dt is 1, as exp2(0) would be.
-        a2[j] = fminf(a_nat[j] * LOG2E, -1.17549435e-38f);
-    }
+    quad_a(p, dd, n0, a_nat, a2);
     const float skip = __ldg(p.d_skip + dd);
 
     float dh[GROUP_STATES];
@@ -742,7 +875,7 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanA
         int ts, c1;
         bool backward;
         quad_tile_at(p, last_chunk, 0, ts, c1, backward);
-        issue_quad_raw(p, io, raws[0], b, ts, c1, backward);
+        issue_quad_raw<BWD_CHANNELS>(p, io, raws[0], b, ts, c1, backward ? QUAD_BACKWARD : QUAD_REBUILD);
     }
     for (int k = last_chunk; k >= first_chunk; --k) {
         int c0, c1;
@@ -761,13 +894,14 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanA
                 int ts, t1;
                 bool backward;
                 quad_tile_at(p, next_k, j + 1 < count ? j + 1 : 0, ts, t1, backward);
-                issue_quad_raw(p, io, raws[buffer ^ 1], b, ts, t1, backward);
+                issue_quad_raw<BWD_CHANNELS>(p, io, raws[buffer ^ 1], b, ts, t1,
+                                             backward ? QUAD_BACKWARD : QUAD_REBUILD);
             } else {
                 copy_commit();
             }
             copy_wait_all_but_one();
             __syncthreads();
-            const QuadRaw& raw = raws[buffer];
+            const QuadRaw<BWD_CHANNELS>& raw = raws[buffer];
             const bool backward = j >= subs - 1;
             const int q = backward ? count - 1 - j : j;
             const int ts = c0 + q * SUB;
@@ -775,20 +909,14 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanA
             if (j <= subs - 1) {
                 sub_states[q * BWD_THREADS + tid] = make_float4(h[0], h[1], h[2], h[3]);
             }
-            transform_quad(p, io, raw, tile, backward);
+            transform_quad<BWD_CHANNELS>(p, io, raw, tile, backward ? QUAD_BACKWARD : QUAD_REBUILD);
             __syncthreads();
             if (!backward) {
                 // Rebuild the state at the start of the next sub-chunk.
 #pragma unroll
                 for (int r = 0; r < SUB; ++r) {
-                    const float dt_decay = tile.dt_decay[r][ch];
-                    const float x = tile.dt[r][ch] * raw.cols[COL_U][r][ch];
-                    float bv[GROUP_STATES];
-                    quad_row(raw, r, 0, group, bv);
-#pragma unroll
-                    for (int jj = 0; jj < GROUP_STATES; ++jj) {
-                        h[jj] = fast_exp2(a2[jj] * dt_decay) * h[jj] + x * bv[jj];
-                    }
+                    float decay[GROUP_STATES];
+                    quad_step(raw, tile, r, ch, group, a2, h, decay);
                 }
             } else {
                 // States before and after each of the SUB steps, and their decays.
@@ -799,15 +927,9 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanA
                 }
 #pragma unroll
                 for (int r = 0; r < SUB; ++r) {
-                    const float dt_decay = tile.dt_decay[r][ch];
-                    const float x = tile.dt[r][ch] * raw.cols[COL_U][r][ch];
-                    float bv[GROUP_STATES];
-                    quad_row(raw, r, 0, group, bv);
 #pragma unroll
-                    for (int jj = 0; jj < GROUP_STATES; ++jj) {
-                        decay[r][jj] = fast_exp2(a2[jj] * dt_decay);
-                        hs[r + 1][jj] = decay[r][jj] * hs[r][jj] + x * bv[jj];
-                    }
+                    for (int jj = 0; jj < GROUP_STATES; ++jj) hs[r + 1][jj] = hs[r][jj];
+                    quad_step(raw, tile, r, ch, group, a2, hs[r + 1], decay[r]);
                 }
 #pragma unroll
                 for (int r = SUB - 1; r >= 0; --r) {

@@ -178,7 +178,16 @@ impl Destination {
     }
 }
 
-fn run_forward(cuda: &Cuda, p: &Problem, on: &OnDevice, written: Written) -> DeviceForward {
+/// Both ways of running the forward, which every forward test covers.
+const PATHS: [ForwardPath; 2] = [ForwardPath::Segmented, ForwardPath::OnePass];
+
+fn run_forward(
+    cuda: &Cuda,
+    p: &Problem,
+    on: &OnDevice,
+    written: Written,
+    path: ForwardPath,
+) -> DeviceForward {
     let dims = p.dims;
     let act = dims.batch * dims.len * dims.channels;
     let mut out = Destination::new(cuda, act, written);
@@ -189,13 +198,14 @@ fn run_forward(cuda: &Cuda, p: &Problem, on: &OnDevice, written: Written) -> Dev
         .unwrap_or_else(|| vec![0.0; dims.state_len()]);
     let mut state = cuda.upload(&initial).unwrap();
     let state_arg = p.initial.is_some().then(|| cuda.all_mut(&mut state));
-    cuda.scan_forward(
+    cuda.scan_forward_device(
+        path,
         dims,
         &on.inputs(cuda),
         on.resets.as_ref(),
         state_arg,
         Some(cuda.all_mut(&mut checkpoints)),
-        out.output(cuda),
+        out.output(cuda).into(),
     )
     .unwrap();
     DeviceForward {
@@ -272,9 +282,15 @@ fn run_backward(
     DeviceGrads { all }
 }
 
-/// Forward (output, final state, checkpoints) and every gradient against the reference;
-/// the output the backward makes again has the forward's bits.
+/// Forward (output, final state, checkpoints) by both paths and every gradient against the
+/// reference; the output the backward makes again has the forward's bits.
 fn check_against_reference(cuda: &Cuda, p: &Problem) {
+    for path in PATHS {
+        check_path_against_reference(cuda, p, path);
+    }
+}
+
+fn check_path_against_reference(cuda: &Cuda, p: &Problem, path: ForwardPath) {
     let dims = p.dims;
     let host = p.reference_inputs();
     let x = as_inputs(&host, p.inputs.z.is_some());
@@ -282,7 +298,7 @@ fn check_against_reference(cuda: &Cuda, p: &Problem) {
     let initial = p.initial.as_ref().map(|h| to_f64(h));
     let want = reference::forward(dims, &x, resets, initial.as_deref());
     let on = OnDevice::new(cuda, p);
-    let got = run_forward(cuda, p, &on, Written::F32);
+    let got = run_forward(cuda, p, &on, Written::F32, path);
     assert_close("out", &got.out, &want.out, 1e-5, 1e-7);
     assert_close(
         "checkpoints",
@@ -324,7 +340,7 @@ fn check_against_reference(cuda: &Cuda, p: &Problem) {
         assert_close(name, actual, reference, 1e-4, 1e-7);
     }
     let (_, remade) = got.all.last().unwrap();
-    assert_eq!(bits(remade), bits(&forward_out), "out made again");
+    assert_eq!(bits(remade), bits(&forward_out), "out made again, {path:?}");
 }
 
 #[test]
@@ -339,6 +355,19 @@ fn cuda_scan_gated_with_resets_and_initial_state() {
         chunk: 64,
     };
     check_against_reference(&cuda, &Problem::random(dims, 1, true, true, true));
+}
+
+#[test]
+fn cuda_scan_chunks_not_a_multiple_of_the_sub_chunk() {
+    let Some(cuda) = device() else { return };
+    let dims = ScanDims {
+        batch: 3,
+        len: 101,
+        channels: 40,
+        state: 16,
+        chunk: 13,
+    };
+    check_against_reference(&cuda, &Problem::random(dims, 11, true, true, true));
 }
 
 #[test]
@@ -406,9 +435,12 @@ fn cuda_scan_bf16_outputs_are_the_rounded_f32_outputs() {
             .map(|&v| crate::bf16::to_f32(crate::bf16::from_f32(v)).to_bits())
             .collect()
     };
-    let forward = run_forward(&cuda, &p, &on, Written::F32);
-    let forward16 = run_forward(&cuda, &p, &on, Written::Bf16);
-    assert_eq!(bits(&forward16.out), rounded(&forward.out));
+    for path in PATHS {
+        let forward = run_forward(&cuda, &p, &on, Written::F32, path);
+        let forward16 = run_forward(&cuda, &p, &on, Written::Bf16, path);
+        assert_eq!(bits(&forward16.out), rounded(&forward.out), "{path:?}");
+    }
+    let forward = run_forward(&cuda, &p, &on, Written::F32, ForwardPath::Segmented);
     let f32s = run_backward(&cuda, &p, &on, &forward.checkpoints, Written::F32);
     let bf16s = run_backward(&cuda, &p, &on, &forward.checkpoints, Written::Bf16);
     for ((name, f32s), (_, bf16s)) in f32s.all.iter().zip(&bf16s.all) {
@@ -441,9 +473,17 @@ fn cuda_scan_reads_bf16_z_as_its_widened_values() {
         *z = crate::bf16::widened(&z_bits);
         let wide = OnDevice::new(&cuda, &p);
         let narrow = OnDevice::with_bf16_z(&cuda, &p, &z_bits);
-        let want = run_forward(&cuda, &p, &wide, Written::F32);
-        let got = run_forward(&cuda, &p, &narrow, Written::F32);
-        assert_eq!(bits(&got.out), bits(&want.out), "out, {channels} channels");
+        for path in PATHS {
+            let want = run_forward(&cuda, &p, &wide, Written::F32, path);
+            let got = run_forward(&cuda, &p, &narrow, Written::F32, path);
+            assert_eq!(
+                bits(&got.out),
+                bits(&want.out),
+                "out, {channels} channels, {path:?}"
+            );
+        }
+        let want = run_forward(&cuda, &p, &wide, Written::F32, ForwardPath::Segmented);
+        let got = run_forward(&cuda, &p, &narrow, Written::F32, ForwardPath::Segmented);
         let want = run_backward(&cuda, &p, &wide, &want.checkpoints, Written::F32);
         let got = run_backward(&cuda, &p, &narrow, &got.checkpoints, Written::F32);
         for ((name, got), (_, want)) in got.all.iter().zip(&want.all) {
@@ -499,7 +539,7 @@ fn cuda_scan_backward_is_deterministic() {
     };
     let p = Problem::random(dims, 5, true, true, false);
     let on = OnDevice::new(&cuda, &p);
-    let forward = run_forward(&cuda, &p, &on, Written::F32);
+    let forward = run_forward(&cuda, &p, &on, Written::F32, ForwardPath::Segmented);
     let first = run_backward(&cuda, &p, &on, &forward.checkpoints, Written::F32);
     let second = run_backward(&cuda, &p, &on, &forward.checkpoints, Written::F32);
     for ((name, a), (_, b)) in first.all.iter().zip(&second.all) {
@@ -555,6 +595,18 @@ fn cuda_scan_rejects_bad_shapes() {
         )
         .unwrap_err();
     assert!(matches!(error, KernelError::Invalid { .. }), "{error}");
+}
+
+#[test]
+fn the_forward_runs_in_one_pass_where_batch_and_channels_fill_the_device() {
+    let path =
+        |batch, channels| ForwardPath::for_shape(ScanDims::new(batch, 2048, channels, 16), 132);
+    assert_eq!(path(8, 1536), ForwardPath::OnePass);
+    assert_eq!(path(64, 256), ForwardPath::OnePass);
+    assert_eq!(path(1, 8448), ForwardPath::OnePass);
+    assert_eq!(path(1, 8447), ForwardPath::Segmented);
+    assert_eq!(path(1, 1024), ForwardPath::Segmented);
+    assert_eq!(path(4, 512), ForwardPath::Segmented);
 }
 
 #[test]
@@ -624,17 +676,20 @@ fn cuda_scan_matches_the_cpu_op() {
     )
     .unwrap();
     let on = OnDevice::new(&cuda, &p);
-    let got = run_forward(&cuda, &p, &on, Written::F32);
-    assert_close("out", &got.out, &to_f64(&out), 1e-5, 1e-7);
-    assert_close("final state", &got.final_state, &to_f64(&state), 1e-5, 1e-7);
-    let device_checkpoints = cuda.download(cuda.all(&got.checkpoints)).unwrap();
-    assert_close(
-        "checkpoints",
-        &device_checkpoints,
-        &to_f64(&checkpoints),
-        1e-5,
-        1e-7,
-    );
+    for path in PATHS {
+        let got = run_forward(&cuda, &p, &on, Written::F32, path);
+        assert_close("out", &got.out, &to_f64(&out), 1e-5, 1e-7);
+        assert_close("final state", &got.final_state, &to_f64(&state), 1e-5, 1e-7);
+        let device_checkpoints = cuda.download(cuda.all(&got.checkpoints)).unwrap();
+        assert_close(
+            "checkpoints",
+            &device_checkpoints,
+            &to_f64(&checkpoints),
+            1e-5,
+            1e-7,
+        );
+    }
+    let got = run_forward(&cuda, &p, &on, Written::F32, ForwardPath::OnePass);
 
     let (mut du, mut ddelta, mut dz) = (vec![0.0; act], vec![0.0; act], vec![0.0; act]);
     let (mut db, mut dc) = (vec![0.0; rows], vec![0.0; rows]);
