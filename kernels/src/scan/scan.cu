@@ -750,7 +750,34 @@ extern "C" __global__ void __launch_bounds__(FWD_THREADS) scan_fwd_quad(ScanArgs
     const bool odd1 = group & 1, odd2 = group & 2;
     const int mine = (odd1 ? 4 : 0) + (odd2 ? 2 : 0);
     const int subs = (p.len + SUB - 1) / SUB;
-    int next_checkpoint = 0;
+    // The next position whose state is saved, and its index among the checkpoints.
+    int next_checkpoint = 0, checkpoint = 0;
+    auto save_checkpoint = [&]() {
+        if (active && p.checkpoints != nullptr) {
+            const size_t at = (((size_t)b * p.chunks + checkpoint) * p.channels + d) * STATE + n0;
+            *reinterpret_cast<float4*>(p.checkpoints + at) = make_float4(h[0], h[1], h[2], h[3]);
+        }
+        next_checkpoint += p.chunk;
+        ++checkpoint;
+    };
+    // Rows [0, steps) of the sub-chunk at ts, each row's partial output sum into y. Checked,
+    // each row is tested for the end and a checkpoint; unchecked (inlined with a constant),
+    // the rows run without a branch, so that the exps of all of them can be in flight.
+    auto advance = [&](const QuadRaw<FWD_CHANNELS>& raw, int ts, int steps, float (&y)[SUB], bool checked) {
+#pragma unroll
+        for (int r = 0; r < SUB; ++r) {
+            y[r] = 0.0f;
+            if (checked) {
+                if (r >= steps) continue;  // uniform across the block
+                if (ts + r == next_checkpoint) save_checkpoint();
+            }
+            float decay[GROUP_STATES], cv[GROUP_STATES];
+            quad_step(raw, tile, r, ch, group, a2, h, decay);
+            quad_row(raw, r, 1, group, cv);
+#pragma unroll
+            for (int j = 0; j < GROUP_STATES; ++j) y[r] += cv[j] * h[j];
+        }
+    };
     issue_quad_raw<FWD_CHANNELS>(p, io, raws[0], b, 0, p.len, QUAD_OUTPUT);
     for (int k = 0; k < subs; ++k) {
         if (k + 1 < subs) {
@@ -765,23 +792,14 @@ extern "C" __global__ void __launch_bounds__(FWD_THREADS) scan_fwd_quad(ScanArgs
         __syncthreads();
         const int ts = k * SUB;
         const int steps = min(SUB, p.len - ts);
+        if (ts == next_checkpoint) save_checkpoint();
         float y[SUB];
-#pragma unroll
-        for (int r = 0; r < SUB; ++r) {
-            y[r] = 0.0f;
-            if (r >= steps) continue;  // uniform across the block
-            if (ts + r == next_checkpoint) {
-                if (active && p.checkpoints != nullptr) {
-                    const size_t at = (((size_t)b * p.chunks + next_checkpoint / p.chunk) * p.channels + d) * STATE;
-                    *reinterpret_cast<float4*>(p.checkpoints + at + n0) = make_float4(h[0], h[1], h[2], h[3]);
-                }
-                next_checkpoint += p.chunk;
-            }
-            float decay[GROUP_STATES], cv[GROUP_STATES];
-            quad_step(raw, tile, r, ch, group, a2, h, decay);
-            quad_row(raw, r, 1, group, cv);
-#pragma unroll
-            for (int j = 0; j < GROUP_STATES; ++j) y[r] += cv[j] * h[j];
+        // Whole sub-chunks without a checkpoint after their first row: all of them when
+        // the chunk is a multiple of SUB.
+        if (steps == SUB && next_checkpoint >= ts + SUB) {
+            advance(raw, ts, steps, y, false);
+        } else {
+            advance(raw, ts, steps, y, true);
         }
         float y4[SUB / 2];
 #pragma unroll
