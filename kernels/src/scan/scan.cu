@@ -949,67 +949,76 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanA
                     for (int jj = 0; jj < GROUP_STATES; ++jj) hs[r + 1][jj] = hs[r][jj];
                     quad_step(raw, tile, r, ch, group, a2, hs[r + 1], decay[r]);
                 }
+                // Whole sub-chunks (all but a row's last) walk their rows without a test
+                // each (the walk inlined with a constant), so rows can overlap.
+                auto walk = [&](bool checked) {
 #pragma unroll
-                for (int r = SUB - 1; r >= 0; --r) {
-                    if (r >= steps) continue;  // uniform across the block
-                    float bv[GROUP_STATES], cv[GROUP_STATES];
-                    quad_row(raw, r, 0, group, bv);
-                    quad_row(raw, r, 1, group, cv);
-                    const float dt = tile.dt[r][ch];
-                    const float uu = raw.cols[COL_U][r][ch];
-                    const float g = tile.g[r][ch];
-                    const float x = dt * uu;
-                    // Per state: dh·A·(decayed state) for ddelta, dh·B for du (ddelta's
-                    // B·u term is u times the same sum).
-                    float y_part = 0.0f, ddt_part = 0.0f, du_part = 0.0f;
-                    float db_part[GROUP_STATES], dc_part[GROUP_STATES];
+                    for (int r = SUB - 1; r >= 0; --r) {
+                        if (checked && r >= steps) continue;  // uniform across the block
+                        float bv[GROUP_STATES], cv[GROUP_STATES];
+                        quad_row(raw, r, 0, group, bv);
+                        quad_row(raw, r, 1, group, cv);
+                        const float dt = tile.dt[r][ch];
+                        const float uu = raw.cols[COL_U][r][ch];
+                        const float g = tile.g[r][ch];
+                        const float x = dt * uu;
+                        // Per state: dh·A·(decayed state) for ddelta, dh·B for du (ddelta's
+                        // B·u term is u times the same sum).
+                        float y_part = 0.0f, ddt_part = 0.0f, du_part = 0.0f;
+                        float db_part[GROUP_STATES], dc_part[GROUP_STATES];
 #pragma unroll
-                    for (int jj = 0; jj < GROUP_STATES; ++jj) {
-                        y_part += cv[jj] * hs[r + 1][jj];
-                        dh[jj] += g * cv[jj];
-                        dc_part[jj] = g * hs[r + 1][jj];
-                        du_part += dh[jj] * bv[jj];
-                        db_part[jj] = dh[jj] * x;
-                        dh[jj] *= decay[r][jj];
-                        // dh · (decay · state before the step), with the new dh.
-                        const float dh_decayed = dh[jj] * hs[r][jj];
-                        ddt_part += dh_decayed * a_nat[jj];
-                        da[jj] += dh_decayed * dt;
-                    }
-                    const float du_sum = quad_sum(du_part);
-                    const float dv = (quad_sum(ddt_part) + uu * du_sum) * tile.dsp[r][ch];
-                    dskip_sum += g * uu;
-                    dbias_sum += dv;
-                    // Lane `group` of the quad gathers output `group`: du, ddelta, dz, out.
-                    float out = group == 0 ? g * skip + du_sum * dt : dv;
-                    if (gated || remake_out) {
-                        const float y = quad_sum(y_part) + skip * uu;
-                        if (group == 2 && gated) out = y * tile.zf[r][ch];
-                        if (group == 3) out = gated ? y * tile.gate[r][ch] : y;
-                    }
-                    quad_out[r][tid] = out;
-                    // Sum dB and dC over the warp's 8 channels by recursive halving: after
-                    // three exchanges each lane holds one of the 32 (quantity, state) sums.
-                    const bool hi16 = lane & 16, hi8 = lane & 8, hi4 = lane & 4;
-                    float w4[GROUP_STATES];
+                        for (int jj = 0; jj < GROUP_STATES; ++jj) {
+                            y_part += cv[jj] * hs[r + 1][jj];
+                            dh[jj] += g * cv[jj];
+                            dc_part[jj] = g * hs[r + 1][jj];
+                            du_part += dh[jj] * bv[jj];
+                            db_part[jj] = dh[jj] * x;
+                            dh[jj] *= decay[r][jj];
+                            // dh · (decay · state before the step), with the new dh.
+                            const float dh_decayed = dh[jj] * hs[r][jj];
+                            ddt_part += dh_decayed * a_nat[jj];
+                            da[jj] += dh_decayed * dt;
+                        }
+                        const float du_sum = quad_sum(du_part);
+                        const float dv = (quad_sum(ddt_part) + uu * du_sum) * tile.dsp[r][ch];
+                        dskip_sum += g * uu;
+                        dbias_sum += dv;
+                        // Lane `group` of the quad gathers output `group`: du, ddelta, dz, out.
+                        float out = group == 0 ? g * skip + du_sum * dt : dv;
+                        if (gated || remake_out) {
+                            const float y = quad_sum(y_part) + skip * uu;
+                            if (group == 2 && gated) out = y * tile.zf[r][ch];
+                            if (group == 3) out = gated ? y * tile.gate[r][ch] : y;
+                        }
+                        quad_out[r][tid] = out;
+                        // Sum dB and dC over the warp's 8 channels by recursive halving: after
+                        // three exchanges each lane holds one of the 32 (quantity, state) sums.
+                        const bool hi16 = lane & 16, hi8 = lane & 8, hi4 = lane & 4;
+                        float w4[GROUP_STATES];
 #pragma unroll
-                    for (int jj = 0; jj < GROUP_STATES; ++jj) {
-                        const float send = hi16 ? db_part[jj] : dc_part[jj];
-                        const float keep = hi16 ? dc_part[jj] : db_part[jj];
-                        w4[jj] = keep + __shfl_xor_sync(0xffffffffu, send, 16);
-                    }
-                    float w2[2];
+                        for (int jj = 0; jj < GROUP_STATES; ++jj) {
+                            const float send = hi16 ? db_part[jj] : dc_part[jj];
+                            const float keep = hi16 ? dc_part[jj] : db_part[jj];
+                            w4[jj] = keep + __shfl_xor_sync(0xffffffffu, send, 16);
+                        }
+                        float w2[2];
 #pragma unroll
-                    for (int jj = 0; jj < 2; ++jj) {
-                        const float send = hi8 ? w4[jj] : w4[2 + jj];
-                        const float keep = hi8 ? w4[2 + jj] : w4[jj];
-                        w2[jj] = keep + __shfl_xor_sync(0xffffffffu, send, 8);
+                        for (int jj = 0; jj < 2; ++jj) {
+                            const float send = hi8 ? w4[jj] : w4[2 + jj];
+                            const float keep = hi8 ? w4[2 + jj] : w4[jj];
+                            w2[jj] = keep + __shfl_xor_sync(0xffffffffu, send, 8);
+                        }
+                        const float send = hi4 ? w2[0] : w2[1];
+                        const float keep = hi4 ? w2[1] : w2[0];
+                        const float w1 = keep + __shfl_xor_sync(0xffffffffu, send, 4);
+                        const int slot = (hi16 ? STATE : 0) + n0 + (hi8 ? 2 : 0) + (hi4 ? 1 : 0);
+                        reduce[warp][r][slot] = w1;
                     }
-                    const float send = hi4 ? w2[0] : w2[1];
-                    const float keep = hi4 ? w2[1] : w2[0];
-                    const float w1 = keep + __shfl_xor_sync(0xffffffffu, send, 4);
-                    const int slot = (hi16 ? STATE : 0) + n0 + (hi8 ? 2 : 0) + (hi4 ? 1 : 0);
-                    reduce[warp][r][slot] = w1;
+                };
+                if (steps == SUB) {
+                    walk(false);
+                } else {
+                    walk(true);
                 }
                 __syncthreads();
                 write_quad_out(p, io, quad_out, b, ts, steps);
