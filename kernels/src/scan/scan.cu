@@ -139,6 +139,7 @@ __device__ __forceinline__ float sigmoid(float x) {
 
 #define TILE 16
 #define CH_THREADS 128
+// Two staged tiles fit four blocks an SM in shared memory; registers are capped to match.
 
 enum TileKind { FWD_LOCAL = 0, FWD_OUTPUT = 1, BWD_LOCAL = 2 };
 
@@ -266,7 +267,12 @@ __device__ __forceinline__ void for_each_tile(const ScanArgs& p, ChannelTile* ti
         copy_wait_all_but_one();
         __syncthreads();
         const int ts = start(k);
-        body(tiles[k & 1], ts, min(TILE, t1 - ts));
+        // A whole tile takes the body inlined with a constant length: no test per row.
+        if (t1 - ts >= TILE) {
+            body(tiles[k & 1], ts, TILE);
+        } else {
+            body(tiles[k & 1], ts, t1 - ts);
+        }
         __syncthreads();  // the buffer is refilled two tiles on
     }
 }
@@ -274,7 +280,7 @@ __device__ __forceinline__ void for_each_tile(const ScanArgs& p, ChannelTile* ti
 // ---------------------------------------------------------------------------------------
 // Forward
 
-extern "C" __global__ void __launch_bounds__(CH_THREADS) scan_fwd_segment(ScanArgs p) {
+extern "C" __global__ void __launch_bounds__(CH_THREADS, 4) scan_fwd_segment(ScanArgs p) {
     extern __shared__ ChannelTile tiles[];
     const int d = blockIdx.x * CH_THREADS + threadIdx.x;
     const int s = blockIdx.y;
@@ -351,7 +357,7 @@ extern "C" __global__ void __launch_bounds__(256) scan_fwd_combine(ScanArgs p) {
     }
 }
 
-extern "C" __global__ void __launch_bounds__(CH_THREADS) scan_fwd_output(ScanArgs p) {
+extern "C" __global__ void __launch_bounds__(CH_THREADS, 4) scan_fwd_output(ScanArgs p) {
     extern __shared__ ChannelTile tiles[];
     const int d = blockIdx.x * CH_THREADS + threadIdx.x;
     const int s = blockIdx.y;
@@ -378,6 +384,7 @@ extern "C" __global__ void __launch_bounds__(CH_THREADS) scan_fwd_output(ScanArg
     // Unlike the segment pass, this loop is not unrolled: the unrolled form needs more
     // registers than four blocks per multiprocessor allow and measured slower.
     for_each_tile<FWD_OUTPUT, false>(p, tiles, b, d, t0, t1, [&](const ChannelTile& tile, int ts, int steps) {
+#pragma unroll 1
         for (int r = 0; r < steps; ++r) {
             const int t = ts + r;
             const size_t row = (size_t)b * p.len + t;
@@ -420,7 +427,7 @@ extern "C" __global__ void __launch_bounds__(CH_THREADS) scan_fwd_output(ScanArg
 // Backward
 
 // Gradient w.r.t. the state entering each segment, from that segment's positions alone.
-extern "C" __global__ void __launch_bounds__(CH_THREADS) scan_bwd_segment(ScanArgs p) {
+extern "C" __global__ void __launch_bounds__(CH_THREADS, 4) scan_bwd_segment(ScanArgs p) {
     extern __shared__ ChannelTile tiles[];
     const int d = blockIdx.x * CH_THREADS + threadIdx.x;
     const int s = blockIdx.y;
