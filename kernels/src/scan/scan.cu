@@ -139,7 +139,6 @@ __device__ __forceinline__ float sigmoid(float x) {
 
 #define TILE 16
 #define CH_THREADS 128
-// Two staged tiles fit four blocks an SM in shared memory; registers are capped to match.
 
 enum TileKind { FWD_LOCAL = 0, FWD_OUTPUT = 1, BWD_LOCAL = 2 };
 
@@ -267,11 +266,13 @@ __device__ __forceinline__ void for_each_tile(const ScanArgs& p, ChannelTile* ti
         copy_wait_all_but_one();
         __syncthreads();
         const int ts = start(k);
-        // A whole tile takes the body inlined with a constant length: no test per row.
-        if (t1 - ts >= TILE) {
+        // The backward segment pass takes a whole tile's body inlined with a constant
+        // length, with no test per row (measured 1-1.5 % faster; the forward kernels
+        // measured ~1 % slower so).
+        if (KIND == BWD_LOCAL && t1 - ts >= TILE) {
             body(tiles[k & 1], ts, TILE);
         } else {
-            body(tiles[k & 1], ts, t1 - ts);
+            body(tiles[k & 1], ts, min(TILE, t1 - ts));
         }
         __syncthreads();  // the buffer is refilled two tiles on
     }
@@ -280,7 +281,7 @@ __device__ __forceinline__ void for_each_tile(const ScanArgs& p, ChannelTile* ti
 // ---------------------------------------------------------------------------------------
 // Forward
 
-extern "C" __global__ void __launch_bounds__(CH_THREADS, 4) scan_fwd_segment(ScanArgs p) {
+extern "C" __global__ void __launch_bounds__(CH_THREADS) scan_fwd_segment(ScanArgs p) {
     extern __shared__ ChannelTile tiles[];
     const int d = blockIdx.x * CH_THREADS + threadIdx.x;
     const int s = blockIdx.y;
@@ -357,7 +358,7 @@ extern "C" __global__ void __launch_bounds__(256) scan_fwd_combine(ScanArgs p) {
     }
 }
 
-extern "C" __global__ void __launch_bounds__(CH_THREADS, 4) scan_fwd_output(ScanArgs p) {
+extern "C" __global__ void __launch_bounds__(CH_THREADS) scan_fwd_output(ScanArgs p) {
     extern __shared__ ChannelTile tiles[];
     const int d = blockIdx.x * CH_THREADS + threadIdx.x;
     const int s = blockIdx.y;
@@ -384,7 +385,6 @@ extern "C" __global__ void __launch_bounds__(CH_THREADS, 4) scan_fwd_output(Scan
     // Unlike the segment pass, this loop is not unrolled: the unrolled form needs more
     // registers than four blocks per multiprocessor allow and measured slower.
     for_each_tile<FWD_OUTPUT, false>(p, tiles, b, d, t0, t1, [&](const ChannelTile& tile, int ts, int steps) {
-#pragma unroll 1
         for (int r = 0; r < steps; ++r) {
             const int t = ts + r;
             const size_t row = (size_t)b * p.len + t;
@@ -427,6 +427,7 @@ extern "C" __global__ void __launch_bounds__(CH_THREADS, 4) scan_fwd_output(Scan
 // Backward
 
 // Gradient w.r.t. the state entering each segment, from that segment's positions alone.
+// Two staged tiles fit four blocks an SM in shared memory; registers are capped to match.
 extern "C" __global__ void __launch_bounds__(CH_THREADS, 4) scan_bwd_segment(ScanArgs p) {
     extern __shared__ ChannelTile tiles[];
     const int d = blockIdx.x * CH_THREADS + threadIdx.x;
