@@ -518,27 +518,27 @@ enum QuadColumn { COL_DELTA = 0, COL_U = 1, COL_D_OUT = 2, COL_Z = 3, QUAD_COLUM
 // u and B; making the output also z and C; the backward also d_out.
 enum QuadNeeds { QUAD_REBUILD = 0, QUAD_OUTPUT = 1, QUAD_BACKWARD = 2 };
 
-// Raw inputs of one sub-chunk for a block's CHANNELS channels, filled by asynchronous
-// copies one sub-chunk ahead of use (double-buffered).
-template <int CHANNELS>
+// Raw inputs of one sub-chunk (ROWS positions) for a block's CHANNELS channels, filled by
+// asynchronous copies one sub-chunk ahead of use (double-buffered).
+template <int CHANNELS, int ROWS>
 struct QuadRaw {
-    float cols[QUAD_COLUMNS][SUB][CHANNELS];  // delta, u, d_out, z (bf16 z: bits in its first half)
-    float4 rows[SUB][2 * STATE / 4];  // B then C
-    u32 reset[SUB];
+    float cols[QUAD_COLUMNS][ROWS][CHANNELS];  // delta, u, d_out, z (bf16 z: bits in its first half)
+    float4 rows[ROWS][2 * STATE / 4];  // B then C
+    u32 reset[ROWS];
 };
 
 // Per-(position, channel) scalars of one sub-chunk, computed once per block rather than
 // once per thread of a channel's quad.
-template <int CHANNELS>
+template <int CHANNELS, int ROWS>
 struct QuadTile {
-    float dt[SUB][CHANNELS];
+    float dt[ROWS][CHANNELS];
     // dt, or +inf at a reset: exp2(A * inf) = 0 (A < 0) drops the carried state and its
     // gradient without a select per state.
-    float dt_decay[SUB][CHANNELS];
-    float g[SUB][CHANNELS];     // d_out * silu(z): gradient w.r.t. y
-    float zf[SUB][CHANNELS];    // dz = y * zf
-    float gate[SUB][CHANNELS];  // silu(z): the output is y * gate
-    float dsp[SUB][CHANNELS];   // softplus'(delta + bias)
+    float dt_decay[ROWS][CHANNELS];
+    float g[ROWS][CHANNELS];     // d_out * silu(z): gradient w.r.t. y
+    float zf[ROWS][CHANNELS];    // dz = y * zf
+    float gate[ROWS][CHANNELS];  // silu(z): the output is y * gate
+    float dsp[ROWS][CHANNELS];   // softplus'(delta + bias)
 };
 
 // du, ddelta, dz and the forward's output of one sub-chunk, gathered so that the block
@@ -546,8 +546,7 @@ struct QuadTile {
 typedef float QuadOut[SUB][BWD_THREADS];
 
 // A block of CHANNELS channels has GROUPS threads a channel; each thread copies,
-// transforms and writes QUAD_PER_THREAD elements of a sub-chunk, QUAD_ROW_STEP rows apart.
-#define QUAD_PER_THREAD (SUB / GROUPS)
+// transforms and writes ROWS / GROUPS elements of a sub-chunk, QUAD_ROW_STEP rows apart.
 #define QUAD_ROW_STEP GROUPS
 
 // The (position, channel) elements a thread copies, transforms and writes out: channel
@@ -583,32 +582,39 @@ __device__ __forceinline__ size_t quad_first(const ScanArgs& p, const QuadElemen
 }
 
 // Starts copying what `needs` asks of positions ts .. ts+SUB (clipped at t1).
-template <int CHANNELS>
-__device__ __forceinline__ void issue_quad_raw(const ScanArgs& p, const QuadElements& io, QuadRaw<CHANNELS>& raw,
-                                               int b, int ts, int t1, int needs) {
+template <int CHANNELS, int ROWS>
+__device__ __forceinline__ void issue_quad_raw(const ScanArgs& p, const QuadElements& io,
+                                               QuadRaw<CHANNELS, ROWS>& raw, int b, int ts, int t1, int needs) {
+    constexpr int THREADS = GROUPS * CHANNELS;
+    static_assert(ROWS * 2 * STATE / 4 <= THREADS, "a thread copies at most one B/C piece");
     const int tid = threadIdx.x;
     const bool gated = needs != QUAD_REBUILD && p.z != nullptr;
+    // With 16-byte copies a thread copies channels ch .. ch+3 of row r, of the odd column
+    // of each pair if `odd`: the block covers two columns at a time, in PASSES turns.
+    constexpr int VECTORS = ROWS * CHANNELS / 4;
+    constexpr int PASSES = 2 * VECTORS / THREADS;
     if (io.vectors) {
-        // With 16-byte copies a thread copies channels ch .. ch+3 of row r, of the odd
-        // column of each pair if `odd`: the block covers two columns at a time.
-        constexpr int VECTORS = SUB * CHANNELS / 4;
-        const int v = tid % VECTORS;
-        const int r = v / (CHANNELS / 4);
-        const int ch = 4 * (v % (CHANNELS / 4));
-        const int odd = tid / VECTORS;
-        const int d = blockIdx.x * CHANNELS + ch;
-        const bool valid = d < p.channels && ts + r < t1;
-        const size_t i = valid ? ((size_t)b * p.len + ts + r) * p.channels + d : 0;
-        copy_async<16>(&raw.cols[COL_DELTA + odd][r][ch], (odd ? p.u : p.delta) + i, valid);
-        const bool second = odd ? gated && !Z_BF16 : needs == QUAD_BACKWARD;  // z, d_out
-        if (second) {
-            const float* src = odd ? static_cast<const float*>(p.z) : p.d_out;
-            copy_async<16>(&raw.cols[COL_D_OUT + odd][r][ch], src + i, valid);
+#pragma unroll
+        for (int pass = 0; pass < PASSES; ++pass) {
+            const int w = tid + pass * THREADS;
+            const int v = w % VECTORS;
+            const int r = v / (CHANNELS / 4);
+            const int ch = 4 * (v % (CHANNELS / 4));
+            const int odd = w / VECTORS;
+            const int d = blockIdx.x * CHANNELS + ch;
+            const bool valid = d < p.channels && ts + r < t1;
+            const size_t i = valid ? ((size_t)b * p.len + ts + r) * p.channels + d : 0;
+            copy_async<16>(&raw.cols[COL_DELTA + odd][r][ch], (odd ? p.u : p.delta) + i, valid);
+            const bool second = odd ? gated && !Z_BF16 : needs == QUAD_BACKWARD;  // z, d_out
+            if (second) {
+                const float* src = odd ? static_cast<const float*>(p.z) : p.d_out;
+                copy_async<16>(&raw.cols[COL_D_OUT + odd][r][ch], src + i, valid);
+            }
         }
     } else {
         const size_t first = quad_first(p, io, b, ts);
 #pragma unroll
-        for (int e = 0; e < QUAD_PER_THREAD; ++e) {
+        for (int e = 0; e < ROWS / GROUPS; ++e) {
             const int r = io.row + e * QUAD_ROW_STEP;
             const bool valid = io.active && ts + r < t1;
             const size_t i = valid ? first + e * io.row_stride : 0;
@@ -621,17 +627,17 @@ __device__ __forceinline__ void issue_quad_raw(const ScanArgs& p, const QuadElem
         }
     }
     if (gated && Z_BF16) {
-        issue_z_bf16<4, CHANNELS, SUB, GROUPS * CHANNELS>(p, reinterpret_cast<unsigned short*>(raw.cols[COL_Z]), b,
-                                                          blockIdx.x * CHANNELS, ts, t1);
+        issue_z_bf16<4, CHANNELS, ROWS, THREADS>(p, reinterpret_cast<unsigned short*>(raw.cols[COL_Z]), b,
+                                                 blockIdx.x * CHANNELS, ts, t1);
     }
-    if (tid < SUB * 2 * STATE / 4) {
+    if (tid < ROWS * 2 * STATE / 4) {
         const int r = tid / 8, q = tid % 8;
         const bool valid = (q < 4 || needs != QUAD_REBUILD) && ts + r < t1;
         const size_t row = valid ? (size_t)b * p.len + ts + r : 0;
         const float* src = q < 4 ? p.b + row * STATE + 4 * q : p.c + row * STATE + 4 * (q - 4);
         copy_async<16>(&raw.rows[r][q], src, valid);
     }
-    if (tid < SUB) {
+    if (tid < ROWS) {
         const bool valid = p.resets != nullptr && ts + tid < t1;
         copy_async<4>(&raw.reset[tid], p.resets + (valid ? (size_t)b * p.len + ts + tid : 0), valid);
     }
@@ -639,11 +645,12 @@ __device__ __forceinline__ void issue_quad_raw(const ScanArgs& p, const QuadElem
 }
 
 // Turns the raw elements this thread copied into the tile's scalars that `needs` asks.
-template <int CHANNELS>
+template <int CHANNELS, int ROWS>
 __device__ __forceinline__ void transform_quad(const ScanArgs& p, const QuadElements& io,
-                                               const QuadRaw<CHANNELS>& raw, QuadTile<CHANNELS>& tile, int needs) {
+                                               const QuadRaw<CHANNELS, ROWS>& raw, QuadTile<CHANNELS, ROWS>& tile,
+                                               int needs) {
 #pragma unroll
-    for (int e = 0; e < QUAD_PER_THREAD; ++e) {
+    for (int e = 0; e < ROWS / GROUPS; ++e) {
         const int r = io.row + e * QUAD_ROW_STEP;
         const float v = raw.cols[COL_DELTA][r][io.ch] + io.bias;
         const float dt = softplus(v);
@@ -673,7 +680,7 @@ __device__ __forceinline__ void write_quad_out(const ScanArgs& p, const QuadElem
                                                int b, int ts, int steps) {
     const size_t first = quad_first(p, io, b, ts);
 #pragma unroll
-    for (int e = 0; e < QUAD_PER_THREAD; ++e) {
+    for (int e = 0; e < SUB / GROUPS; ++e) {
         const int r = io.row + e * QUAD_ROW_STEP;
         if (!io.active || r >= steps) continue;
         const size_t i = first + e * io.row_stride;
@@ -684,8 +691,8 @@ __device__ __forceinline__ void write_quad_out(const ScanArgs& p, const QuadElem
     }
 }
 
-template <int CHANNELS>
-__device__ __forceinline__ void quad_row(const QuadRaw<CHANNELS>& raw, int r, int half, int group,
+template <int CHANNELS, int ROWS>
+__device__ __forceinline__ void quad_row(const QuadRaw<CHANNELS, ROWS>& raw, int r, int half, int group,
                                          float (&v)[GROUP_STATES]) {
     const float4 x = raw.rows[r][half * (STATE / 4) + group];
     v[0] = x.x; v[1] = x.y; v[2] = x.z; v[3] = x.w;
@@ -705,9 +712,9 @@ __device__ __forceinline__ void quad_a(const ScanArgs& p, int d, int n0, float (
 
 // Advances the thread's states over row r of a sub-chunk (h <- exp(A dt) h + dt u B),
 // giving the decays too.
-template <int CHANNELS>
-__device__ __forceinline__ void quad_step(const QuadRaw<CHANNELS>& raw, const QuadTile<CHANNELS>& tile, int r,
-                                          int ch, int group, const float (&a2)[GROUP_STATES],
+template <int CHANNELS, int ROWS>
+__device__ __forceinline__ void quad_step(const QuadRaw<CHANNELS, ROWS>& raw, const QuadTile<CHANNELS, ROWS>& tile,
+                                          int r, int ch, int group, const float (&a2)[GROUP_STATES],
                                           float (&h)[GROUP_STATES], float (&decay)[GROUP_STATES]) {
     const float dt_decay = tile.dt_decay[r][ch];
     const float x = tile.dt[r][ch] * raw.cols[COL_U][r][ch];
@@ -725,16 +732,18 @@ __device__ __forceinline__ void quad_step(const QuadRaw<CHANNELS>& raw, const Qu
 // four threads a channel (GROUP_STATES states each), so every exp is taken once where the
 // per-channel kernels take each twice for a row cut into segments. The per-(position,
 // channel) work (softplus, gate) is shared out over the block; the output's sum over a
-// channel's four threads is transposed (six exchanges per sub-chunk, not sixteen), so
-// that each thread finishes the outputs of two positions. The sums run in the order of the
+// channel's four threads is transposed (12 exchanges per sub-chunk, not 32), so that each
+// thread finishes the outputs of four positions. The sums run in the order of the
 // per-channel kernel and the backward's, so the bits are the same.
 
 #define FWD_CHANNELS 32
+// Positions a sub-chunk: twice the backward's, for more independent work between barriers.
+#define FWD_ROWS 16
 #define FWD_THREADS (FWD_CHANNELS * GROUPS)
 
 extern "C" __global__ void __launch_bounds__(FWD_THREADS) scan_fwd_quad(ScanArgs p) {
-    __shared__ QuadRaw<FWD_CHANNELS> raws[2];
-    __shared__ QuadTile<FWD_CHANNELS> tile;
+    __shared__ QuadRaw<FWD_CHANNELS, FWD_ROWS> raws[2];
+    __shared__ QuadTile<FWD_CHANNELS, FWD_ROWS> tile;
     const int tid = threadIdx.x;
     const int group = tid % GROUPS;
     const int ch = tid / GROUPS;
@@ -754,10 +763,10 @@ extern "C" __global__ void __launch_bounds__(FWD_THREADS) scan_fwd_quad(ScanArgs
         const float4 saved = *reinterpret_cast<const float4*>(p.state + own);
         h[0] = saved.x; h[1] = saved.y; h[2] = saved.z; h[3] = saved.w;
     }
-    // After the two exchanges, lane `group` holds the sums of rows `mine` and `mine + 1`.
+    // After the two exchanges, lane `group` holds the sums of FWD_ROWS / 4 rows from `mine`.
     const bool odd1 = group & 1, odd2 = group & 2;
-    const int mine = (odd1 ? 4 : 0) + (odd2 ? 2 : 0);
-    const int subs = (p.len + SUB - 1) / SUB;
+    const int mine = (odd1 ? FWD_ROWS / 2 : 0) + (odd2 ? FWD_ROWS / 4 : 0);
+    const int subs = (p.len + FWD_ROWS - 1) / FWD_ROWS;
     // The next position whose state is saved, and its index among the checkpoints.
     int next_checkpoint = 0, checkpoint = 0;
     auto save_checkpoint = [&]() {
@@ -771,9 +780,10 @@ extern "C" __global__ void __launch_bounds__(FWD_THREADS) scan_fwd_quad(ScanArgs
     // Rows [0, steps) of the sub-chunk at ts, each row's partial output sum into y. Checked,
     // each row is tested for the end and a checkpoint; unchecked (inlined with a constant),
     // the rows run without a branch, so that the exps of all of them can be in flight.
-    auto advance = [&](const QuadRaw<FWD_CHANNELS>& raw, int ts, int steps, float (&y)[SUB], bool checked) {
+    typedef QuadRaw<FWD_CHANNELS, FWD_ROWS> Raw;
+    auto advance = [&](const Raw& raw, int ts, int steps, float (&y)[FWD_ROWS], bool checked) {
 #pragma unroll
-        for (int r = 0; r < SUB; ++r) {
+        for (int r = 0; r < FWD_ROWS; ++r) {
             y[r] = 0.0f;
             if (checked) {
                 if (r >= steps) continue;  // uniform across the block
@@ -786,40 +796,40 @@ extern "C" __global__ void __launch_bounds__(FWD_THREADS) scan_fwd_quad(ScanArgs
             for (int j = 0; j < GROUP_STATES; ++j) y[r] += cv[j] * h[j];
         }
     };
-    issue_quad_raw<FWD_CHANNELS>(p, io, raws[0], b, 0, p.len, QUAD_OUTPUT);
+    issue_quad_raw<FWD_CHANNELS, FWD_ROWS>(p, io, raws[0], b, 0, p.len, QUAD_OUTPUT);
     for (int k = 0; k < subs; ++k) {
         if (k + 1 < subs) {
-            issue_quad_raw<FWD_CHANNELS>(p, io, raws[(k + 1) & 1], b, (k + 1) * SUB, p.len, QUAD_OUTPUT);
+            issue_quad_raw<FWD_CHANNELS, FWD_ROWS>(p, io, raws[(k + 1) & 1], b, (k + 1) * FWD_ROWS, p.len, QUAD_OUTPUT);
         } else {
             copy_commit();  // an empty group keeps the wait count uniform
         }
         copy_wait_all_but_one();
         __syncthreads();
-        const QuadRaw<FWD_CHANNELS>& raw = raws[k & 1];
-        transform_quad<FWD_CHANNELS>(p, io, raw, tile, QUAD_OUTPUT);
+        const Raw& raw = raws[k & 1];
+        transform_quad<FWD_CHANNELS, FWD_ROWS>(p, io, raw, tile, QUAD_OUTPUT);
         __syncthreads();
-        const int ts = k * SUB;
-        const int steps = min(SUB, p.len - ts);
+        const int ts = k * FWD_ROWS;
+        const int steps = min(FWD_ROWS, p.len - ts);
         if (ts == next_checkpoint) save_checkpoint();
-        float y[SUB];
+        float y[FWD_ROWS];
         // Whole sub-chunks without a checkpoint after their first row: all of them when
-        // the chunk is a multiple of SUB.
-        if (steps == SUB && next_checkpoint >= ts + SUB) {
+        // the chunk is a multiple of FWD_ROWS.
+        if (steps == FWD_ROWS && next_checkpoint >= ts + FWD_ROWS) {
             advance(raw, ts, steps, y, false);
         } else {
             advance(raw, ts, steps, y, true);
         }
-        float y4[SUB / 2];
+        float y4[FWD_ROWS / 2];
 #pragma unroll
-        for (int i = 0; i < SUB / 2; ++i) {
-            const float send = odd1 ? y[i] : y[SUB / 2 + i];
-            const float keep = odd1 ? y[SUB / 2 + i] : y[i];
+        for (int i = 0; i < FWD_ROWS / 2; ++i) {
+            const float send = odd1 ? y[i] : y[FWD_ROWS / 2 + i];
+            const float keep = odd1 ? y[FWD_ROWS / 2 + i] : y[i];
             y4[i] = keep + __shfl_xor_sync(0xffffffffu, send, 1);
         }
 #pragma unroll
-        for (int i = 0; i < SUB / 4; ++i) {
-            const float send = odd2 ? y4[i] : y4[SUB / 4 + i];
-            const float keep = odd2 ? y4[SUB / 4 + i] : y4[i];
+        for (int i = 0; i < FWD_ROWS / 4; ++i) {
+            const float send = odd2 ? y4[i] : y4[FWD_ROWS / 4 + i];
+            const float keep = odd2 ? y4[FWD_ROWS / 4 + i] : y4[i];
             const float total = keep + __shfl_xor_sync(0xffffffffu, send, 2);
             const int r = mine + i;
             if (active && r < steps) {
@@ -859,8 +869,8 @@ __device__ __forceinline__ void quad_tile_at(const ScanArgs& p, int k, int j, in
 // Block: BWD_CHANNELS channels of one (batch, segment).
 extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanArgs p) {
     extern __shared__ float4 sub_states[];  // [sub-chunk][thread]
-    __shared__ QuadRaw<BWD_CHANNELS> raws[2];
-    __shared__ QuadTile<BWD_CHANNELS> tile;
+    __shared__ QuadRaw<BWD_CHANNELS, SUB> raws[2];
+    __shared__ QuadTile<BWD_CHANNELS, SUB> tile;
     __shared__ QuadOut quad_out;
     __shared__ float reduce[BWD_THREADS / 32][SUB][2 * STATE];
 
@@ -901,7 +911,7 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanA
         int ts, c1;
         bool backward;
         quad_tile_at(p, last_chunk, 0, ts, c1, backward);
-        issue_quad_raw<BWD_CHANNELS>(p, io, raws[0], b, ts, c1, backward ? QUAD_BACKWARD : QUAD_REBUILD);
+        issue_quad_raw<BWD_CHANNELS, SUB>(p, io, raws[0], b, ts, c1, backward ? QUAD_BACKWARD : QUAD_REBUILD);
     }
     for (int k = last_chunk; k >= first_chunk; --k) {
         int c0, c1;
@@ -920,14 +930,14 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanA
                 int ts, t1;
                 bool backward;
                 quad_tile_at(p, next_k, j + 1 < count ? j + 1 : 0, ts, t1, backward);
-                issue_quad_raw<BWD_CHANNELS>(p, io, raws[buffer ^ 1], b, ts, t1,
+                issue_quad_raw<BWD_CHANNELS, SUB>(p, io, raws[buffer ^ 1], b, ts, t1,
                                              backward ? QUAD_BACKWARD : QUAD_REBUILD);
             } else {
                 copy_commit();
             }
             copy_wait_all_but_one();
             __syncthreads();
-            const QuadRaw<BWD_CHANNELS>& raw = raws[buffer];
+            const QuadRaw<BWD_CHANNELS, SUB>& raw = raws[buffer];
             const bool backward = j >= subs - 1;
             const int q = backward ? count - 1 - j : j;
             const int ts = c0 + q * SUB;
@@ -935,7 +945,7 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanA
             if (j <= subs - 1) {
                 sub_states[q * BWD_THREADS + tid] = make_float4(h[0], h[1], h[2], h[3]);
             }
-            transform_quad<BWD_CHANNELS>(p, io, raw, tile, backward ? QUAD_BACKWARD : QUAD_REBUILD);
+            transform_quad<BWD_CHANNELS, SUB>(p, io, raw, tile, backward ? QUAD_BACKWARD : QUAD_REBUILD);
             __syncthreads();
             if (!backward) {
                 // Rebuild the state at the start of the next sub-chunk.
