@@ -160,6 +160,32 @@ fn cuda_language_model_step_equals_the_cpu() {
     compare_step(cuda, config, Head::LanguageModel, &problem, F32);
 }
 
+/// Wide enough that the scan forward runs in one pass, as the anchor's training does:
+/// batch · d_inner · 4 = 36,864 threads, at least 256 a multiprocessor on devices of up to
+/// 144 (the small models above take the segmented forward).
+#[test]
+fn cuda_wide_language_model_step_equals_the_cpu() {
+    let Some(cuda) = device() else { return };
+    let config = MambaConfig::new(512, 1, 11);
+    assert_eq!(config.d_inner(), 1024);
+    let shape = Shape { batch: 9, len: 70 };
+    let mut rng = Rng::new(3);
+    let ids = random_ids(&mut rng, shape.tokens(), 11);
+    let targets = random_ids(&mut rng, shape.tokens(), 11);
+    let mut resets = vec![0u32; shape.tokens()];
+    resets[4 * 70 + 17] = 1;
+    let problem = Problem {
+        shape,
+        bf16: false,
+        ids: &ids,
+        lengths: None,
+        resets: Some(&resets),
+        targets: &targets,
+        count: shape.tokens(),
+    };
+    compare_step(cuda, config, Head::LanguageModel, &problem, F32);
+}
+
 /// The mixers' GEMMs on bf16 copies (f32 sums, weights and everything else; x and z kept
 /// in bf16), on both backends: the GPU's bf16 step is the CPU's up to f32 summation order
 /// and the rare value whose rounding to bf16 flips between the two; and asking the device
