@@ -136,18 +136,16 @@ fn compare_step(
     (want, got)
 }
 
-#[test]
-fn cuda_language_model_step_equals_the_cpu() {
-    let Some(cuda) = device() else { return };
-    let config = MambaConfig::new(64, 2, 11);
-    let shape = Shape { batch: 2, len: 150 };
-    let mut rng = Rng::new(1);
-    let ids = random_ids(&mut rng, shape.tokens(), 11);
-    let mut targets = random_ids(&mut rng, shape.tokens(), 11);
+/// A language-model step with packed rows (a reset in each of the first two rows) and an
+/// ignored target, on the CPU and on the GPU.
+fn check_language_model(cuda: Cuda, config: MambaConfig, shape: Shape, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let ids = random_ids(&mut rng, shape.tokens(), config.vocab_size);
+    let mut targets = random_ids(&mut rng, shape.tokens(), config.vocab_size);
     targets[7] = IGNORE_INDEX;
     let mut resets = vec![0u32; shape.tokens()];
-    resets[70] = 1;
-    resets[150 + 3] = 1;
+    resets[shape.len / 2] = 1;
+    resets[shape.len + 3] = 1;
     let problem = Problem {
         shape,
         bf16: false,
@@ -160,30 +158,26 @@ fn cuda_language_model_step_equals_the_cpu() {
     compare_step(cuda, config, Head::LanguageModel, &problem, F32);
 }
 
+#[test]
+fn cuda_language_model_step_equals_the_cpu() {
+    let Some(cuda) = device() else { return };
+    check_language_model(
+        cuda,
+        MambaConfig::new(64, 2, 11),
+        Shape { batch: 2, len: 150 },
+        1,
+    );
+}
+
 /// Wide enough that the scan forward runs in one pass, as the anchor's training does:
 /// batch · d_inner · 4 = 36,864 threads, at least 256 a multiprocessor on devices of up to
-/// 144 (the small models above take the segmented forward).
+/// 144 (the small models here take the segmented forward).
 #[test]
 fn cuda_wide_language_model_step_equals_the_cpu() {
     let Some(cuda) = device() else { return };
     let config = MambaConfig::new(512, 1, 11);
     assert_eq!(config.d_inner(), 1024);
-    let shape = Shape { batch: 9, len: 70 };
-    let mut rng = Rng::new(3);
-    let ids = random_ids(&mut rng, shape.tokens(), 11);
-    let targets = random_ids(&mut rng, shape.tokens(), 11);
-    let mut resets = vec![0u32; shape.tokens()];
-    resets[4 * 70 + 17] = 1;
-    let problem = Problem {
-        shape,
-        bf16: false,
-        ids: &ids,
-        lengths: None,
-        resets: Some(&resets),
-        targets: &targets,
-        count: shape.tokens(),
-    };
-    compare_step(cuda, config, Head::LanguageModel, &problem, F32);
+    check_language_model(cuda, config, Shape { batch: 9, len: 70 }, 3);
 }
 
 /// The mixers' GEMMs on bf16 copies (f32 sums, weights and everything else; x and z kept
