@@ -24,7 +24,9 @@
 //               partials that
 //            4. reduce_bc / reduce_params add up in a fixed order: no atomics, so the
 //               result is the same bit for bit on every run.
-// With one segment, steps 1 and 2 are skipped.
+// With one segment, steps 1 and 2 are skipped. Where batch x channels alone fill the
+// device, the forward is instead one kernel with four threads a channel (scan_fwd_quad),
+// which takes every exp once.
 //
 // Built by NVRTC with -DSTATE=<n>; bf16.cuh is prepended (the output, ddelta and dz can be
 // written as bf16 for GEMMs that read only that). Built with -DZ_BF16=1, the kernels read
