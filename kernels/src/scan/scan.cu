@@ -583,7 +583,7 @@ __device__ __forceinline__ size_t quad_first(const ScanArgs& p, const QuadElemen
     return ((size_t)b * p.len + ts + io.row) * p.channels + io.d;
 }
 
-// Starts copying what `needs` asks of positions ts .. ts+SUB (clipped at t1).
+// Starts copying what `needs` asks of positions ts .. ts+ROWS (clipped at t1).
 template <int CHANNELS, int ROWS>
 __device__ __forceinline__ void issue_quad_raw(const ScanArgs& p, const QuadElements& io,
                                                QuadRaw<CHANNELS, ROWS>& raw, int b, int ts, int t1, int needs) {
