@@ -17,13 +17,15 @@ const TILE: usize = 16;
 /// Two `ChannelTile`s (double buffering): delta, x and z columns, B/C rows, reset flags.
 const CHANNEL_TILES_BYTES: usize =
     2 * (3 * TILE * CHANNEL_THREADS as usize * 4 + TILE * 2 * STATE * 4 + TILE * 4);
-/// Channels per block of the backward's main kernel, four threads each.
+/// Threads sharing a channel's states in the quad kernels (`GROUPS` in `scan.cu`).
+const THREADS_PER_CHANNEL: usize = 4;
+/// Channels per block of the backward's main kernel.
 const BACKWARD_CHANNELS: usize = 64;
-const BACKWARD_THREADS: u32 = 256;
-/// Channels per block of the one-pass forward kernel, four threads each.
+const BACKWARD_THREADS: u32 = (BACKWARD_CHANNELS * THREADS_PER_CHANNEL) as u32;
+/// Channels per block of the one-pass forward kernel.
 const ONE_PASS_CHANNELS: usize = 32;
-const ONE_PASS_THREADS: u32 = 128;
-/// Threads per multiprocessor from which the forward runs in one pass (four a channel)
+const ONE_PASS_THREADS: u32 = (ONE_PASS_CHANNELS * THREADS_PER_CHANNEL) as u32;
+/// Threads per multiprocessor from which the forward runs in one pass
 /// rather than cutting rows into segments, whose exps it takes twice.
 const ONE_PASS_THREADS_PER_SM: usize = 256;
 /// Positions whose states the backward holds in registers at a time (`SUB`).
@@ -102,7 +104,8 @@ impl ForwardPath {
     /// One pass where batch · channels alone give `ONE_PASS_THREADS_PER_SM` threads a
     /// multiprocessor.
     fn for_shape(dims: ScanDims, multiprocessors: usize) -> Self {
-        if dims.batch * dims.channels * 4 >= multiprocessors * ONE_PASS_THREADS_PER_SM {
+        let threads = dims.batch * dims.channels * THREADS_PER_CHANNEL;
+        if threads >= multiprocessors * ONE_PASS_THREADS_PER_SM {
             Self::OnePass
         } else {
             Self::Segmented
