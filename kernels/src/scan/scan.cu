@@ -514,6 +514,31 @@ __device__ __forceinline__ float quad_sum(float v) {
     return v;
 }
 
+// Sums v[r] over a channel's four threads for every row r, transposed: lane `group` ends
+// with the sums of ROWS / 4 rows from quad_rows_from(group), added in quad_sum's order
+// (so with its bits), in 3 * ROWS / 4 exchanges instead of 2 * ROWS.
+__device__ __forceinline__ int quad_rows_from(int group, int rows) {
+    return (group & 1 ? rows / 2 : 0) + (group & 2 ? rows / 4 : 0);
+}
+
+template <int ROWS>
+__device__ __forceinline__ void quad_sums_transposed(const float (&v)[ROWS], int group, float (&sums)[ROWS / 4]) {
+    const bool odd1 = group & 1, odd2 = group & 2;
+    float half[ROWS / 2];
+#pragma unroll
+    for (int i = 0; i < ROWS / 2; ++i) {
+        const float send = odd1 ? v[i] : v[ROWS / 2 + i];
+        const float keep = odd1 ? v[ROWS / 2 + i] : v[i];
+        half[i] = keep + __shfl_xor_sync(0xffffffffu, send, 1);
+    }
+#pragma unroll
+    for (int i = 0; i < ROWS / 4; ++i) {
+        const float send = odd2 ? half[i] : half[ROWS / 4 + i];
+        const float keep = odd2 ? half[ROWS / 4 + i] : half[i];
+        sums[i] = keep + __shfl_xor_sync(0xffffffffu, send, 2);
+    }
+}
+
 enum QuadColumn { COL_DELTA = 0, COL_U = 1, COL_D_OUT = 2, COL_Z = 3, QUAD_COLUMNS = 4 };
 
 // What a quad kernel stages and transforms for a sub-chunk: rebuilding states needs delta,
@@ -765,9 +790,7 @@ extern "C" __global__ void __launch_bounds__(FWD_THREADS) scan_fwd_quad(ScanArgs
         const float4 saved = *reinterpret_cast<const float4*>(p.state + own);
         h[0] = saved.x; h[1] = saved.y; h[2] = saved.z; h[3] = saved.w;
     }
-    // After the two exchanges, lane `group` holds the sums of FWD_ROWS / 4 rows from `mine`.
-    const bool odd1 = group & 1, odd2 = group & 2;
-    const int mine = (odd1 ? FWD_ROWS / 2 : 0) + (odd2 ? FWD_ROWS / 4 : 0);
+    const int mine = quad_rows_from(group, FWD_ROWS);
     const int subs = (p.len + FWD_ROWS - 1) / FWD_ROWS;
     // The next position whose state is saved, and its index among the checkpoints.
     int next_checkpoint = 0, checkpoint = 0;
@@ -821,21 +844,13 @@ extern "C" __global__ void __launch_bounds__(FWD_THREADS) scan_fwd_quad(ScanArgs
         } else {
             advance(raw, ts, steps, y, true);
         }
-        float y4[FWD_ROWS / 2];
-#pragma unroll
-        for (int i = 0; i < FWD_ROWS / 2; ++i) {
-            const float send = odd1 ? y[i] : y[FWD_ROWS / 2 + i];
-            const float keep = odd1 ? y[FWD_ROWS / 2 + i] : y[i];
-            y4[i] = keep + __shfl_xor_sync(0xffffffffu, send, 1);
-        }
+        float sums[FWD_ROWS / 4];
+        quad_sums_transposed(y, group, sums);
 #pragma unroll
         for (int i = 0; i < FWD_ROWS / 4; ++i) {
-            const float send = odd2 ? y4[i] : y4[FWD_ROWS / 4 + i];
-            const float keep = odd2 ? y4[FWD_ROWS / 4 + i] : y4[i];
-            const float total = keep + __shfl_xor_sync(0xffffffffu, send, 2);
             const int r = mine + i;
             if (active && r < steps) {
-                float out = total + skip * raw.cols[COL_U][r][ch];
+                float out = sums[i] + skip * raw.cols[COL_U][r][ch];
                 if (gated) out *= tile.gate[r][ch];
                 store_as(p.out, ((size_t)b * p.len + ts + r) * p.channels + d, out, p.out_bf16);
             }
@@ -890,6 +905,7 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanA
     const bool gated = p.z != nullptr;
     const bool remake_out = p.out != nullptr;
     const QuadElements io = quad_elements<BWD_CHANNELS>(p);
+    const int mine = quad_rows_from(group, SUB);
 
     float a_nat[GROUP_STATES], a2[GROUP_STATES];
     quad_a(p, dd, n0, a_nat, a2);
@@ -971,17 +987,20 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanA
                 }
                 // Whole sub-chunks (all but a row's last) walk their rows without a test
                 // each (the walk inlined with a constant), so rows can overlap.
+                // Each row's quad partials of du's B-sum, ddelta's A-sum and y, summed over
+                // the quad after the walk (transposed: each thread then finishes two rows).
+                float du_parts[SUB], ddt_parts[SUB], y_parts[SUB];
                 auto walk = [&](bool checked) {
 #pragma unroll
                     for (int r = SUB - 1; r >= 0; --r) {
+                        du_parts[r] = ddt_parts[r] = y_parts[r] = 0.0f;
                         if (checked && r >= steps) continue;  // uniform across the block
                         float bv[GROUP_STATES], cv[GROUP_STATES];
                         quad_row(raw, r, 0, group, bv);
                         quad_row(raw, r, 1, group, cv);
                         const float dt = tile.dt[r][ch];
-                        const float uu = raw.cols[COL_U][r][ch];
                         const float g = tile.g[r][ch];
-                        const float x = dt * uu;
+                        const float x = dt * raw.cols[COL_U][r][ch];
                         // Per state: dh·A·(decayed state) for ddelta, dh·B for du (ddelta's
                         // B·u term is u times the same sum).
                         float y_part = 0.0f, ddt_part = 0.0f, du_part = 0.0f;
@@ -999,18 +1018,9 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanA
                             ddt_part += dh_decayed * a_nat[jj];
                             da[jj] += dh_decayed * dt;
                         }
-                        const float du_sum = quad_sum(du_part);
-                        const float dv = (quad_sum(ddt_part) + uu * du_sum) * tile.dsp[r][ch];
-                        dskip_sum += g * uu;
-                        dbias_sum += dv;
-                        // Lane `group` of the quad gathers output `group`: du, ddelta, dz, out.
-                        float out = group == 0 ? g * skip + du_sum * dt : dv;
-                        if (gated || remake_out) {
-                            const float y = quad_sum(y_part) + skip * uu;
-                            if (group == 2 && gated) out = y * tile.zf[r][ch];
-                            if (group == 3) out = gated ? y * tile.gate[r][ch] : y;
-                        }
-                        quad_out[r][tid] = out;
+                        du_parts[r] = du_part;
+                        ddt_parts[r] = ddt_part;
+                        y_parts[r] = y_part;
                         // Sum dB and dC over the warp's 8 channels by recursive halving: after
                         // three exchanges each lane holds one of the 32 (quantity, state) sums.
                         const bool hi16 = lane & 16, hi8 = lane & 8, hi4 = lane & 4;
@@ -1040,6 +1050,29 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanA
                 } else {
                     walk(true);
                 }
+                float du_sums[SUB / 4], ddt_sums[SUB / 4], y_sums[SUB / 4];
+                quad_sums_transposed(du_parts, group, du_sums);
+                quad_sums_transposed(ddt_parts, group, ddt_sums);
+                if (gated || remake_out) quad_sums_transposed(y_parts, group, y_sums);
+                // The thread's rows: du, ddelta, dz and the output gathered for row writes.
+#pragma unroll
+                for (int i = 0; i < SUB / 4; ++i) {
+                    const int r = mine + i;
+                    if (r >= steps) continue;
+                    const float dt = tile.dt[r][ch];
+                    const float uu = raw.cols[COL_U][r][ch];
+                    const float g = tile.g[r][ch];
+                    const float dv = (ddt_sums[i] + uu * du_sums[i]) * tile.dsp[r][ch];
+                    dskip_sum += g * uu;
+                    dbias_sum += dv;
+                    quad_out[r][GROUPS * ch] = g * skip + du_sums[i] * dt;
+                    quad_out[r][GROUPS * ch + 1] = dv;
+                    if (gated || remake_out) {
+                        const float y = y_sums[i] + skip * uu;
+                        if (gated) quad_out[r][GROUPS * ch + 2] = y * tile.zf[r][ch];
+                        quad_out[r][GROUPS * ch + 3] = gated ? y * tile.gate[r][ch] : y;
+                    }
+                }
                 __syncthreads();
                 write_quad_out(p, io, quad_out, b, ts, steps);
                 // 256 threads = SUB positions x 32 (quantity, state) sums, over warps in order.
@@ -1059,6 +1092,9 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanA
             buffer ^= 1;
         }
     }
+    // Each thread summed its own rows; the quad's four sums in a fixed order.
+    dskip_sum = quad_sum(dskip_sum);
+    dbias_sum = quad_sum(dbias_sum);
     if (active) {
         const size_t slot = ((size_t)b * p.segments + s) * p.channels + d;
         float4 out = make_float4(da[0] * a_nat[0], da[1] * a_nat[1], da[2] * a_nat[2], da[3] * a_nat[3]);
