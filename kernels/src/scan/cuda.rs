@@ -296,7 +296,15 @@ impl Cuda {
             CHANNEL_TILES_BYTES,
         );
         if cut.segments > 1 {
-            self.launch(&kernel("scan_fwd_segment")?, per_segment, &args)?;
+            // Every segment but the last has a summary to make.
+            let summarised = grid(
+                blocks,
+                dims,
+                cut.segments - 1,
+                CHANNEL_THREADS,
+                CHANNEL_TILES_BYTES,
+            );
+            self.launch(&kernel("scan_fwd_segment")?, summarised, &args)?;
             let combine = flat(dims.batch * dims.channels * STATE);
             self.launch(&kernel("scan_fwd_combine")?, combine, &args)?;
         }
@@ -389,15 +397,16 @@ impl Cuda {
         args.channel_blocks = channel_blocks as i32;
 
         if cut.segments > 1 {
+            // Every segment but the first has a summary to make.
             let blocks = dims.channels.div_ceil(CHANNEL_THREADS as usize);
-            let per_segment = grid(
+            let summarised = grid(
                 blocks,
                 dims,
-                cut.segments,
+                cut.segments - 1,
                 CHANNEL_THREADS,
                 CHANNEL_TILES_BYTES,
             );
-            self.launch(&kernel("scan_bwd_segment")?, per_segment, &args)?;
+            self.launch(&kernel("scan_bwd_segment")?, summarised, &args)?;
             let combine = flat(dims.batch * dims.channels * STATE);
             self.launch(&kernel("scan_bwd_combine")?, combine, &args)?;
         }

@@ -283,6 +283,8 @@ __device__ __forceinline__ void for_each_tile(const ScanArgs& p, ChannelTile* ti
 // ---------------------------------------------------------------------------------------
 // Forward
 
+// Segments 0 .. segments-2: the last segment's end state is the final state, which the
+// output pass makes.
 extern "C" __global__ void __launch_bounds__(CH_THREADS) scan_fwd_segment(ScanArgs p) {
     extern __shared__ ChannelTile tiles[];
     const int d = blockIdx.x * CH_THREADS + threadIdx.x;
@@ -345,7 +347,8 @@ extern "C" __global__ void __launch_bounds__(256) scan_fwd_combine(ScanArgs p) {
         float sums[COMBINE_AHEAD], locals[COMBINE_AHEAD];
 #pragma unroll
         for (int j = 0; j < COMBINE_AHEAD; ++j) {
-            const size_t slot = ((size_t)b * p.segments + min(s0 + j, p.segments - 1)) * p.channels + d;
+            // The last segment has no summary (nothing after it needs its carry).
+            const size_t slot = ((size_t)b * p.segments + min(s0 + j, p.segments - 2)) * p.channels + d;
             sums[j] = p.seg_sum[slot];
             locals[j] = p.seg_state[slot * STATE + n];
         }
@@ -354,6 +357,7 @@ extern "C" __global__ void __launch_bounds__(256) scan_fwd_combine(ScanArgs p) {
             if (s0 + j >= p.segments) break;
             const size_t slot = ((size_t)b * p.segments + s0 + j) * p.channels + d;
             p.seg_state[slot * STATE + n] = h;
+            if (s0 + j == p.segments - 1) break;
             const float decay = sums[j] < 0.0f ? 0.0f : fast_exp2(a2 * sums[j]);
             h = decay * h + locals[j];
         }
@@ -428,12 +432,13 @@ extern "C" __global__ void __launch_bounds__(CH_THREADS) scan_fwd_output(ScanArg
 // ---------------------------------------------------------------------------------------
 // Backward
 
-// Gradient w.r.t. the state entering each segment, from that segment's positions alone.
-// Two staged tiles fit four blocks an SM in shared memory; registers are capped to match.
+// Gradient w.r.t. the state entering each segment, from that segment's positions alone:
+// segments 1 .. segments-1 (nothing enters segment 0 from before the row). Two staged
+// tiles fit four blocks an SM in shared memory; registers are capped to match.
 extern "C" __global__ void __launch_bounds__(CH_THREADS, 4) scan_bwd_segment(ScanArgs p) {
     extern __shared__ ChannelTile tiles[];
     const int d = blockIdx.x * CH_THREADS + threadIdx.x;
-    const int s = blockIdx.y;
+    const int s = blockIdx.y + 1;
     const int b = blockIdx.z;
     const bool active = d < p.channels;
     const int dd = active ? d : p.channels - 1;
@@ -493,7 +498,8 @@ extern "C" __global__ void __launch_bounds__(256) scan_bwd_combine(ScanArgs p) {
         float sums[COMBINE_AHEAD], locals[COMBINE_AHEAD];
 #pragma unroll
         for (int j = 0; j < COMBINE_AHEAD; ++j) {
-            const size_t slot = ((size_t)b * p.segments + max(s0 - j, 0)) * p.channels + d;
+            // Segment 0 has no summary (nothing before it takes its gradient).
+            const size_t slot = ((size_t)b * p.segments + max(s0 - j, 1)) * p.channels + d;
             sums[j] = p.seg_sum[slot];
             locals[j] = p.seg_state[slot * STATE + n];
         }
@@ -502,6 +508,7 @@ extern "C" __global__ void __launch_bounds__(256) scan_bwd_combine(ScanArgs p) {
             if (s0 - j < 0) break;
             const size_t slot = ((size_t)b * p.segments + s0 - j) * p.channels + d;
             p.seg_state[slot * STATE + n] = e;
+            if (s0 - j == 0) break;
             const float decay = sums[j] < 0.0f ? 0.0f : fast_exp2(a2 * sums[j]);
             e = locals[j] + decay * e;
         }
