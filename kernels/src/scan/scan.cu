@@ -775,7 +775,7 @@ __device__ __forceinline__ void quad_step(const QuadRaw<CHANNELS, ROWS>& raw, co
 #define FWD_ROWS 16
 #define FWD_THREADS (FWD_CHANNELS * GROUPS)
 
-extern "C" __global__ void __launch_bounds__(FWD_THREADS) scan_fwd_quad(ScanArgs p) {
+__device__ __forceinline__ void forward_quad(const ScanArgs& p) {
     __shared__ QuadRaw<FWD_CHANNELS, FWD_ROWS> raws[2];
     __shared__ QuadTile<FWD_CHANNELS, FWD_ROWS> tile;
     const int tid = threadIdx.x;
@@ -868,6 +868,13 @@ extern "C" __global__ void __launch_bounds__(FWD_THREADS) scan_fwd_quad(ScanArgs
         *reinterpret_cast<float4*>(p.state + own) = make_float4(h[0], h[1], h[2], h[3]);
     }
 }
+
+extern "C" __global__ void __launch_bounds__(FWD_THREADS) scan_fwd_quad(ScanArgs p) { forward_quad(p); }
+
+// For shapes that give more than five blocks a multiprocessor (the plain kernel's register
+// limit): registers capped so that six fit, at the cost of a small spill that makes it
+// slower where blocks are fewer.
+extern "C" __global__ void __launch_bounds__(FWD_THREADS, 6) scan_fwd_quad_busy(ScanArgs p) { forward_quad(p); }
 
 // ---------------------------------------------------------------------------------------
 // Backward main kernel
