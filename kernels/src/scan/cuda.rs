@@ -106,8 +106,9 @@ enum ForwardPath {
 impl ForwardPath {
     /// One pass where batch · channels alone give `ONE_PASS_THREADS_PER_SM` threads a
     /// multiprocessor; its busy build where that makes more than five blocks of
-    /// `ONE_PASS_CHANNELS` a multiprocessor (measured: 1.34 → 1.18 ms at (16,1536,4096),
-    /// 5.8 blocks; 15–20 % slower at 2.9 and 3.9).
+    /// `ONE_PASS_CHANNELS` a multiprocessor, more than the plain build fits at once
+    /// (measured: 1.34 → 1.18 ms at (16,1536,4096), 5.8 blocks an SM; 15–20 % slower at
+    /// (64,256,1024) and (8,1536,2048), 3.9 and 2.9).
     fn for_shape(dims: ScanDims, multiprocessors: usize) -> Self {
         let threads = dims.batch * dims.channels * THREADS_PER_CHANNEL;
         let blocks = dims.batch * dims.channels.div_ceil(ONE_PASS_CHANNELS);

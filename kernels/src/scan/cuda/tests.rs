@@ -178,7 +178,7 @@ impl Destination {
     }
 }
 
-/// Both ways of running the forward, which every forward test covers.
+/// Every way of running the forward, which every forward test covers.
 const PATHS: [ForwardPath; 3] = [
     ForwardPath::Segmented,
     ForwardPath::OnePass,
