@@ -286,7 +286,7 @@ fn run_backward(
     DeviceGrads { all }
 }
 
-/// Forward (output, final state, checkpoints) by both paths and every gradient against the
+/// Forward (output, final state, checkpoints) by every path and every gradient against the
 /// reference; the output the backward makes again has the forward's bits.
 fn check_against_reference(cuda: &Cuda, p: &Problem) {
     for path in PATHS {
