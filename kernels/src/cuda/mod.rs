@@ -58,6 +58,8 @@ struct Shared {
     context: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     blas: CudaBlas,
+    /// bf16 GEMMs with per-shape algorithms; `None` without the cuBLASLt library.
+    lt: Option<crate::gemm::cuda::LtGemms>,
     arch: String,
     multiprocessors: usize,
     nvrtc_version: (i32, i32),
@@ -182,11 +184,13 @@ impl Cuda {
             .max(1) as usize;
         let blas = CudaBlas::new(stream.clone())
             .map_err(|e| device_error("creating the cuBLAS handle", e))?;
+        let lt = crate::gemm::cuda::LtGemms::new(&stream)?;
         let cuda = Self {
             shared: Arc::new(Shared {
                 context,
                 stream,
                 blas,
+                lt,
                 arch: format!("sm_{major}{minor}"),
                 multiprocessors,
                 nvrtc_version,
@@ -310,6 +314,11 @@ impl Cuda {
     /// The cuBLAS handle, bound to [`Cuda::stream`].
     pub(crate) fn blas(&self) -> &CudaBlas {
         &self.shared.blas
+    }
+
+    /// cuBLASLt for the bf16 GEMMs, where its library is present.
+    pub(crate) fn lt(&self) -> Option<&crate::gemm::cuda::LtGemms> {
+        self.shared.lt.as_ref()
     }
 
     /// Sets how the GEMMs multiply (see [`GemmPrecision`]); f32 until set. Results stay
@@ -698,7 +707,7 @@ fn nvrtc_version() -> Result<(i32, i32), KernelError> {
     Ok((major, minor))
 }
 
-fn poisoned() -> KernelError {
+pub(crate) fn poisoned() -> KernelError {
     KernelError::Device("a lock of the CUDA device was poisoned by a panic".into())
 }
 

@@ -1,12 +1,15 @@
 //! The GEMM on cuBLAS: `cublasSgemm` on f32 operands (f32 or TF32 math, see
-//! [`GemmPrecision`]), `cublasGemmEx` on bf16 operands with f32 sums and an f32 or bf16
-//! output, and the kernels that round f32 values to bf16 copies and widen them back.
+//! [`GemmPrecision`]), cuBLASLt with an algorithm timed per shape on bf16 operands with
+//! f32 sums and an f32 or bf16 output (`cublasGemmEx` without cuBLASLt; see [`lt`]), and
+//! the kernels that round f32 values to bf16 copies and widen them back.
 //!
 //! cuBLAS is column-major; a row-major `m×n` matrix is the column-major `n×m` matrix of
 //! its transpose. So `C = op(A)·op(B)` (row-major) is computed as the column-major
 //! `Cᵀ = op(B)ᵀ·op(A)ᵀ`: the operands swap places and keep their transpose flags, and each
 //! leading dimension is the row length of the stored row-major matrix. With one stream and
 //! the default (non-atomic) mode, cuBLAS gives the same bits on every run.
+
+mod lt;
 
 use std::ffi::c_void;
 
@@ -20,6 +23,8 @@ use crate::cuda::{
     DeviceView, DeviceViewMut,
 };
 use crate::{element_count, KernelError};
+pub(crate) use lt::LtGemms;
+use lt::LtShape;
 
 const MODULE: &str = "gemm_cast";
 const SOURCE: &str = concat!(
@@ -192,6 +197,21 @@ fn run(
     let ldb = if dims.transpose_b { k } else { n };
     let alpha = 1.0f32;
     let beta = if accumulate { 1.0f32 } else { 0.0 };
+    if let (Operands::Bf16 { a, b }, Some(lt)) = (&operands, cuda.lt()) {
+        let shape = LtShape {
+            rows: n,
+            cols: m,
+            depth: k,
+            transpose_a: dims.transpose_b,
+            transpose_b: dims.transpose_a,
+            lda: ldb,
+            ldb: lda,
+            out_bf16: c.bf16,
+        };
+        if lt.gemm(cuda, shape, *b, *a, c.address, accumulate)? {
+            return Ok(());
+        }
+    }
     let handle = *cuda.blas().handle();
     let (op_b, op_a) = (operation(dims.transpose_b), operation(dims.transpose_a));
     let (n, m, k) = (n as i32, m as i32, k as i32);
@@ -432,8 +452,14 @@ mod tests {
             random(m * n, 7),
         );
         let (ga, gb) = (upload_bf16(&cuda, &a), upload_bf16(&cuda, &b));
-        for (dims, accumulate) in gemm::every_mode(m, n, k) {
-            let (ra, rb) = (8..8 + m * k, 4..4 + k * n);
+        // Operands 16- and 8-byte aligned, then 2- and 6-byte (cuBLASLt's algorithms need
+        // some alignment; where none fits the GEMM goes through cublasGemmEx).
+        let offsets = [(8, 4), (1, 3)];
+        let modes = offsets
+            .iter()
+            .flat_map(|&o| gemm::every_mode(m, n, k).map(move |mode| (o, mode)));
+        for ((offset_a, offset_b), (dims, accumulate)) in modes {
+            let (ra, rb) = (offset_a..offset_a + m * k, offset_b..offset_b + k * n);
             let mut want = c0.clone();
             crate::bf16::gemm(dims, &a[ra.clone()], &b[rb.clone()], &mut want, accumulate).unwrap();
             let mut gc = cuda.upload(&c0).unwrap();
@@ -446,7 +472,7 @@ mod tests {
             )
             .unwrap();
             let got = cuda.download(cuda.all(&gc)).unwrap();
-            let name = format!("{dims:?} accumulate {accumulate}");
+            let name = format!("{dims:?} accumulate {accumulate} offsets {offset_a}, {offset_b}");
             assert_close(&name, &got, &to_f64(&want), 1e-5, 1e-6);
             // Into bf16: the same values, rounded (a bf16 unit is 2⁻⁸ of the value).
             let mut gc16 = cuda.zeros_bf16(m * n).unwrap();
@@ -480,6 +506,78 @@ mod tests {
             false,
         );
         assert!(out_of_range.is_err());
+    }
+
+    /// At sizes where cuBLASLt offers several algorithms and the fastest is timed (the
+    /// anchor's layer GEMMs at an eighth of its tokens, all three products of a linear
+    /// layer), the bf16 GEMM matches the CPU and gives the same bits again.
+    #[test]
+    fn cuda_gemm_bf16_picks_one_algorithm_per_shape() {
+        let Some(cuda) = device() else { return };
+        let (tokens, width, input) = (2048, 1536, 768);
+        let rounded = |values: &[f32]| {
+            let mut bits = vec![0u16; values.len()];
+            crate::bf16::round(values, &mut bits).unwrap();
+            bits
+        };
+        let x = rounded(&random(tokens * input, 8));
+        let w = rounded(&random(width * input, 9));
+        let dy = rounded(&random(tokens * width, 10));
+        let (gx, gw, gdy) = (
+            upload_bf16(&cuda, &x),
+            upload_bf16(&cuda, &w),
+            upload_bf16(&cuda, &dy),
+        );
+        let forward = GemmDims {
+            m: tokens,
+            n: width,
+            k: input,
+            transpose_a: false,
+            transpose_b: true,
+        };
+        let input_grad = GemmDims {
+            m: tokens,
+            n: input,
+            k: width,
+            transpose_a: false,
+            transpose_b: false,
+        };
+        let weight_grad = GemmDims {
+            m: width,
+            n: input,
+            k: tokens,
+            transpose_a: true,
+            transpose_b: false,
+        };
+        for (name, dims, (a, ga), (b, gb)) in [
+            ("forward", forward, (&x, &gx), (&w, &gw)),
+            ("input gradient", input_grad, (&dy, &gdy), (&w, &gw)),
+            ("weight gradient", weight_grad, (&dy, &gdy), (&x, &gx)),
+        ] {
+            let mut want = vec![0.0; dims.m * dims.n];
+            crate::bf16::gemm(dims, a, b, &mut want, false).unwrap();
+            let run = || {
+                let mut c = cuda.zeros(dims.m * dims.n).unwrap();
+                cuda.gemm_bf16(
+                    dims,
+                    Bf16View::new(ga, 0..a.len()),
+                    Bf16View::new(gb, 0..b.len()),
+                    Output::F32(cuda.all_mut(&mut c)),
+                    false,
+                )
+                .unwrap();
+                cuda.download(cuda.all(&c)).unwrap()
+            };
+            let (first, again) = (run(), run());
+            // Sums of up to 2048 products of size ~0.3 in another order: ~1e-6 apart where
+            // they cancel; a wrong product is off by ~10.
+            assert_close(name, &first, &to_f64(&want), 1e-5, 1e-4);
+            assert_eq!(
+                bits(&first),
+                bits(&again),
+                "{name}: another run gave other bits"
+            );
+        }
     }
 
     #[test]
