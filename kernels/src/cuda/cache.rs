@@ -22,7 +22,7 @@ pub(super) fn compiled(
     options: &[String],
     nvrtc_version: (i32, i32),
 ) -> Result<Vec<u8>, KernelError> {
-    let key = cache_key(source, options, nvrtc_version);
+    let key = module_key(source, options, nvrtc_version);
     let path = cache_dir().map(|dir| dir.join(format!("{module}-{key:016x}.cubin")));
     if let Some(cubin) = path.as_ref().and_then(|p| std::fs::read(p).ok()) {
         return Ok(cubin);
@@ -34,26 +34,32 @@ pub(super) fn compiled(
     Ok(cubin)
 }
 
-/// FNV-1a over every input that changes the binary; stable across Rust versions, unlike
-/// the standard hasher.
-fn cache_key(source: &str, options: &[String], nvrtc_version: (i32, i32)) -> u64 {
+/// The key of a module: its source, the options (architecture included) and NVRTC's
+/// version.
+fn module_key(source: &str, options: &[String], nvrtc_version: (i32, i32)) -> u64 {
+    let mut parts = vec![source.as_bytes()];
+    parts.extend(options.iter().map(|option| option.as_bytes()));
+    let (major, minor) = (nvrtc_version.0.to_le_bytes(), nvrtc_version.1.to_le_bytes());
+    parts.extend([&major[..], &minor[..]]);
+    cache_key(&parts)
+}
+
+/// FNV-1a over every input that changes what is cached (each part with its length, so
+/// parts cannot run into each other); stable across Rust versions, unlike the standard
+/// hasher.
+pub(crate) fn cache_key(parts: &[&[u8]]) -> u64 {
     let mut hash = 0xcbf2_9ce4_8422_2325u64;
-    let mut feed = |bytes: &[u8]| {
-        for &byte in bytes.iter().chain(&(bytes.len() as u64).to_le_bytes()) {
+    for part in parts {
+        for &byte in part.iter().chain(&(part.len() as u64).to_le_bytes()) {
             hash ^= byte as u64;
             hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
         }
-    };
-    feed(source.as_bytes());
-    for option in options {
-        feed(option.as_bytes());
     }
-    feed(&nvrtc_version.0.to_le_bytes());
-    feed(&nvrtc_version.1.to_le_bytes());
     hash
 }
 
-fn cache_dir() -> Option<PathBuf> {
+/// `<cache>/seqmamba/kernels`, where compiled modules and chosen GEMM algorithms live.
+pub(crate) fn cache_dir() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
@@ -62,7 +68,7 @@ fn cache_dir() -> Option<PathBuf> {
 }
 
 /// Best-effort atomic write: temporary file in the same folder, then rename.
-fn store(path: &std::path::Path, bytes: &[u8]) {
+pub(crate) fn store(path: &std::path::Path, bytes: &[u8]) {
     let Some(dir) = path.parent() else { return };
     if std::fs::create_dir_all(dir).is_err() {
         return;
@@ -124,18 +130,18 @@ mod tests {
     #[test]
     fn key_changes_with_every_input() {
         let options = vec!["--gpu-architecture=sm_90".to_string()];
-        let base = cache_key("a", &options, (13, 0));
-        assert_ne!(base, cache_key("b", &options, (13, 0)));
+        let base = module_key("a", &options, (13, 0));
+        assert_ne!(base, module_key("b", &options, (13, 0)));
         assert_ne!(
             base,
-            cache_key("a", &["--gpu-architecture=sm_80".into()], (13, 0))
+            module_key("a", &["--gpu-architecture=sm_80".into()], (13, 0))
         );
-        assert_ne!(base, cache_key("a", &options, (13, 1)));
-        assert_eq!(base, cache_key("a", &options, (13, 0)));
+        assert_ne!(base, module_key("a", &options, (13, 1)));
+        assert_eq!(base, module_key("a", &options, (13, 0)));
         // Concatenation ambiguity: lengths are hashed too.
         assert_ne!(
-            cache_key("", &["ab".into(), "c".into()], (13, 0)),
-            cache_key("", &["a".into(), "bc".into()], (13, 0))
+            module_key("", &["ab".into(), "c".into()], (13, 0)),
+            module_key("", &["a".into(), "bc".into()], (13, 0))
         );
     }
 

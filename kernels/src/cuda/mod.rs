@@ -13,7 +13,7 @@
 //! and is prepended to each source. GEMMs go to cuBLAS.
 
 mod backend;
-mod cache;
+pub(crate) mod cache;
 mod doctor;
 mod nccl;
 mod view;

@@ -510,7 +510,8 @@ mod tests {
 
     /// At sizes where cuBLASLt offers several algorithms and the fastest is timed (the
     /// anchor's layer GEMMs at an eighth of its tokens, all three products of a linear
-    /// layer), the bf16 GEMM matches the CPU and gives the same bits again.
+    /// layer), the bf16 GEMM matches the CPU and gives the same bits again, also on a
+    /// device opened afterwards (it takes the recorded choice).
     #[test]
     fn cuda_gemm_bf16_picks_one_algorithm_per_shape() {
         let Some(cuda) = device() else { return };
@@ -523,59 +524,63 @@ mod tests {
         let x = rounded(&random(tokens * input, 8));
         let w = rounded(&random(width * input, 9));
         let dy = rounded(&random(tokens * width, 10));
-        let (gx, gw, gdy) = (
-            upload_bf16(&cuda, &x),
-            upload_bf16(&cuda, &w),
-            upload_bf16(&cuda, &dy),
-        );
-        let forward = GemmDims {
-            m: tokens,
-            n: width,
-            k: input,
-            transpose_a: false,
-            transpose_b: true,
+        let linear = |m, n, k, transpose_a, transpose_b| GemmDims {
+            m,
+            n,
+            k,
+            transpose_a,
+            transpose_b,
         };
-        let input_grad = GemmDims {
-            m: tokens,
-            n: input,
-            k: width,
-            transpose_a: false,
-            transpose_b: false,
+        let product = |cuda: &crate::cuda::Cuda, dims: GemmDims, a: &[u16], b: &[u16]| {
+            let (ga, gb) = (upload_bf16(cuda, a), upload_bf16(cuda, b));
+            let mut c = cuda.zeros(dims.m * dims.n).unwrap();
+            cuda.gemm_bf16(
+                dims,
+                Bf16View::new(&ga, 0..a.len()),
+                Bf16View::new(&gb, 0..b.len()),
+                Output::F32(cuda.all_mut(&mut c)),
+                false,
+            )
+            .unwrap();
+            bits(&cuda.download(cuda.all(&c)).unwrap())
         };
-        let weight_grad = GemmDims {
-            m: width,
-            n: input,
-            k: tokens,
-            transpose_a: true,
-            transpose_b: false,
-        };
-        for (name, dims, (a, ga), (b, gb)) in [
-            ("forward", forward, (&x, &gx), (&w, &gw)),
-            ("input gradient", input_grad, (&dy, &gdy), (&w, &gw)),
-            ("weight gradient", weight_grad, (&dy, &gdy), (&x, &gx)),
-        ] {
+        let products = [
+            ("forward", linear(tokens, width, input, false, true), &x, &w),
+            (
+                "input gradient",
+                linear(tokens, input, width, false, false),
+                &dy,
+                &w,
+            ),
+            (
+                "weight gradient",
+                linear(width, input, tokens, true, false),
+                &dy,
+                &x,
+            ),
+        ];
+        let mut firsts = Vec::new();
+        for (name, dims, a, b) in products {
             let mut want = vec![0.0; dims.m * dims.n];
             crate::bf16::gemm(dims, a, b, &mut want, false).unwrap();
-            let run = || {
-                let mut c = cuda.zeros(dims.m * dims.n).unwrap();
-                cuda.gemm_bf16(
-                    dims,
-                    Bf16View::new(ga, 0..a.len()),
-                    Bf16View::new(gb, 0..b.len()),
-                    Output::F32(cuda.all_mut(&mut c)),
-                    false,
-                )
-                .unwrap();
-                cuda.download(cuda.all(&c)).unwrap()
-            };
-            let (first, again) = (run(), run());
+            let first = product(&cuda, dims, a, b);
+            let values: Vec<f32> = first.iter().map(|&v| f32::from_bits(v)).collect();
             // Sums of up to 2048 products of size ~0.3 in another order: ~1e-6 apart where
             // they cancel; a wrong product is off by ~10.
-            assert_close(name, &first, &to_f64(&want), 1e-5, 1e-4);
+            assert_close(name, &values, &to_f64(&want), 1e-5, 1e-4);
             assert_eq!(
-                bits(&first),
-                bits(&again),
-                "{name}: another run gave other bits"
+                first,
+                product(&cuda, dims, a, b),
+                "{name}: a rerun gave other bits"
+            );
+            firsts.push(first);
+        }
+        let Some(reopened) = device() else { return };
+        for ((name, dims, a, b), first) in products.into_iter().zip(firsts) {
+            assert_eq!(
+                first,
+                product(&reopened, dims, a, b),
+                "{name}: another device gave other bits"
             );
         }
     }

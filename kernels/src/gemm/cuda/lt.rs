@@ -2,9 +2,13 @@
 //! offers several; `cublasGemmEx` runs the first, which on the anchor's (16384 × 1536 ×
 //! 768)-class GEMMs is up to 20 % slower than another it offers (`cuda_gemm_bench
 //! --algos`, docs/benchmarks.md). So the first GEMM of each shape times the offers once
-//! and keeps the fastest for the life of the device; another must beat the first by
-//! `MARGIN`, so that timing noise does not make reruns pick differently. Inside a graph
-//! capture (nothing can be timed there) an unseen shape takes the first offer untimed.
+//! and keeps the fastest (another must beat the first by `MARGIN`) for the life of the
+//! device, and records the choice beside the compiled kernels
+//! (`<cache>/seqmamba/kernels/gemm-<key>.algo`, the key hashing the architecture, the
+//! multiprocessor count, cuBLASLt's version, the shape and the alignments): later runs on
+//! the machine take the recorded algorithm while the heuristic still offers it, so they
+//! give the same bits. Inside a graph capture (nothing can be timed there) an unseen shape
+//! takes the first offer untimed.
 //! Where cuBLASLt offers nothing (operands too little aligned for any of its algorithms),
 //! the GEMM goes through `cublasGemmEx`.
 
@@ -18,6 +22,7 @@ use cudarc::cublaslt::sys;
 use cudarc::driver::sys::CUstreamCaptureStatus;
 use cudarc::driver::{CudaSlice, CudaStream};
 
+use crate::cuda::cache::{cache_dir, cache_key, store};
 use crate::cuda::{device_error, poisoned, Cuda};
 use crate::KernelError;
 
@@ -92,6 +97,37 @@ impl Drop for LtGemms {
 
 fn lt_error(doing: &'static str) -> impl Fn(lt::CublasError) -> KernelError {
     move |e| device_error(doing, e)
+}
+
+/// The bytes of an algorithm as recorded (cuBLASLt's opaque words, little-endian).
+fn algo_bytes(algo: &sys::cublasLtMatmulAlgo_t) -> Vec<u8> {
+    algo.data
+        .iter()
+        .flat_map(|word| word.to_le_bytes())
+        .collect()
+}
+
+/// What a recorded choice depends on: the device's kind, cuBLASLt's version, the shape.
+fn record_key(cuda: &Cuda, (shape, alignments): PlanKey) -> u64 {
+    // SAFETY: only reads the loaded library's version.
+    let version = unsafe { sys::cublasLtGetVersion() } as u64;
+    let numbers = [
+        cuda.multiprocessors() as u64,
+        version,
+        shape.rows as u64,
+        shape.cols as u64,
+        shape.depth as u64,
+        shape.lda as u64,
+        shape.ldb as u64,
+        u64::from(shape.transpose_a),
+        u64::from(shape.transpose_b),
+        u64::from(shape.out_bf16),
+        u64::from(alignments[0]),
+        u64::from(alignments[1]),
+        u64::from(alignments[2]),
+    ];
+    let numbers: Vec<u8> = numbers.iter().flat_map(|n| n.to_le_bytes()).collect();
+    cache_key(&[b"cublaslt gemm", cuda.arch().as_bytes(), &numbers])
 }
 
 fn operation(transpose: bool) -> cublasOperation_t {
@@ -243,6 +279,16 @@ impl LtGemms {
             return Ok(None);
         };
         plan.algo = first.algo;
+        let record =
+            cache_dir().map(|dir| dir.join(format!("gemm-{:016x}.algo", record_key(cuda, key))));
+        let recorded = record
+            .as_ref()
+            .and_then(|path| std::fs::read(path).ok())
+            .and_then(|bytes| offers.iter().find(|o| algo_bytes(&o.algo) == bytes));
+        if let Some(offer) = recorded {
+            plan.algo = offer.algo;
+            return Ok(Some(plan));
+        }
         let capturing = cuda
             .stream()
             .capture_status()
@@ -274,6 +320,9 @@ impl LtGemms {
             0
         };
         plan.algo = offers[chosen].algo;
+        if let Some(path) = record {
+            store(&path, &algo_bytes(&plan.algo));
+        }
         Ok(Some(plan))
     }
 
