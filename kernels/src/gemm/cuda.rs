@@ -434,6 +434,13 @@ mod tests {
         }
     }
 
+    /// The bf16 bits of `values`, rounded as the CPU rounds.
+    fn rounded(values: &[f32]) -> Vec<u16> {
+        let mut bits = vec![0u16; values.len()];
+        crate::bf16::round(values, &mut bits).unwrap();
+        bits
+    }
+
     /// bf16 operands: the CPU's GEMM of the same rounded operands up to the order of the
     /// f32 sums (products of bf16 values are exact in f32), in every transpose and mode,
     /// on ranges of the buffers.
@@ -441,11 +448,6 @@ mod tests {
     fn cuda_gemm_bf16_matches_the_cpu() {
         let Some(cuda) = device() else { return };
         let (m, n, k) = (96, 80, 200);
-        let rounded = |values: &[f32]| {
-            let mut bits = vec![0u16; values.len()];
-            crate::bf16::round(values, &mut bits).unwrap();
-            bits
-        };
         let (a, b, c0) = (
             rounded(&random(m * k + 8, 5)),
             rounded(&random(k * n + 4, 6)),
@@ -516,11 +518,6 @@ mod tests {
     fn cuda_gemm_bf16_picks_one_algorithm_per_shape() {
         let Some(cuda) = device() else { return };
         let (tokens, width, input) = (2048, 1536, 768);
-        let rounded = |values: &[f32]| {
-            let mut bits = vec![0u16; values.len()];
-            crate::bf16::round(values, &mut bits).unwrap();
-            bits
-        };
         let x = rounded(&random(tokens * input, 8));
         let w = rounded(&random(width * input, 9));
         let dy = rounded(&random(tokens * width, 10));

@@ -184,6 +184,13 @@ fn grid(
     }
 }
 
+/// The per-channel kernels' grid (a thread per channel, two staged tiles) over
+/// `segments` segments of each row.
+fn channel_grid(dims: ScanDims, segments: usize) -> LaunchConfig {
+    let blocks = dims.channels.div_ceil(CHANNEL_THREADS as usize);
+    grid(blocks, dims, segments, CHANNEL_THREADS, CHANNEL_TILES_BYTES)
+}
+
 fn flat(elements: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (elements.div_ceil(REDUCE_THREADS as usize) as u32, 1, 1),
@@ -300,23 +307,10 @@ impl Cuda {
         args.seg_len = cut.seg_len as i32;
         args.segments = cut.segments as i32;
 
-        let blocks = dims.channels.div_ceil(CHANNEL_THREADS as usize);
-        let per_segment = grid(
-            blocks,
-            dims,
-            cut.segments,
-            CHANNEL_THREADS,
-            CHANNEL_TILES_BYTES,
-        );
+        let per_segment = channel_grid(dims, cut.segments);
         if cut.segments > 1 {
             // Every segment but the last has a summary to make.
-            let summarised = grid(
-                blocks,
-                dims,
-                cut.segments - 1,
-                CHANNEL_THREADS,
-                CHANNEL_TILES_BYTES,
-            );
+            let summarised = channel_grid(dims, cut.segments - 1);
             self.launch(&kernel("scan_fwd_segment")?, summarised, &args)?;
             let combine = flat(dims.batch * dims.channels * STATE);
             self.launch(&kernel("scan_fwd_combine")?, combine, &args)?;
@@ -411,14 +405,7 @@ impl Cuda {
 
         if cut.segments > 1 {
             // Every segment but the first has a summary to make.
-            let blocks = dims.channels.div_ceil(CHANNEL_THREADS as usize);
-            let summarised = grid(
-                blocks,
-                dims,
-                cut.segments - 1,
-                CHANNEL_THREADS,
-                CHANNEL_TILES_BYTES,
-            );
+            let summarised = channel_grid(dims, cut.segments - 1);
             self.launch(&kernel("scan_bwd_segment")?, summarised, &args)?;
             let combine = flat(dims.batch * dims.channels * STATE);
             self.launch(&kernel("scan_bwd_combine")?, combine, &args)?;
