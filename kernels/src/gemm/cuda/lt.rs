@@ -1,7 +1,6 @@
 //! bf16 GEMMs on cuBLASLt, with the algorithm chosen per shape. cuBLASLt's heuristic
 //! offers several; `cublasGemmEx` runs the first, which on the anchor's (16384 × 1536 ×
-//! 768)-class GEMMs is up to 20 % slower than another it offers (`cuda_gemm_bench
-//! --algos`, docs/benchmarks.md). So the first GEMM of each shape times the offers once
+//! 768)-class GEMMs is up to 20 % slower than another it offers (docs/benchmarks.md). So the first GEMM of each shape times the offers once
 //! and keeps the fastest (another must beat the first by `MARGIN`) for the life of the
 //! device, and records the choice beside the compiled kernels
 //! (`<cache>/seqmamba/kernels/gemm-<key>.algo`, the key hashing the architecture, the
