@@ -13,7 +13,7 @@
 // at a run's edges check each position against them. The backward writes dx as f32 or, for a GEMM that
 // reads only that, as bf16 (bf16.cuh).
 
-#define CONV_RUN 64        // positions per thread
+#define CONV_RUN 48        // positions per thread
 #define CONV_THREADS 128   // channels per block
 #define CONV_AHEAD 8       // positions whose loads a thread issues together
 

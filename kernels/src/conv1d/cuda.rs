@@ -18,7 +18,7 @@ const SOURCE: &str = concat!(
 /// Kernel sizes the launcher accepts (each compiles its own module, `-DTAPS=k`).
 const MAX_TAPS: usize = 8;
 /// Positions per thread (`CONV_RUN`) and channels per block (`CONV_THREADS`).
-const RUN: usize = 64;
+const RUN: usize = 48;
 const THREADS: u32 = 128;
 
 #[repr(C)]
