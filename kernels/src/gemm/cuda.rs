@@ -158,6 +158,15 @@ fn check_operands(op: &'static str, dims: GemmDims, a: usize, b: usize) -> Resul
     check_view(op, "b", element_count(op, &[dims.k, dims.n])?, b)
 }
 
+/// cuBLAS's (and cuBLASLt's) name for an operand taken as stored or transposed.
+fn operation(transpose: bool) -> cublasOperation_t {
+    if transpose {
+        cublasOperation_t::CUBLAS_OP_T
+    } else {
+        cublasOperation_t::CUBLAS_OP_N
+    }
+}
+
 fn run(
     cuda: &Cuda,
     op: &'static str,
@@ -185,13 +194,6 @@ fn run(
             cuda.fill_zero_at(c.address, c.len * element_bytes(c.bf16) as usize)
         };
     }
-    let operation = |transpose: bool| {
-        if transpose {
-            cublasOperation_t::CUBLAS_OP_T
-        } else {
-            cublasOperation_t::CUBLAS_OP_N
-        }
-    };
     // Row lengths of the stored matrices.
     let lda = if dims.transpose_a { m } else { k };
     let ldb = if dims.transpose_b { k } else { n };

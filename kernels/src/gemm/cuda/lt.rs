@@ -1,15 +1,15 @@
 //! bf16 GEMMs on cuBLASLt, with the algorithm chosen per shape. cuBLASLt's heuristic
 //! offers several; `cublasGemmEx` runs the first, which on the anchor's (16384 × 1536 ×
-//! 768)-class GEMMs is up to 20 % slower than another it offers (docs/benchmarks.md). So the first GEMM of each shape times the offers once
-//! and keeps the fastest (another must beat the first by `MARGIN`) for the life of the
-//! device, and records the choice beside the compiled kernels
-//! (`<cache>/seqmamba/kernels/gemm-<key>.algo`, the key hashing the architecture, the
-//! multiprocessor count, cuBLASLt's version, the shape and the alignments): later runs on
-//! the machine take the recorded algorithm while the heuristic still offers it, so they
-//! give the same bits. Inside a graph capture (nothing can be timed there) an unseen shape
-//! takes the first offer untimed.
-//! Where cuBLASLt offers nothing (operands too little aligned for any of its algorithms),
-//! the GEMM goes through `cublasGemmEx`.
+//! 768)-class GEMMs is up to 20 % slower than another it offers (docs/benchmarks.md). So
+//! the first GEMM of each shape times the offers once and keeps the fastest (another must
+//! beat the first by `MARGIN`) for the life of the device, and records the choice beside
+//! the compiled kernels (`<cache>/seqmamba/kernels/gemm-<key>.algo`, the key hashing the
+//! architecture, the multiprocessor count, cuBLASLt's version, the shape and the
+//! alignments): later runs on the machine take the recorded algorithm while the heuristic
+//! still offers it, so they give the same bits. Inside a graph capture (nothing can be
+//! timed there) an unseen shape takes the first offer untimed. Where cuBLASLt offers
+//! nothing (operands too little aligned for any of its algorithms), the GEMM goes through
+//! `cublasGemmEx`.
 
 use std::collections::hash_map::{Entry, HashMap};
 use std::ffi::c_void;
@@ -21,6 +21,7 @@ use cudarc::cublaslt::sys;
 use cudarc::driver::sys::CUstreamCaptureStatus;
 use cudarc::driver::{CudaSlice, CudaStream};
 
+use super::operation;
 use crate::cuda::cache::{cache_dir, cache_key, store};
 use crate::cuda::{device_error, poisoned, Cuda};
 use crate::KernelError;
@@ -127,14 +128,6 @@ fn record_key(cuda: &Cuda, (shape, alignments): PlanKey) -> u64 {
     ];
     let numbers: Vec<u8> = numbers.iter().flat_map(|n| n.to_le_bytes()).collect();
     cache_key(&[b"cublaslt gemm", cuda.arch().as_bytes(), &numbers])
-}
-
-fn operation(transpose: bool) -> cublasOperation_t {
-    if transpose {
-        cublasOperation_t::CUBLAS_OP_T
-    } else {
-        cublasOperation_t::CUBLAS_OP_N
-    }
 }
 
 impl LtGemms {
