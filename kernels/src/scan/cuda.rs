@@ -120,6 +120,15 @@ impl ForwardPath {
             Self::OnePass
         }
     }
+
+    /// The kernel of a one-pass path.
+    fn one_pass_kernel(self) -> Option<&'static str> {
+        match self {
+            Self::Segmented => None,
+            Self::OnePass => Some("scan_fwd_quad"),
+            Self::OnePassBusy => Some("scan_fwd_quad_busy"),
+        }
+    }
 }
 
 /// How each row is cut for the GPU: `segments` pieces of `seg_len` positions.
@@ -289,13 +298,9 @@ impl Cuda {
         args.checkpoints = checkpoints.as_ref().map_or(0, |c| c.address());
         args.out = out.address;
         args.out_bf16 = out.bf16.into();
-        if path != ForwardPath::Segmented {
+        if let Some(name) = path.one_pass_kernel() {
             let blocks = dims.channels.div_ceil(ONE_PASS_CHANNELS);
             let config = grid(blocks, dims, 1, ONE_PASS_THREADS, 0);
-            let name = match path {
-                ForwardPath::OnePassBusy => "scan_fwd_quad_busy",
-                _ => "scan_fwd_quad",
-            };
             return self.launch(&kernel(name)?, config, &args);
         }
         let cut = segments_for(dims, 1, self.target_threads()?);
