@@ -41,7 +41,7 @@ fn main() -> Result<(), KernelError> {
     let (mut sum, mut normed, mut rstd) =
         (cuda.zeros(model)?, cuda.zeros(model)?, cuda.zeros(TOKENS)?);
     let (mut d_residual, mut d_norm_weight) = (cuda.zeros(model)?, cuda.zeros(D_MODEL)?);
-    let mut copy = cuda.zeros_bf16(inner)?;
+    let mut u_bits = cuda.zeros_bf16(inner)?;
     let conv = ConvDims {
         batch: BATCH,
         len: LEN,
@@ -64,8 +64,7 @@ fn main() -> Result<(), KernelError> {
         ));
         Ok::<(), KernelError>(())
     };
-    // In f32, then as bf16 training runs them: x kept in bf16, u's bf16 copy for x_proj,
-    // dx in bf16.
+    // In f32, then as bf16 training runs them: x and u kept in bf16, dx in bf16.
     let mut x_bits = cuda.zeros_bf16(inner)?;
     cuda.round_bf16(cuda.all(&x), &mut x_bits)?;
     let mut dx_bits = cuda.zeros_bf16(inner)?;
@@ -73,8 +72,8 @@ fn main() -> Result<(), KernelError> {
         (false, "", 2.0 * f32_bytes, 3.0 * f32_bytes),
         (
             true,
-            ", bf16 training (x bf16 → u and its bf16 copy; du → dx bf16)",
-            bf16_bytes + f32_bytes + bf16_bytes,
+            ", bf16 training (x bf16 → u bf16; du → dx bf16)",
+            2.0 * bf16_bytes,
             bf16_bytes + f32_bytes + bf16_bytes,
         ),
     ];
@@ -97,8 +96,11 @@ fn main() -> Result<(), KernelError> {
                     cuda.all(&bias),
                     None,
                     None,
-                    cuda.all_mut(&mut u),
-                    bf16.then_some(&mut copy),
+                    if bf16 {
+                        Output::Bf16(&mut u_bits)
+                    } else {
+                        Output::F32(cuda.all_mut(&mut u))
+                    },
                 )
             },
         )?;
@@ -159,7 +161,7 @@ fn main() -> Result<(), KernelError> {
     time(
         "round to bf16 (tokens × d_inner)",
         inner as f64 * (f32_bytes + bf16_bytes),
-        &mut || cuda.round_bf16(cuda.all(&x), &mut copy),
+        &mut || cuda.round_bf16(cuda.all(&x), &mut u_bits),
     )?;
     println!("anchor layer: batch {BATCH} × {LEN}, d_model {D_MODEL}, d_inner {D_INNER}");
     println!(

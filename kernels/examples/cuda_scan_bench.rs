@@ -1,14 +1,15 @@
 //! Times the CUDA selective scan, forward and backward, on the anchor shapes of issue 6.
 //!
-//! `cargo run --release -p seqmamba-kernels --example cuda_scan_bench [-- [--z-bf16] [SHAPE_FILTER]]`
+//! `cargo run --release -p seqmamba-kernels --example cuda_scan_bench [-- [--bf16] [SHAPE_FILTER]]`
 //!
-//! Each shape: batch, d_inner, L with N = 16, the z gate and delta_softplus; inputs f32
-//! (z as bf16 with `--z-bf16`, as bf16 training gives it).
-//! Times are CUDA-event medians of 30 runs after warm-up. The anchors are the official
-//! mamba_ssm kernels with bf16 inputs, which move half the bytes of ours.
+//! Each shape: batch, d_inner, L with N = 16, the z gate and delta_softplus; everything
+//! f32, or with `--bf16` as bf16 training runs it: u, delta, z and d_out read as bf16, the
+//! output, ddelta and dz written as bf16 (du f32; B, C f32 throughout). Times are
+//! CUDA-event medians of 30 runs after warm-up. The anchors are the official mamba_ssm
+//! kernels with bf16 inputs.
 
 use seqmamba_kernels::bf16::{Input, Output};
-use seqmamba_kernels::cuda::Cuda;
+use seqmamba_kernels::cuda::{Cuda, DeviceBuffer};
 use seqmamba_kernels::rng::Rng;
 use seqmamba_kernels::scan::cpu::InputBuffers;
 use seqmamba_kernels::scan::{ScanDims, ScanGrads, ScanInputs};
@@ -48,8 +49,8 @@ fn tiled(pattern: &[f32], len: usize) -> Vec<f32> {
 
 fn main() -> Result<(), KernelError> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let z_bf16 = args.first().is_some_and(|a| a == "--z-bf16");
-    if z_bf16 {
+    let bf16 = args.first().is_some_and(|a| a == "--bf16");
+    if bf16 {
         args.remove(0);
     }
     let filter = args.first();
@@ -71,14 +72,24 @@ fn main() -> Result<(), KernelError> {
         let u = up(&pattern.u, act)?;
         let delta = up(&pattern.delta, act)?;
         let z = up(pattern.z.as_deref().expect("the pattern is gated"), act)?;
-        let z_bits = if z_bf16 {
+        let d_out = up(&d_out_pattern, act)?;
+        // The streams' bf16 roundings (u, delta, z, d_out) and the bf16 outputs (out,
+        // ddelta, dz) when timing bf16.
+        let narrow = |x: &DeviceBuffer| -> Result<DeviceBuffer<u16>, KernelError> {
             let mut bits = cuda.zeros_bf16(act)?;
-            cuda.round_bf16(cuda.all(&z), &mut bits)?;
-            Some(bits)
+            cuda.round_bf16(cuda.all(x), &mut bits)?;
+            Ok(bits)
+        };
+        let streams = if bf16 {
+            Some([narrow(&u)?, narrow(&delta)?, narrow(&z)?, narrow(&d_out)?])
         } else {
             None
         };
-        let d_out = up(&d_out_pattern, act)?;
+        let mut outputs16 = [
+            cuda.zeros_bf16(act)?,
+            cuda.zeros_bf16(act)?,
+            cuda.zeros_bf16(act)?,
+        ];
         let b = up(&pattern.b, rows)?;
         let c = up(&pattern.c, rows)?;
         let a_log = up(&pattern.a_log, channels * STATE)?;
@@ -90,55 +101,64 @@ fn main() -> Result<(), KernelError> {
         let (mut db, mut dc) = (cuda.zeros(rows)?, cuda.zeros(rows)?);
         let mut da_log = cuda.zeros(channels * STATE)?;
         let (mut dd_skip, mut ddelta_bias) = (cuda.zeros(channels)?, cuda.zeros(channels)?);
+        let wide = [&u, &delta, &z, &d_out];
+        let [u_in, delta_in, z_in, d_out_in]: [Input<'_, Cuda>; 4] =
+            std::array::from_fn(|i| match &streams {
+                Some(bits) => Input::Bf16(&bits[i]),
+                None => Input::F32(cuda.all(wide[i])),
+            });
         let inputs = ScanInputs {
-            u: cuda.all(&u),
-            delta: cuda.all(&delta),
+            u: u_in,
+            delta: delta_in,
             a_log: cuda.all(&a_log),
             b: cuda.all(&b),
             c: cuda.all(&c),
             d_skip: cuda.all(&d_skip),
             delta_bias: cuda.all(&delta_bias),
-            z: Some(match &z_bits {
-                Some(bits) => Input::Bf16(bits),
-                None => Input::F32(cuda.all(&z)),
-            }),
+            z: Some(z_in),
         };
         let fwd = cuda.median_ms(WARMUP, RUNS, || {
+            let out = match bf16 {
+                true => Output::Bf16(&mut outputs16[0]),
+                false => Output::F32(cuda.all_mut(&mut out)),
+            };
             cuda.scan_forward(
                 dims,
                 &inputs,
                 None,
                 None,
                 Some(cuda.all_mut(&mut checkpoints)),
-                Output::F32(cuda.all_mut(&mut out)),
+                out,
             )
         })?;
         let bwd = cuda.median_ms(WARMUP, RUNS, || {
+            let [_, ddelta16, dz16] = &mut outputs16;
+            let (ddelta, dz) = match bf16 {
+                true => (Output::Bf16(ddelta16), Output::Bf16(dz16)),
+                false => (
+                    Output::F32(cuda.all_mut(&mut ddelta)),
+                    Output::F32(cuda.all_mut(&mut dz)),
+                ),
+            };
             let grads = ScanGrads {
-                du: cuda.all_mut(&mut du),
-                ddelta: Output::F32(cuda.all_mut(&mut ddelta)),
+                du: Output::F32(cuda.all_mut(&mut du)),
+                ddelta,
                 da_log: cuda.all_mut(&mut da_log),
                 db: cuda.all_mut(&mut db),
                 dc: cuda.all_mut(&mut dc),
                 dd_skip: cuda.all_mut(&mut dd_skip),
                 ddelta_bias: cuda.all_mut(&mut ddelta_bias),
-                dz: Some(Output::F32(cuda.all_mut(&mut dz))),
+                dz: Some(dz),
                 out: None,
             };
-            cuda.scan_backward(
-                dims,
-                &inputs,
-                None,
-                cuda.all(&checkpoints),
-                cuda.all(&d_out),
-                grads,
-            )
+            cuda.scan_backward(dims, &inputs, None, cuda.all(&checkpoints), d_out_in, grads)
         })?;
         let exps = (act * STATE) as f64 / EXP_RATE * 1e3;
-        // z: 4 or 2 bytes an element, read once by each pass.
-        let z_bytes = if z_bf16 { 2 } else { 4 };
-        let fwd_bytes = ((3 * act + 2 * rows) * 4 + act * z_bytes) as f64;
-        let bwd_bytes = ((6 * act + 4 * rows) * 4 + act * z_bytes) as f64;
+        // Bytes an element of a stream; B and C f32, du f32. Forward: u, delta, z, out;
+        // backward: u, delta, z, d_out, ddelta, dz and du.
+        let e = if bf16 { 2 } else { 4 };
+        let fwd_bytes = (4 * act * e + 2 * rows * 4) as f64;
+        let bwd_bytes = (act * (6 * e + 4) + 4 * rows * 4) as f64;
         let fwd_floor = (fwd_bytes / BANDWIDTH * 1e3).max(exps);
         let bwd_floor = (bwd_bytes / BANDWIDTH * 1e3).max(exps);
         println!(
@@ -154,10 +174,8 @@ fn main() -> Result<(), KernelError> {
         ));
     }
     println!();
-    let z = if z_bf16 { "bf16" } else { "f32" };
-    println!(
-        "f32 inputs, z {z} (ours) vs official mamba_ssm with bf16 inputs; N=16, z gate, softplus"
-    );
+    let ours = if bf16 { "bf16 streams" } else { "f32" };
+    println!("ours ({ours}) vs official mamba_ssm with bf16 inputs; N=16, z gate, softplus");
     println!("| shape (B,D,L) | fwd ms | official fwd | speedup | fwd % of floor | bwd ms | official bwd | speedup | bwd/fwd | bwd % of floor |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for row in table {

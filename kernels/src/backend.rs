@@ -150,8 +150,8 @@ pub trait Backend: Clone + Send + Sync {
     /// ([`Backend::gemm_bf16`]): true where the device was asked for bf16 GEMMs.
     fn bf16_gemms(&self) -> bool;
 
-    /// See [`crate::conv1d::forward`]. `x` may be bf16; with `out_copy`, out's bf16 rounding
-    /// is written there too.
+    /// See [`crate::conv1d::forward`]. `x` may be bf16, and `out` (bf16 training keeps u
+    /// so).
     #[allow(clippy::too_many_arguments)]
     fn conv1d_forward(
         &self,
@@ -161,8 +161,7 @@ pub trait Backend: Clone + Send + Sync {
         bias: Self::View<'_>,
         resets: Option<&Self::Ids>,
         state: Option<Self::ViewMut<'_>>,
-        out: Self::ViewMut<'_>,
-        out_copy: Option<&mut Self::Bf16Buffer>,
+        out: Output<'_, Self>,
     ) -> Result<(), KernelError>;
     /// See [`crate::conv1d::backward`]. `x` may be bf16.
     #[allow(clippy::too_many_arguments)]
@@ -180,7 +179,8 @@ pub trait Backend: Clone + Send + Sync {
         dbias: Self::ViewMut<'_>,
     ) -> Result<(), KernelError>;
 
-    /// See [`crate::scan::cpu::forward`].
+    /// See [`crate::scan::cpu::forward`]. The streams u, delta and z come as f32 or all
+    /// as bf16; `out` may be bf16.
     fn scan_forward(
         &self,
         dims: ScanDims,
@@ -190,14 +190,15 @@ pub trait Backend: Clone + Send + Sync {
         checkpoints: Option<Self::ViewMut<'_>>,
         out: Output<'_, Self>,
     ) -> Result<(), KernelError>;
-    /// See [`crate::scan::cpu::backward`].
+    /// See [`crate::scan::cpu::backward`]. The streams u, delta, z and `d_out` come as f32
+    /// or all as bf16; `du` may be bf16, and `ddelta`, `dz` and `out` (the same kind).
     fn scan_backward(
         &self,
         dims: ScanDims,
         inputs: &ScanInputs<Self::View<'_>, Input<'_, Self>>,
         resets: Option<&Self::Ids>,
         checkpoints: Self::View<'_>,
-        d_out: Self::View<'_>,
+        d_out: Input<'_, Self>,
         grads: ScanGrads<Self::ViewMut<'_>, Output<'_, Self>>,
     ) -> Result<(), KernelError>;
 

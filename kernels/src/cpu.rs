@@ -93,20 +93,34 @@ fn values(x: Input<'_, Cpu>) -> std::borrow::Cow<'_, [f32]> {
     }
 }
 
-/// The scan's inputs with `z` for the gate (its f32 [`values`]).
-fn with_gate<'a>(
-    inputs: &ScanInputs<&'a [f32], Input<'_, Cpu>>,
-    z: Option<&'a [f32]>,
-) -> ScanInputs<&'a [f32]> {
-    ScanInputs {
-        u: inputs.u,
-        delta: inputs.delta,
-        a_log: inputs.a_log,
-        b: inputs.b,
-        c: inputs.c,
-        d_skip: inputs.d_skip,
-        delta_bias: inputs.delta_bias,
-        z,
+/// The scan's streams (u, delta, z) as f32 [`values`].
+struct Streams<'a> {
+    u: std::borrow::Cow<'a, [f32]>,
+    delta: std::borrow::Cow<'a, [f32]>,
+    z: Option<std::borrow::Cow<'a, [f32]>>,
+}
+
+impl<'a> Streams<'a> {
+    fn new(inputs: &ScanInputs<&[f32], Input<'a, Cpu>>) -> Self {
+        Self {
+            u: values(inputs.u),
+            delta: values(inputs.delta),
+            z: inputs.z.map(values),
+        }
+    }
+
+    /// `inputs` with these streams.
+    fn with<'b>(&'b self, inputs: &ScanInputs<&'b [f32], Input<'_, Cpu>>) -> ScanInputs<&'b [f32]> {
+        ScanInputs {
+            u: &self.u,
+            delta: &self.delta,
+            a_log: inputs.a_log,
+            b: inputs.b,
+            c: inputs.c,
+            d_skip: inputs.d_skip,
+            delta_bias: inputs.delta_bias,
+            z: self.z.as_deref(),
+        }
     }
 }
 
@@ -302,15 +316,20 @@ impl Backend for Cpu {
         bias: &[f32],
         resets: Option<&Vec<u32>>,
         state: Option<&mut [f32]>,
-        out: &mut [f32],
-        out_copy: Option<&mut Vec<u16>>,
+        out: Output<'_, Self>,
     ) -> Result<(), KernelError> {
+        let mut out = Sink::new(out);
         let x = values(x);
-        conv1d::forward(dims, &x, weight, bias, resets.map(|r| &r[..]), state, out)?;
-        match out_copy {
-            Some(copy) => bf16::round(out, copy),
-            None => Ok(()),
-        }
+        conv1d::forward(
+            dims,
+            &x,
+            weight,
+            bias,
+            resets.map(|r| &r[..]),
+            state,
+            out.values(),
+        )?;
+        out.finish()
     }
 
     fn conv1d_backward(
@@ -352,10 +371,10 @@ impl Backend for Cpu {
         out: Output<'_, Self>,
     ) -> Result<(), KernelError> {
         let mut out = Sink::new(out);
-        let z = inputs.z.map(values);
+        let streams = Streams::new(inputs);
         scan::cpu::forward(
             dims,
-            &with_gate(inputs, z.as_deref()),
+            &streams.with(inputs),
             resets.map(|r| &r[..]),
             state,
             checkpoints,
@@ -370,21 +389,22 @@ impl Backend for Cpu {
         inputs: &ScanInputs<&[f32], Input<'_, Self>>,
         resets: Option<&Vec<u32>>,
         checkpoints: &[f32],
-        d_out: &[f32],
+        d_out: Input<'_, Self>,
         grads: ScanGrads<&mut [f32], Output<'_, Self>>,
     ) -> Result<(), KernelError> {
+        let mut du = Sink::new(grads.du);
         let mut ddelta = Sink::new(grads.ddelta);
         let mut dz = grads.dz.map(Sink::new);
         let mut out = grads.out.map(Sink::new);
-        let z = inputs.z.map(values);
+        let streams = Streams::new(inputs);
         scan::cpu::backward(
             dims,
-            &with_gate(inputs, z.as_deref()),
+            &streams.with(inputs),
             resets.map(|r| &r[..]),
             checkpoints,
-            d_out,
+            &values(d_out),
             ScanGrads {
-                du: grads.du,
+                du: du.values(),
                 ddelta: ddelta.values(),
                 da_log: grads.da_log,
                 db: grads.db,
@@ -395,6 +415,7 @@ impl Backend for Cpu {
                 out: out.as_mut().map(Sink::values),
             },
         )?;
+        du.finish()?;
         ddelta.finish()?;
         dz.map_or(Ok(()), Sink::finish)?;
         out.map_or(Ok(()), Sink::finish)

@@ -5,13 +5,13 @@
 // (`sum_columns`): no atomics, the same bits on every run.
 //
 // Built with -DTAPS=<kernel size>; the module without it holds only `sum_columns`. With
-// -DX_BF16=1, x is bf16 bits (kept so in bf16 training); with -DOUT_COPY=1 the forward
-// also writes out's bf16 copy (a GEMM's operand); with -DRESETS=1 the walks read reset
-// flags. Defines, not arguments: the walk without the copy needs half the registers, and
-// the kernels are bound by issuing instructions, so a test per element costs time. For the
-// same reason a thread walks its run in blocks of CONV_AHEAD positions, and only the blocks
-// at a run's edges check each position against them. The backward writes dx as f32 or, for a GEMM that
-// reads only that, as bf16 (bf16.cuh).
+// -DX_BF16=1, x is bf16 bits (kept so in bf16 training); with -DOUT_BF16=1 the forward
+// writes out as bf16 bits (so bf16 training keeps u); with -DRESETS=1 the walks read reset
+// flags. Defines, not arguments: the kernels are bound by issuing instructions, so a test
+// per element costs time. For the same reason a thread walks its run in blocks of
+// CONV_AHEAD positions, and only the blocks at a run's edges check each position against
+// them. The backward writes dx as f32 or, for a GEMM that reads only that, as bf16
+// (bf16.cuh).
 
 #define CONV_RUN 48        // positions per thread
 #define CONV_THREADS 128   // channels per block
@@ -20,8 +20,8 @@
 #ifndef X_BF16
 #define X_BF16 0
 #endif
-#ifndef OUT_COPY
-#define OUT_COPY 0
+#ifndef OUT_BF16
+#define OUT_BF16 0
 #endif
 #ifndef RESETS
 #define RESETS 0
@@ -33,8 +33,7 @@ struct ConvArgs {
     u64 bias;      // 0: none
     u64 resets;    // u32 (batch, len); 0: none
     u64 state;     // (batch, kernel-1, channels); 0: zeros
-    u64 out;
-    u64 out_copy;  // bf16 bits of out as well, with OUT_COPY
+    u64 out;       // f32, or bf16 bits with OUT_BF16
     u64 d_out;
     u64 dx;        // f32, or bf16 bits when dx_bf16
     u64 partials;  // (batch · runs, channels·kernel + channels)
@@ -128,8 +127,7 @@ __device__ __forceinline__ void forward_block(const ConvArgs& a, Walk& walk, int
         if (CHECKED && t + j >= t1) break;
         const float pre = walk.step(t + j, xs[j]);
         const float u = pre * fast_sigmoid(pre);
-        ((float*)a.out)[at + j * stride] = u;
-        if (OUT_COPY) ((unsigned short*)a.out_copy)[at + j * stride] = (unsigned short)bf16_bits(u);
+        store_as((void*)a.out, at + j * stride, u, OUT_BF16);
     }
 }
 

@@ -4,8 +4,7 @@ use cudarc::driver::{DeviceRepr, LaunchConfig};
 
 use super::ConvDims;
 use crate::cuda::{
-    check_view, flat_grid, Cuda, DeviceBuffer, DeviceIds, DeviceTensor, DeviceView, DeviceViewMut,
-    Partials,
+    check_view, flat_grid, Cuda, DeviceIds, DeviceTensor, DeviceView, DeviceViewMut, Partials,
 };
 use crate::{element_count, KernelError};
 
@@ -33,7 +32,6 @@ struct ConvArgs {
     resets: u64,
     state: u64,
     out: u64,
-    out_copy: u64,
     d_out: u64,
     dx: u64,
     partials: u64,
@@ -103,13 +101,13 @@ fn input_args(
 
 /// See [`super::forward`].
 /// The defines that compile the walking kernels for this kernel size, input type, whether
-/// rows have reset flags and (in the forward) whether out's bf16 copy is written.
-fn defines(dims: ConvDims, x: DeviceTensor, resets: bool, out_copy: bool) -> [String; 4] {
+/// rows have reset flags and (in the forward) whether out is written as bf16.
+fn defines(dims: ConvDims, x: DeviceTensor, resets: bool, out_bf16: bool) -> [String; 4] {
     [
         format!("-DTAPS={}", dims.kernel),
         format!("-DX_BF16={}", u8::from(x.bf16)),
         format!("-DRESETS={}", u8::from(resets)),
-        format!("-DOUT_COPY={}", u8::from(out_copy)),
+        format!("-DOUT_BF16={}", u8::from(out_bf16)),
     ]
 }
 
@@ -135,23 +133,18 @@ pub(crate) fn forward(
     bias: DeviceView<'_>,
     resets: Option<&DeviceIds>,
     state: Option<DeviceViewMut<'_>>,
-    out: DeviceViewMut<'_>,
-    out_copy: Option<&mut DeviceBuffer<u16>>,
+    out: DeviceTensor,
 ) -> Result<(), KernelError> {
     const OP: &str = "conv1d_forward";
     let state_len = state.as_ref().map(|s| s.len());
     let (mut args, elements) = input_args(OP, dims, x, weight, bias, resets, state_len)?;
-    check_view(OP, "out", elements, out.len())?;
-    if let Some(copy) = &out_copy {
-        check_view(OP, "out_copy", elements, copy.len())?;
-    }
+    check_view(OP, "out", elements, out.len)?;
     if elements == 0 {
         return Ok(());
     }
     args.state = state.as_ref().map_or(0, |s| s.address());
-    args.out = out.address();
-    args.out_copy = out_copy.as_ref().map_or(0, |c| c.address());
-    let defines = defines(dims, x, resets.is_some(), out_copy.is_some());
+    args.out = out.address;
+    let defines = defines(dims, x, resets.is_some(), out.bf16);
     let function = cuda.function(MODULE, SOURCE, &defines, "conv1d_forward")?;
     cuda.launch(&function, runs_grid(dims), &args)?;
     if state.is_some() && dims.kernel > 1 {
@@ -286,10 +279,15 @@ mod tests {
         let gr = resets.as_ref().map(|r| cuda.upload_ids(r).unwrap());
         let gs0 = state0.as_ref().map(|s| up(s));
         let down = |b: &DeviceBuffer| cuda.download(cuda.all(b)).unwrap();
-        // The output and the carried state, from a fresh copy of state0 each run.
-        let forward = |x: Input<'_, crate::cuda::Cuda>, copy: Option<&mut DeviceBuffer<u16>>| {
+        // The output (into `out16` as bf16 when given, else f32 and returned) and the
+        // carried state, from a fresh copy of state0 each run.
+        let forward = |x: Input<'_, crate::cuda::Cuda>, out16: Option<&mut DeviceBuffer<u16>>| {
             let mut state = state0.as_ref().map(|s| up(s));
             let mut out = up(&vec![f32::NAN; n]);
+            let into = match out16 {
+                Some(bits) => Output::Bf16(bits),
+                None => Output::F32(cuda.all_mut(&mut out)),
+            };
             cuda.conv1d_forward(
                 dims,
                 x,
@@ -297,8 +295,7 @@ mod tests {
                 cuda.all(&gb),
                 gr.as_ref(),
                 state.as_mut().map(|s| cuda.all_mut(s)),
-                cuda.all_mut(&mut out),
-                copy,
+                into,
             )
             .unwrap();
             (down(&out), state.as_ref().map(&down))
@@ -344,13 +341,12 @@ mod tests {
         assert_eq!(cuda.download_bf16(&dx16).unwrap(), rounded, "bf16 dx");
 
         // x kept in bf16: every output equals the f32 op's on the widened x, bit for bit,
-        // and the forward's bf16 copy of out is out rounded.
+        // and out written as bf16 is out rounded (the state, as ever, f32).
         let mut x16 = cuda.zeros_bf16(n).unwrap();
         cuda.round_bf16(cuda.all(&gx), &mut x16).unwrap();
         let mut wide = cuda.zeros(n).unwrap();
         cuda.widen_bf16(&x16, cuda.all_mut(&mut wide)).unwrap();
-        let mut out16 = cuda.zeros_bf16(n).unwrap();
-        let (got, got_state) = forward(Input::Bf16(&x16), Some(&mut out16));
+        let (got, got_state) = forward(Input::Bf16(&x16), None);
         let (want, want_state) = forward(Input::F32(cuda.all(&wide)), None);
         assert_eq!(bits(&got), bits(&want), "out from bf16 x");
         assert_eq!(
@@ -358,11 +354,14 @@ mod tests {
             want_state.as_deref().map(bits),
             "state from bf16 x"
         );
+        let mut out16 = cuda.zeros_bf16(n).unwrap();
+        let (_, state16) = forward(Input::Bf16(&x16), Some(&mut out16));
         crate::bf16::round(&want, &mut rounded).unwrap();
+        assert_eq!(cuda.download_bf16(&out16).unwrap(), rounded, "bf16 out");
         assert_eq!(
-            cuda.download_bf16(&out16).unwrap(),
-            rounded,
-            "bf16 copy of out"
+            state16.as_deref().map(bits),
+            want_state.as_deref().map(bits),
+            "state beside a bf16 out"
         );
         let mut dx_from16 = cuda.zeros(n).unwrap();
         let grads16 = backward(Input::Bf16(&x16), Output::F32(cuda.all_mut(&mut dx_from16)));

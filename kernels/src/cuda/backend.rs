@@ -292,8 +292,7 @@ impl Backend for Cuda {
         bias: DeviceView<'_>,
         resets: Option<&DeviceIds>,
         state: Option<DeviceViewMut<'_>>,
-        out: DeviceViewMut<'_>,
-        out_copy: Option<&mut DeviceBuffer<u16>>,
+        out: Output<'_, Self>,
     ) -> Result<(), KernelError> {
         self.timed(TimedOp::Conv, || {
             conv1d::cuda::forward(
@@ -304,8 +303,7 @@ impl Backend for Cuda {
                 bias,
                 resets,
                 state,
-                out,
-                out_copy,
+                out.into(),
             )
         })
     }
@@ -360,11 +358,11 @@ impl Backend for Cuda {
         inputs: &ScanInputs<DeviceView<'_>, Input<'_, Self>>,
         resets: Option<&DeviceIds>,
         checkpoints: DeviceView<'_>,
-        d_out: DeviceView<'_>,
+        d_out: Input<'_, Self>,
         grads: ScanGrads<DeviceViewMut<'_>, Output<'_, Self>>,
     ) -> Result<(), KernelError> {
         let grads = ScanGrads {
-            du: grads.du,
+            du: grads.du.into(),
             ddelta: grads.ddelta.into(),
             da_log: grads.da_log,
             db: grads.db,
@@ -375,7 +373,7 @@ impl Backend for Cuda {
             out: grads.out.map(Into::into),
         };
         self.timed(TimedOp::Scan, || {
-            scan::cuda::backward(self, dims, inputs, resets, checkpoints, d_out, grads)
+            scan::cuda::backward(self, dims, inputs, resets, checkpoints, d_out.into(), grads)
         })
     }
 

@@ -31,16 +31,19 @@ const ONE_PASS_THREADS_PER_SM: usize = 256;
 /// Positions whose states the backward holds in registers at a time (`SUB`).
 const BACKWARD_SUB: usize = 8;
 const REDUCE_THREADS: u32 = 256;
+/// The backward main kernel's warp sums of dB and dC (`WarpSums` for each of its 8 warps),
+/// in dynamic shared memory before the sub-chunk start states.
+const WARP_SUMS_BYTES: usize = 8 * BACKWARD_SUB * 2 * STATE * 4;
 /// The longest checkpoint chunk: the backward main kernel keeps each sub-chunk's start
-/// states in shared memory (4 KB per `BACKWARD_SUB` positions beside ~46 KB of tiles),
-/// within the 227 KB a block may have.
-pub(crate) const MAX_CHUNK: usize = 360;
+/// states in shared memory (4 KB per `BACKWARD_SUB` positions beside ~48 KB of tiles and
+/// sums), within the 227 KB a block may have.
+pub(crate) const MAX_CHUNK: usize = 352;
 /// Threads wanted on the device before a row is cut into more segments: enough to cover
 /// every multiprocessor several warps deep. Measured on an H200 against 512 and 2048:
 /// best or within noise on every anchor shape (docs/cuda-scan.md).
 const THREADS_PER_SM: usize = 1024;
 
-/// Device inputs of the scan (z f32 or bf16).
+/// Device inputs of the scan (the streams u, delta, z all f32 or all bf16).
 pub type DeviceInputs<'a> = ScanInputs<DeviceView<'a>, Input<'a, Cuda>>;
 
 /// The kernels' one argument, laid out as `struct ScanArgs` in `scan.cu`.
@@ -85,10 +88,21 @@ struct ScanArgs {
     channel_blocks: i32,
     out_bf16: i32,
     grads_bf16: i32,
+    du_bf16: i32,
 }
 
 // SAFETY: plain old data matching the kernel's struct field for field.
 unsafe impl DeviceRepr for ScanArgs {}
+
+/// How the kernels read the streams u, delta, z and d_out (`STREAMS_BF16` in `scan.cu`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Streams {
+    F32 = 0,
+    /// bf16, staged 8 channels (16 bytes) a copy: every row 16-byte aligned.
+    Bf16Rows = 1,
+    /// bf16, staged an element a copy.
+    Bf16 = 2,
+}
 
 /// How the forward covers a shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -213,52 +227,74 @@ impl Cuda {
         Ok(self.multiprocessors() * THREADS_PER_SM)
     }
 
-    /// Kernel `name`, built to read z as bf16 bits when `z_bf16`.
+    /// Kernel `name`, built to read the streams as `streams` says.
     fn scan_function(
         &self,
         name: &str,
-        z_bf16: bool,
+        streams: Streams,
     ) -> Result<cudarc::driver::CudaFunction, KernelError> {
-        let mut options = vec![format!("-DSTATE={STATE}")];
-        if z_bf16 {
-            options.push("-DZ_BF16=1".into());
-        }
+        let options = [
+            format!("-DSTATE={STATE}"),
+            format!("-DSTREAMS_BF16={}", streams as u8),
+        ];
         self.function("scan", SOURCE, &options, name)
     }
 
+    /// The arguments of the inputs both directions read (and `d_out` for the backward);
+    /// how the kernels read the streams.
     fn input_args(
         &self,
         dims: ScanDims,
         op: &'static str,
         inputs: &ScanInputs<DeviceView<'_>, Input<'_, Cuda>>,
+        d_out: Option<DeviceTensor>,
         resets: Option<&DeviceIds>,
-    ) -> Result<ScanArgs, KernelError> {
+    ) -> Result<(ScanArgs, Streams), KernelError> {
         validate(dims, op)?;
         let activations = dims.batch * dims.len * dims.channels;
         let rows = dims.batch * dims.len * dims.state;
-        check_view(op, "u", activations, inputs.u.len())?;
-        check_view(op, "delta", activations, inputs.delta.len())?;
+        let (u, delta) = (
+            DeviceTensor::from(inputs.u),
+            DeviceTensor::from(inputs.delta),
+        );
+        let z = inputs.z.map(DeviceTensor::from);
+        let streams = [
+            ("u", Some(u)),
+            ("delta", Some(delta)),
+            ("z", z),
+            ("d_out", d_out),
+        ];
+        let mut addresses = 0;
+        for (name, stream) in streams {
+            if let Some(stream) = stream {
+                addresses |= stream.address;
+                check_view(op, name, activations, stream.len)?;
+                if stream.bf16 != u.bf16 {
+                    return Err(KernelError::Invalid {
+                        op,
+                        message: format!("`{name}` and `u` must both be f32 or both bf16"),
+                    });
+                }
+            }
+        }
         check_view(op, "a_log", dims.channels * dims.state, inputs.a_log.len())?;
         check_view(op, "b", rows, inputs.b.len())?;
         check_view(op, "c", rows, inputs.c.len())?;
         check_view(op, "d_skip", dims.channels, inputs.d_skip.len())?;
         check_view(op, "delta_bias", dims.channels, inputs.delta_bias.len())?;
-        let z = inputs.z.map(DeviceTensor::from);
-        if let Some(z) = z {
-            check_view(op, "z", activations, z.len)?;
-        }
         if let Some(resets) = resets {
             check_view(op, "resets", dims.batch * dims.len, resets.host().len())?;
         }
-        Ok(ScanArgs {
-            u: inputs.u.address(),
-            delta: inputs.delta.address(),
+        let args = ScanArgs {
+            u: u.address,
+            delta: delta.address,
             a_log: inputs.a_log.address(),
             b: inputs.b.address(),
             c: inputs.c.address(),
             d_skip: inputs.d_skip.address(),
             delta_bias: inputs.delta_bias.address(),
             z: z.map_or(0, |z| z.address),
+            d_out: d_out.map_or(0, |d| d.address),
             resets: resets.map_or(0, |r| r.device_address()),
             batch: dims.batch as i32,
             len: dims.len as i32,
@@ -266,7 +302,15 @@ impl Cuda {
             chunk: dims.chunk as i32,
             chunks: dims.chunks() as i32,
             ..ScanArgs::default()
-        })
+        };
+        let kind = match u.bf16 {
+            false => Streams::F32,
+            true if dims.channels.is_multiple_of(8) && addresses.is_multiple_of(16) => {
+                Streams::Bf16Rows
+            }
+            true => Streams::Bf16,
+        };
+        Ok((args, kind))
     }
 
     /// Forward scan on the device by `path`; arguments and semantics as
@@ -284,9 +328,8 @@ impl Cuda {
         out: DeviceTensor,
     ) -> Result<(), KernelError> {
         const OP: &str = "scan_forward (cuda)";
-        let mut args = self.input_args(dims, OP, inputs, resets)?;
-        let z_bf16 = matches!(inputs.z, Some(Input::Bf16(_)));
-        let kernel = |name| self.scan_function(name, z_bf16);
+        let (mut args, streams) = self.input_args(dims, OP, inputs, None, resets)?;
+        let kernel = |name| self.scan_function(name, streams);
         check_view(OP, "out", dims.batch * dims.len * dims.channels, out.len)?;
         if let Some(state) = &state {
             check_view(OP, "state", dims.state_len(), state.len())?;
@@ -334,18 +377,16 @@ impl Cuda {
         inputs: &ScanInputs<DeviceView<'_>, Input<'_, Cuda>>,
         resets: Option<&DeviceIds>,
         checkpoints: DeviceView<'_>,
-        d_out: DeviceView<'_>,
+        d_out: DeviceTensor,
         grads: ScanGrads<DeviceViewMut<'_>, DeviceTensor>,
     ) -> Result<(), KernelError> {
         const OP: &str = "scan_backward (cuda)";
-        let mut args = self.input_args(dims, OP, inputs, resets)?;
-        let z_bf16 = matches!(inputs.z, Some(Input::Bf16(_)));
-        let kernel = |name| self.scan_function(name, z_bf16);
+        let (mut args, streams) = self.input_args(dims, OP, inputs, Some(d_out), resets)?;
+        let kernel = |name| self.scan_function(name, streams);
         let activations = dims.batch * dims.len * dims.channels;
         let rows = dims.batch * dims.len * dims.state;
         check_view(OP, "checkpoints", dims.checkpoint_len(), checkpoints.len())?;
-        check_view(OP, "d_out", activations, d_out.len())?;
-        check_view(OP, "du", activations, grads.du.len())?;
+        check_view(OP, "du", activations, grads.du.len)?;
         check_view(OP, "ddelta", activations, grads.ddelta.len)?;
         check_view(OP, "da_log", dims.channels * dims.state, grads.da_log.len())?;
         check_view(OP, "db", rows, grads.db.len())?;
@@ -387,8 +428,8 @@ impl Cuda {
         args.checkpoints = checkpoints.address();
         args.seg_state = self.address(&seg_state);
         args.seg_sum = self.address(&seg_sum);
-        args.d_out = d_out.address();
-        args.du = grads.du.address();
+        args.du = grads.du.address;
+        args.du_bf16 = grads.du.bf16.into();
         args.ddelta = grads.ddelta.address;
         args.dz = grads.dz.as_ref().map_or(0, |dz| dz.address);
         args.grads_bf16 = grads.ddelta.bf16.into();
@@ -421,7 +462,7 @@ impl Cuda {
             dims,
             cut.segments,
             BACKWARD_THREADS,
-            sub_states,
+            WARP_SUMS_BYTES + sub_states,
         );
         self.launch(&kernel("scan_bwd_main")?, main, &args)?;
         self.launch(&kernel("scan_bwd_reduce_bc")?, flat(rows), &args)?;
@@ -454,7 +495,7 @@ pub(crate) fn backward(
     inputs: &ScanInputs<DeviceView<'_>, Input<'_, Cuda>>,
     resets: Option<&DeviceIds>,
     checkpoints: DeviceView<'_>,
-    d_out: DeviceView<'_>,
+    d_out: DeviceTensor,
     grads: ScanGrads<DeviceViewMut<'_>, DeviceTensor>,
 ) -> Result<(), KernelError> {
     cuda.scan_backward_device(dims, inputs, resets, checkpoints, d_out, grads)

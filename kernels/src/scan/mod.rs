@@ -69,14 +69,15 @@ impl ScanDims {
     }
 }
 
-/// Inputs of the scan; `V` is a backend's read-only view (`&[f32]` on the CPU), `Z` what
-/// `z` is (a [`crate::bf16::Input`] in [`crate::Backend`]: the gate may come as bf16).
+/// Inputs of the scan; `V` is a backend's read-only view (`&[f32]` on the CPU), `S` what
+/// the `(batch, len, channels)` streams `u`, `delta` and `z` are (a [`crate::bf16::Input`]
+/// in [`crate::Backend`]: bf16 training keeps them as bf16).
 #[derive(Clone, Copy, Debug)]
-pub struct ScanInputs<V, Z = V> {
+pub struct ScanInputs<V, S = V> {
     /// `(batch, len, channels)`: the conv output.
-    pub u: V,
+    pub u: S,
     /// `(batch, len, channels)`: `dt_proj` output before its bias and softplus.
-    pub delta: V,
+    pub delta: S,
     /// `(channels, state)`.
     pub a_log: V,
     /// `(batch, len, state)`.
@@ -88,16 +89,16 @@ pub struct ScanInputs<V, Z = V> {
     /// `(channels)`: `dt_proj.bias`.
     pub delta_bias: V,
     /// `(batch, len, channels)`: the gate; `None` for no gate.
-    pub z: Option<Z>,
+    pub z: Option<S>,
 }
 
 /// Gradient outputs of the scan; `M` is a backend's mutable view (`&mut [f32]` on the CPU),
-/// `O` where `ddelta`, `dz` and `out` go (a [`crate::bf16::Output`] in [`crate::Backend`]:
-/// they feed only GEMMs). Activation gradients are overwritten, parameter gradients
-/// (`da_log`, `dd_skip`, `ddelta_bias`) accumulated.
+/// `O` where the `(batch, len, channels)` ones go (a [`crate::bf16::Output`] in
+/// [`crate::Backend`]: bf16 training keeps them as bf16). Activation gradients are
+/// overwritten, parameter gradients (`da_log`, `dd_skip`, `ddelta_bias`) accumulated.
 #[derive(Debug)]
 pub struct ScanGrads<M, O = M> {
-    pub du: M,
+    pub du: O,
     pub ddelta: O,
     pub da_log: M,
     pub db: M,

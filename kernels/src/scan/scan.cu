@@ -28,10 +28,13 @@
 // device, the forward is instead one kernel with four threads a channel (scan_fwd_quad),
 // which takes every exp once.
 //
-// Built by NVRTC with -DSTATE=<n>; bf16.cuh is prepended (the output, ddelta and dz can be
-// written as bf16 for GEMMs that read only that). Built with -DZ_BF16=1, the kernels read
-// z as bf16 bits, staged in the first half of its f32 tile (a define, not an argument:
-// both paths in one kernel cost registers).
+// Built by NVRTC with -DSTATE=<n>; bf16.cuh is prepended (the output and the activation
+// gradients can be written as bf16 for the ops that read them so). Built with
+// -DSTREAMS_BF16=1 (or 2), the kernels read the (batch, len, channels) streams u, delta, z
+// and d_out as bf16 bits (as bf16 training keeps them), staged in the first half of their
+// f32 tiles: 1 copies 8 channels at a time (every row 16-byte aligned), 2 one element at a
+// time. Defines, not arguments: both paths in one kernel cost registers, and the kernel
+// holding both is half as large again.
 
 #ifndef STATE
 #error "compile with -DSTATE=<states per channel>"
@@ -40,8 +43,8 @@
 #error "the CUDA scan is written for 16 states per channel"
 #endif
 
-#ifndef Z_BF16
-#define Z_BF16 0
+#ifndef STREAMS_BF16
+#define STREAMS_BF16 0
 #endif
 
 #define LOG2E 1.4426950408889634f
@@ -56,23 +59,24 @@
 typedef unsigned int u32;
 typedef unsigned long long u64;
 
+// u, delta, z and d_out: f32, or bf16 bits when built with STREAMS_BF16.
 struct ScanArgs {
-    const float* u;
-    const float* delta;
+    const void* u;
+    const void* delta;
     const float* a_log;
     const float* b;
     const float* c;
     const float* d_skip;
     const float* delta_bias;
-    const void* z;            // may be null; f32, or bf16 bits when built with Z_BF16
+    const void* z;            // may be null
     const u32* resets;        // may be null
     float* state;             // may be null: initial state in, final state out
     float* checkpoints;       // may be null in the forward
     float* out;               // forward output; the backward may write it again
     float* seg_state;         // (batch, segments, channels, STATE) scratch
     float* seg_sum;           // (batch, segments, channels) scratch; -1 marks a reset
-    const float* d_out;
-    float* du;
+    const void* d_out;
+    float* du;                // f32, or bf16 bits when du_bf16
     float* ddelta;
     float* dz;                // null without z
     float* part_a;            // (batch * segments, channels, STATE)
@@ -95,6 +99,7 @@ struct ScanArgs {
     int channel_blocks;
     int out_bf16;             // out written as bf16 bits
     int grads_bf16;           // ddelta and dz written as bf16 bits
+    int du_bf16;
 };
 
 __device__ __forceinline__ void load_row(const float* base, float (&v)[STATE]) {
@@ -147,7 +152,7 @@ enum TileKind { FWD_LOCAL = 0, FWD_OUTPUT = 1, BWD_LOCAL = 2 };
 struct ChannelTile {
     float delta[TILE][CH_THREADS];
     float x[TILE][CH_THREADS];      // forward: u; backward: d_out
-    float z[TILE][CH_THREADS];      // bf16 z: [TILE][CH_THREADS] bits in the first half
+    float z[TILE][CH_THREADS];      // bf16 streams: [TILE][CH_THREADS] bits in the first half
     float4 rows[TILE][2 * STATE / 4];  // B then C
     u32 reset[TILE];
 };
@@ -166,29 +171,55 @@ __device__ __forceinline__ void copy_commit() { asm volatile("cp.async.commit_gr
 // Waits until at most one committed group (the tile in flight) is still pending.
 __device__ __forceinline__ void copy_wait_all_but_one() { asm volatile("cp.async.wait_group 1;\n" ::); }
 
-// Stages rows [ts, ts + ROWS) of a bf16 z (clipped at t1) for WIDTH channels from channel
-// c0: its bits into dst[r * WIDTH + ch]. Each copy takes VEC channels of a row (VEC * 2
-// bytes) when every row starts so aligned, else each thread loads one element at a time
-// (odd channel counts). The shapes are constants: the index arithmetic is shifts.
-template <int VEC, int WIDTH, int ROWS, int THREADS>
-__device__ __forceinline__ void issue_z_bf16(const ScanArgs& p, unsigned short* dst, int b, int c0, int ts,
-                                             int t1) {
-    const unsigned short* z = static_cast<const unsigned short*>(p.z);
-    const bool vectors = p.channels % VEC == 0 && (size_t)p.z % (2 * VEC) == 0;
-    const int step = vectors ? VEC : 1;
-    constexpr int MOST = (ROWS * WIDTH + THREADS - 1) / THREADS;
+// a[j] by selects rather than an indexed load: a runtime index would put the array in
+// local memory.
+template <typename T, int N>
+__device__ __forceinline__ T pick(const T (&a)[N], int j) {
+    T v = a[0];
 #pragma unroll
-    for (int k = 0; k < MOST; ++k) {
-        const int w = threadIdx.x + k * THREADS;
-        if (vectors && w >= ROWS * (WIDTH / VEC)) break;
-        const int r = vectors ? w / (WIDTH / VEC) : w / WIDTH;
-        const int ch = (vectors ? w % (WIDTH / VEC) : w % WIDTH) * step;
-        const bool valid = c0 + ch < p.channels && ts + r < t1;
-        const size_t i = valid ? ((size_t)b * p.len + ts + r) * p.channels + c0 + ch : 0;
-        if (vectors) {
-            copy_async<2 * VEC>(dst + r * WIDTH + ch, z + i, valid);
-        } else {
-            dst[r * WIDTH + ch] = valid ? z[i] : 0;
+    for (int k = 1; k < N; ++k) v = j == k ? a[k] : v;
+    return v;
+}
+
+// Stages rows [ts, ts + ROWS) (clipped at t1) of COLS bf16 streams for WIDTH channels from
+// channel c0: stream j's bits into dsts[j][r * WIDTH + ch], where wanted[j]. The block
+// shares the copies out over all the streams, each copy taking 8 channels of a row (16
+// bytes; STREAMS_BF16 == 1) or one element. The shapes are constants: the index arithmetic
+// is shifts, and where a pass of the block covers whole streams, which stream a copy is of
+// is a constant too (a pointer picked at run time is one more live register pair).
+template <int COLS, int WIDTH, int ROWS, int THREADS>
+__device__ __forceinline__ void issue_bf16_streams(const ScanArgs& p, const void* const (&srcs)[COLS],
+                                                   const bool (&wanted)[COLS], float* const (&dsts)[COLS], int b,
+                                                   int c0, int ts, int t1) {
+    constexpr int VEC = 8;
+    const size_t row0 = (size_t)b * p.len + ts;
+    if (STREAMS_BF16 == 1) {
+        constexpr int PER_COL = ROWS * (WIDTH / VEC);
+        constexpr bool WHOLE = PER_COL % THREADS == 0;
+#pragma unroll
+        for (int k = 0; k < (COLS * PER_COL + THREADS - 1) / THREADS; ++k) {
+            const int w = threadIdx.x + k * THREADS;
+            if (!WHOLE && w >= COLS * PER_COL) break;
+            const int j = WHOLE ? k * THREADS / PER_COL : w / PER_COL;
+            if (!pick(wanted, j)) continue;
+            const int r = (w % PER_COL) / (WIDTH / VEC);
+            const int ch = VEC * (w % (WIDTH / VEC));
+            const bool valid = c0 + ch < p.channels && ts + r < t1;
+            const size_t i = valid ? (row0 + r) * p.channels + c0 + ch : 0;
+            unsigned short* dst = reinterpret_cast<unsigned short*>(pick(dsts, j)) + r * WIDTH + ch;
+            copy_async<2 * VEC>(dst, static_cast<const unsigned short*>(pick(srcs, j)) + i, valid);
+        }
+    } else {
+        constexpr int PER_COL = ROWS * WIDTH;
+        for (int w = threadIdx.x; w < COLS * PER_COL; w += THREADS) {
+            const int j = w / PER_COL;
+            if (!pick(wanted, j)) continue;
+            const int r = (w % PER_COL) / WIDTH;
+            const int ch = w % WIDTH;
+            const bool valid = c0 + ch < p.channels && ts + r < t1;
+            const size_t i = (row0 + r) * p.channels + c0 + ch;
+            reinterpret_cast<unsigned short*>(pick(dsts, j))[r * WIDTH + ch] =
+                valid ? static_cast<const unsigned short*>(pick(srcs, j))[i] : 0;
         }
     }
 }
@@ -198,19 +229,23 @@ __device__ __forceinline__ void issue_channel_tile(const ScanArgs& p, ChannelTil
                                                    int ts, int t1) {
     const int tid = threadIdx.x;
     const bool active = d < p.channels;
-    const float* x_src = KIND == BWD_LOCAL ? p.d_out : p.u;
+    const void* x_src = KIND == BWD_LOCAL ? p.d_out : p.u;
     const bool gated = KIND != FWD_LOCAL && p.z != nullptr;
+    if (STREAMS_BF16) {
+        const void* const srcs[3] = {p.delta, x_src, p.z};
+        const bool wanted[3] = {true, true, gated};
+        float* const dsts[3] = {&tile.delta[0][0], &tile.x[0][0], &tile.z[0][0]};
+        issue_bf16_streams<3, CH_THREADS, TILE, CH_THREADS>(p, srcs, wanted, dsts, b, blockIdx.x * CH_THREADS, ts,
+                                                            t1);
+    } else {
 #pragma unroll
-    for (int r = 0; r < TILE; ++r) {
-        const bool valid = active && ts + r < t1;
-        const size_t i = valid ? ((size_t)b * p.len + ts + r) * p.channels + d : 0;
-        copy_async<4>(&tile.delta[r][tid], p.delta + i, valid);
-        copy_async<4>(&tile.x[r][tid], x_src + i, valid);
-        if (gated && !Z_BF16) copy_async<4>(&tile.z[r][tid], static_cast<const float*>(p.z) + i, valid);
-    }
-    if (gated && Z_BF16) {
-        issue_z_bf16<2, CH_THREADS, TILE, CH_THREADS>(p, reinterpret_cast<unsigned short*>(tile.z), b,
-                                                      blockIdx.x * CH_THREADS, ts, t1);
+        for (int r = 0; r < TILE; ++r) {
+            const bool valid = active && ts + r < t1;
+            const size_t i = valid ? ((size_t)b * p.len + ts + r) * p.channels + d : 0;
+            copy_async<4>(&tile.delta[r][tid], static_cast<const float*>(p.delta) + i, valid);
+            copy_async<4>(&tile.x[r][tid], static_cast<const float*>(x_src) + i, valid);
+            if (gated) copy_async<4>(&tile.z[r][tid], static_cast<const float*>(p.z) + i, valid);
+        }
     }
     {
         const int r = tid / 8, q = tid % 8;  // 128 threads = TILE rows x 8 float4
@@ -227,9 +262,9 @@ __device__ __forceinline__ void issue_channel_tile(const ScanArgs& p, ChannelTil
     copy_commit();
 }
 
-// The thread's z at row r of the tile.
-__device__ __forceinline__ float tile_z(const ScanArgs& p, const ChannelTile& tile, int r) {
-    return load_as(tile.z, (size_t)r * CH_THREADS + threadIdx.x, Z_BF16);
+// The thread's element at row r of a staged stream (delta, x or z).
+__device__ __forceinline__ float tile_col(const float (&col)[TILE][CH_THREADS], int r) {
+    return load_as(col, (size_t)r * CH_THREADS + threadIdx.x, STREAMS_BF16);
 }
 
 __device__ __forceinline__ void tile_row(const ChannelTile& tile, int r, int half, float (&v)[STATE]) {
@@ -306,7 +341,7 @@ extern "C" __global__ void __launch_bounds__(CH_THREADS) scan_fwd_segment(ScanAr
         // The softplus chains of the whole tile first, independent of the states.
         float dts[TILE];
 #pragma unroll
-        for (int r = 0; r < TILE; ++r) dts[r] = softplus(tile.delta[r][threadIdx.x] + bias);
+        for (int r = 0; r < TILE; ++r) dts[r] = softplus(tile_col(tile.delta, r) + bias);
 #pragma unroll
         for (int r = 0; r < TILE; ++r) {
             if (r >= steps) break;
@@ -315,7 +350,7 @@ extern "C" __global__ void __launch_bounds__(CH_THREADS) scan_fwd_segment(ScanAr
                 for (int n = 0; n < STATE; ++n) h[n] = 0.0f;
                 cut = true;
             }
-            const float x = dts[r] * tile.x[r][threadIdx.x];
+            const float x = dts[r] * tile_col(tile.x, r);
             float bt[STATE];
             tile_row(tile, r, 0, bt);
 #pragma unroll
@@ -402,8 +437,8 @@ extern "C" __global__ void __launch_bounds__(CH_THREADS) scan_fwd_output(ScanArg
 #pragma unroll
                 for (int n = 0; n < STATE; ++n) h[n] = 0.0f;
             }
-            const float uu = tile.x[r][threadIdx.x];
-            const float dt = softplus(tile.delta[r][threadIdx.x] + bias);
+            const float uu = tile_col(tile.x, r);
+            const float dt = softplus(tile_col(tile.delta, r) + bias);
             const float x = dt * uu;
             float bt[STATE], ct[STATE];
             tile_row(tile, r, 0, bt);
@@ -418,7 +453,7 @@ extern "C" __global__ void __launch_bounds__(CH_THREADS) scan_fwd_output(ScanArg
             }
             float out = (y[0] + y[1]) + (y[2] + y[3]) + skip * uu;
             if (gated) {
-                const float zz = tile_z(p, tile, r);
+                const float zz = tile_col(tile.z, r);
                 out *= zz * sigmoid(zz);
             }
             if (active) store_as(p.out, row * p.channels + d, out, p.out_bf16);
@@ -458,9 +493,9 @@ extern "C" __global__ void __launch_bounds__(CH_THREADS, 4) scan_bwd_segment(Sca
         float dts[TILE], gs[TILE];
 #pragma unroll
         for (int r = 0; r < TILE; ++r) {
-            dts[r] = softplus(tile.delta[r][threadIdx.x] + bias);
-            const float zz = tile_z(p, tile, r);
-            gs[r] = tile.x[r][threadIdx.x] * (gated ? zz * sigmoid(zz) : 1.0f);
+            dts[r] = softplus(tile_col(tile.delta, r) + bias);
+            const float zz = tile_col(tile.z, r);
+            gs[r] = tile_col(tile.x, r) * (gated ? zz * sigmoid(zz) : 1.0f);
         }
 #pragma unroll
         for (int r = TILE - 1; r >= 0; --r) {
@@ -556,16 +591,23 @@ enum QuadNeeds { QUAD_REBUILD = 0, QUAD_OUTPUT = 1, QUAD_BACKWARD = 2 };
 // asynchronous copies one sub-chunk ahead of use (double-buffered).
 template <int CHANNELS, int ROWS>
 struct QuadRaw {
-    float cols[QUAD_COLUMNS][ROWS][CHANNELS];  // delta, u, d_out, z (bf16 z: bits in its first half)
+    float cols[QUAD_COLUMNS][ROWS][CHANNELS];  // delta, u, d_out, z (bf16: bits in the first half)
     float4 rows[ROWS][2 * STATE / 4];  // B then C
     u32 reset[ROWS];
 };
+
+// Element (r, ch) of a staged column: f32, or bf16 bits in the column's first half.
+template <int CHANNELS, int ROWS>
+__device__ __forceinline__ float raw_at(const QuadRaw<CHANNELS, ROWS>& raw, int col, int r, int ch) {
+    return load_as(raw.cols[col], (size_t)r * CHANNELS + ch, STREAMS_BF16);
+}
 
 // Per-(position, channel) scalars of one sub-chunk, computed once per block rather than
 // once per thread of a channel's quad.
 template <int CHANNELS, int ROWS>
 struct QuadTile {
     float dt[ROWS][CHANNELS];
+    float x[ROWS][CHANNELS];  // dt * u
     // dt, or +inf at a reset: exp2(A * inf) = 0 (A < 0) drops the carried state and its
     // gradient without a select per state.
     float dt_decay[ROWS][CHANNELS];
@@ -623,11 +665,20 @@ __device__ __forceinline__ void issue_quad_raw(const ScanArgs& p, const QuadElem
     static_assert(ROWS * 2 * STATE / 4 <= THREADS, "a thread copies at most one B/C piece");
     const int tid = threadIdx.x;
     const bool gated = needs != QUAD_REBUILD && p.z != nullptr;
-    // With 16-byte copies a thread copies channels ch .. ch+3 of row r, of the odd column
-    // of each pair if `odd`: the block covers two columns at a time, in PASSES turns.
-    constexpr int VECTORS = ROWS * CHANNELS / 4;
-    constexpr int PASSES = 2 * VECTORS / THREADS;
-    if (io.vectors) {
+    const bool backward = needs == QUAD_BACKWARD;
+    if (STREAMS_BF16) {
+        const void* const srcs[QUAD_COLUMNS] = {p.delta, p.u, p.d_out, p.z};
+        const bool wanted[QUAD_COLUMNS] = {true, true, backward, gated};
+        float* const dsts[QUAD_COLUMNS] = {&raw.cols[COL_DELTA][0][0], &raw.cols[COL_U][0][0],
+                                           &raw.cols[COL_D_OUT][0][0], &raw.cols[COL_Z][0][0]};
+        issue_bf16_streams<QUAD_COLUMNS, CHANNELS, ROWS, THREADS>(p, srcs, wanted, dsts, b, blockIdx.x * CHANNELS,
+                                                                  ts, t1);
+    } else if (io.vectors) {
+        // With 16-byte copies a thread copies channels ch .. ch+3 of row r, of the odd
+        // column of each pair if `odd`: the block covers two columns at a time, in PASSES
+        // turns.
+        constexpr int VECTORS = ROWS * CHANNELS / 4;
+        constexpr int PASSES = 2 * VECTORS / THREADS;
 #pragma unroll
         for (int pass = 0; pass < PASSES; ++pass) {
             const int w = tid + pass * THREADS;
@@ -638,11 +689,11 @@ __device__ __forceinline__ void issue_quad_raw(const ScanArgs& p, const QuadElem
             const int d = blockIdx.x * CHANNELS + ch;
             const bool valid = d < p.channels && ts + r < t1;
             const size_t i = valid ? ((size_t)b * p.len + ts + r) * p.channels + d : 0;
-            copy_async<16>(&raw.cols[COL_DELTA + odd][r][ch], (odd ? p.u : p.delta) + i, valid);
-            const bool second = odd ? gated && !Z_BF16 : needs == QUAD_BACKWARD;  // z, d_out
-            if (second) {
-                const float* src = odd ? static_cast<const float*>(p.z) : p.d_out;
-                copy_async<16>(&raw.cols[COL_D_OUT + odd][r][ch], src + i, valid);
+            copy_async<16>(&raw.cols[COL_DELTA + odd][r][ch], static_cast<const float*>(odd ? p.u : p.delta) + i,
+                           valid);
+            if (odd ? gated : backward) {  // z, d_out
+                copy_async<16>(&raw.cols[COL_D_OUT + odd][r][ch], static_cast<const float*>(odd ? p.z : p.d_out) + i,
+                               valid);
             }
         }
     } else {
@@ -652,17 +703,11 @@ __device__ __forceinline__ void issue_quad_raw(const ScanArgs& p, const QuadElem
             const int r = io.row + e * QUAD_ROW_STEP;
             const bool valid = io.active && ts + r < t1;
             const size_t i = valid ? first + e * io.row_stride : 0;
-            copy_async<4>(&raw.cols[COL_DELTA][r][io.ch], p.delta + i, valid);
-            copy_async<4>(&raw.cols[COL_U][r][io.ch], p.u + i, valid);
-            if (needs == QUAD_BACKWARD) copy_async<4>(&raw.cols[COL_D_OUT][r][io.ch], p.d_out + i, valid);
-            if (gated && !Z_BF16) {
-                copy_async<4>(&raw.cols[COL_Z][r][io.ch], static_cast<const float*>(p.z) + i, valid);
-            }
+            copy_async<4>(&raw.cols[COL_DELTA][r][io.ch], static_cast<const float*>(p.delta) + i, valid);
+            copy_async<4>(&raw.cols[COL_U][r][io.ch], static_cast<const float*>(p.u) + i, valid);
+            if (backward) copy_async<4>(&raw.cols[COL_D_OUT][r][io.ch], static_cast<const float*>(p.d_out) + i, valid);
+            if (gated) copy_async<4>(&raw.cols[COL_Z][r][io.ch], static_cast<const float*>(p.z) + i, valid);
         }
-    }
-    if (gated && Z_BF16) {
-        issue_z_bf16<4, CHANNELS, ROWS, THREADS>(p, reinterpret_cast<unsigned short*>(raw.cols[COL_Z]), b,
-                                                 blockIdx.x * CHANNELS, ts, t1);
     }
     if (tid < ROWS * 2 * STATE / 4) {
         const int r = tid / 8, q = tid % 8;
@@ -686,15 +731,16 @@ __device__ __forceinline__ void transform_quad(const ScanArgs& p, const QuadElem
 #pragma unroll
     for (int e = 0; e < ROWS / GROUPS; ++e) {
         const int r = io.row + e * QUAD_ROW_STEP;
-        const float v = raw.cols[COL_DELTA][r][io.ch] + io.bias;
+        const float v = raw_at(raw, COL_DELTA, r, io.ch) + io.bias;
         const float dt = softplus(v);
         tile.dt[r][io.ch] = dt;
+        tile.x[r][io.ch] = dt * raw_at(raw, COL_U, r, io.ch);
         tile.dt_decay[r][io.ch] = raw.reset[r] ? __int_as_float(0x7f800000) : dt;
         if (needs == QUAD_REBUILD) continue;
         const bool backward = needs == QUAD_BACKWARD;
-        const float dout = backward ? raw.cols[COL_D_OUT][r][io.ch] : 0.0f;
+        const float dout = backward ? raw_at(raw, COL_D_OUT, r, io.ch) : 0.0f;
         if (p.z != nullptr) {
-            const float zz = load_as(raw.cols[COL_Z], (size_t)r * CHANNELS + io.ch, Z_BF16);
+            const float zz = raw_at(raw, COL_Z, r, io.ch);
             const float sg = sigmoid(zz);
             tile.gate[r][io.ch] = zz * sg;
             if (backward) {
@@ -718,7 +764,7 @@ __device__ __forceinline__ void write_quad_out(const ScanArgs& p, const QuadElem
         const int r = io.row + e * QUAD_ROW_STEP;
         if (!io.active || r >= steps) continue;
         const size_t i = first + e * io.row_stride;
-        p.du[i] = out[r][GROUPS * io.ch];
+        store_as(p.du, i, out[r][GROUPS * io.ch], p.du_bf16);
         store_as(p.ddelta, i, out[r][GROUPS * io.ch + 1], p.grads_bf16);
         if (p.z != nullptr) store_as(p.dz, i, out[r][GROUPS * io.ch + 2], p.grads_bf16);
         if (p.out != nullptr) store_as(p.out, i, out[r][GROUPS * io.ch + 3], p.out_bf16);
@@ -751,7 +797,7 @@ __device__ __forceinline__ void quad_step(const QuadRaw<CHANNELS, ROWS>& raw, co
                                           int r, int ch, int group, const float (&a2)[GROUP_STATES],
                                           float (&h)[GROUP_STATES], float (&decay)[GROUP_STATES]) {
     const float dt_decay = tile.dt_decay[r][ch];
-    const float x = tile.dt[r][ch] * raw.cols[COL_U][r][ch];
+    const float x = tile.x[r][ch];
     float bv[GROUP_STATES];
     quad_row(raw, r, 0, group, bv);
 #pragma unroll
@@ -857,7 +903,7 @@ __device__ __forceinline__ void forward_quad(const ScanArgs& p) {
         for (int i = 0; i < FWD_ROWS / 4; ++i) {
             const int r = mine + i;
             if (active && r < steps) {
-                float out = sums[i] + skip * raw.cols[COL_U][r][ch];
+                float out = sums[i] + skip * raw_at(raw, COL_U, r, ch);
                 if (gated) out *= tile.gate[r][ch];
                 store_as(p.out, ((size_t)b * p.len + ts + r) * p.channels + d, out, p.out_bf16);
             }
@@ -899,11 +945,15 @@ __device__ __forceinline__ void quad_tile_at(const ScanArgs& p, int k, int j, in
 // Four threads per channel (lane = 4 * channel + group), each with GROUP_STATES states.
 // Block: BWD_CHANNELS channels of one (batch, segment).
 extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanArgs p) {
-    extern __shared__ float4 sub_states[];  // [sub-chunk][thread]
+    // Dynamic (static shared memory stops at 48 KB): the warps' dB/dC sums, then the
+    // sub-chunk start states, [sub-chunk][thread].
+    extern __shared__ float4 dynamic_shared[];
+    typedef float WarpSums[SUB][2 * STATE];
+    WarpSums* reduce = reinterpret_cast<WarpSums*>(dynamic_shared);
+    float4* sub_states = dynamic_shared + BWD_THREADS / 32 * sizeof(WarpSums) / sizeof(float4);
     __shared__ QuadRaw<BWD_CHANNELS, SUB> raws[2];
     __shared__ QuadTile<BWD_CHANNELS, SUB> tile;
     __shared__ QuadOut quad_out;
-    __shared__ float reduce[BWD_THREADS / 32][SUB][2 * STATE];
 
     const int tid = threadIdx.x;
     const int lane = tid & 31;
@@ -1014,7 +1064,7 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanA
                         quad_row(raw, r, 1, group, cv);
                         const float dt = tile.dt[r][ch];
                         const float g = tile.g[r][ch];
-                        const float x = dt * raw.cols[COL_U][r][ch];
+                        const float x = tile.x[r][ch];
                         // Per state: dh·A·(decayed state) for ddelta, dh·B for du (ddelta's
                         // B·u term is u times the same sum).
                         float y_part = 0.0f, ddt_part = 0.0f, du_part = 0.0f;
@@ -1074,7 +1124,7 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanA
                     const int r = mine + i;
                     if (r >= steps) continue;
                     const float dt = tile.dt[r][ch];
-                    const float uu = raw.cols[COL_U][r][ch];
+                    const float uu = raw_at(raw, COL_U, r, ch);
                     const float g = tile.g[r][ch];
                     const float dv = (ddt_sums[i] + uu * du_sums[i]) * tile.dsp[r][ch];
                     dskip_sum += g * uu;

@@ -17,18 +17,19 @@
 //!
 //! Training in bf16 ([`Backend::bf16_gemms`]): each GEMM input is rounded once, after the
 //! op that makes it, into a bf16 copy (the weights once per forward, by the model), and
-//! every GEMM of the mixer reads the copies. Ops whose result only GEMMs read (the scan's
-//! y, ddelta and dz, the conv's dx) write the bf16 copy alone; other f32 values stay for
-//! the other ops.
+//! every GEMM of the mixer reads the copies. The `(tokens, d_inner)` streams are kept in
+//! bf16 alone, as the official model's autocast keeps them: x and z (in_proj), u (the
+//! conv), delta (dt_proj), y (the scan), the scan's input gradient dy (out_proj) and its
+//! ddelta and dz, the conv's dx; the ops that read them widen as they read. du stays f32:
+//! x_proj's input gradient adds into it.
 //!
 //! Training memory: a layer keeps x, z, dt_low, B, C and the scan's checkpoints (in bf16,
 //! dt_low's copy for the weight gradient). The wide u, delta and y are not kept: the
 //! backward makes them again (conv forward, dt_proj GEMM, and the scan's backward, which
 //! rebuilds every state anyway, writes y for out_proj's weight gradient) in
 //! [`MixerWork`], which every layer shares (the model likewise makes the mixer's input
-//! again). In bf16, in_proj writes x and z as bf16 alone (as the official model's autocast
-//! does); the conv and the scan read them so. Measured on the anchor step: 18.4 → 8.44 GB
-//! for 4 % of its time; y made again and z read as bf16: → 7.18 GB (docs/cuda-backend.md).
+//! again). Measured on the anchor step: 18.4 → 8.44 GB for 4 % of its time; y made again
+//! and z read as bf16: → 7.18 GB (docs/cuda-backend.md).
 
 use seqmamba_kernels::bf16::{Bf16View, Input, Output};
 use seqmamba_kernels::conv1d::ConvDims;
@@ -151,11 +152,11 @@ impl<B: Backend> Stored<B> {
 /// The wide values a mixer's forward makes and its backward makes again (see the module
 /// comment), shared by every layer.
 pub struct MixerWork<B: Backend> {
-    u: B::Buffer,
-    /// The input's (when it comes in f32) and u's bf16 copies, when training in bf16.
+    /// u and delta, bf16 in bf16 training (as the official model's autocast keeps them).
+    u: Stored<B>,
+    delta: Stored<B>,
+    /// The input's bf16 copy (when it comes in f32), when training in bf16.
     input_copy: Option<B::Bf16Buffer>,
-    u_copy: Option<B::Bf16Buffer>,
-    delta: B::Buffer,
     /// x_proj's output, `[dt_low | B | C]` per token.
     xproj: B::Buffer,
     /// The scan's output (bf16 in bf16 training: only out_proj's GEMMs read it).
@@ -282,7 +283,9 @@ pub struct MixerState<B: Backend> {
 
 /// Activation gradients of the mixer's backward, reused by every layer.
 pub struct MixerScratch<B: Backend> {
-    dy: B::Buffer,
+    /// The scan's output gradient, bf16 in bf16 training (as the scan reads its other
+    /// streams).
+    dy: Stored<B>,
     du: B::Buffer,
     /// Read only by GEMMs: bf16 alone in bf16 training, as the scan and the conv write them.
     ddelta: Stored<B>,
@@ -329,15 +332,14 @@ impl<B: Backend> MixerActivations<B> {
 }
 
 impl<B: Backend> MixerWork<B> {
-    /// Buffers for `shape`, with u's bf16 copy when `bf16`.
+    /// Buffers for `shape`, u, delta and y in bf16 when `bf16`.
     pub fn new(be: &B, c: &MambaConfig, shape: Shape, bf16: bool) -> Result<Self, KernelError> {
         let t = shape.tokens();
         let di = c.d_inner();
         Ok(Self {
-            u: be.zeros(t * di)?,
+            u: Stored::new(be, t * di, bf16)?,
+            delta: Stored::new(be, t * di, bf16)?,
             input_copy: bf16.then(|| be.zeros_bf16(t * c.d_model)).transpose()?,
-            u_copy: bf16.then(|| be.zeros_bf16(t * di)).transpose()?,
-            delta: be.zeros(t * di)?,
             xproj: be.zeros(t * c.x_proj_width())?,
             y: Stored::new(be, t * di, bf16)?,
         })
@@ -369,7 +371,7 @@ impl<B: Backend> MixerScratch<B> {
         };
         Ok(Self {
             bf16: copies,
-            dy: be.zeros(t * di)?,
+            dy: Stored::new(be, t * di, bf16)?,
             du: be.zeros(t * di)?,
             ddelta: Stored::new(be, t * di, bf16)?,
             dz: Stored::new(be, t * di, bf16)?,
@@ -433,7 +435,7 @@ fn conv_dims(c: &MambaConfig, shape: Shape) -> ConvDims {
     }
 }
 
-/// `u = silu(conv1d(x))`, and u's bf16 copy where it has one, from `state` when given.
+/// `u = silu(conv1d(x))`, from `state` when given.
 #[allow(clippy::too_many_arguments)]
 fn conv<B: Backend>(
     be: &B,
@@ -444,8 +446,7 @@ fn conv<B: Backend>(
     x: Input<'_, B>,
     resets: Option<&B::Ids>,
     state: Option<B::ViewMut<'_>>,
-    u: &mut B::Buffer,
-    u_copy: Option<&mut B::Bf16Buffer>,
+    u: Output<'_, B>,
 ) -> Result<(), KernelError> {
     be.conv1d_forward(
         conv_dims(c, shape),
@@ -454,8 +455,7 @@ fn conv<B: Backend>(
         be.view(weights.f32, p.conv_bias.clone()),
         resets,
         state,
-        be.all_mut(u),
-        u_copy,
+        u,
     )
 }
 
@@ -467,14 +467,14 @@ fn dt_proj<B: Backend>(
     weights: Weights<'_, B>,
     p: &MixerParams,
     dt_low: Operand<'_, '_, B>,
-    delta: &mut B::Buffer,
+    delta: Output<'_, B>,
 ) -> Result<(), KernelError> {
     gemm(
         be,
         linear(shape.tokens(), c.d_inner(), c.dt_rank),
         dt_low,
         Operand::weight(be, weights, p.dt_proj_weight.clone()),
-        Output::F32(be.all_mut(delta)),
+        delta,
         false,
     )
 }
@@ -533,10 +533,9 @@ pub fn forward<B: Backend>(
         acts.x.input(be),
         resets,
         conv_state,
-        &mut work.u,
-        work.u_copy.as_mut(),
+        work.u.output(be),
     )?;
-    let u = Operand::new(be, be.all(&work.u), work.u_copy.as_ref());
+    let u = Operand::stored(be, &work.u);
     let xp = c.x_proj_width();
     gemm(
         be,
@@ -558,10 +557,10 @@ pub fn forward<B: Backend>(
         )?;
     }
     let dt_low = Operand::rounded(be, be.all(&acts.dt_low), acts.dt_low_copy.as_mut())?;
-    dt_proj(be, c, shape, weights, p, dt_low, &mut work.delta)?;
+    dt_proj(be, c, shape, weights, p, dt_low, work.delta.output(be))?;
     let inputs = ScanInputs {
-        u: be.all(&work.u),
-        delta: be.all(&work.delta),
+        u: work.u.input(be),
+        delta: work.delta.input(be),
         a_log: w(p.a_log.clone()),
         b: be.all(&acts.b),
         c: be.all(&acts.c),
@@ -627,29 +626,18 @@ pub fn backward<B: Backend>(
         linear_input_grad(t, d, di),
         d_out,
         weight(p.out_proj.clone()),
-        Output::F32(be.all_mut(&mut scratch.dy)),
+        scratch.dy.output(be),
         false,
     )?;
 
     let dt_low = Operand::new(be, be.all(&acts.dt_low), acts.dt_low_copy.as_ref());
     let x = acts.x.input(be);
-    conv(
-        be,
-        c,
-        shape,
-        weights,
-        p,
-        x,
-        resets,
-        None,
-        &mut work.u,
-        work.u_copy.as_mut(),
-    )?;
-    let u = Operand::new(be, be.all(&work.u), work.u_copy.as_ref());
-    dt_proj(be, c, shape, weights, p, dt_low, &mut work.delta)?;
+    conv(be, c, shape, weights, p, x, resets, None, work.u.output(be))?;
+    let u = Operand::stored(be, &work.u);
+    dt_proj(be, c, shape, weights, p, dt_low, work.delta.output(be))?;
     let inputs = ScanInputs {
-        u: be.all(&work.u),
-        delta: be.all(&work.delta),
+        u: work.u.input(be),
+        delta: work.delta.input(be),
         a_log: w(p.a_log.clone()),
         b: be.all(&acts.b),
         c: be.all(&acts.c),
@@ -666,9 +654,9 @@ pub fn backward<B: Backend>(
         &inputs,
         resets,
         be.all(&acts.checkpoints),
-        be.all(&scratch.dy),
+        scratch.dy.input(be),
         ScanGrads {
-            du: be.all_mut(&mut scratch.du),
+            du: Output::F32(be.all_mut(&mut scratch.du)),
             ddelta: scratch.ddelta.output(be),
             da_log,
             db: be.all_mut(&mut scratch.db),

@@ -80,9 +80,18 @@ fn as_inputs(v: &[Vec<f64>; 8], gated: bool) -> ScanInputs<&[f64]> {
 struct OnDevice {
     tensors: Vec<DeviceBuffer>,
     z: Option<DeviceBuffer>,
-    /// z's bf16 rounding, given to the scan instead of `z` when present.
-    z_bf16: Option<DeviceBuffer<u16>>,
+    d_out: DeviceBuffer,
+    /// The streams as bf16 bits, given to the scan instead when present.
+    narrow: Option<NarrowStreams>,
     resets: Option<DeviceIds>,
+}
+
+/// u, delta, z and d_out as bf16 bits.
+struct NarrowStreams {
+    u: DeviceBuffer<u16>,
+    delta: DeviceBuffer<u16>,
+    z: Option<DeviceBuffer<u16>>,
+    d_out: DeviceBuffer<u16>,
 }
 
 impl OnDevice {
@@ -103,33 +112,58 @@ impl OnDevice {
         Self {
             tensors,
             z: x.z.as_ref().map(|z| cuda.upload(z).unwrap()),
-            z_bf16: None,
+            d_out: cuda.upload(&p.d_out).unwrap(),
+            narrow: None,
             resets: p.resets.as_ref().map(|r| cuda.upload_ids(r).unwrap()),
         }
     }
 
-    /// As [`OnDevice::new`], z given as bf16 bits.
-    fn with_bf16_z(cuda: &Cuda, p: &Problem, z_bits: &[u16]) -> Self {
+    /// As [`OnDevice::new`], the streams given as bf16 bits: their values must be bf16
+    /// values already (then the bits hold them exactly).
+    fn with_bf16_streams(cuda: &Cuda, p: &Problem) -> Self {
+        let narrow = |values: &[f32]| {
+            let bits: Vec<u16> = values.iter().map(|&v| crate::bf16::from_f32(v)).collect();
+            assert_eq!(crate::bf16::widened(&bits), values, "not bf16 values");
+            upload_bf16(cuda, &bits)
+        };
         Self {
-            z_bf16: Some(upload_bf16(cuda, z_bits)),
+            narrow: Some(NarrowStreams {
+                u: narrow(&p.inputs.u),
+                delta: narrow(&p.inputs.delta),
+                z: p.inputs.z.as_deref().map(narrow),
+                d_out: narrow(&p.d_out),
+            }),
             ..Self::new(cuda, p)
         }
     }
 
     fn inputs<'a>(&'a self, cuda: &Cuda) -> DeviceInputs<'a> {
         let t = &self.tensors;
+        let wide = |x: &'a DeviceBuffer| Input::F32(cuda.all(x));
+        let (u, delta, z) = match &self.narrow {
+            Some(n) => (
+                Input::Bf16(&n.u),
+                Input::Bf16(&n.delta),
+                n.z.as_ref().map(Input::Bf16),
+            ),
+            None => (wide(&t[0]), wide(&t[1]), self.z.as_ref().map(wide)),
+        };
         ScanInputs {
-            u: cuda.all(&t[0]),
-            delta: cuda.all(&t[1]),
+            u,
+            delta,
             a_log: cuda.all(&t[2]),
             b: cuda.all(&t[3]),
             c: cuda.all(&t[4]),
             d_skip: cuda.all(&t[5]),
             delta_bias: cuda.all(&t[6]),
-            z: match &self.z_bf16 {
-                Some(bits) => Some(Input::Bf16(bits)),
-                None => self.z.as_ref().map(|z| Input::F32(cuda.all(z))),
-            },
+            z,
+        }
+    }
+
+    fn d_out<'a>(&'a self, cuda: &Cuda) -> Input<'a, Cuda> {
+        match &self.narrow {
+            Some(n) => Input::Bf16(&n.d_out),
+            None => Input::F32(cuda.all(&self.d_out)),
         }
     }
 }
@@ -140,8 +174,8 @@ struct DeviceForward {
     checkpoints: DeviceBuffer,
 }
 
-/// Writes the outputs only GEMMs read (out; ddelta, dz and out again) as bf16, read back
-/// widened.
+/// Writes the (batch, len, channels) outputs (out; du, ddelta, dz and out again) as bf16,
+/// read back widened.
 #[derive(Clone, Copy, PartialEq)]
 enum Written {
     F32,
@@ -238,7 +272,8 @@ fn run_backward(
     let rows = dims.batch * dims.len * dims.state;
     let poison = |n: usize| cuda.upload(&vec![f32::NAN; n]).unwrap();
     let prior = |n: usize| cuda.upload(&vec![PRIOR; n]).unwrap();
-    let (mut du, mut db, mut dc) = (poison(act), poison(rows), poison(rows));
+    let (mut db, mut dc) = (poison(rows), poison(rows));
+    let mut du = Destination::new(cuda, act, written);
     let mut ddelta = Destination::new(cuda, act, written);
     let mut dz = p
         .inputs
@@ -248,9 +283,8 @@ fn run_backward(
     let mut out = Destination::new(cuda, act, written);
     let mut da_log = prior(dims.channels * dims.state);
     let (mut dd_skip, mut ddelta_bias) = (prior(dims.channels), prior(dims.channels));
-    let d_out = cuda.upload(&p.d_out).unwrap();
     let grads = ScanGrads {
-        du: cuda.all_mut(&mut du),
+        du: du.output(cuda),
         ddelta: ddelta.output(cuda),
         da_log: cuda.all_mut(&mut da_log),
         db: cuda.all_mut(&mut db),
@@ -265,13 +299,13 @@ fn run_backward(
         &on.inputs(cuda),
         on.resets.as_ref(),
         cuda.all(checkpoints),
-        cuda.all(&d_out),
+        on.d_out(cuda),
         grads,
     )
     .unwrap();
     let down = |x: &DeviceBuffer| cuda.download(cuda.all(x)).unwrap();
     let mut all = vec![
-        ("du", down(&du)),
+        ("du", du.values(cuda)),
         ("ddelta", ddelta.values(cuda)),
         ("da_log", down(&da_log)),
         ("db", down(&db)),
@@ -419,8 +453,8 @@ fn cuda_scan_single_segment() {
     check_against_reference(&cuda, &Problem::random(dims, 4, true, true, true));
 }
 
-/// Written as bf16 (for GEMMs that read nothing else), the output, ddelta and dz are the
-/// f32 results rounded, bit for bit; the rest is unchanged.
+/// Written as bf16, the output, du, ddelta and dz are the f32 results rounded, bit for
+/// bit; the rest is unchanged.
 #[test]
 fn cuda_scan_bf16_outputs_are_the_rounded_f32_outputs() {
     let Some(cuda) = device() else { return };
@@ -448,7 +482,7 @@ fn cuda_scan_bf16_outputs_are_the_rounded_f32_outputs() {
     let f32s = run_backward(&cuda, &p, &on, &forward.checkpoints, Written::F32);
     let bf16s = run_backward(&cuda, &p, &on, &forward.checkpoints, Written::Bf16);
     for ((name, f32s), (_, bf16s)) in f32s.all.iter().zip(&bf16s.all) {
-        let want = if ["ddelta", "dz", "out"].contains(name) {
+        let want = if ["du", "ddelta", "dz", "out"].contains(name) {
             rounded(f32s)
         } else {
             bits(f32s)
@@ -457,12 +491,16 @@ fn cuda_scan_bf16_outputs_are_the_rounded_f32_outputs() {
     }
 }
 
-/// z given as bf16 bits gives the f32 scan's results on the widened bits, bit for bit: z
-/// staged by channel pairs and quads (80 channels), by pairs with quads of channels
-/// element by element (82), and element by element everywhere (33).
+/// The streams (u, delta, z, d_out) given as bf16 bits give the f32 scan's results on the
+/// widened bits, bit for bit: staged by 8 channels a copy (80 channels) and element by
+/// element (82, 33). A bf16 stream beside f32 ones is refused.
 #[test]
-fn cuda_scan_reads_bf16_z_as_its_widened_values() {
+fn cuda_scan_reads_bf16_streams_as_their_widened_values() {
     let Some(cuda) = device() else { return };
+    let rounded = |values: &mut Vec<f32>| {
+        let bits: Vec<u16> = values.iter().map(|&v| crate::bf16::from_f32(v)).collect();
+        *values = crate::bf16::widened(&bits);
+    };
     for channels in [80, 82, 33] {
         let dims = ScanDims {
             batch: 2,
@@ -472,11 +510,12 @@ fn cuda_scan_reads_bf16_z_as_its_widened_values() {
             chunk: 64,
         };
         let mut p = Problem::random(dims, 10, true, true, true);
-        let z = p.inputs.z.as_mut().unwrap();
-        let z_bits: Vec<u16> = z.iter().map(|&v| crate::bf16::from_f32(v)).collect();
-        *z = crate::bf16::widened(&z_bits);
+        rounded(&mut p.inputs.u);
+        rounded(&mut p.inputs.delta);
+        rounded(p.inputs.z.as_mut().unwrap());
+        rounded(&mut p.d_out);
         let wide = OnDevice::new(&cuda, &p);
-        let narrow = OnDevice::with_bf16_z(&cuda, &p, &z_bits);
+        let narrow = OnDevice::with_bf16_streams(&cuda, &p);
         for path in PATHS {
             let want = run_forward(&cuda, &p, &wide, Written::F32, path);
             let got = run_forward(&cuda, &p, &narrow, Written::F32, path);
@@ -493,6 +532,20 @@ fn cuda_scan_reads_bf16_z_as_its_widened_values() {
         for ((name, got), (_, want)) in got.all.iter().zip(&want.all) {
             assert_eq!(bits(got), bits(want), "{name}, {channels} channels");
         }
+        let mut mixed = narrow.inputs(&cuda);
+        mixed.delta = wide.inputs(&cuda).delta;
+        let mut out = cuda.zeros(dims.batch * dims.len * channels).unwrap();
+        let error = cuda
+            .scan_forward(
+                dims,
+                &mixed,
+                None,
+                None,
+                None,
+                Output::F32(cuda.all_mut(&mut out)),
+            )
+            .unwrap_err();
+        assert!(matches!(error, KernelError::Invalid { .. }), "{error}");
     }
 }
 
