@@ -64,17 +64,19 @@ fn main() -> Result<(), KernelError> {
         ));
         Ok::<(), KernelError>(())
     };
-    // In f32, then as bf16 training runs them: x and u kept in bf16, dx in bf16.
+    // In f32, then as bf16 training runs them: x, u, du and dx in bf16.
     let mut x_bits = cuda.zeros_bf16(inner)?;
     cuda.round_bf16(cuda.all(&x), &mut x_bits)?;
     let mut dx_bits = cuda.zeros_bf16(inner)?;
+    let mut d_out_bits = cuda.zeros_bf16(inner)?;
+    cuda.round_bf16(cuda.all(&d_out), &mut d_out_bits)?;
     let conv_runs = [
         (false, "", 2.0 * f32_bytes, 3.0 * f32_bytes),
         (
             true,
-            ", bf16 training (x bf16 → u bf16; du → dx bf16)",
+            ", bf16 training (x bf16 → u bf16; du bf16 → dx bf16)",
             2.0 * bf16_bytes,
-            bf16_bytes + f32_bytes + bf16_bytes,
+            3.0 * bf16_bytes,
         ),
     ];
     for (bf16, label, forward_bytes, backward_bytes) in conv_runs {
@@ -120,7 +122,11 @@ fn main() -> Result<(), KernelError> {
                     cuda.all(&bias),
                     None,
                     None,
-                    cuda.all(&d_out),
+                    if bf16 {
+                        Input::Bf16(&d_out_bits)
+                    } else {
+                        Input::F32(cuda.all(&d_out))
+                    },
                     dx_output,
                     cuda.all_mut(&mut dweight),
                     cuda.all_mut(&mut dbias),

@@ -137,7 +137,7 @@ pub trait Backend: Clone + Send + Sync {
     fn widen_bf16(&self, src: &Self::Bf16Buffer, dst: Self::ViewMut<'_>)
         -> Result<(), KernelError>;
     /// See [`crate::bf16::gemm`]. A bf16 `c` (all of its buffer) gets the rounded f32
-    /// result and cannot be accumulated into.
+    /// result (accumulating: of its widened values plus the product).
     fn gemm_bf16(
         &self,
         dims: GemmDims,
@@ -163,7 +163,7 @@ pub trait Backend: Clone + Send + Sync {
         state: Option<Self::ViewMut<'_>>,
         out: Output<'_, Self>,
     ) -> Result<(), KernelError>;
-    /// See [`crate::conv1d::backward`]. `x` may be bf16.
+    /// See [`crate::conv1d::backward`]. `x` and `d_out` may be bf16.
     #[allow(clippy::too_many_arguments)]
     fn conv1d_backward(
         &self,
@@ -173,7 +173,7 @@ pub trait Backend: Clone + Send + Sync {
         bias: Self::View<'_>,
         resets: Option<&Self::Ids>,
         initial_state: Option<Self::View<'_>>,
-        d_out: Self::View<'_>,
+        d_out: Input<'_, Self>,
         dx: Output<'_, Self>,
         dweight: Self::ViewMut<'_>,
         dbias: Self::ViewMut<'_>,

@@ -71,21 +71,6 @@ pub fn widened(src: &[u16]) -> Vec<f32> {
     src.iter().map(|&s| to_f32(s)).collect()
 }
 
-/// A GEMM writing bf16 values writes its result rounded: it cannot add to them.
-pub(crate) fn check_accumulate(
-    op: &'static str,
-    bf16_output: bool,
-    accumulate: bool,
-) -> Result<(), KernelError> {
-    if bf16_output && accumulate {
-        return Err(KernelError::Invalid {
-            op,
-            message: "a bf16 output cannot be accumulated into".into(),
-        });
-    }
-    Ok(())
-}
-
 /// [`gemm::gemm`] on bf16 operands (raw bits) with f32 sums and output: the reference of
 /// [`Backend::gemm_bf16`]. Widens the operands and runs the f32 GEMM.
 ///
@@ -238,7 +223,8 @@ mod tests {
         gemm::gemm(dims, &a, &b, &mut exact, true).unwrap();
         assert_ne!(got, exact, "the operands were not rounded");
 
-        // Into bf16 on the CPU backend: the f32 result rounded; no accumulation.
+        // Into bf16 on the CPU backend: the f32 result rounded; accumulated, the f32 sum of
+        // the widened bits and the product, rounded.
         let cpu = crate::Cpu;
         let mut got16 = cpu.zeros_bf16(6).unwrap();
         let mut f32_result = vec![0.0; 6];
@@ -255,9 +241,17 @@ mod tests {
         let mut want16 = vec![0; 6];
         round(&f32_result, &mut want16).unwrap();
         assert_eq!(got16, want16);
-        let accumulated =
-            cpu.gemm_bf16(dims, view(&a16), view(&b16), Output::Bf16(&mut got16), true);
-        assert!(accumulated.is_err());
+        let mut twice = widened(&got16);
+        gemm(dims, &a16, &b16, &mut twice, true).unwrap();
+        round(&twice.clone(), &mut want16).unwrap();
+        cpu.gemm_bf16(dims, view(&a16), view(&b16), Output::Bf16(&mut got16), true)
+            .unwrap();
+        assert_eq!(got16, want16);
+        assert_ne!(
+            twice,
+            widened(&got16),
+            "the accumulated sum was not rounded"
+        );
     }
 
     #[test]

@@ -70,6 +70,14 @@ impl<'a> Sink<'a> {
         }
     }
 
+    /// As [`Sink::new`], holding the output's current values (an op that adds to them).
+    fn holding(out: Output<'a, Cpu>) -> Self {
+        match out {
+            Output::F32(values) => Self::Direct(values),
+            Output::Bf16(bits) => Self::Rounded(bf16::widened(bits), bits),
+        }
+    }
+
     fn values(&mut self) -> &mut [f32] {
         match self {
             Self::Direct(values) => values,
@@ -291,8 +299,11 @@ impl Backend for Cpu {
         c: Output<'_, Self>,
         accumulate: bool,
     ) -> Result<(), KernelError> {
-        bf16::check_accumulate("gemm_bf16", matches!(c, Output::Bf16(_)), accumulate)?;
-        let mut c = Sink::new(c);
+        let mut c = if accumulate {
+            Sink::holding(c)
+        } else {
+            Sink::new(c)
+        };
         bf16::gemm(
             dims,
             &a.buffer[a.range()],
@@ -340,7 +351,7 @@ impl Backend for Cpu {
         bias: &[f32],
         resets: Option<&Vec<u32>>,
         initial_state: Option<&[f32]>,
-        d_out: &[f32],
+        d_out: Input<'_, Self>,
         dx: Output<'_, Self>,
         dweight: &mut [f32],
         dbias: &mut [f32],
@@ -353,7 +364,7 @@ impl Backend for Cpu {
             bias,
             resets.map(|r| &r[..]),
             initial_state,
-            d_out,
+            &values(d_out),
             dx.values(),
             dweight,
             dbias,

@@ -6,7 +6,8 @@
 //
 // Built with -DTAPS=<kernel size>; the module without it holds only `sum_columns`. With
 // -DX_BF16=1, x is bf16 bits (kept so in bf16 training); with -DOUT_BF16=1 the forward
-// writes out as bf16 bits (so bf16 training keeps u); with -DRESETS=1 the walks read reset
+// writes out as bf16 bits (so bf16 training keeps u), with -DD_OUT_BF16=1 the backward reads
+// d_out so; with -DRESETS=1 the walks read reset
 // flags. Defines, not arguments: the kernels are bound by issuing instructions, so a test
 // per element costs time. For the same reason a thread walks its run in blocks of
 // CONV_AHEAD positions, and only the blocks at a run's edges check each position against
@@ -23,6 +24,9 @@
 #ifndef OUT_BF16
 #define OUT_BF16 0
 #endif
+#ifndef D_OUT_BF16
+#define D_OUT_BF16 0
+#endif
 #ifndef RESETS
 #define RESETS 0
 #endif
@@ -34,7 +38,7 @@ struct ConvArgs {
     u64 resets;    // u32 (batch, len); 0: none
     u64 state;     // (batch, kernel-1, channels); 0: zeros
     u64 out;       // f32, or bf16 bits with OUT_BF16
-    u64 d_out;
+    u64 d_out;     // f32, or bf16 bits with D_OUT_BF16
     u64 dx;        // f32, or bf16 bits when dx_bf16
     u64 partials;  // (batch · runs, channels·kernel + channels)
     i64 batch;
@@ -168,7 +172,7 @@ __device__ __forceinline__ void backward_block(const ConvArgs& a, Walk& walk, Ba
     for (int j = 0; j < CONV_AHEAD; ++j) {
         const bool inside = !CHECKED || (s + j < end && s + j < len);
         xs[j] = inside ? load_as((const void*)a.x, at + j * stride, X_BF16) : 0.0f;
-        ds[j] = inside ? ((const float*)a.d_out)[at + j * stride] : 0.0f;
+        ds[j] = inside ? load_as((const void*)a.d_out, at + j * stride, D_OUT_BF16) : 0.0f;
     }
 #pragma unroll
     for (int j = 0; j < CONV_AHEAD; ++j) {

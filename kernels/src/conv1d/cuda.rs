@@ -101,13 +101,15 @@ fn input_args(
 
 /// See [`super::forward`].
 /// The defines that compile the walking kernels for this kernel size, input type, whether
-/// rows have reset flags and (in the forward) whether out is written as bf16.
-fn defines(dims: ConvDims, x: DeviceTensor, resets: bool, out_bf16: bool) -> [String; 4] {
+/// rows have reset flags, and whether out (written by the forward) or d_out (read by the
+/// backward) is bf16.
+fn defines(dims: ConvDims, x: DeviceTensor, resets: bool, out: bool, d_out: bool) -> [String; 5] {
     [
         format!("-DTAPS={}", dims.kernel),
         format!("-DX_BF16={}", u8::from(x.bf16)),
         format!("-DRESETS={}", u8::from(resets)),
-        format!("-DOUT_BF16={}", u8::from(out_bf16)),
+        format!("-DOUT_BF16={}", u8::from(out)),
+        format!("-DD_OUT_BF16={}", u8::from(d_out)),
     ]
 }
 
@@ -144,7 +146,7 @@ pub(crate) fn forward(
     }
     args.state = state.as_ref().map_or(0, |s| s.address());
     args.out = out.address;
-    let defines = defines(dims, x, resets.is_some(), out.bf16);
+    let defines = defines(dims, x, resets.is_some(), out.bf16, false);
     let function = cuda.function(MODULE, SOURCE, &defines, "conv1d_forward")?;
     cuda.launch(&function, runs_grid(dims), &args)?;
     if state.is_some() && dims.kernel > 1 {
@@ -164,7 +166,7 @@ pub(crate) fn backward(
     bias: DeviceView<'_>,
     resets: Option<&DeviceIds>,
     initial_state: Option<DeviceView<'_>>,
-    d_out: DeviceView<'_>,
+    d_out: DeviceTensor,
     dx: DeviceTensor,
     dweight: DeviceViewMut<'_>,
     dbias: DeviceViewMut<'_>,
@@ -172,7 +174,7 @@ pub(crate) fn backward(
     const OP: &str = "conv1d_backward";
     let state_len = initial_state.as_ref().map(|s| s.len());
     let (mut args, elements) = input_args(OP, dims, x, weight, bias, resets, state_len)?;
-    check_view(OP, "d_out", elements, d_out.len())?;
+    check_view(OP, "d_out", elements, d_out.len)?;
     check_view(OP, "dx", elements, dx.len)?;
     check_view(OP, "dweight", weight.len(), dweight.len())?;
     check_view(OP, "dbias", bias.len(), dbias.len())?;
@@ -187,14 +189,14 @@ pub(crate) fn backward(
     let stride = channels * (kernel + 1);
     let partials = cuda.scratch::<f32>(groups * stride)?;
     args.state = initial_state.as_ref().map_or(0, |s| s.address());
-    args.d_out = d_out.address();
+    args.d_out = d_out.address;
     args.dx = dx.address;
     args.dx_bf16 = dx.bf16.into();
     args.partials = cuda.address(&partials);
     let function = cuda.function(
         MODULE,
         SOURCE,
-        &defines(dims, x, resets.is_some(), false),
+        &defines(dims, x, resets.is_some(), false, d_out.bf16),
         "conv1d_backward",
     )?;
     cuda.launch(&function, runs_grid(dims), &args)?;
@@ -302,7 +304,9 @@ mod tests {
         };
         let (gout, gs) = forward(Input::F32(cuda.all(&gx)), None);
         // The weight and bias gradients accumulate into fresh copies of dw0, db0 each run.
-        let backward = |x: Input<'_, crate::cuda::Cuda>, dx: Output<'_, crate::cuda::Cuda>| {
+        let backward_of = |x: Input<'_, crate::cuda::Cuda>,
+                           d_out: Input<'_, crate::cuda::Cuda>,
+                           dx: Output<'_, crate::cuda::Cuda>| {
             let (mut gdw, mut gdb) = (up(&dw0), up(&db0));
             cuda.conv1d_backward(
                 dims,
@@ -311,13 +315,16 @@ mod tests {
                 cuda.all(&gb),
                 gr.as_ref(),
                 gs0.as_ref().map(|s| cuda.all(s)),
-                cuda.all(&gd),
+                d_out,
                 dx,
                 cuda.all_mut(&mut gdw),
                 cuda.all_mut(&mut gdb),
             )
             .unwrap();
             (down(&gdw), down(&gdb))
+        };
+        let backward = |x: Input<'_, crate::cuda::Cuda>, dx: Output<'_, crate::cuda::Cuda>| {
+            backward_of(x, Input::F32(cuda.all(&gd)), dx)
         };
         let mut gdx = up(&vec![f32::NAN; n]);
         let (gdw, gdb) = backward(
@@ -372,6 +379,30 @@ mod tests {
         assert_eq!(bits(&down(&dx_from16)), bits(&down(&gdx)), "dx from bf16 x");
         assert_eq!(bits(&grads16.0), bits(&grads.0), "dweight from bf16 x");
         assert_eq!(bits(&grads16.1), bits(&grads.1), "dbias from bf16 x");
+
+        // d_out kept in bf16 likewise: the f32 op's results on the widened d_out.
+        let mut d_out16 = cuda.zeros_bf16(n).unwrap();
+        cuda.round_bf16(cuda.all(&gd), &mut d_out16).unwrap();
+        let mut d_out_wide = cuda.zeros(n).unwrap();
+        cuda.widen_bf16(&d_out16, cuda.all_mut(&mut d_out_wide))
+            .unwrap();
+        let got = backward_of(
+            Input::F32(cuda.all(&gx)),
+            Input::Bf16(&d_out16),
+            Output::F32(cuda.all_mut(&mut dx_from16)),
+        );
+        let want = backward_of(
+            Input::F32(cuda.all(&gx)),
+            Input::F32(cuda.all(&d_out_wide)),
+            Output::F32(cuda.all_mut(&mut gdx)),
+        );
+        assert_eq!(
+            bits(&down(&dx_from16)),
+            bits(&down(&gdx)),
+            "dx from bf16 d_out"
+        );
+        assert_eq!(bits(&got.0), bits(&want.0), "dweight from bf16 d_out");
+        assert_eq!(bits(&got.1), bits(&want.1), "dbias from bf16 d_out");
     }
 
     #[test]

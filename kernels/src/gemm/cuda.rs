@@ -17,7 +17,7 @@ use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation
 use cudarc::driver::DeviceRepr;
 
 use super::GemmDims;
-use crate::bf16::{self, Bf16View, Output};
+use crate::bf16::{Bf16View, Output};
 use crate::cuda::{
     check_view, device_error, element_bytes, flat_grid, Cuda, DeviceBuffer, DeviceTensor,
     DeviceView, DeviceViewMut,
@@ -145,7 +145,6 @@ pub(crate) fn gemm_bf16(
 ) -> Result<(), KernelError> {
     const OP: &str = "gemm_bf16";
     check_operands(OP, dims, a.len, b.len)?;
-    bf16::check_accumulate(OP, c.bf16, accumulate)?;
     let operands = Operands::Bf16 {
         a: bf16_address(OP, "a", a)?,
         b: bf16_address(OP, "b", b)?,
@@ -478,23 +477,29 @@ mod tests {
             let got = cuda.download(cuda.all(&gc)).unwrap();
             let name = format!("{dims:?} accumulate {accumulate} offsets {offset_a}, {offset_b}");
             assert_close(&name, &got, &to_f64(&want), 1e-5, 1e-6);
-            // Into bf16: the same values, rounded (a bf16 unit is 2⁻⁸ of the value).
-            let mut gc16 = cuda.zeros_bf16(m * n).unwrap();
-            let into_bf16 = cuda.gemm_bf16(
+            // Into bf16 (adding to C's rounding): the same values, rounded (a bf16 unit is
+            // 2⁻⁸ of the value).
+            let c0_bits = rounded(&c0);
+            let mut want16 = crate::bf16::widened(&c0_bits);
+            crate::bf16::gemm(
+                dims,
+                &a[ra.clone()],
+                &b[rb.clone()],
+                &mut want16,
+                accumulate,
+            )
+            .unwrap();
+            let mut gc16 = upload_bf16(&cuda, &c0_bits);
+            cuda.gemm_bf16(
                 dims,
                 Bf16View::new(&ga, ra),
                 Bf16View::new(&gb, rb),
                 Output::Bf16(&mut gc16),
                 accumulate,
-            );
-            if accumulate {
-                assert!(into_bf16.is_err(), "{name}: accumulated into bf16");
-                continue;
-            }
-            into_bf16.unwrap();
-            let mut got16 = vec![0.0; m * n];
-            crate::bf16::widen(&cuda.download_bf16(&gc16).unwrap(), &mut got16).unwrap();
-            assert_close(&name, &got16, &to_f64(&want), 1.0 / 256.0, 1e-6);
+            )
+            .unwrap();
+            let got16 = crate::bf16::widened(&cuda.download_bf16(&gc16).unwrap());
+            assert_close(&name, &got16, &to_f64(&want16), 1.0 / 256.0, 1e-6);
         }
         let out_of_range = cuda.gemm_bf16(
             GemmDims {

@@ -19,9 +19,9 @@
 //! op that makes it, into a bf16 copy (the weights once per forward, by the model), and
 //! every GEMM of the mixer reads the copies. The `(tokens, d_inner)` streams are kept in
 //! bf16 alone, as the official model's autocast keeps them: x and z (in_proj), u (the
-//! conv), delta (dt_proj), y (the scan), the scan's input gradient dy (out_proj) and its
-//! ddelta and dz, the conv's dx; the ops that read them widen as they read. du stays f32:
-//! x_proj's input gradient adds into it.
+//! conv), delta (dt_proj), y (the scan), the scan's output gradient dy (out_proj) and its
+//! du (to which x_proj's input gradient adds), ddelta and dz, the conv's dx; the ops that
+//! read them widen as they read.
 //!
 //! Training memory: a layer keeps x, z, dt_low, B, C and the scan's checkpoints (in bf16,
 //! dt_low's copy for the weight gradient). The wide u, delta and y are not kept: the
@@ -283,10 +283,10 @@ pub struct MixerState<B: Backend> {
 
 /// Activation gradients of the mixer's backward, reused by every layer.
 pub struct MixerScratch<B: Backend> {
-    /// The scan's output gradient, bf16 in bf16 training (as the scan reads its other
-    /// streams).
+    /// The scan's output gradient and u's, bf16 in bf16 training (as the scan reads and
+    /// writes its other streams).
     dy: Stored<B>,
-    du: B::Buffer,
+    du: Stored<B>,
     /// Read only by GEMMs: bf16 alone in bf16 training, as the scan and the conv write them.
     ddelta: Stored<B>,
     dz: Stored<B>,
@@ -372,7 +372,7 @@ impl<B: Backend> MixerScratch<B> {
         Ok(Self {
             bf16: copies,
             dy: Stored::new(be, t * di, bf16)?,
-            du: be.zeros(t * di)?,
+            du: Stored::new(be, t * di, bf16)?,
             ddelta: Stored::new(be, t * di, bf16)?,
             dz: Stored::new(be, t * di, bf16)?,
             dx: Stored::new(be, t * di, bf16)?,
@@ -656,7 +656,7 @@ pub fn backward<B: Backend>(
         be.all(&acts.checkpoints),
         scratch.dy.input(be),
         ScanGrads {
-            du: Output::F32(be.all_mut(&mut scratch.du)),
+            du: scratch.du.output(be),
             ddelta: scratch.ddelta.output(be),
             da_log,
             db: be.all_mut(&mut scratch.db),
@@ -715,7 +715,7 @@ pub fn backward<B: Backend>(
         linear_input_grad(t, xp, di),
         dxproj,
         weight(s.xp.clone()),
-        Output::F32(be.all_mut(&mut scratch.du)),
+        scratch.du.output(be),
         true,
     )?;
     gemm(
@@ -736,7 +736,7 @@ pub fn backward<B: Backend>(
         w(p.conv_bias.clone()),
         resets,
         None,
-        be.all(&scratch.du),
+        scratch.du.input(be),
         scratch.dx.output(be),
         dconv_weight,
         dconv_bias,
