@@ -149,21 +149,30 @@ fn main() -> Result<(), KernelError> {
             )
         },
     )?;
-    time(
-        "RMSNorm backward (x, d_out, d_residual → d_residual)",
-        4.0 * model as f64 * f32_bytes,
-        &mut || {
-            cuda.rmsnorm_backward(
-                norm,
-                cuda.all(&residual),
-                cuda.all(&norm_weight),
-                cuda.all(&rstd),
-                cuda.all(&d_normed),
-                cuda.all_mut(&mut d_residual),
-                cuda.all_mut(&mut d_norm_weight),
-            )
-        },
-    )?;
+    // Then as bf16 training runs it: d_residual's bf16 copy written beside it.
+    let mut d_residual_bits = cuda.zeros_bf16(model)?;
+    for bf16 in [false, true] {
+        let (label, copy_bytes) = match bf16 {
+            false => ("", 0.0),
+            true => (", bf16 training (+ d_residual's bf16 copy)", bf16_bytes),
+        };
+        time(
+            &format!("RMSNorm backward (x, d_out, d_residual → d_residual){label}"),
+            model as f64 * (4.0 * f32_bytes + copy_bytes),
+            &mut || {
+                cuda.rmsnorm_backward(
+                    norm,
+                    cuda.all(&residual),
+                    cuda.all(&norm_weight),
+                    cuda.all(&rstd),
+                    cuda.all(&d_normed),
+                    cuda.all_mut(&mut d_residual),
+                    bf16.then_some(&mut d_residual_bits),
+                    cuda.all_mut(&mut d_norm_weight),
+                )
+            },
+        )?;
+    }
     time(
         "round to bf16 (tokens × d_inner)",
         inner as f64 * (f32_bytes + bf16_bytes),

@@ -223,7 +223,8 @@ pub trait Backend: Clone + Send + Sync {
         out: Output<'_, Self>,
         rstd: Self::ViewMut<'_>,
     ) -> Result<(), KernelError>;
-    /// See [`crate::rmsnorm::backward`].
+    /// See [`crate::rmsnorm::backward`]; with `dx_copy`, the new dx's bf16 rounding is
+    /// written there too (the next mixer's GEMMs read it).
     #[allow(clippy::too_many_arguments)]
     fn rmsnorm_backward(
         &self,
@@ -233,6 +234,7 @@ pub trait Backend: Clone + Send + Sync {
         rstd: Self::View<'_>,
         d_out: Self::View<'_>,
         dx: Self::ViewMut<'_>,
+        dx_copy: Option<&mut Self::Bf16Buffer>,
         dweight: Self::ViewMut<'_>,
     ) -> Result<(), KernelError>;
 

@@ -468,9 +468,11 @@ impl Backend for Cpu {
         rstd: &[f32],
         d_out: &[f32],
         dx: &mut [f32],
+        dx_copy: Option<&mut Vec<u16>>,
         dweight: &mut [f32],
     ) -> Result<(), KernelError> {
-        rmsnorm::backward(dims, x, weight, rstd, d_out, dx, dweight)
+        rmsnorm::backward(dims, x, weight, rstd, d_out, dx, dweight)?;
+        dx_copy.map_or(Ok(()), |copy| bf16::round(dx, copy))
     }
 
     fn embedding_forward(

@@ -413,10 +413,11 @@ impl Backend for Cuda {
         rstd: DeviceView<'_>,
         d_out: DeviceView<'_>,
         dx: DeviceViewMut<'_>,
+        dx_copy: Option<&mut DeviceBuffer<u16>>,
         dweight: DeviceViewMut<'_>,
     ) -> Result<(), KernelError> {
         self.timed(TimedOp::Norm, || {
-            rmsnorm::cuda::backward(self, dims, x, weight, rstd, d_out, dx, dweight)
+            rmsnorm::cuda::backward(self, dims, x, weight, rstd, d_out, dx, dx_copy, dweight)
         })
     }
 

@@ -4,8 +4,8 @@ use cudarc::driver::{DeviceRepr, LaunchConfig};
 
 use super::NormDims;
 use crate::cuda::{
-    access_width, check_view, element_bytes, Cuda, DeviceTensor, DeviceView, DeviceViewMut,
-    Partials,
+    access_width, check_view, element_bytes, Cuda, DeviceBuffer, DeviceTensor, DeviceView,
+    DeviceViewMut, Partials,
 };
 use crate::KernelError;
 
@@ -34,6 +34,7 @@ struct NormArgs {
     rstd: u64,
     d_out: u64,
     dx: u64,
+    dx_copy: u64,
     partials: u64,
     rows: i64,
     cols: i32,
@@ -167,6 +168,7 @@ pub(crate) fn backward(
     rstd: DeviceView<'_>,
     d_out: DeviceView<'_>,
     dx: DeviceViewMut<'_>,
+    dx_copy: Option<&mut DeviceBuffer<u16>>,
     dweight: DeviceViewMut<'_>,
 ) -> Result<(), KernelError> {
     const OP: &str = "rmsnorm_backward";
@@ -176,6 +178,9 @@ pub(crate) fn backward(
     check_view(OP, "rstd", dims.rows, rstd.len())?;
     check_view(OP, "d_out", elements, d_out.len())?;
     check_view(OP, "dx", elements, dx.len())?;
+    if let Some(copy) = &dx_copy {
+        check_view(OP, "dx_copy", elements, copy.len())?;
+    }
     check_view(OP, "dweight", dims.cols, dweight.len())?;
     if dims.rows == 0 {
         return Ok(());
@@ -199,6 +204,7 @@ pub(crate) fn backward(
         rstd: rstd.address(),
         d_out: d_out.address(),
         dx: dx.address(),
+        dx_copy: dx_copy.map_or(0, |copy| copy.address()),
         partials: cuda.address(&partials),
         rows: dims.rows as i64,
         cols: dims.cols as i32,
@@ -208,7 +214,13 @@ pub(crate) fn backward(
     let group = access_width(
         dims.cols,
         4,
-        &[(args.x, 4), (args.weight, 4), (args.d_out, 4), (args.dx, 4)],
+        &[
+            (args.x, 4),
+            (args.weight, 4),
+            (args.d_out, 4),
+            (args.dx, 4),
+            (args.dx_copy, 2),
+        ],
     );
     let function = cuda.function(MODULE, SOURCE, &[group_define(group)], "rmsnorm_backward")?;
     let grid = LaunchConfig {
@@ -232,7 +244,7 @@ mod tests {
     use crate::cuda::testing::{device, random};
     use crate::cuda::{Cuda, DeviceBuffer};
     use crate::rmsnorm::{self, NormDims};
-    use crate::testing::{assert_close, to_f64};
+    use crate::testing::{assert_close, bits, to_f64};
     use crate::Backend;
 
     #[test]
@@ -270,22 +282,39 @@ mod tests {
                 cuda.all_mut(&mut grstd),
             )
             .unwrap();
-            let (mut gdx, mut gdw) = (up(&dx0), up(&dw0));
-            cuda.rmsnorm_backward(
-                dims,
-                cuda.all(&gx),
-                cuda.all(&gw),
-                cuda.all(&grstd),
-                cuda.all(&gd),
-                cuda.all_mut(&mut gdx),
-                cuda.all_mut(&mut gdw),
-            )
-            .unwrap();
-            let down = |b| cuda.download(cuda.all(b)).unwrap();
+            // Twice: without and with dx's bf16 copy, which must hold the rounded dx and
+            // leave everything else as it was.
+            let down = |b: &DeviceBuffer| cuda.download(cuda.all(b)).unwrap();
+            let mut results = Vec::new();
+            for copy in [false, true] {
+                let (mut gdx, mut gdw) = (up(&dx0), up(&dw0));
+                let mut dx16 = cuda.zeros_bf16(rows * cols).unwrap();
+                cuda.rmsnorm_backward(
+                    dims,
+                    cuda.all(&gx),
+                    cuda.all(&gw),
+                    cuda.all(&grstd),
+                    cuda.all(&gd),
+                    cuda.all_mut(&mut gdx),
+                    copy.then_some(&mut dx16),
+                    cuda.all_mut(&mut gdw),
+                )
+                .unwrap();
+                let (gdx, gdw) = (down(&gdx), down(&gdw));
+                if copy {
+                    let mut rounded = vec![0u16; rows * cols];
+                    crate::bf16::round(&gdx, &mut rounded).unwrap();
+                    assert_eq!(cuda.download_bf16(&dx16).unwrap(), rounded, "dx copy");
+                }
+                results.push((bits(&gdx), bits(&gdw)));
+            }
+            assert_eq!(results[0], results[1], "dx and dweight beside the copy");
             assert_close("out", &down(&gout), &to_f64(&out), 1e-5, 1e-7);
             assert_close("rstd", &down(&grstd), &to_f64(&rstd), 1e-5, 1e-7);
-            assert_close("dx", &down(&gdx), &to_f64(&dx), 1e-4, 1e-7);
-            assert_close("dweight", &down(&gdw), &to_f64(&dw), 1e-4, 1e-7);
+            let (gdx, gdw) = &results[0];
+            let widen = |b: &Vec<u32>| b.iter().map(|&v| f32::from_bits(v)).collect::<Vec<_>>();
+            assert_close("dx", &widen(gdx), &to_f64(&dx), 1e-4, 1e-7);
+            assert_close("dweight", &widen(gdw), &to_f64(&dw), 1e-4, 1e-7);
         }
     }
 
@@ -309,6 +338,7 @@ mod tests {
                 cuda.all(&rstd),
                 cuda.all(&x),
                 cuda.all_mut(&mut dx),
+                None,
                 cuda.all_mut(&mut dw),
             )
             .unwrap_err();

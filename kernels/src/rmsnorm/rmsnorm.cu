@@ -19,6 +19,7 @@ struct NormArgs {
     u64 rstd;
     u64 d_out;
     u64 dx;
+    u64 dx_copy;   // 0, or bf16 bits of the new dx as well
     u64 partials;  // (groups, cols)
     i64 rows;
     int cols;
@@ -61,7 +62,8 @@ extern "C" __global__ void rmsnorm_forward(NormArgs a) {
     if (lane == 0) ((float*)a.rstd)[row] = rstd;
 }
 
-// dx += rstd · (g − x · rstd² · mean(g·x)), g = d_out · weight, one warp per row; and the
+// dx += rstd · (g − x · rstd² · mean(g·x)), g = d_out · weight, one warp per row (and the
+// new dx's bf16 rounding into dx_copy, for the GEMMs of the mixer below); and the
 // weight gradient's partial for the block's GROUP_ROWS rows: each warp adds d_out · x ·
 // rstd of its rows into its own shared row (a lane owns its groups of columns: no two
 // lanes touch one address), then the block adds its warps' rows in order. The second
@@ -106,6 +108,7 @@ extern "C" __global__ void rmsnorm_backward(NormArgs a) {
                 sums[g] += d[g] * x[g] * rstd;
             }
             store_group<GROUP>((void*)a.dx, first + c, dx, 0);
+            if (a.dx_copy) store_group<GROUP>((void*)a.dx_copy, first + c, dx, 1);
             store_group<GROUP>((void*)mine, c, sums, 0);
         }
     }

@@ -588,7 +588,9 @@ pub fn forward<B: Backend>(
 }
 
 /// Backward of one mixer: writes `d_input` (overwritten) and accumulates the mixer's
-/// parameter gradients into `grads`. `input` is the forward's input.
+/// parameter gradients into `grads`. `input` is the forward's input; `d_out`, the gradient
+/// of its output, only GEMMs read (f32, or in bf16 training its rounding, which is made
+/// here when it comes as f32).
 #[allow(clippy::too_many_arguments)]
 pub fn backward<B: Backend>(
     be: &B,
@@ -599,7 +601,7 @@ pub fn backward<B: Backend>(
     input: Input<'_, B>,
     acts: &MixerActivations<B>,
     work: &mut MixerWork<B>,
-    d_out: B::View<'_>,
+    d_out: Input<'_, B>,
     resets: Option<&B::Ids>,
     grads: &mut B::Buffer,
     scratch: &mut MixerScratch<B>,
@@ -620,7 +622,7 @@ pub fn backward<B: Backend>(
         [Some(&mut k.d_out), Some(&mut k.dxproj)]
     });
 
-    let d_out = Operand::rounded(be, d_out, d_out_copy)?;
+    let d_out = Operand::input(be, d_out, d_out_copy)?;
     gemm(
         be,
         linear_input_grad(t, d, di),

@@ -121,6 +121,9 @@ pub struct Activations<B: Backend> {
 /// Gradient buffers of the backward, allocated once per shape.
 pub struct Scratch<B: Backend> {
     d_residual: B::Buffer,
+    /// d_residual's bf16 rounding, written beside it by the norm backward that makes it,
+    /// when training in bf16: what the mixer below reads (as its output gradient).
+    d_residual_copy: Option<B::Bf16Buffer>,
     d_normed: B::Buffer,
     d_hidden: B::Buffer,
     d_pooled: B::Buffer,
@@ -278,6 +281,7 @@ impl<B: Backend> Model<B> {
         let extra = |len: usize| be.zeros(if bidirectional { len } else { 0 });
         Ok(Scratch {
             d_residual: be.zeros(td)?,
+            d_residual_copy: bf16.then(|| be.zeros_bf16(td)).transpose()?,
             d_normed: be.zeros(td)?,
             d_hidden: be.zeros(td)?,
             d_pooled: be.zeros(shape.batch * self.config.d_model)?,
@@ -645,6 +649,7 @@ impl<B: Backend> Model<B> {
             be.all(&acts.rstd_f),
             be.all(&scratch.d_hidden),
             be.all_mut(&mut scratch.d_residual),
+            scratch.d_residual_copy.as_mut(),
             be.view_mut(grads, self.table.norm_f.clone()),
         )?;
         for (i, layer) in self.table.layers.iter().enumerate().rev() {
@@ -665,7 +670,10 @@ impl<B: Backend> Model<B> {
                 acts.normed.input(be),
                 &la.mixer,
                 &mut acts.work,
-                be.all(&scratch.d_residual),
+                match &scratch.d_residual_copy {
+                    Some(bits) => Input::Bf16(bits),
+                    None => Input::F32(be.all(&scratch.d_residual)),
+                },
                 batch.resets.as_ref(),
                 grads,
                 &mut scratch.mixer,
@@ -692,7 +700,7 @@ impl<B: Backend> Model<B> {
                     Input::F32(be.all(&acts.reverse_in)),
                     rev,
                     &mut acts.work,
-                    be.all(&scratch.d_reverse_out),
+                    Input::F32(be.all(&scratch.d_reverse_out)),
                     None,
                     grads,
                     &mut scratch.mixer,
@@ -722,6 +730,7 @@ impl<B: Backend> Model<B> {
                 be.all(&la.rstd),
                 be.all(&scratch.d_normed),
                 be.all_mut(&mut scratch.d_residual),
+                scratch.d_residual_copy.as_mut(),
                 be.view_mut(grads, layer.norm.clone()),
             )?;
         }
