@@ -57,8 +57,8 @@ const WIDE_TASK_TILES: usize = 32;
 /// ```
 /// use seqmamba_kernels::scan::{cpu, ScanDims, ScanInputs};
 /// let dims = ScanDims::new(1, 2, 1, 1);
-/// let inputs = ScanInputs {
-///     u: &[1.0, 1.0][..],
+/// let inputs: ScanInputs<&[f32]> = ScanInputs {
+///     u: &[1.0, 1.0],
 ///     delta: &[30.0, 30.0],      // Δ = 30 (softplus passes it through)
 ///     a_log: &[-30.0],           // A ≈ 0: the state decays by exp(ΔA) ≈ 1
 ///     b: &[1.0, 1.0],
@@ -138,8 +138,8 @@ fn for_each_task(shape: &Shape, run: impl Fn(usize) + Sync) {
 /// ```
 /// use seqmamba_kernels::scan::{cpu, ScanDims, ScanGrads, ScanInputs};
 /// let dims = ScanDims::new(1, 1, 1, 1);
-/// let inputs = ScanInputs {
-///     u: &[2.0][..],
+/// let inputs: ScanInputs<&[f32]> = ScanInputs {
+///     u: &[2.0],
 ///     delta: &[30.0],
 ///     a_log: &[0.0],
 ///     b: &[1.0],

@@ -534,19 +534,24 @@ fn cuda_scan_reads_bf16_streams_as_their_widened_values() {
         }
         let mut mixed = narrow.inputs(&cuda);
         mixed.delta = wide.inputs(&cuda).delta;
-        let mut out = cuda.zeros(dims.batch * dims.len * channels).unwrap();
-        let error = cuda
-            .scan_forward(
-                dims,
-                &mixed,
-                None,
-                None,
-                None,
-                Output::F32(cuda.all_mut(&mut out)),
-            )
-            .unwrap_err();
-        assert!(matches!(error, KernelError::Invalid { .. }), "{error}");
+        assert_invalid(&cuda, dims, &mixed);
     }
+}
+
+/// The forward on `inputs` is refused as invalid before launch.
+fn assert_invalid(cuda: &Cuda, dims: ScanDims, inputs: &DeviceInputs<'_>) {
+    let mut out = cuda.zeros(dims.batch * dims.len * dims.channels).unwrap();
+    let error = cuda
+        .scan_forward(
+            dims,
+            inputs,
+            None,
+            None,
+            None,
+            Output::F32(cuda.all_mut(&mut out)),
+        )
+        .unwrap_err();
+    assert!(matches!(error, KernelError::Invalid { .. }), "{error}");
 }
 
 /// The longest chunk the launcher accepts runs (its shared memory fits), and one more
@@ -568,20 +573,7 @@ fn cuda_scan_longest_chunk() {
     };
     let p = Problem::random(longer, 8, false, false, false);
     let on = OnDevice::new(&cuda, &p);
-    let mut out = cuda
-        .zeros(longer.batch * longer.len * longer.channels)
-        .unwrap();
-    let error = cuda
-        .scan_forward(
-            longer,
-            &on.inputs(&cuda),
-            None,
-            None,
-            None,
-            Output::F32(cuda.all_mut(&mut out)),
-        )
-        .unwrap_err();
-    assert!(matches!(error, KernelError::Invalid { .. }), "{error}");
+    assert_invalid(&cuda, longer, &on.inputs(&cuda));
 }
 
 #[test]
@@ -639,19 +631,7 @@ fn cuda_scan_rejects_bad_shapes() {
             ..
         }
     ));
-    let mut out = cuda.zeros(40).unwrap();
-    let eight = ScanDims { state: 8, ..dims };
-    let error = cuda
-        .scan_forward(
-            eight,
-            &on.inputs(&cuda),
-            None,
-            None,
-            None,
-            Output::F32(cuda.all_mut(&mut out)),
-        )
-        .unwrap_err();
-    assert!(matches!(error, KernelError::Invalid { .. }), "{error}");
+    assert_invalid(&cuda, ScanDims { state: 8, ..dims }, &on.inputs(&cuda));
 }
 
 #[test]
