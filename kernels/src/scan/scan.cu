@@ -129,9 +129,31 @@ __device__ __forceinline__ float fast_exp2(float x) {
     return y;
 }
 
-__device__ __forceinline__ float softplus(float x) {
-    return x > 20.0f ? x : log1pf(fast_exp2(x * LOG2E));
+// log(1 + exp(x)) = max(x, 0) + log1p(e), e = exp(-|x|) in (0, 1], with
+// log1p(e) = 2 atanh(s), s = e / (2 + e) <= 1/3, by its series to s^13 (next term < 5e-9
+// relative): as accurate as log1pf here, but without its branches for special inputs,
+// which cut every row of a tile into basic blocks of its own.
+// The slope, sigmoid(x), reuses e: 1 / (1 + e) for x >= 0, e / (1 + e) below.
+struct Softplus {
+    float value;
+    float slope;
+};
+
+__device__ __forceinline__ Softplus softplus_with_slope(float x) {
+    const float e = fast_exp2(-fabsf(x) * LOG2E);
+    const float s = __fdividef(e, 2.0f + e);
+    const float s2 = s * s;
+    float series = 1.0f / 13.0f;
+    series = series * s2 + 1.0f / 11.0f;
+    series = series * s2 + 1.0f / 9.0f;
+    series = series * s2 + 1.0f / 7.0f;
+    series = series * s2 + 1.0f / 5.0f;
+    series = series * s2 + 1.0f / 3.0f;
+    series = series * s2 + 1.0f;
+    return {x > 20.0f ? x : fmaxf(x, 0.0f) + 2.0f * s * series, __fdividef(x >= 0.0f ? 1.0f : e, 1.0f + e)};
 }
+
+__device__ __forceinline__ float softplus(float x) { return softplus_with_slope(x).value; }
 
 __device__ __forceinline__ float sigmoid(float x) {
     return __fdividef(1.0f, 1.0f + fast_exp2(-x * LOG2E));
@@ -278,12 +300,18 @@ __device__ __forceinline__ void tile_row(const ChannelTile& tile, int r, int hal
     }
 }
 
-// A pre-scaled by log2(e) so that exp(delta * A) is one exp2.
+// The dt a step's decay takes: +inf at a reset, so that exp2(A * inf) = 0 (A < 0) drops
+// the carried state (or its gradient) without a branch or a select per state.
+__device__ __forceinline__ float reset_dt(float dt, u32 reset) { return reset ? __int_as_float(0x7f800000) : dt; }
+
+// A (natural) scaled by log2(e) for exp2, kept below zero so that a reset's infinite dt
+// gives exp2(-inf) = 0 even where exp(a_log) underflows; exp2 of -FLT_MIN * dt is 1, as
+// exp2(0) would be.
+__device__ __forceinline__ float scaled_a(float a_nat) { return fminf(a_nat * LOG2E, -1.17549435e-38f); }
+
 __device__ __forceinline__ void load_a2(const ScanArgs& p, int d, float (&a2)[STATE]) {
 #pragma unroll
-    for (int n = 0; n < STATE; ++n) {
-        a2[n] = -__expf(__ldg(p.a_log + (size_t)d * STATE + n)) * LOG2E;
-    }
+    for (int n = 0; n < STATE; ++n) a2[n] = scaled_a(-__expf(__ldg(p.a_log + (size_t)d * STATE + n)));
 }
 
 // Walks the tiles of [t0, t1) forward (or backward), calling `body(tile, start, steps)`
@@ -345,16 +373,13 @@ extern "C" __global__ void __launch_bounds__(CH_THREADS) scan_fwd_segment(ScanAr
 #pragma unroll
         for (int r = 0; r < TILE; ++r) {
             if (r >= steps) break;
-            if (tile.reset[r]) {
-#pragma unroll
-                for (int n = 0; n < STATE; ++n) h[n] = 0.0f;
-                cut = true;
-            }
+            cut |= tile.reset[r] != 0;
+            const float dt_decay = reset_dt(dts[r], tile.reset[r]);
             const float x = dts[r] * tile_col(tile.x, r);
             float bt[STATE];
             tile_row(tile, r, 0, bt);
 #pragma unroll
-            for (int n = 0; n < STATE; ++n) h[n] = fast_exp2(a2[n] * dts[r]) * h[n] + x * bt[n];
+            for (int n = 0; n < STATE; ++n) h[n] = fast_exp2(a2[n] * dt_decay) * h[n] + x * bt[n];
             sum += dts[r];
         }
     });
@@ -423,22 +448,25 @@ extern "C" __global__ void __launch_bounds__(CH_THREADS) scan_fwd_output(ScanArg
     }
     const int t0 = s * p.seg_len;
     const int t1 = min(t0 + p.seg_len, p.len);
+    // Segments are whole chunks: the next checkpoint is counted, not divided out per row.
+    int next_checkpoint = t0, checkpoint = t0 / p.chunk;
     // Unlike the segment pass, this loop is not unrolled: the unrolled form needs more
     // registers than four blocks per multiprocessor allow and measured slower.
     for_each_tile<FWD_OUTPUT, false>(p, tiles, b, d, t0, t1, [&](const ChannelTile& tile, int ts, int steps) {
         for (int r = 0; r < steps; ++r) {
             const int t = ts + r;
             const size_t row = (size_t)b * p.len + t;
-            if (active && p.checkpoints != nullptr && t % p.chunk == 0) {
-                const size_t at = ((size_t)b * p.chunks + t / p.chunk) * p.channels + d;
-                store_row(p.checkpoints + at * STATE, h);
-            }
-            if (tile.reset[r]) {
-#pragma unroll
-                for (int n = 0; n < STATE; ++n) h[n] = 0.0f;
+            if (t == next_checkpoint) {
+                if (active && p.checkpoints != nullptr) {
+                    const size_t at = ((size_t)b * p.chunks + checkpoint) * p.channels + d;
+                    store_row(p.checkpoints + at * STATE, h);
+                }
+                next_checkpoint += p.chunk;
+                ++checkpoint;
             }
             const float uu = tile_col(tile.x, r);
             const float dt = softplus(tile_col(tile.delta, r) + bias);
+            const float dt_decay = reset_dt(dt, tile.reset[r]);
             const float x = dt * uu;
             float bt[STATE], ct[STATE];
             tile_row(tile, r, 0, bt);
@@ -448,7 +476,7 @@ extern "C" __global__ void __launch_bounds__(CH_THREADS) scan_fwd_output(ScanArg
             float y[GROUPS] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
             for (int n = 0; n < STATE; ++n) {
-                h[n] = fast_exp2(a2[n] * dt) * h[n] + x * bt[n];
+                h[n] = fast_exp2(a2[n] * dt_decay) * h[n] + x * bt[n];
                 y[n / GROUP_STATES] += h[n] * ct[n];
             }
             float out = (y[0] + y[1]) + (y[2] + y[3]) + skip * uu;
@@ -503,14 +531,10 @@ extern "C" __global__ void __launch_bounds__(CH_THREADS, 4) scan_bwd_segment(Sca
             float ct[STATE];
             tile_row(tile, r, 1, ct);
             sum += dts[r];
-            if (tile.reset[r]) {
-                cut = true;
+            cut |= tile.reset[r] != 0;
+            const float dt_decay = reset_dt(dts[r], tile.reset[r]);
 #pragma unroll
-                for (int n = 0; n < STATE; ++n) dh[n] = 0.0f;
-            } else {
-#pragma unroll
-                for (int n = 0; n < STATE; ++n) dh[n] = (dh[n] + gs[r] * ct[n]) * fast_exp2(a2[n] * dts[r]);
-            }
+            for (int n = 0; n < STATE; ++n) dh[n] = (dh[n] + gs[r] * ct[n]) * fast_exp2(a2[n] * dt_decay);
         }
     });
     if (!active) return;
@@ -608,9 +632,7 @@ template <int CHANNELS, int ROWS>
 struct QuadTile {
     float dt[ROWS][CHANNELS];
     float x[ROWS][CHANNELS];  // dt * u
-    // dt, or +inf at a reset: exp2(A * inf) = 0 (A < 0) drops the carried state and its
-    // gradient without a select per state.
-    float dt_decay[ROWS][CHANNELS];
+    float dt_decay[ROWS][CHANNELS];  // reset_dt
     float g[ROWS][CHANNELS];     // d_out * silu(z): gradient w.r.t. y
     float zf[ROWS][CHANNELS];    // dz = y * zf
     float gate[ROWS][CHANNELS];  // silu(z): the output is y * gate
@@ -731,11 +753,11 @@ __device__ __forceinline__ void transform_quad(const ScanArgs& p, const QuadElem
 #pragma unroll
     for (int e = 0; e < ROWS / GROUPS; ++e) {
         const int r = io.row + e * QUAD_ROW_STEP;
-        const float v = raw_at(raw, COL_DELTA, r, io.ch) + io.bias;
-        const float dt = softplus(v);
+        const Softplus sp = softplus_with_slope(raw_at(raw, COL_DELTA, r, io.ch) + io.bias);
+        const float dt = sp.value;
         tile.dt[r][io.ch] = dt;
         tile.x[r][io.ch] = dt * raw_at(raw, COL_U, r, io.ch);
-        tile.dt_decay[r][io.ch] = raw.reset[r] ? __int_as_float(0x7f800000) : dt;
+        tile.dt_decay[r][io.ch] = reset_dt(dt, raw.reset[r]);
         if (needs == QUAD_REBUILD) continue;
         const bool backward = needs == QUAD_BACKWARD;
         const float dout = backward ? raw_at(raw, COL_D_OUT, r, io.ch) : 0.0f;
@@ -750,7 +772,7 @@ __device__ __forceinline__ void transform_quad(const ScanArgs& p, const QuadElem
         } else if (backward) {
             tile.g[r][io.ch] = dout;
         }
-        if (backward) tile.dsp[r][io.ch] = v > 20.0f ? 1.0f : sigmoid(v);
+        if (backward) tile.dsp[r][io.ch] = sp.slope;
     }
 }
 
@@ -778,15 +800,13 @@ __device__ __forceinline__ void quad_row(const QuadRaw<CHANNELS, ROWS>& raw, int
     v[0] = x.x; v[1] = x.y; v[2] = x.z; v[3] = x.w;
 }
 
-// A for the thread's states: natural, and scaled by log2(e) for exp2. The scaled one is
-// kept below zero so that a reset's infinite dt_decay gives exp2(-inf) = 0 even where
-// exp(a_log) underflows; exp2 of -FLT_MIN * dt is 1, as exp2(0) would be.
+// A for the thread's states: natural, and scaled for exp2.
 __device__ __forceinline__ void quad_a(const ScanArgs& p, int d, int n0, float (&a_nat)[GROUP_STATES],
                                        float (&a2)[GROUP_STATES]) {
 #pragma unroll
     for (int j = 0; j < GROUP_STATES; ++j) {
         a_nat[j] = -__expf(__ldg(p.a_log + (size_t)d * STATE + n0 + j));
-        a2[j] = fminf(a_nat[j] * LOG2E, -1.17549435e-38f);
+        a2[j] = scaled_a(a_nat[j]);
     }
 }
 
