@@ -309,9 +309,14 @@ __device__ __forceinline__ float reset_dt(float dt, u32 reset) { return reset ? 
 // exp2(0) would be.
 __device__ __forceinline__ float scaled_a(float a_nat) { return fminf(a_nat * LOG2E, -1.17549435e-38f); }
 
+// A = -exp(a_log) of channel d, state n.
+__device__ __forceinline__ float natural_a(const ScanArgs& p, int d, int n) {
+    return -__expf(__ldg(p.a_log + (size_t)d * STATE + n));
+}
+
 __device__ __forceinline__ void load_a2(const ScanArgs& p, int d, float (&a2)[STATE]) {
 #pragma unroll
-    for (int n = 0; n < STATE; ++n) a2[n] = scaled_a(-__expf(__ldg(p.a_log + (size_t)d * STATE + n)));
+    for (int n = 0; n < STATE; ++n) a2[n] = scaled_a(natural_a(p, d, n));
 }
 
 // Walks the tiles of [t0, t1) forward (or backward), calling `body(tile, start, steps)`
@@ -401,7 +406,7 @@ extern "C" __global__ void __launch_bounds__(256) scan_fwd_combine(ScanArgs p) {
     const int n = k % STATE;
     const int d = (k / STATE) % p.channels;
     const int b = k / ((size_t)STATE * p.channels);
-    const float a2 = -__expf(p.a_log[(size_t)d * STATE + n]) * LOG2E;
+    const float a2 = scaled_a(natural_a(p, d, n));
     float h = p.state != nullptr ? p.state[k] : 0.0f;
     for (int s0 = 0; s0 < p.segments; s0 += COMBINE_AHEAD) {
         float sums[COMBINE_AHEAD], locals[COMBINE_AHEAD];
@@ -551,7 +556,7 @@ extern "C" __global__ void __launch_bounds__(256) scan_bwd_combine(ScanArgs p) {
     const int n = k % STATE;
     const int d = (k / STATE) % p.channels;
     const int b = k / ((size_t)STATE * p.channels);
-    const float a2 = -__expf(p.a_log[(size_t)d * STATE + n]) * LOG2E;
+    const float a2 = scaled_a(natural_a(p, d, n));
     float e = 0.0f;
     for (int s0 = p.segments - 1; s0 >= 0; s0 -= COMBINE_AHEAD) {
         float sums[COMBINE_AHEAD], locals[COMBINE_AHEAD];
@@ -805,7 +810,7 @@ __device__ __forceinline__ void quad_a(const ScanArgs& p, int d, int n0, float (
                                        float (&a2)[GROUP_STATES]) {
 #pragma unroll
     for (int j = 0; j < GROUP_STATES; ++j) {
-        a_nat[j] = -__expf(__ldg(p.a_log + (size_t)d * STATE + n0 + j));
+        a_nat[j] = natural_a(p, d, n0 + j);
         a2[j] = scaled_a(a_nat[j]);
     }
 }
