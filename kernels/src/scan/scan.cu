@@ -132,8 +132,10 @@ __device__ __forceinline__ float fast_exp2(float x) {
 // log(1 + exp(x)) = max(x, 0) + log1p(e), e = exp(-|x|) in (0, 1], with
 // log1p(e) = 2 atanh(s), s = e / (2 + e) <= 1/3, by its series to s^13 (next term < 5e-9
 // relative): as accurate as log1pf here, but without its branches for special inputs,
-// which cut every row of a tile into basic blocks of its own.
-// The slope, sigmoid(x), reuses e: 1 / (1 + e) for x >= 0, e / (1 + e) below.
+// which cut every row of a tile into basic blocks of its own. Past x = 15 the log1p term
+// is below half an ulp of x, so the sum is x exactly: no select for large x either.
+// Roundings pinned (see step_state). The slope, sigmoid(x), reuses e: 1 / (1 + e) for
+// x >= 0, e / (1 + e) below.
 struct Softplus {
     float value;
     float slope;
@@ -144,14 +146,30 @@ __device__ __forceinline__ Softplus softplus_with_slope(float x) {
     const float s = __fdividef(e, 2.0f + e);
     const float s2 = s * s;
     float series = 1.0f / 13.0f;
-    series = series * s2 + 1.0f / 11.0f;
-    series = series * s2 + 1.0f / 9.0f;
-    series = series * s2 + 1.0f / 7.0f;
-    series = series * s2 + 1.0f / 5.0f;
-    series = series * s2 + 1.0f / 3.0f;
-    series = series * s2 + 1.0f;
-    return {x > 20.0f ? x : fmaxf(x, 0.0f) + 2.0f * s * series, __fdividef(x >= 0.0f ? 1.0f : e, 1.0f + e)};
+    series = __fmaf_rn(series, s2, 1.0f / 11.0f);
+    series = __fmaf_rn(series, s2, 1.0f / 9.0f);
+    series = __fmaf_rn(series, s2, 1.0f / 7.0f);
+    series = __fmaf_rn(series, s2, 1.0f / 5.0f);
+    series = __fmaf_rn(series, s2, 1.0f / 3.0f);
+    series = __fadd_rn(__fmul_rn(series, s2), 1.0f);
+    return {__fmaf_rn(series, 2.0f * s, fmaxf(x, 0.0f)), __fdividef(x >= 0.0f ? 1.0f : e, 1.0f + e)};
 }
+
+// The forward's arithmetic with every rounding pinned (explicit products and fmas, which
+// the compiler neither contracts nor splits), so that every kernel that steps a state or
+// makes an output, in every stream build, gives the same bits: the backward remakes the
+// forward's output bit for bit, and bf16 streams give the f32 scan's results exactly.
+//
+// One step of a state: h <- decay h + x b.
+__device__ __forceinline__ float step_state(float decay, float h, float x, float b) {
+    return __fmaf_rn(decay, h, __fmul_rn(x, b));
+}
+
+// A partial output sum: y + c h.
+__device__ __forceinline__ float add_output(float y, float c, float h) { return __fmaf_rn(c, h, y); }
+
+// The output before the gate: the state sum y plus the skip term D u.
+__device__ __forceinline__ float with_skip(float y, float skip, float u) { return __fmaf_rn(skip, u, y); }
 
 __device__ __forceinline__ float softplus(float x) { return softplus_with_slope(x).value; }
 
@@ -192,6 +210,9 @@ __device__ __forceinline__ void copy_commit() { asm volatile("cp.async.commit_gr
 
 // Waits until at most one committed group (the tile in flight) is still pending.
 __device__ __forceinline__ void copy_wait_all_but_one() { asm volatile("cp.async.wait_group 1;\n" ::); }
+
+// Waits until every committed group has landed.
+__device__ __forceinline__ void copy_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::); }
 
 // a[j] by selects rather than an indexed load: a runtime index would put the array in
 // local memory.
@@ -384,7 +405,7 @@ extern "C" __global__ void __launch_bounds__(CH_THREADS) scan_fwd_segment(ScanAr
             float bt[STATE];
             tile_row(tile, r, 0, bt);
 #pragma unroll
-            for (int n = 0; n < STATE; ++n) h[n] = fast_exp2(a2[n] * dt_decay) * h[n] + x * bt[n];
+            for (int n = 0; n < STATE; ++n) h[n] = step_state(fast_exp2(a2[n] * dt_decay), h[n], x, bt[n]);
             sum += dts[r];
         }
     });
@@ -481,10 +502,10 @@ extern "C" __global__ void __launch_bounds__(CH_THREADS) scan_fwd_output(ScanArg
             float y[GROUPS] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
             for (int n = 0; n < STATE; ++n) {
-                h[n] = fast_exp2(a2[n] * dt_decay) * h[n] + x * bt[n];
-                y[n / GROUP_STATES] += h[n] * ct[n];
+                h[n] = step_state(fast_exp2(a2[n] * dt_decay), h[n], x, bt[n]);
+                y[n / GROUP_STATES] = add_output(y[n / GROUP_STATES], ct[n], h[n]);
             }
-            float out = (y[0] + y[1]) + (y[2] + y[3]) + skip * uu;
+            float out = with_skip((y[0] + y[1]) + (y[2] + y[3]), skip, uu);
             if (gated) {
                 const float zz = tile_col(tile.z, r);
                 out *= zz * sigmoid(zz);
@@ -610,37 +631,49 @@ __device__ __forceinline__ void quad_sums_transposed(const float (&v)[ROWS], int
     }
 }
 
-enum QuadColumn { COL_DELTA = 0, COL_U = 1, COL_D_OUT = 2, COL_Z = 3, QUAD_COLUMNS = 4 };
+enum QuadColumn { COL_DELTA = 0, COL_U = 1, COL_Z = 2, COL_D_OUT = 3, QUAD_COLUMNS = 4 };
 
 // What a quad kernel stages and transforms for a sub-chunk: rebuilding states needs delta,
 // u and B; making the output also z and C; the backward also d_out.
 enum QuadNeeds { QUAD_REBUILD = 0, QUAD_OUTPUT = 1, QUAD_BACKWARD = 2 };
 
 // Raw inputs of one sub-chunk (ROWS positions) for a block's CHANNELS channels, filled by
-// asynchronous copies one sub-chunk ahead of use (double-buffered).
-template <int CHANNELS, int ROWS>
+// asynchronous copies ahead of use: the first COLUMNS of delta, u, z, d_out (the forward
+// stages no d_out).
+template <int CHANNELS_, int ROWS_, int COLUMNS_>
 struct QuadRaw {
-    float cols[QUAD_COLUMNS][ROWS][CHANNELS];  // delta, u, d_out, z (bf16: bits in the first half)
+    static constexpr int CHANNELS = CHANNELS_, ROWS = ROWS_, COLUMNS = COLUMNS_;
+    float cols[COLUMNS][ROWS][CHANNELS];  // bf16: bits in each column's first half
     float4 rows[ROWS][2 * STATE / 4];  // B then C
     u32 reset[ROWS];
+
+    // Column c's first element; null for a column not staged here.
+    __device__ __forceinline__ float* column(int c) { return c < COLUMNS ? &cols[c][0][0] : nullptr; }
 };
 
 // Element (r, ch) of a staged column: f32, or bf16 bits in the column's first half.
-template <int CHANNELS, int ROWS>
-__device__ __forceinline__ float raw_at(const QuadRaw<CHANNELS, ROWS>& raw, int col, int r, int ch) {
-    return load_as(raw.cols[col], (size_t)r * CHANNELS + ch, STREAMS_BF16);
+template <typename Raw>
+__device__ __forceinline__ float raw_at(const Raw& raw, int col, int r, int ch) {
+    return load_as(raw.cols[col], (size_t)r * Raw::CHANNELS + ch, STREAMS_BF16);
 }
 
 // Per-(position, channel) scalars of one sub-chunk, computed once per block rather than
-// once per thread of a channel's quad.
+// once per thread of a channel's quad: what rebuilding states and the output need ...
 template <int CHANNELS, int ROWS>
 struct QuadTile {
-    float dt[ROWS][CHANNELS];
+    static constexpr bool GRADS = false;
     float x[ROWS][CHANNELS];  // dt * u
     float dt_decay[ROWS][CHANNELS];  // reset_dt
+    float gate[ROWS][CHANNELS];  // silu(z): the output is y * gate
+};
+
+// ... and what the backward's walk needs besides.
+template <int CHANNELS, int ROWS>
+struct QuadGradTile : QuadTile<CHANNELS, ROWS> {
+    static constexpr bool GRADS = true;
+    float dt[ROWS][CHANNELS];
     float g[ROWS][CHANNELS];     // d_out * silu(z): gradient w.r.t. y
     float zf[ROWS][CHANNELS];    // dz = y * zf
-    float gate[ROWS][CHANNELS];  // silu(z): the output is y * gate
     float dsp[ROWS][CHANNELS];   // softplus'(delta + bias)
 };
 
@@ -685,19 +718,20 @@ __device__ __forceinline__ size_t quad_first(const ScanArgs& p, const QuadElemen
 }
 
 // Starts copying what `needs` asks of positions ts .. ts+ROWS (clipped at t1).
-template <int CHANNELS, int ROWS>
-__device__ __forceinline__ void issue_quad_raw(const ScanArgs& p, const QuadElements& io,
-                                               QuadRaw<CHANNELS, ROWS>& raw, int b, int ts, int t1, int needs) {
+template <typename Raw>
+__device__ __forceinline__ void issue_quad_raw(const ScanArgs& p, const QuadElements& io, Raw& raw, int b, int ts,
+                                               int t1, int needs) {
+    constexpr int CHANNELS = Raw::CHANNELS, ROWS = Raw::ROWS;
     constexpr int THREADS = GROUPS * CHANNELS;
     static_assert(ROWS * 2 * STATE / 4 <= THREADS, "a thread copies at most one B/C piece");
     const int tid = threadIdx.x;
     const bool gated = needs != QUAD_REBUILD && p.z != nullptr;
     const bool backward = needs == QUAD_BACKWARD;
     if (STREAMS_BF16) {
-        const void* const srcs[QUAD_COLUMNS] = {p.delta, p.u, p.d_out, p.z};
-        const bool wanted[QUAD_COLUMNS] = {true, true, backward, gated};
-        float* const dsts[QUAD_COLUMNS] = {&raw.cols[COL_DELTA][0][0], &raw.cols[COL_U][0][0],
-                                           &raw.cols[COL_D_OUT][0][0], &raw.cols[COL_Z][0][0]};
+        const void* const srcs[QUAD_COLUMNS] = {p.delta, p.u, p.z, p.d_out};
+        const bool wanted[QUAD_COLUMNS] = {true, true, gated, backward};
+        float* const dsts[QUAD_COLUMNS] = {raw.column(COL_DELTA), raw.column(COL_U), raw.column(COL_Z),
+                                           raw.column(COL_D_OUT)};
         issue_bf16_streams<QUAD_COLUMNS, CHANNELS, ROWS, THREADS>(p, srcs, wanted, dsts, b, blockIdx.x * CHANNELS,
                                                                   ts, t1);
     } else if (io.vectors) {
@@ -719,8 +753,8 @@ __device__ __forceinline__ void issue_quad_raw(const ScanArgs& p, const QuadElem
             copy_async<16>(&raw.cols[COL_DELTA + odd][r][ch], static_cast<const float*>(odd ? p.u : p.delta) + i,
                            valid);
             if (odd ? gated : backward) {  // z, d_out
-                copy_async<16>(&raw.cols[COL_D_OUT + odd][r][ch], static_cast<const float*>(odd ? p.z : p.d_out) + i,
-                               valid);
+                copy_async<16>(raw.column(odd ? COL_Z : COL_D_OUT) + r * CHANNELS + ch,
+                               static_cast<const float*>(odd ? p.z : p.d_out) + i, valid);
             }
         }
     } else {
@@ -732,7 +766,10 @@ __device__ __forceinline__ void issue_quad_raw(const ScanArgs& p, const QuadElem
             const size_t i = valid ? first + e * io.row_stride : 0;
             copy_async<4>(&raw.cols[COL_DELTA][r][io.ch], static_cast<const float*>(p.delta) + i, valid);
             copy_async<4>(&raw.cols[COL_U][r][io.ch], static_cast<const float*>(p.u) + i, valid);
-            if (backward) copy_async<4>(&raw.cols[COL_D_OUT][r][io.ch], static_cast<const float*>(p.d_out) + i, valid);
+            if (backward) {
+                copy_async<4>(raw.column(COL_D_OUT) + r * CHANNELS + io.ch, static_cast<const float*>(p.d_out) + i,
+                              valid);
+            }
             if (gated) copy_async<4>(&raw.cols[COL_Z][r][io.ch], static_cast<const float*>(p.z) + i, valid);
         }
     }
@@ -750,34 +787,30 @@ __device__ __forceinline__ void issue_quad_raw(const ScanArgs& p, const QuadElem
     copy_commit();
 }
 
-// Turns the raw elements this thread copied into the tile's scalars that `needs` asks.
-template <int CHANNELS, int ROWS>
-__device__ __forceinline__ void transform_quad(const ScanArgs& p, const QuadElements& io,
-                                               const QuadRaw<CHANNELS, ROWS>& raw, QuadTile<CHANNELS, ROWS>& tile,
+// Turns the raw elements this thread copied into the tile's scalars that `needs` asks
+// (QUAD_BACKWARD only of a QuadGradTile).
+template <typename Raw, typename Tile>
+__device__ __forceinline__ void transform_quad(const ScanArgs& p, const QuadElements& io, const Raw& raw, Tile& tile,
                                                int needs) {
 #pragma unroll
-    for (int e = 0; e < ROWS / GROUPS; ++e) {
+    for (int e = 0; e < Raw::ROWS / GROUPS; ++e) {
         const int r = io.row + e * QUAD_ROW_STEP;
         const Softplus sp = softplus_with_slope(raw_at(raw, COL_DELTA, r, io.ch) + io.bias);
         const float dt = sp.value;
-        tile.dt[r][io.ch] = dt;
         tile.x[r][io.ch] = dt * raw_at(raw, COL_U, r, io.ch);
         tile.dt_decay[r][io.ch] = reset_dt(dt, raw.reset[r]);
         if (needs == QUAD_REBUILD) continue;
-        const bool backward = needs == QUAD_BACKWARD;
-        const float dout = backward ? raw_at(raw, COL_D_OUT, r, io.ch) : 0.0f;
-        if (p.z != nullptr) {
-            const float zz = raw_at(raw, COL_Z, r, io.ch);
-            const float sg = sigmoid(zz);
-            tile.gate[r][io.ch] = zz * sg;
-            if (backward) {
-                tile.g[r][io.ch] = dout * zz * sg;
-                tile.zf[r][io.ch] = dout * sg * (1.0f + zz * (1.0f - sg));
-            }
-        } else if (backward) {
-            tile.g[r][io.ch] = dout;
+        const float zz = p.z != nullptr ? raw_at(raw, COL_Z, r, io.ch) : 0.0f;
+        const float sg = sigmoid(zz);
+        if (p.z != nullptr) tile.gate[r][io.ch] = zz * sg;
+        if constexpr (Tile::GRADS) {
+            if (needs != QUAD_BACKWARD) continue;
+            const float dout = raw_at(raw, COL_D_OUT, r, io.ch);
+            tile.dt[r][io.ch] = dt;
+            tile.g[r][io.ch] = p.z != nullptr ? dout * zz * sg : dout;
+            if (p.z != nullptr) tile.zf[r][io.ch] = dout * sg * (1.0f + zz * (1.0f - sg));
+            tile.dsp[r][io.ch] = sp.slope;
         }
-        if (backward) tile.dsp[r][io.ch] = sp.slope;
     }
 }
 
@@ -798,9 +831,8 @@ __device__ __forceinline__ void write_quad_out(const ScanArgs& p, const QuadElem
     }
 }
 
-template <int CHANNELS, int ROWS>
-__device__ __forceinline__ void quad_row(const QuadRaw<CHANNELS, ROWS>& raw, int r, int half, int group,
-                                         float (&v)[GROUP_STATES]) {
+template <typename Raw>
+__device__ __forceinline__ void quad_row(const Raw& raw, int r, int half, int group, float (&v)[GROUP_STATES]) {
     const float4 x = raw.rows[r][half * (STATE / 4) + group];
     v[0] = x.x; v[1] = x.y; v[2] = x.z; v[3] = x.w;
 }
@@ -817,9 +849,9 @@ __device__ __forceinline__ void quad_a(const ScanArgs& p, int d, int n0, float (
 
 // Advances the thread's states over row r of a sub-chunk (h <- exp(A dt) h + dt u B),
 // giving the decays too.
-template <int CHANNELS, int ROWS>
-__device__ __forceinline__ void quad_step(const QuadRaw<CHANNELS, ROWS>& raw, const QuadTile<CHANNELS, ROWS>& tile,
-                                          int r, int ch, int group, const float (&a2)[GROUP_STATES],
+template <typename Raw, typename Tile>
+__device__ __forceinline__ void quad_step(const Raw& raw, const Tile& tile, int r, int ch, int group,
+                                          const float (&a2)[GROUP_STATES],
                                           float (&h)[GROUP_STATES], float (&decay)[GROUP_STATES]) {
     const float dt_decay = tile.dt_decay[r][ch];
     const float x = tile.x[r][ch];
@@ -828,7 +860,7 @@ __device__ __forceinline__ void quad_step(const QuadRaw<CHANNELS, ROWS>& raw, co
 #pragma unroll
     for (int j = 0; j < GROUP_STATES; ++j) {
         decay[j] = fast_exp2(a2[j] * dt_decay);
-        h[j] = decay[j] * h[j] + x * bv[j];
+        h[j] = step_state(decay[j], h[j], x, bv[j]);
     }
 }
 
@@ -840,15 +872,24 @@ __device__ __forceinline__ void quad_step(const QuadRaw<CHANNELS, ROWS>& raw, co
 // channel's four threads is transposed (12 exchanges per sub-chunk, not 32), so that each
 // thread finishes the outputs of four positions. The sums run in the order of the
 // per-channel kernel and the backward's, so the bits are the same.
+//
+// Pipelined with one barrier a sub-chunk: while the block walks sub-chunk k it transforms
+// k + 1 (into the other tile) and k + 2 is being copied (raws in turn of three), so the
+// softplus and gate of one sub-chunk fill the issue slots the walk's exps leave.
 
 #define FWD_CHANNELS 32
 // Positions a sub-chunk: twice the backward's, for more independent work between barriers.
 #define FWD_ROWS 16
 #define FWD_THREADS (FWD_CHANNELS * GROUPS)
+// Raw buffers: the sub-chunk walked, the one transformed, the one being copied. With two
+// 6 KB tiles a block takes 36 KB of shared memory: six blocks fit a multiprocessor.
+#define FWD_RAWS 3
 
 __device__ __forceinline__ void forward_quad(const ScanArgs& p) {
-    __shared__ QuadRaw<FWD_CHANNELS, FWD_ROWS> raws[2];
-    __shared__ QuadTile<FWD_CHANNELS, FWD_ROWS> tile;
+    typedef QuadRaw<FWD_CHANNELS, FWD_ROWS, COL_Z + 1> Raw;
+    typedef QuadTile<FWD_CHANNELS, FWD_ROWS> Tile;
+    __shared__ Raw raws[FWD_RAWS];
+    __shared__ Tile tiles[2];
     const int tid = threadIdx.x;
     const int group = tid % GROUPS;
     const int ch = tid / GROUPS;
@@ -880,11 +921,18 @@ __device__ __forceinline__ void forward_quad(const ScanArgs& p) {
         next_checkpoint += p.chunk;
         ++checkpoint;
     };
-    // Rows [0, steps) of the sub-chunk at ts, each row's partial output sum into y. Checked,
-    // each row is tested for the end and a checkpoint; unchecked (inlined with a constant),
-    // the rows run without a branch, so that the exps of all of them can be in flight.
-    typedef QuadRaw<FWD_CHANNELS, FWD_ROWS> Raw;
-    auto advance = [&](const Raw& raw, int ts, int steps, float (&y)[FWD_ROWS], bool checked) {
+    auto issue = [&](int k) { issue_quad_raw(p, io, raws[k % FWD_RAWS], b, k * FWD_ROWS, p.len, QUAD_OUTPUT); };
+    auto transform = [&](int k) { transform_quad(p, io, raws[k % FWD_RAWS], tiles[k & 1], QUAD_OUTPUT); };
+    // Rows [0, steps) of sub-chunk k, each row's partial output sum into y, then the
+    // transform of sub-chunk k + 1: after the walk's reads of the other tile and without a
+    // branch (past the last sub-chunk it transforms a stale buffer into a tile nobody
+    // reads), so that the compiler can interleave the two. Checked, each row is tested for
+    // the end and a checkpoint; unchecked (inlined with a constant), the rows run without
+    // a branch, so that the exps of all of them can be in flight.
+    auto advance = [&](int k, int steps, float (&y)[FWD_ROWS], bool checked) {
+        const Raw& raw = raws[k % FWD_RAWS];
+        const Tile& tile = tiles[k & 1];
+        const int ts = k * FWD_ROWS;
 #pragma unroll
         for (int r = 0; r < FWD_ROWS; ++r) {
             y[r] = 0.0f;
@@ -896,21 +944,21 @@ __device__ __forceinline__ void forward_quad(const ScanArgs& p) {
             quad_step(raw, tile, r, ch, group, a2, h, decay);
             quad_row(raw, r, 1, group, cv);
 #pragma unroll
-            for (int j = 0; j < GROUP_STATES; ++j) y[r] += cv[j] * h[j];
+            for (int j = 0; j < GROUP_STATES; ++j) y[r] = add_output(y[r], cv[j], h[j]);
         }
+        transform(k + 1);
     };
-    issue_quad_raw<FWD_CHANNELS, FWD_ROWS>(p, io, raws[0], b, 0, p.len, QUAD_OUTPUT);
+    issue(0);
+    if (subs > 1) issue(1);
+    copy_wait_all();
+    __syncthreads();
+    transform(0);
     for (int k = 0; k < subs; ++k) {
-        if (k + 1 < subs) {
-            issue_quad_raw<FWD_CHANNELS, FWD_ROWS>(p, io, raws[(k + 1) & 1], b, (k + 1) * FWD_ROWS, p.len, QUAD_OUTPUT);
-        } else {
-            copy_commit();  // an empty group keeps the wait count uniform
-        }
-        copy_wait_all_but_one();
+        // Sub-chunk k's tile and k + 1's copies are complete and visible; every thread is
+        // done with k - 1, whose raw buffer k + 2 takes.
+        copy_wait_all();
         __syncthreads();
-        const Raw& raw = raws[k & 1];
-        transform_quad<FWD_CHANNELS, FWD_ROWS>(p, io, raw, tile, QUAD_OUTPUT);
-        __syncthreads();
+        if (k + 2 < subs) issue(k + 2);
         const int ts = k * FWD_ROWS;
         const int steps = min(FWD_ROWS, p.len - ts);
         if (ts == next_checkpoint) save_checkpoint();
@@ -918,22 +966,23 @@ __device__ __forceinline__ void forward_quad(const ScanArgs& p) {
         // Whole sub-chunks without a checkpoint after their first row: all of them when
         // the chunk is a multiple of FWD_ROWS.
         if (steps == FWD_ROWS && next_checkpoint >= ts + FWD_ROWS) {
-            advance(raw, ts, steps, y, false);
+            advance(k, steps, y, false);
         } else {
-            advance(raw, ts, steps, y, true);
+            advance(k, steps, y, true);
         }
+        const Raw& raw = raws[k % FWD_RAWS];
+        const Tile& tile = tiles[k & 1];
         float sums[FWD_ROWS / 4];
         quad_sums_transposed(y, group, sums);
 #pragma unroll
         for (int i = 0; i < FWD_ROWS / 4; ++i) {
             const int r = mine + i;
             if (active && r < steps) {
-                float out = sums[i] + skip * raw_at(raw, COL_U, r, ch);
+                float out = with_skip(sums[i], skip, raw_at(raw, COL_U, r, ch));
                 if (gated) out *= tile.gate[r][ch];
                 store_as(p.out, ((size_t)b * p.len + ts + r) * p.channels + d, out, p.out_bf16);
             }
         }
-        __syncthreads();  // the tile and this raw buffer are rewritten next
     }
     if (active && p.state != nullptr) {
         *reinterpret_cast<float4*>(p.state + own) = make_float4(h[0], h[1], h[2], h[3]);
@@ -976,8 +1025,9 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanA
     typedef float WarpSums[SUB][2 * STATE];
     WarpSums* reduce = reinterpret_cast<WarpSums*>(dynamic_shared);
     float4* sub_states = dynamic_shared + BWD_THREADS / 32 * sizeof(WarpSums) / sizeof(float4);
-    __shared__ QuadRaw<BWD_CHANNELS, SUB> raws[2];
-    __shared__ QuadTile<BWD_CHANNELS, SUB> tile;
+    typedef QuadRaw<BWD_CHANNELS, SUB, QUAD_COLUMNS> Raw;
+    __shared__ Raw raws[2];
+    __shared__ QuadGradTile<BWD_CHANNELS, SUB> tile;
     __shared__ QuadOut quad_out;
 
     const int tid = threadIdx.x;
@@ -1018,7 +1068,7 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanA
         int ts, c1;
         bool backward;
         quad_tile_at(p, last_chunk, 0, ts, c1, backward);
-        issue_quad_raw<BWD_CHANNELS, SUB>(p, io, raws[0], b, ts, c1, backward ? QUAD_BACKWARD : QUAD_REBUILD);
+        issue_quad_raw(p, io, raws[0], b, ts, c1, backward ? QUAD_BACKWARD : QUAD_REBUILD);
     }
     for (int k = last_chunk; k >= first_chunk; --k) {
         int c0, c1;
@@ -1037,14 +1087,13 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanA
                 int ts, t1;
                 bool backward;
                 quad_tile_at(p, next_k, j + 1 < count ? j + 1 : 0, ts, t1, backward);
-                issue_quad_raw<BWD_CHANNELS, SUB>(p, io, raws[buffer ^ 1], b, ts, t1,
-                                             backward ? QUAD_BACKWARD : QUAD_REBUILD);
+                issue_quad_raw(p, io, raws[buffer ^ 1], b, ts, t1, backward ? QUAD_BACKWARD : QUAD_REBUILD);
             } else {
                 copy_commit();
             }
             copy_wait_all_but_one();
             __syncthreads();
-            const QuadRaw<BWD_CHANNELS, SUB>& raw = raws[buffer];
+            const Raw& raw = raws[buffer];
             const bool backward = j >= subs - 1;
             const int q = backward ? count - 1 - j : j;
             const int ts = c0 + q * SUB;
@@ -1052,7 +1101,7 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanA
             if (j <= subs - 1) {
                 sub_states[q * BWD_THREADS + tid] = make_float4(h[0], h[1], h[2], h[3]);
             }
-            transform_quad<BWD_CHANNELS, SUB>(p, io, raw, tile, backward ? QUAD_BACKWARD : QUAD_REBUILD);
+            transform_quad(p, io, raw, tile, backward ? QUAD_BACKWARD : QUAD_REBUILD);
             __syncthreads();
             if (!backward) {
                 // Rebuild the state at the start of the next sub-chunk.
@@ -1096,7 +1145,7 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanA
                         float db_part[GROUP_STATES], dc_part[GROUP_STATES];
 #pragma unroll
                         for (int jj = 0; jj < GROUP_STATES; ++jj) {
-                            y_part += cv[jj] * hs[r + 1][jj];
+                            y_part = add_output(y_part, cv[jj], hs[r + 1][jj]);
                             dh[jj] += g * cv[jj];
                             dc_part[jj] = g * hs[r + 1][jj];
                             du_part += dh[jj] * bv[jj];
@@ -1157,7 +1206,7 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanA
                     quad_out[r][GROUPS * ch] = g * skip + du_sums[i] * dt;
                     quad_out[r][GROUPS * ch + 1] = dv;
                     if (gated || remake_out) {
-                        const float y = y_sums[i] + skip * uu;
+                        const float y = with_skip(y_sums[i], skip, uu);
                         if (gated) quad_out[r][GROUPS * ch + 2] = y * tile.zf[r][ch];
                         quad_out[r][GROUPS * ch + 3] = gated ? y * tile.gate[r][ch] : y;
                     }
