@@ -208,11 +208,9 @@ __device__ __forceinline__ void copy_async(void* dst, const void* src, bool vali
 
 __device__ __forceinline__ void copy_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 
-// Waits until at most one committed group (the tile in flight) is still pending.
-__device__ __forceinline__ void copy_wait_all_but_one() { asm volatile("cp.async.wait_group 1;\n" ::); }
-
-// Waits until every committed group has landed.
-__device__ __forceinline__ void copy_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::); }
+// Waits until at most PENDING committed groups (tiles in flight) are still pending.
+template <int PENDING>
+__device__ __forceinline__ void copy_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(PENDING)); }
 
 // a[j] by selects rather than an indexed load: a runtime index would put the array in
 // local memory.
@@ -354,7 +352,7 @@ __device__ __forceinline__ void for_each_tile(const ScanArgs& p, ChannelTile* ti
         } else {
             copy_commit();  // an empty group keeps the wait count uniform
         }
-        copy_wait_all_but_one();
+        copy_wait<1>();
         __syncthreads();
         const int ts = start(k);
         // The backward segment pass takes a whole tile's body inlined with a constant
@@ -800,6 +798,8 @@ __device__ __forceinline__ void transform_quad(const ScanArgs& p, const QuadElem
         tile.x[r][io.ch] = dt * raw_at(raw, COL_U, r, io.ch);
         tile.dt_decay[r][io.ch] = reset_dt(dt, raw.reset[r]);
         if (needs == QUAD_REBUILD) continue;
+        // The sigmoid without a branch (ungated, of 0 and unused): a branch here would cut
+        // the forward's walk and transform into separate basic blocks.
         const float zz = p.z != nullptr ? raw_at(raw, COL_Z, r, io.ch) : 0.0f;
         const float sg = sigmoid(zz);
         if (p.z != nullptr) tile.gate[r][io.ch] = zz * sg;
@@ -923,15 +923,13 @@ __device__ __forceinline__ void forward_quad(const ScanArgs& p) {
     };
     auto issue = [&](int k) { issue_quad_raw(p, io, raws[k % FWD_RAWS], b, k * FWD_ROWS, p.len, QUAD_OUTPUT); };
     auto transform = [&](int k) { transform_quad(p, io, raws[k % FWD_RAWS], tiles[k & 1], QUAD_OUTPUT); };
-    // Rows [0, steps) of sub-chunk k, each row's partial output sum into y, then the
-    // transform of sub-chunk k + 1: after the walk's reads of the other tile and without a
-    // branch (past the last sub-chunk it transforms a stale buffer into a tile nobody
-    // reads), so that the compiler can interleave the two. Checked, each row is tested for
-    // the end and a checkpoint; unchecked (inlined with a constant), the rows run without
-    // a branch, so that the exps of all of them can be in flight.
-    auto advance = [&](int k, int steps, float (&y)[FWD_ROWS], bool checked) {
-        const Raw& raw = raws[k % FWD_RAWS];
-        const Tile& tile = tiles[k & 1];
+    // Rows [0, steps) of sub-chunk k (its raw and tile), each row's partial output sum into
+    // y, then the transform of sub-chunk k + 1: after the walk's reads of the other tile
+    // and without a branch (past the last sub-chunk it transforms a stale buffer into a
+    // tile nobody reads), so that the compiler can interleave the two. Checked, each row is
+    // tested for the end and a checkpoint; unchecked (inlined with a constant), the rows
+    // run without a branch, so that the exps of all of them can be in flight.
+    auto advance = [&](int k, const Raw& raw, const Tile& tile, int steps, float (&y)[FWD_ROWS], bool checked) {
         const int ts = k * FWD_ROWS;
 #pragma unroll
         for (int r = 0; r < FWD_ROWS; ++r) {
@@ -950,15 +948,17 @@ __device__ __forceinline__ void forward_quad(const ScanArgs& p) {
     };
     issue(0);
     if (subs > 1) issue(1);
-    copy_wait_all();
+    copy_wait<0>();
     __syncthreads();
     transform(0);
     for (int k = 0; k < subs; ++k) {
         // Sub-chunk k's tile and k + 1's copies are complete and visible; every thread is
         // done with k - 1, whose raw buffer k + 2 takes.
-        copy_wait_all();
+        copy_wait<0>();
         __syncthreads();
         if (k + 2 < subs) issue(k + 2);
+        const Raw& raw = raws[k % FWD_RAWS];
+        const Tile& tile = tiles[k & 1];
         const int ts = k * FWD_ROWS;
         const int steps = min(FWD_ROWS, p.len - ts);
         if (ts == next_checkpoint) save_checkpoint();
@@ -966,12 +966,10 @@ __device__ __forceinline__ void forward_quad(const ScanArgs& p) {
         // Whole sub-chunks without a checkpoint after their first row: all of them when
         // the chunk is a multiple of FWD_ROWS.
         if (steps == FWD_ROWS && next_checkpoint >= ts + FWD_ROWS) {
-            advance(k, steps, y, false);
+            advance(k, raw, tile, steps, y, false);
         } else {
-            advance(k, steps, y, true);
+            advance(k, raw, tile, steps, y, true);
         }
-        const Raw& raw = raws[k % FWD_RAWS];
-        const Tile& tile = tiles[k & 1];
         float sums[FWD_ROWS / 4];
         quad_sums_transposed(y, group, sums);
         // The thread's consecutive rows from one address, the output's type tested once
@@ -1102,7 +1100,7 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanA
             } else {
                 copy_commit();
             }
-            copy_wait_all_but_one();
+            copy_wait<1>();
             __syncthreads();
             const Raw& raw = raws[buffer];
             const bool backward = j >= subs - 1;
