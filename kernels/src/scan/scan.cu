@@ -598,9 +598,31 @@ extern "C" __global__ void __launch_bounds__(256) scan_bwd_combine(ScanArgs p) {
     }
 }
 
+// Lanes of the quad kernels: a warp holds WARP_CHANNELS channels of GROUPS threads each,
+// the channel fastest (lane = WARP_CHANNELS * group + channel), so that lanes n and n ^ 1
+// read the same piece of a B/C row: shared memory then returns two lanes' registers a
+// cycle, and a row's LDS.128 takes 2 wavefronts instead of 4 (the per-row B/C loads were
+// half of the forward's shared-memory traffic, its busiest pipe under ncu).
+#define WARP_CHANNELS (32 / GROUPS)
+
+struct QuadLane {
+    int ch;     // channel within the block
+    int group;  // states group * GROUP_STATES ..
+};
+
+__device__ __forceinline__ QuadLane quad_lane() {
+    const int lane = threadIdx.x % 32;
+    return {(int)threadIdx.x / 32 * WARP_CHANNELS + lane % WARP_CHANNELS, lane / WARP_CHANNELS};
+}
+
+// The lane holding the same channel's group `group ^ mask`.
+__device__ __forceinline__ float from_group(float v, int mask) {
+    return __shfl_xor_sync(0xffffffffu, v, mask * WARP_CHANNELS);
+}
+
 __device__ __forceinline__ float quad_sum(float v) {
-    v += __shfl_xor_sync(0xffffffffu, v, 1);
-    v += __shfl_xor_sync(0xffffffffu, v, 2);
+    v += from_group(v, 1);
+    v += from_group(v, 2);
     return v;
 }
 
@@ -619,13 +641,13 @@ __device__ __forceinline__ void quad_sums_transposed(const float (&v)[ROWS], int
     for (int i = 0; i < ROWS / 2; ++i) {
         const float send = odd1 ? v[i] : v[ROWS / 2 + i];
         const float keep = odd1 ? v[ROWS / 2 + i] : v[i];
-        half[i] = keep + __shfl_xor_sync(0xffffffffu, send, 1);
+        half[i] = keep + from_group(send, 1);
     }
 #pragma unroll
     for (int i = 0; i < ROWS / 4; ++i) {
         const float send = odd2 ? half[i] : half[ROWS / 4 + i];
         const float keep = odd2 ? half[ROWS / 4 + i] : half[i];
-        sums[i] = keep + __shfl_xor_sync(0xffffffffu, send, 2);
+        sums[i] = keep + from_group(send, 2);
     }
 }
 
@@ -890,9 +912,9 @@ __device__ __forceinline__ void forward_quad(const ScanArgs& p) {
     typedef QuadTile<FWD_CHANNELS, FWD_ROWS> Tile;
     __shared__ Raw raws[FWD_RAWS];
     __shared__ Tile tiles[2];
-    const int tid = threadIdx.x;
-    const int group = tid % GROUPS;
-    const int ch = tid / GROUPS;
+    const QuadLane quad = quad_lane();
+    const int group = quad.group;
+    const int ch = quad.ch;
     const int d = blockIdx.x * FWD_CHANNELS + ch;
     const int b = blockIdx.z;
     const bool active = d < p.channels;
@@ -1025,7 +1047,7 @@ __device__ __forceinline__ void quad_tile_at(const ScanArgs& p, int k, int j, in
     ts = c0 + q * SUB;
 }
 
-// Four threads per channel (lane = 4 * channel + group), each with GROUP_STATES states.
+// Four threads per channel (lanes as quad_lane), each with GROUP_STATES states.
 // Block: BWD_CHANNELS channels of one (batch, segment).
 extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanArgs p) {
     // Dynamic (static shared memory stops at 48 KB): the warps' dB/dC sums, then the
@@ -1042,8 +1064,9 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanA
     const int tid = threadIdx.x;
     const int lane = tid & 31;
     const int warp = tid >> 5;
-    const int group = tid % GROUPS;
-    const int ch = tid / GROUPS;
+    const QuadLane quad = quad_lane();
+    const int group = quad.group;
+    const int ch = quad.ch;
     const int d = blockIdx.x * BWD_CHANNELS + ch;
     const int s = blockIdx.y;
     const int b = blockIdx.z;
@@ -1170,25 +1193,25 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanA
                         y_parts[r] = y_part;
                         // Sum dB and dC over the warp's 8 channels by recursive halving: after
                         // three exchanges each lane holds one of the 32 (quantity, state) sums.
-                        const bool hi16 = lane & 16, hi8 = lane & 8, hi4 = lane & 4;
+                        const bool hi4 = lane & 4, hi2 = lane & 2, hi1 = lane & 1;
                         float w4[GROUP_STATES];
 #pragma unroll
                         for (int jj = 0; jj < GROUP_STATES; ++jj) {
-                            const float send = hi16 ? db_part[jj] : dc_part[jj];
-                            const float keep = hi16 ? dc_part[jj] : db_part[jj];
-                            w4[jj] = keep + __shfl_xor_sync(0xffffffffu, send, 16);
+                            const float send = hi4 ? db_part[jj] : dc_part[jj];
+                            const float keep = hi4 ? dc_part[jj] : db_part[jj];
+                            w4[jj] = keep + __shfl_xor_sync(0xffffffffu, send, 4);
                         }
                         float w2[2];
 #pragma unroll
                         for (int jj = 0; jj < 2; ++jj) {
-                            const float send = hi8 ? w4[jj] : w4[2 + jj];
-                            const float keep = hi8 ? w4[2 + jj] : w4[jj];
-                            w2[jj] = keep + __shfl_xor_sync(0xffffffffu, send, 8);
+                            const float send = hi2 ? w4[jj] : w4[2 + jj];
+                            const float keep = hi2 ? w4[2 + jj] : w4[jj];
+                            w2[jj] = keep + __shfl_xor_sync(0xffffffffu, send, 2);
                         }
-                        const float send = hi4 ? w2[0] : w2[1];
-                        const float keep = hi4 ? w2[1] : w2[0];
-                        const float w1 = keep + __shfl_xor_sync(0xffffffffu, send, 4);
-                        const int slot = (hi16 ? STATE : 0) + n0 + (hi8 ? 2 : 0) + (hi4 ? 1 : 0);
+                        const float send = hi1 ? w2[0] : w2[1];
+                        const float keep = hi1 ? w2[1] : w2[0];
+                        const float w1 = keep + __shfl_xor_sync(0xffffffffu, send, 1);
+                        const int slot = (hi4 ? STATE : 0) + n0 + (hi2 ? 2 : 0) + (hi1 ? 1 : 0);
                         reduce[warp][r][slot] = w1;
                     }
                 };
