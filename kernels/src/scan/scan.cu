@@ -739,7 +739,6 @@ struct QuadElements {
     bool active;
     float bias;
     size_t row_stride;  // elements from one of the thread's rows to its next
-    bool vectors;  // 16-byte copies: every row of the columns is 16-byte aligned
 };
 
 template <int CHANNELS>
@@ -751,8 +750,6 @@ __device__ __forceinline__ QuadElements quad_elements(const ScanArgs& p) {
     io.active = io.d < p.channels;
     io.bias = __ldg(p.delta_bias + min(io.d, p.channels - 1));
     io.row_stride = (size_t)QUAD_ROW_STEP * p.channels;
-    const size_t addresses = (size_t)p.delta | (size_t)p.u | (size_t)p.d_out | (size_t)p.z;
-    io.vectors = p.channels % 4 == 0 && addresses % 16 == 0;
     return io;
 }
 
@@ -761,48 +758,140 @@ __device__ __forceinline__ size_t quad_first(const ScanArgs& p, const QuadElemen
     return ((size_t)b * p.len + ts + io.row) * p.channels + io.d;
 }
 
-// Starts copying what `needs` asks of positions ts .. ts+ROWS (clipped at t1).
-template <typename Raw>
-__device__ __forceinline__ void issue_quad_raw(const ScanArgs& p, const QuadElements& io, Raw& raw, int b, int ts,
-                                               int t1, int needs) {
-    constexpr int CHANNELS = Raw::CHANNELS, ROWS = Raw::ROWS;
-    constexpr int THREADS = GROUPS * CHANNELS;
-    static_assert(ROWS * 2 * STATE / 4 <= THREADS, "a thread copies at most one B/C piece");
-    const int tid = threadIdx.x;
-    const bool gated = needs != QUAD_REBUILD && p.z != nullptr;
-    const bool backward = needs == QUAD_BACKWARD;
-    if (STREAMS_BF16) {
-        const void* const srcs[QUAD_COLUMNS] = {p.delta, p.u, p.z, p.d_out};
-        const bool wanted[QUAD_COLUMNS] = {true, true, gated, backward};
-        float* const dsts[QUAD_COLUMNS] = {raw.column(COL_DELTA), raw.column(COL_U), raw.column(COL_Z),
-                                           raw.column(COL_D_OUT)};
-        issue_bf16_streams<QUAD_COLUMNS, CHANNELS, ROWS, THREADS, true>(p, srcs, wanted, dsts, b,
-                                                                        blockIdx.x * CHANNELS, ts, t1);
-    } else if (io.vectors) {
-        // With 16-byte copies a thread copies channels ch .. ch+3 of row r, of the odd
-        // column of each pair if `odd`: the block covers two columns at a time, in PASSES
-        // turns.
-        constexpr int VECTORS = ROWS * CHANNELS / 4;
-        constexpr int PASSES = 2 * VECTORS / THREADS;
+// The copies a thread starts for each sub-chunk of a quad kernel, planned once: a
+// sub-chunk only moves them down to its positions. (Worked out again each sub-chunk with
+// the piece's column and row taken at run time, the 64-bit offsets, the stream of each
+// piece and the swizzle were a sixth of the quad kernels' executed instructions under
+// ncu, for three copies a thread.)
+//
+// Where every row of the streams is 16-byte aligned (bf16 built with STREAMS_BF16=1, f32
+// with channels a multiple of 4) they come in 16-byte pieces dealt out over the block:
+// the thread copies piece tid % PER_COLUMN of columns tid / PER_COLUMN + k * COLUMN_STEP.
+// Otherwise element by element, as QuadElements says. LEAN keeps nothing and makes the
+// plan again each sub-chunk from constants: the backward main kernel, at its register
+// cap, spilled with the plan kept (backward 1-5 % slower, measured); the forward keeps it.
+template <typename Raw, bool LEAN>
+struct QuadCopies {
+    static constexpr int CHANNELS = Raw::CHANNELS, ROWS = Raw::ROWS;
+    static constexpr int THREADS = GROUPS * CHANNELS;
+    static constexpr int ELEMENT = STREAMS_BF16 ? 2 : 4;  // bytes
+    static constexpr int PIECE = 16 / ELEMENT;             // channels
+    static constexpr int PER_COLUMN = ROWS * CHANNELS / PIECE;
+    static_assert(THREADS % PER_COLUMN == 0 && PER_COLUMN % 32 == 0,
+                  "a thread copies the same piece of each of its columns, a warp's columns are one");
+    static constexpr int COLUMN_STEP = THREADS / PER_COLUMN;
+    static constexpr int SLOTS = (Raw::COLUMNS + COLUMN_STEP - 1) / COLUMN_STEP;
+    static constexpr int COLUMN_BYTES = ROWS * CHANNELS * sizeof(float);
+    static constexpr int NEVER = QUAD_BACKWARD + 1;
+
+    // The thread's pieces: their row of the sub-chunk (past any row where their channels do
+    // not exist: zero-filled), first channel (0 there) and byte offset in a raw buffer.
+    struct Piece {
+        int row;
+        int c;
+        u32 to;
+    };
+
+    // The plan, kept unless LEAN.
+    Piece mine;
+    const char* from[SLOTS];  // slot k's piece at position 0 of the block's batch row
+    int need[SLOTS];          // the least QuadNeeds that stages slot k's column; NEVER: none
+    const float* bc_from;     // threads < ROWS * 8: a B or C piece at position 0
+    bool pieces;
+
+    __device__ __forceinline__ QuadCopies(const ScanArgs& p, int b) {
+        const size_t addresses = (size_t)p.delta | (size_t)p.u | (size_t)p.d_out | (size_t)p.z;
+        pieces = STREAMS_BF16 == 1 || (STREAMS_BF16 == 0 && p.channels % 4 == 0 && addresses % 16 == 0);
+        if (LEAN) return;
+        mine = piece(p);
 #pragma unroll
-        for (int pass = 0; pass < PASSES; ++pass) {
-            const int w = tid + pass * THREADS;
-            const int v = w % VECTORS;
-            const int r = v / (CHANNELS / 4);
-            const int ch = 4 * (v % (CHANNELS / 4));
-            const int odd = w / VECTORS;
-            const int d = blockIdx.x * CHANNELS + ch;
-            const bool valid = d < p.channels && ts + r < t1;
-            const size_t i = valid ? ((size_t)b * p.len + ts + r) * p.channels + d : 0;
-            const int col = swizzled<ROWS>(r, ch);
-            copy_async<16>(&raw.cols[COL_DELTA + odd][r][col], static_cast<const float*>(odd ? p.u : p.delta) + i,
-                           valid);
-            if (odd ? gated : backward) {  // z, d_out
-                copy_async<16>(raw.column(odd ? COL_Z : COL_D_OUT) + r * CHANNELS + col,
-                               static_cast<const float*>(odd ? p.z : p.d_out) + i, valid);
-            }
+        for (int k = 0; k < SLOTS; ++k) {
+            need[k] = least_needs(p, k);
+            from[k] = address(p, k, b, mine.c, 0);
         }
-    } else {
+        bc_from = bc_address(p, b, 0);
+    }
+
+    __device__ __forceinline__ static Piece piece(const ScanArgs& p) {
+        const int tid = threadIdx.x;
+        const int at = tid % PER_COLUMN;
+        const int row = at / (CHANNELS / PIECE);
+        const int ch = PIECE * (at % (CHANNELS / PIECE));
+        const int c = blockIdx.x * CHANNELS + ch;
+        const bool in_range = c < p.channels;
+        const u32 to = tid / PER_COLUMN * COLUMN_BYTES + (row * CHANNELS + swizzled<ROWS>(row, ch)) * ELEMENT;
+        return {in_range ? row : 1 << 30, in_range ? c : 0, to};
+    }
+
+    __device__ __forceinline__ static const void* stream(const ScanArgs& p, int k) {
+        const int j = threadIdx.x / PER_COLUMN + k * COLUMN_STEP;
+        const void* const streams[QUAD_COLUMNS] = {p.delta, p.u, p.z, p.d_out};
+        return j < Raw::COLUMNS ? pick(streams, j) : nullptr;
+    }
+
+    __device__ __forceinline__ static int least_needs(const ScanArgs& p, int k) {
+        const int least[QUAD_COLUMNS] = {QUAD_REBUILD, QUAD_REBUILD, QUAD_OUTPUT, QUAD_BACKWARD};
+        return stream(p, k) != nullptr ? pick(least, threadIdx.x / PER_COLUMN + k * COLUMN_STEP) : NEVER;
+    }
+
+    // Slot k's piece at position t of batch b (inside delta where the slot has no stream).
+    __device__ __forceinline__ static const char* address(const ScanArgs& p, int k, int b, int c, int t) {
+        const void* base = stream(p, k);
+        return static_cast<const char*>(base != nullptr ? base : p.delta) +
+               (((size_t)b * p.len + t) * p.channels + c) * ELEMENT;
+    }
+
+    __device__ __forceinline__ static const float* bc_address(const ScanArgs& p, int b, int t) {
+        const int tid = threadIdx.x;
+        return (tid % 8 < 4 ? p.b : p.c) + ((size_t)b * p.len + t) * STATE + 4 * (tid % 4);
+    }
+
+    // Starts copying what `needs` asks of positions ts .. ts+ROWS (clipped at t1) of batch
+    // b into raw; what lies past t1 or the last channel is zero-filled. Every address is
+    // one inside its tensor, even where nothing is read.
+    __device__ __forceinline__ void issue(const ScanArgs& p, const QuadElements& io, Raw& raw, int b, int ts,
+                                          int t1, int needs) const {
+        const int tid = threadIdx.x;
+        if (STREAMS_BF16 == 2) {
+            const void* const srcs[QUAD_COLUMNS] = {p.delta, p.u, p.z, p.d_out};
+            const bool wanted[QUAD_COLUMNS] = {true, true, needs != QUAD_REBUILD && p.z != nullptr,
+                                               needs == QUAD_BACKWARD};
+            float* const dsts[QUAD_COLUMNS] = {raw.column(COL_DELTA), raw.column(COL_U), raw.column(COL_Z),
+                                               raw.column(COL_D_OUT)};
+            issue_bf16_streams<QUAD_COLUMNS, CHANNELS, ROWS, THREADS, true>(p, srcs, wanted, dsts, b,
+                                                                            blockIdx.x * CHANNELS, ts, t1);
+        } else if (pieces) {
+            const Piece at = LEAN ? piece(p) : mine;
+            const int t = min(ts + at.row, t1 - 1);
+            const size_t shift = (size_t)t * p.channels * ELEMENT;
+            char* const base = reinterpret_cast<char*>(&raw.cols[0][0][0]) + at.to;
+#pragma unroll
+            for (int k = 0; k < SLOTS; ++k) {
+                if (needs < (LEAN ? least_needs(p, k) : need[k])) continue;
+                const char* src = LEAN ? address(p, k, b, at.c, t) : from[k] + shift;
+                copy_async<16>(base + k * COLUMN_STEP * COLUMN_BYTES, src, ts + at.row < t1);
+            }
+        } else {
+            issue_elements(p, io, raw, b, ts, t1, needs);
+        }
+        if (tid < ROWS * 2 * STATE / 4) {
+            const int r = tid / 8;
+            const bool valid = (tid % 8 < 4 || needs != QUAD_REBUILD) && ts + r < t1;
+            const int t = min(ts + r, t1 - 1);
+            const float* src = LEAN ? bc_address(p, b, t) : bc_from + (size_t)t * STATE;
+            copy_async<16>(&raw.rows[r][tid % 8], src, valid);
+        }
+        if (tid < ROWS) {
+            const bool valid = p.resets != nullptr && ts + tid < t1;
+            copy_async<4>(&raw.reset[tid], p.resets + (valid ? (size_t)b * p.len + ts + tid : 0), valid);
+        }
+        copy_commit();
+    }
+
+    // f32 streams whose rows are not all 16-byte aligned: the thread's elements one by one.
+    __device__ __forceinline__ static void issue_elements(const ScanArgs& p, const QuadElements& io, Raw& raw,
+                                                          int b, int ts, int t1, int needs) {
+        const bool gated = needs != QUAD_REBUILD && p.z != nullptr;
         const size_t first = quad_first(p, io, b, ts);
 #pragma unroll
         for (int e = 0; e < ROWS / GROUPS; ++e) {
@@ -812,26 +901,14 @@ __device__ __forceinline__ void issue_quad_raw(const ScanArgs& p, const QuadElem
             const int col = swizzled<ROWS>(r, io.ch);
             copy_async<4>(&raw.cols[COL_DELTA][r][col], static_cast<const float*>(p.delta) + i, valid);
             copy_async<4>(&raw.cols[COL_U][r][col], static_cast<const float*>(p.u) + i, valid);
-            if (backward) {
+            if (needs == QUAD_BACKWARD) {
                 copy_async<4>(raw.column(COL_D_OUT) + r * CHANNELS + col, static_cast<const float*>(p.d_out) + i,
                               valid);
             }
             if (gated) copy_async<4>(&raw.cols[COL_Z][r][col], static_cast<const float*>(p.z) + i, valid);
         }
     }
-    if (tid < ROWS * 2 * STATE / 4) {
-        const int r = tid / 8, q = tid % 8;
-        const bool valid = (q < 4 || needs != QUAD_REBUILD) && ts + r < t1;
-        const size_t row = valid ? (size_t)b * p.len + ts + r : 0;
-        const float* src = q < 4 ? p.b + row * STATE + 4 * q : p.c + row * STATE + 4 * (q - 4);
-        copy_async<16>(&raw.rows[r][q], src, valid);
-    }
-    if (tid < ROWS) {
-        const bool valid = p.resets != nullptr && ts + tid < t1;
-        copy_async<4>(&raw.reset[tid], p.resets + (valid ? (size_t)b * p.len + ts + tid : 0), valid);
-    }
-    copy_commit();
-}
+};
 
 // Turns the raw elements this thread copied into the tile's scalars that `needs` asks
 // (QUAD_BACKWARD only of a QuadGradTile).
@@ -948,6 +1025,7 @@ __device__ __forceinline__ void forward_quad(const ScanArgs& p) {
     const int n0 = group * GROUP_STATES;
     const bool gated = p.z != nullptr;
     const QuadElements io = quad_elements<FWD_CHANNELS>(p);
+    const QuadCopies<Raw, false> copies(p, b);
     float a_nat[GROUP_STATES], a2[GROUP_STATES];
     quad_a(p, dd, n0, a_nat, a2);
     const float skip = __ldg(p.d_skip + dd);
@@ -969,7 +1047,7 @@ __device__ __forceinline__ void forward_quad(const ScanArgs& p) {
         next_checkpoint += p.chunk;
         ++checkpoint;
     };
-    auto issue = [&](int k) { issue_quad_raw(p, io, raws[k % FWD_RAWS], b, k * FWD_ROWS, p.len, QUAD_OUTPUT); };
+    auto issue = [&](int k) { copies.issue(p, io, raws[k % FWD_RAWS], b, k * FWD_ROWS, p.len, QUAD_OUTPUT); };
     auto transform = [&](int k) { transform_quad(p, io, raws[k % FWD_RAWS], tiles[k & 1], QUAD_OUTPUT); };
     // Rows [0, steps) of sub-chunk k (its raw and tile), each row's partial output sum into
     // y, then the transform of sub-chunk k + 1: after the walk's reads of the other tile
@@ -1103,6 +1181,7 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanA
     const bool gated = p.z != nullptr;
     const bool remake_out = p.out != nullptr;
     const QuadElements io = quad_elements<BWD_CHANNELS>(p);
+    const QuadCopies<Raw, true> copies(p, b);
     // Lets the compiler take an element's row quarter (its swizzle) as a constant: 2 %
     // fewer instructions here, 1-2 % faster. Not in the forward: there the same
     // assumption made 10 % fewer instructions but a schedule 3-7 % slower (measured).
@@ -1132,7 +1211,7 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanA
         int ts, c1;
         bool backward;
         quad_tile_at(p, last_chunk, 0, ts, c1, backward);
-        issue_quad_raw(p, io, raws[0], b, ts, c1, backward ? QUAD_BACKWARD : QUAD_REBUILD);
+        copies.issue(p, io, raws[0], b, ts, c1, backward ? QUAD_BACKWARD : QUAD_REBUILD);
     }
     for (int k = last_chunk; k >= first_chunk; --k) {
         int c0, c1;
@@ -1151,7 +1230,7 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanA
                 int ts, t1;
                 bool backward;
                 quad_tile_at(p, next_k, j + 1 < count ? j + 1 : 0, ts, t1, backward);
-                issue_quad_raw(p, io, raws[buffer ^ 1], b, ts, t1, backward ? QUAD_BACKWARD : QUAD_REBUILD);
+                copies.issue(p, io, raws[buffer ^ 1], b, ts, t1, backward ? QUAD_BACKWARD : QUAD_REBUILD);
             } else {
                 copy_commit();
             }
