@@ -1,11 +1,12 @@
 // bf16 outputs (prepended to the sources of ops that can write them). Rounds to nearest,
 // ties to even, a NaN stays a (quiet) NaN: as `crate::bf16::from_f32`.
 
+// The hardware conversion rounds the same way but gives every NaN one canonical value, so a
+// NaN is made apart (5 instructions where the rounding by hand took 8).
 __device__ __forceinline__ unsigned int bf16_bits(float value) {
-    const unsigned int bits = __float_as_uint(value);
-    const bool nan = (bits & 0x7fffffffu) > 0x7f800000u;
-    const unsigned int rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
-    return nan ? (bits >> 16) | 0x40u : rounded;
+    unsigned short rounded;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(rounded) : "f"(value));
+    return value != value ? (__float_as_uint(value) >> 16) | 0x40u : rounded;
 }
 
 // Element i of a tensor of f32 values, or of bf16 bits when `bf16` (exact).
