@@ -244,22 +244,29 @@ __device__ __forceinline__ void issue_bf16_streams(const ScanArgs& p, const void
                                                    int c0, int ts, int t1) {
     constexpr int VEC = 8;
     const size_t row0 = (size_t)b * p.len + ts;
-    if (STREAMS_BF16 == 1) {
-        constexpr int PER_COL = ROWS * (WIDTH / VEC);
-        constexpr bool WHOLE = PER_COL % THREADS == 0;
+    if constexpr (STREAMS_BF16 == 1) {
+        // A thread's pieces are of one channel, whole rows apart, and a pass of the block
+        // is of one stream: the thread's first element is worked out once and every piece
+        // is a constant number of rows further (per piece an add and a select, not a
+        // 64-bit index).
+        constexpr int PIECES = WIDTH / VEC;  // of a row
+        constexpr int PER_COL = ROWS * PIECES;
+        static_assert(THREADS % PIECES == 0 && PER_COL % THREADS == 0, "pieces of one channel, passes of one stream");
+        const int r0 = threadIdx.x / PIECES;
+        const int ch = VEC * (threadIdx.x % PIECES);
+        const bool in_range = c0 + ch < p.channels;
+        const size_t first = (row0 + r0) * p.channels + c0 + ch;
 #pragma unroll
-        for (int k = 0; k < (COLS * PER_COL + THREADS - 1) / THREADS; ++k) {
-            const int w = threadIdx.x + k * THREADS;
-            if (!WHOLE && w >= COLS * PER_COL) break;
-            const int j = WHOLE ? k * THREADS / PER_COL : w / PER_COL;
-            if (!pick(wanted, j)) continue;
-            const int r = (w % PER_COL) / (WIDTH / VEC);
-            const int ch = VEC * (w % (WIDTH / VEC));
-            const bool valid = c0 + ch < p.channels && ts + r < t1;
-            const size_t i = valid ? (row0 + r) * p.channels + c0 + ch : 0;
+        for (int k = 0; k < COLS * PER_COL / THREADS; ++k) {
+            const int j = k * THREADS / PER_COL;
+            if (!wanted[j]) continue;
+            const int r = r0 + k * THREADS % PER_COL / PIECES;
+            const bool valid = in_range && ts + r < t1;
+            // Nothing is read where not valid; the address stays the stream's own.
+            const size_t i = valid ? first + (size_t)(r - r0) * p.channels : 0;
             const int col = SWIZZLED ? swizzled<ROWS>(r, ch) : ch;
-            unsigned short* dst = reinterpret_cast<unsigned short*>(pick(dsts, j)) + r * WIDTH + col;
-            copy_async<2 * VEC>(dst, static_cast<const unsigned short*>(pick(srcs, j)) + i, valid);
+            unsigned short* dst = reinterpret_cast<unsigned short*>(dsts[j]) + r * WIDTH + col;
+            copy_async<2 * VEC>(dst, static_cast<const unsigned short*>(srcs[j]) + i, valid);
         }
     } else {
         constexpr int PER_COL = ROWS * WIDTH;
@@ -852,7 +859,7 @@ struct QuadCopies {
     __device__ __forceinline__ void issue(const ScanArgs& p, const QuadElements& io, Raw& raw, int b, int ts,
                                           int t1, int needs) const {
         const int tid = threadIdx.x;
-        if (STREAMS_BF16 == 2) {
+        if constexpr (STREAMS_BF16 == 2) {
             const void* const srcs[QUAD_COLUMNS] = {p.delta, p.u, p.z, p.d_out};
             const bool wanted[QUAD_COLUMNS] = {true, true, needs != QUAD_REBUILD && p.z != nullptr,
                                                needs == QUAD_BACKWARD};
