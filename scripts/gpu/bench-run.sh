@@ -16,11 +16,12 @@ shapes=("(8,1536,2048)" "(64,256,1024)" "(16,1536,4096)" "(1,1024,32768)" "(1,10
 : > "$dir/bench.txt"
 for ((round = 1; round <= rounds; round++)); do
     for build in "${builds[@]}"; do
-        for precision in --bf16 --f32; do
-            flag=$([ "$precision" = --bf16 ] && echo --bf16)
+        for precision in bf16 f32; do
+            flags=()
+            [ "$precision" = bf16 ] && flags=(--bf16)
             for shape in "${shapes[@]}"; do
-                line=$(timeout 60 "/tmp/csb-$build" $flag "$shape" 2>&1 | grep "^| (")
-                echo "$build ${precision#--} $round $line" >> "$dir/bench.txt"
+                line=$(timeout 60 "/tmp/csb-$build" "${flags[@]}" "$shape" 2>&1 | grep "^| (")
+                echo "$build $precision $round $line" >> "$dir/bench.txt"
             done
         done
     done

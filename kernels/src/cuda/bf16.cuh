@@ -2,7 +2,7 @@
 // ties to even, a NaN stays a (quiet) NaN: as `crate::bf16::from_f32`.
 
 // The hardware conversion rounds the same way but gives every NaN one canonical value, so a
-// NaN is made apart (5 instructions where the rounding by hand took 8).
+// NaN is made apart (4 instructions where the rounding by hand took 8).
 __device__ __forceinline__ unsigned int bf16_bits(float value) {
     unsigned short rounded;
     asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(rounded) : "f"(value));

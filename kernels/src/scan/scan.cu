@@ -830,15 +830,17 @@ struct QuadCopies {
         return {in_range ? row : 1 << 30, in_range ? c : 0, to};
     }
 
+    __device__ __forceinline__ static int column(int k) { return threadIdx.x / PER_COLUMN + k * COLUMN_STEP; }
+
+    // Slot k's stream; null where the raw buffer has no such column or the stream is absent.
     __device__ __forceinline__ static const void* stream(const ScanArgs& p, int k) {
-        const int j = threadIdx.x / PER_COLUMN + k * COLUMN_STEP;
         const void* const streams[QUAD_COLUMNS] = {p.delta, p.u, p.z, p.d_out};
-        return j < Raw::COLUMNS ? pick(streams, j) : nullptr;
+        return column(k) < Raw::COLUMNS ? pick(streams, column(k)) : nullptr;
     }
 
     __device__ __forceinline__ static int least_needs(const ScanArgs& p, int k) {
         const int least[QUAD_COLUMNS] = {QUAD_REBUILD, QUAD_REBUILD, QUAD_OUTPUT, QUAD_BACKWARD};
-        return stream(p, k) != nullptr ? pick(least, threadIdx.x / PER_COLUMN + k * COLUMN_STEP) : NEVER;
+        return stream(p, k) != nullptr ? pick(least, column(k)) : NEVER;
     }
 
     // Slot k's piece at position t of batch b (inside delta where the slot has no stream).
