@@ -24,7 +24,12 @@ const BACKWARD_CHANNELS: usize = 64;
 const BACKWARD_THREADS: u32 = (BACKWARD_CHANNELS * THREADS_PER_CHANNEL) as u32;
 /// Channels per block of the one-pass forward kernel.
 const ONE_PASS_CHANNELS: usize = 32;
-const ONE_PASS_THREADS: u32 = (ONE_PASS_CHANNELS * THREADS_PER_CHANNEL) as u32;
+/// Its walkers (four threads a channel) and as many producers (`FWD_THREADS`).
+const ONE_PASS_THREADS: u32 = (2 * ONE_PASS_CHANNELS * THREADS_PER_CHANNEL) as u32;
+/// Its `ForwardShared`: three raw sub-chunks (three columns, the B/C rows and the resets of
+/// 16 positions for 32 channels), two tiles (xd, gate, u) and two sets of output partials.
+const ONE_PASS_SHARED_BYTES: usize =
+    3 * (3 * 16 * 32 * 4 + 16 * 32 * 4 + 16 * 4) + 2 * 16 * 32 * 16 + 2 * 16 * 32 * 16;
 /// Threads per multiprocessor from which the forward runs in one pass
 /// rather than cutting rows into segments, whose exps it takes twice.
 const ONE_PASS_THREADS_PER_SM: usize = 256;
@@ -110,37 +115,20 @@ enum ForwardPath {
     /// A thread per channel, rows cut into segments: a segment pass, the carries chained,
     /// an output pass.
     Segmented,
-    /// Four threads per channel walking whole rows (`scan_fwd_quad`).
+    /// Four threads per channel walking whole rows, other warps copying, transforming
+    /// and finishing the outputs (`scan_fwd_one_pass`).
     OnePass,
-    /// The same with registers capped for six blocks a multiprocessor
-    /// (`scan_fwd_quad_busy`), for shapes with more blocks than five a multiprocessor.
-    OnePassBusy,
 }
 
 impl ForwardPath {
-    /// One pass where batch · channels alone give `ONE_PASS_THREADS_PER_SM` threads a
-    /// multiprocessor; its busy build where that makes more than five blocks of
-    /// `ONE_PASS_CHANNELS` a multiprocessor, more than the plain build fits at once
-    /// (measured: 1.34 → 1.18 ms at (16,1536,4096), 5.8 blocks an SM; 15–20 % slower at
-    /// (64,256,1024) and (8,1536,2048), 3.9 and 2.9).
+    /// One pass where batch · channels alone give `ONE_PASS_THREADS_PER_SM` walking
+    /// threads a multiprocessor.
     fn for_shape(dims: ScanDims, multiprocessors: usize) -> Self {
         let threads = dims.batch * dims.channels * THREADS_PER_CHANNEL;
-        let blocks = dims.batch * dims.channels.div_ceil(ONE_PASS_CHANNELS);
         if threads < multiprocessors * ONE_PASS_THREADS_PER_SM {
             Self::Segmented
-        } else if blocks > 5 * multiprocessors {
-            Self::OnePassBusy
         } else {
             Self::OnePass
-        }
-    }
-
-    /// The kernel of a one-pass path.
-    fn one_pass_kernel(self) -> Option<&'static str> {
-        match self {
-            Self::Segmented => None,
-            Self::OnePass => Some("scan_fwd_quad"),
-            Self::OnePassBusy => Some("scan_fwd_quad_busy"),
         }
     }
 }
@@ -341,10 +329,10 @@ impl Cuda {
         args.checkpoints = checkpoints.as_ref().map_or(0, |c| c.address());
         args.out = out.address;
         args.out_bf16 = out.bf16.into();
-        if let Some(name) = path.one_pass_kernel() {
+        if path == ForwardPath::OnePass {
             let blocks = dims.channels.div_ceil(ONE_PASS_CHANNELS);
-            let config = grid(blocks, dims, 1, ONE_PASS_THREADS, 0);
-            return self.launch(&kernel(name)?, config, &args);
+            let config = grid(blocks, dims, 1, ONE_PASS_THREADS, ONE_PASS_SHARED_BYTES);
+            return self.launch(&kernel("scan_fwd_one_pass")?, config, &args);
         }
         let cut = segments_for(dims, 1, self.target_threads()?);
         let slots = dims.batch * cut.segments * dims.channels;

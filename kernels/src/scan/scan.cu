@@ -25,8 +25,8 @@
 //            4. reduce_bc / reduce_params add up in a fixed order: no atomics, so the
 //               result is the same bit for bit on every run.
 // With one segment, steps 1 and 2 are skipped. Where batch x channels alone fill the
-// device, the forward is instead one kernel with four threads a channel (scan_fwd_quad),
-// which takes every exp once.
+// device, the forward is instead one kernel with four threads a channel
+// (scan_fwd_one_pass), which takes every exp once.
 //
 // Built by NVRTC with -DSTATE=<n>; bf16.cuh is prepended (the output and the activation
 // gradients can be written as bf16 for the ops that read them so). Built with
@@ -631,11 +631,12 @@ struct QuadLane {
     int group;  // states group * GROUP_STATES ..
 };
 
-__device__ __forceinline__ QuadLane quad_lane() {
-    const int lane = threadIdx.x % 32;
+// (tid: the thread's index among the block's quad threads.)
+__device__ __forceinline__ QuadLane quad_lane(unsigned tid = threadIdx.x) {
+    const int lane = tid % 32;
     const int ch = (lane & 1) | (lane >> 1 & 6);
     const int group = (lane >> 1 & 1) | (lane >> 3 & 2);
-    return {(int)threadIdx.x / 32 * WARP_CHANNELS + ch, group};
+    return {(int)tid / 32 * WARP_CHANNELS + ch, group};
 }
 
 // Lane masks of quad_lane's channel bits, highest first, and its group bits. (quad_lane
@@ -933,7 +934,7 @@ __device__ __forceinline__ void transform_quad(const ScanArgs& p, const QuadElem
         tile.xd[r][io.ch] = make_float2(dt * raw_at(raw, COL_U, r, at), reset_dt(dt, raw.reset[r]));
         if (needs == QUAD_REBUILD) continue;
         // The sigmoid without a branch (ungated, of 0 and unused): a branch here would cut
-        // the forward's walk and transform into separate basic blocks.
+        // the transform into separate basic blocks.
         const float zz = p.z != nullptr ? raw_at(raw, COL_Z, r, at) : 0.0f;
         const float sg = sigmoid(zz);
         if (p.z != nullptr) tile.gate[r][at] = zz * sg;
@@ -1001,145 +1002,210 @@ __device__ __forceinline__ void quad_step(const Raw& raw, const Tile& tile, int 
 // ---------------------------------------------------------------------------------------
 // Forward in one pass, used when batch x channels alone give the device enough threads:
 // four threads a channel (GROUP_STATES states each), so every exp is taken once where the
-// per-channel kernels take each twice for a row cut into segments. The per-(position,
-// channel) work (softplus, gate) is shared out over the block; the output's sum over a
-// channel's four threads is transposed (12 exchanges per sub-chunk, not 32), so that each
-// thread finishes the outputs of four positions. The sums run in the order of the
-// per-channel kernel and the backward's, so the bits are the same.
+// per-channel kernels take each twice for a row cut into segments.
 //
-// Pipelined with one barrier a sub-chunk: while the block walks sub-chunk k it transforms
-// k + 1 (into the other tile) and k + 2 is being copied (raws in turn of three), so the
-// softplus and gate of one sub-chunk fill the issue slots the walk's exps leave.
+// The block's warps have two roles. FWD_WALKERS threads (four a channel, lanes as
+// quad_lane) only walk: states in registers, each row's output partial (a thread's four
+// states) into shared memory after the sub-chunk. FWD_PRODUCERS threads do the rest: the
+// copies, the per-(position, channel) transform (softplus, dt * u, gate) and the outputs
+// (a channel's four partials summed in the per-channel kernel's and the backward's order,
+// so with their bits; D skip; gate; store). One barrier a sub-chunk k: walkers walk k while
+// producers copy k + 2, finish k - 1 and transform k + 1. The walk's exps and the
+// producers' work are then on different warps, which the schedulers interleave, and the
+// block has twice the warps (a shape such as (8,1536,2048) gives under three blocks a
+// multiprocessor); with every thread doing both, as until session 17, one thread's
+// stream held both and the output sum took 12 exchanges a sub-chunk (history 29).
 
 #define FWD_CHANNELS 32
 // Positions a sub-chunk: twice the backward's, for more independent work between barriers.
 #define FWD_ROWS 16
-#define FWD_THREADS (FWD_CHANNELS * GROUPS)
-// Raw buffers: the sub-chunk walked, the one transformed, the one being copied. With two
-// 6 KB tiles a block takes 36 KB of shared memory: six blocks fit a multiprocessor.
+#define FWD_WALKERS (FWD_CHANNELS * GROUPS)
+#define FWD_PRODUCERS 128
+#define FWD_THREADS (FWD_PRODUCERS + FWD_WALKERS)
+static_assert(FWD_PRODUCERS == FWD_CHANNELS * GROUPS, "QuadCopies plans the copies for GROUPS threads a channel");
+// Raw buffers: the sub-chunk walked, the one transformed, the one being copied.
 #define FWD_RAWS 3
+// Elements (position, channel) a producer transforms and finishes a sub-chunk, and the
+// rows between them.
+#define FWD_ELEMENTS (FWD_ROWS * FWD_CHANNELS / FWD_PRODUCERS)
+#define FWD_ROW_STEP (FWD_PRODUCERS / FWD_CHANNELS)
 
-__device__ __forceinline__ void forward_quad(const ScanArgs& p) {
+template <int CHANNELS, int ROWS>
+struct ForwardTile {
+    float2 xd[ROWS][CHANNELS];  // dt * u, reset_dt: what the walk reads
+    float gate[ROWS][CHANNELS];
+    float u[ROWS][CHANNELS];
+};
+
+struct ForwardShared {
+    QuadRaw<FWD_CHANNELS, FWD_ROWS, COL_Z + 1> raws[FWD_RAWS];
+    ForwardTile<FWD_CHANNELS, FWD_ROWS> tiles[2];
+    float4 partials[2][FWD_ROWS][FWD_CHANNELS];  // a channel's four output partials a row
+};
+
+extern "C" __global__ void __launch_bounds__(FWD_THREADS) scan_fwd_one_pass(ScanArgs p) {
     typedef QuadRaw<FWD_CHANNELS, FWD_ROWS, COL_Z + 1> Raw;
-    typedef QuadTile<FWD_CHANNELS, FWD_ROWS> Tile;
-    __shared__ Raw raws[FWD_RAWS];
-    __shared__ Tile tiles[2];
-    const QuadLane quad = quad_lane();
+    typedef ForwardTile<FWD_CHANNELS, FWD_ROWS> Tile;
+    extern __shared__ float4 dynamic_shared[];
+    ForwardShared& sh = *reinterpret_cast<ForwardShared*>(dynamic_shared);
+    // Producers first: QuadCopies plans the copies by thread index from 0.
+    const bool walker = threadIdx.x >= FWD_PRODUCERS;
+    const int b = blockIdx.z;
+    const bool gated = p.z != nullptr;
+    const int subs = (p.len + FWD_ROWS - 1) / FWD_ROWS;
+
+    // Walker: its channel and states.
+    const QuadLane quad = quad_lane(threadIdx.x - FWD_PRODUCERS);
     const int group = quad.group;
     const int ch = quad.ch;
     const int d = blockIdx.x * FWD_CHANNELS + ch;
-    const int b = blockIdx.z;
     const bool active = d < p.channels;
-    const int dd = active ? d : p.channels - 1;
     const int n0 = group * GROUP_STATES;
-    const bool gated = p.z != nullptr;
     const QuadElements io = quad_elements<FWD_CHANNELS>(p);
     const QuadCopies<Raw, false> copies(p, b);
-    float a_nat[GROUP_STATES], a2[GROUP_STATES];
-    quad_a(p, dd, n0, a_nat, a2);
-    const float skip = __ldg(p.d_skip + dd);
-    const size_t own = ((size_t)b * p.channels + d) * STATE + n0;
-    float h[GROUP_STATES] = {0.0f, 0.0f, 0.0f, 0.0f};
-    if (active && p.state != nullptr) {
-        const float4 saved = *reinterpret_cast<const float4*>(p.state + own);
-        h[0] = saved.x; h[1] = saved.y; h[2] = saved.z; h[3] = saved.w;
-    }
-    const int mine = quad_rows_from(group, FWD_ROWS);
-    const int subs = (p.len + FWD_ROWS - 1) / FWD_ROWS;
-    // The next position whose state is saved, and its index among the checkpoints.
-    int next_checkpoint = 0, checkpoint = 0;
-    auto save_checkpoint = [&]() {
-        if (active && p.checkpoints != nullptr) {
-            const size_t at = (((size_t)b * p.chunks + checkpoint) * p.channels + d) * STATE + n0;
-            *reinterpret_cast<float4*>(p.checkpoints + at) = make_float4(h[0], h[1], h[2], h[3]);
-        }
-        next_checkpoint += p.chunk;
-        ++checkpoint;
-    };
-    auto issue = [&](int k) { copies.issue(p, io, raws[k % FWD_RAWS], b, k * FWD_ROWS, p.len, QUAD_OUTPUT); };
-    auto transform = [&](int k) { transform_quad(p, io, raws[k % FWD_RAWS], tiles[k & 1], QUAD_OUTPUT); };
-    // Rows [0, steps) of sub-chunk k (its raw and tile), each row's partial output sum into
-    // y, then the transform of sub-chunk k + 1: after the walk's reads of the other tile
-    // and without a branch (past the last sub-chunk it transforms a stale buffer into a
-    // tile nobody reads), so that the compiler can interleave the two. Checked, each row is
-    // tested for the end and a checkpoint; unchecked (inlined with a constant), the rows
-    // run without a branch, so that the exps of all of them can be in flight.
-    auto advance = [&](int k, const Raw& raw, const Tile& tile, int steps, float (&y)[FWD_ROWS], bool checked) {
-        const int ts = k * FWD_ROWS;
+
+    // Producer: the channel and first row of its elements.
+    const int pch = threadIdx.x % FWD_CHANNELS;
+    const int prow = threadIdx.x / FWD_CHANNELS;
+    const int pd = blockIdx.x * FWD_CHANNELS + pch;
+    const bool pactive = pd < p.channels;
+    const int pdd = pactive ? pd : p.channels - 1;
+
+    auto issue = [&](int k) { copies.issue(p, io, sh.raws[k % FWD_RAWS], b, k * FWD_ROWS, p.len, QUAD_OUTPUT); };
+    // Every shared load of the sub-chunk before the first store: the compiler cannot move
+    // a shared load above a shared store (they might alias), so interleaved they would
+    // serialise the elements.
+    auto transform = [&](int k, float bias) {
+        const Raw& raw = sh.raws[k % FWD_RAWS];
+        Tile& tile = sh.tiles[k & 1];
+        float delta[FWD_ELEMENTS], uu[FWD_ELEMENTS], zz[FWD_ELEMENTS];
+        u32 reset[FWD_ELEMENTS];
 #pragma unroll
-        for (int r = 0; r < FWD_ROWS; ++r) {
-            y[r] = 0.0f;
-            if (checked) {
-                if (r >= steps) continue;  // uniform across the block
-                if (ts + r == next_checkpoint) save_checkpoint();
-            }
-            float decay[GROUP_STATES], cv[GROUP_STATES];
-            quad_step(raw, tile, r, ch, group, a2, h, decay);
-            quad_row(raw, r, 1, group, cv);
-#pragma unroll
-            for (int j = 0; j < GROUP_STATES; ++j) y[r] = add_output(y[r], cv[j], h[j]);
+        for (int e = 0; e < FWD_ELEMENTS; ++e) {
+            const int r = prow + e * FWD_ROW_STEP;
+            const int at = swizzled<FWD_ROWS>(r, pch);
+            delta[e] = raw_at(raw, COL_DELTA, r, at);
+            uu[e] = raw_at(raw, COL_U, r, at);
+            zz[e] = gated ? raw_at(raw, COL_Z, r, at) : 0.0f;
+            reset[e] = raw.reset[r];
         }
-        transform(k + 1);
+#pragma unroll
+        for (int e = 0; e < FWD_ELEMENTS; ++e) {
+            const int r = prow + e * FWD_ROW_STEP;
+            const float dt = softplus(delta[e] + bias);
+            tile.xd[r][pch] = make_float2(dt * uu[e], reset_dt(dt, reset[e]));
+            tile.u[r][pch] = uu[e];
+            tile.gate[r][pch] = zz[e] * sigmoid(zz[e]);
+        }
     };
-    issue(0);
-    if (subs > 1) issue(1);
-    copy_wait<0>();
-    __syncthreads();
-    transform(0);
-    for (int k = 0; k < subs; ++k) {
-        // Sub-chunk k's tile and k + 1's copies are complete and visible; every thread is
-        // done with k - 1, whose raw buffer k + 2 takes.
-        copy_wait<0>();
-        __syncthreads();
-        if (k + 2 < subs) issue(k + 2);
-        const Raw& raw = raws[k % FWD_RAWS];
-        const Tile& tile = tiles[k & 1];
+    // Sub-chunk k's outputs at the producer's elements.
+    auto finish = [&](int k, float skip, int bf16) {
+        const Tile& tile = sh.tiles[k & 1];
         const int ts = k * FWD_ROWS;
         const int steps = min(FWD_ROWS, p.len - ts);
-        if (ts == next_checkpoint) save_checkpoint();
-        float y[FWD_ROWS];
-        // Whole sub-chunks without a checkpoint after their first row: all of them when
-        // the chunk is a multiple of FWD_ROWS.
-        if (steps == FWD_ROWS && next_checkpoint >= ts + FWD_ROWS) {
-            advance(k, raw, tile, steps, y, false);
-        } else {
-            advance(k, raw, tile, steps, y, true);
-        }
-        float sums[FWD_ROWS / 4];
-        quad_sums_transposed(y, group, sums);
-        // The thread's consecutive rows from one address, the output's type tested once
-        // (inlined with a constant each way): per row index arithmetic and a branch were
-        // a fifth of the kernel's instructions.
-        const size_t first = ((size_t)b * p.len + ts + mine) * p.channels + d;
-        const int col = swizzled<FWD_ROWS>(mine, ch);
-        auto write_rows = [&](int bf16) {
+        const size_t first = ((size_t)b * p.len + ts + prow) * p.channels + pd;
+        float out[FWD_ELEMENTS];
 #pragma unroll
-            for (int i = 0; i < FWD_ROWS / 4; ++i) {
-                const int r = mine + i;
-                if (active && r < steps) {
-                    float out = with_skip(sums[i], skip, raw_at(raw, COL_U, r, col));
-                    if (gated) out *= tile.gate[r][col];
-                    store_as(p.out, first + (size_t)i * p.channels, out, bf16);
-                }
-            }
-        };
-        if (p.out_bf16) {
-            write_rows(1);
-        } else {
-            write_rows(0);
+        for (int e = 0; e < FWD_ELEMENTS; ++e) {
+            const int r = prow + e * FWD_ROW_STEP;
+            const float4 y = sh.partials[k & 1][r][pch];
+            out[e] = with_skip((y.x + y.y) + (y.z + y.w), skip, tile.u[r][pch]);
+            if (gated) out[e] *= tile.gate[r][pch];
         }
-    }
-    if (active && p.state != nullptr) {
-        *reinterpret_cast<float4*>(p.state + own) = make_float4(h[0], h[1], h[2], h[3]);
+#pragma unroll
+        for (int e = 0; e < FWD_ELEMENTS; ++e) {
+            const int r = prow + e * FWD_ROW_STEP;
+            if (pactive && r < steps) store_as(p.out, first + (size_t)e * FWD_ROW_STEP * p.channels, out[e], bf16);
+        }
+    };
+    // The output's type tested once, each way inlined with a constant.
+    auto finish_as_out = [&](int k, float skip) {
+        if (p.out_bf16) {
+            finish(k, skip, 1);
+        } else {
+            finish(k, skip, 0);
+        }
+    };
+
+    if (walker) {
+        float a_nat[GROUP_STATES], a2[GROUP_STATES];
+        quad_a(p, active ? d : p.channels - 1, n0, a_nat, a2);
+        const size_t own = ((size_t)b * p.channels + d) * STATE + n0;
+        float h[GROUP_STATES] = {0.0f, 0.0f, 0.0f, 0.0f};
+        if (active && p.state != nullptr) {
+            const float4 saved = *reinterpret_cast<const float4*>(p.state + own);
+            h[0] = saved.x; h[1] = saved.y; h[2] = saved.z; h[3] = saved.w;
+        }
+        int next_checkpoint = 0, checkpoint = 0;
+        auto save_checkpoint = [&]() {
+            if (active && p.checkpoints != nullptr) {
+                const size_t at = (((size_t)b * p.chunks + checkpoint) * p.channels + d) * STATE + n0;
+                *reinterpret_cast<float4*>(p.checkpoints + at) = make_float4(h[0], h[1], h[2], h[3]);
+            }
+            next_checkpoint += p.chunk;
+            ++checkpoint;
+        };
+        auto walk = [&](int k, int steps, bool checked) {
+            const Raw& raw = sh.raws[k % FWD_RAWS];
+            const Tile& tile = sh.tiles[k & 1];
+            const int ts = k * FWD_ROWS;
+            // The partials stored after the walk, not row by row (see transform).
+            float y[FWD_ROWS];
+#pragma unroll
+            for (int r = 0; r < FWD_ROWS; ++r) {
+                y[r] = 0.0f;
+                if (checked) {
+                    if (r >= steps) continue;  // uniform across the block
+                    if (ts + r == next_checkpoint) save_checkpoint();
+                }
+                float decay[GROUP_STATES], cv[GROUP_STATES];
+                quad_step(raw, tile, r, ch, group, a2, h, decay);
+                quad_row(raw, r, 1, group, cv);
+#pragma unroll
+                for (int j = 0; j < GROUP_STATES; ++j) y[r] = add_output(y[r], cv[j], h[j]);
+            }
+            float* partials = &sh.partials[k & 1][0][0].x;
+#pragma unroll
+            for (int r = 0; r < FWD_ROWS; ++r) partials[(r * FWD_CHANNELS + ch) * 4 + group] = y[r];
+        };
+        __syncthreads();  // sub-chunks 0 and 1 copied
+        __syncthreads();  // sub-chunk 0 transformed
+        for (int k = 0; k < subs; ++k) {
+            __syncthreads();  // tile k transformed, partials of k - 2 finished
+            const int ts = k * FWD_ROWS;
+            const int steps = min(FWD_ROWS, p.len - ts);
+            if (ts == next_checkpoint) save_checkpoint();
+            if (steps == FWD_ROWS && next_checkpoint >= ts + FWD_ROWS) {
+                walk(k, steps, false);
+            } else {
+                walk(k, steps, true);
+            }
+        }
+        __syncthreads();  // the last partials stored
+        if (active && p.state != nullptr) {
+            *reinterpret_cast<float4*>(p.state + own) = make_float4(h[0], h[1], h[2], h[3]);
+        }
+    } else {
+        const float bias = __ldg(p.delta_bias + pdd);
+        const float skip = __ldg(p.d_skip + pdd);
+        issue(0);
+        if (subs > 1) issue(1);
+        copy_wait<0>();
+        __syncthreads();
+        transform(0, bias);
+        __syncthreads();
+        for (int k = 0; k < subs; ++k) {
+            // Sub-chunk k + 1 copied (and visible), k - 1 walked: its raw buffer takes k + 2.
+            copy_wait<0>();
+            __syncthreads();
+            if (k + 2 < subs) issue(k + 2);
+            if (k > 0) finish_as_out(k - 1, skip);
+            if (k + 1 < subs) transform(k + 1, bias);
+        }
+        __syncthreads();  // the last sub-chunk walked
+        finish_as_out(subs - 1, skip);
     }
 }
-
-extern "C" __global__ void __launch_bounds__(FWD_THREADS) scan_fwd_quad(ScanArgs p) { forward_quad(p); }
-
-// For shapes that give more than five blocks a multiprocessor (the plain kernel's register
-// limit): registers capped so that six fit, at the cost of a small spill that makes it
-// slower where blocks are fewer.
-extern "C" __global__ void __launch_bounds__(FWD_THREADS, 6) scan_fwd_quad_busy(ScanArgs p) { forward_quad(p); }
 
 // ---------------------------------------------------------------------------------------
 // Backward main kernel
