@@ -1013,8 +1013,9 @@ __device__ __forceinline__ void quad_step(const Raw& raw, const Tile& tile, int 
 // producers copy k + 2, finish k - 1 and transform k + 1. The walk's exps and the
 // producers' work are then on different warps, which the schedulers interleave, and the
 // block has twice the warps (a shape such as (8,1536,2048) gives under three blocks a
-// multiprocessor); with every thread doing both, as until session 17, one thread's
-// stream held both and the output sum took 12 exchanges a sub-chunk (history 29).
+// multiprocessor). With every thread doing both (the kernel before this one), a thread's
+// stream held both in turns and the output sum took 12 exchanges a sub-chunk: 19 % slower
+// there (docs/cuda-scan.md, history 29).
 
 #define FWD_CHANNELS 32
 // Positions a sub-chunk: twice the backward's, for more independent work between barriers.
