@@ -710,19 +710,13 @@ __device__ __forceinline__ float raw_at(const Raw& raw, int c, int r, int at) {
     return load_as(raw.cols[c], (size_t)r * Raw::CHANNELS + at, STREAMS_BF16);
 }
 
-// Per-(position, channel) scalars of one sub-chunk, computed once per block rather than
-// once per thread of a channel's quad: what rebuilding states and the output need ...
+// Per-(position, channel) scalars of one sub-chunk of the backward main kernel, computed
+// once per block rather than once per thread of a channel's quad: what rebuilding states
+// needs (xd), then what the walk and the outputs need besides.
 template <int CHANNELS, int ROWS>
 struct QuadTile {
-    static constexpr bool GRADS = false;
     float2 xd[ROWS][CHANNELS];  // dt * u, reset_dt: one load a row in the walk
     float gate[ROWS][CHANNELS];  // z * sigmoid(z): the output is y * gate
-};
-
-// ... and what the backward's walk needs besides.
-template <int CHANNELS, int ROWS>
-struct QuadGradTile : QuadTile<CHANNELS, ROWS> {
-    static constexpr bool GRADS = true;
     float dt[ROWS][CHANNELS];
     float g[ROWS][CHANNELS];     // d_out * silu(z): gradient w.r.t. y
     float zf[ROWS][CHANNELS];    // dz = y * zf
@@ -921,7 +915,7 @@ struct QuadCopies {
 };
 
 // Turns the raw elements this thread copied into the tile's scalars that `needs` asks
-// (QUAD_BACKWARD only of a QuadGradTile).
+// (QUAD_REBUILD or QUAD_BACKWARD).
 template <typename Raw, typename Tile>
 __device__ __forceinline__ void transform_quad(const ScanArgs& p, const QuadElements& io, const Raw& raw, Tile& tile,
                                                int needs) {
@@ -938,14 +932,11 @@ __device__ __forceinline__ void transform_quad(const ScanArgs& p, const QuadElem
         const float zz = p.z != nullptr ? raw_at(raw, COL_Z, r, at) : 0.0f;
         const float sg = sigmoid(zz);
         if (p.z != nullptr) tile.gate[r][at] = zz * sg;
-        if constexpr (Tile::GRADS) {
-            if (needs != QUAD_BACKWARD) continue;
-            const float dout = raw_at(raw, COL_D_OUT, r, at);
-            tile.dt[r][at] = dt;
-            tile.g[r][at] = p.z != nullptr ? dout * zz * sg : dout;
-            if (p.z != nullptr) tile.zf[r][at] = dout * sg * (1.0f + zz * (1.0f - sg));
-            tile.dsp[r][at] = sp.slope;
-        }
+        const float dout = raw_at(raw, COL_D_OUT, r, at);
+        tile.dt[r][at] = dt;
+        tile.g[r][at] = p.z != nullptr ? dout * zz * sg : dout;
+        if (p.z != nullptr) tile.zf[r][at] = dout * sg * (1.0f + zz * (1.0f - sg));
+        tile.dsp[r][at] = sp.slope;
     }
 }
 
@@ -1239,7 +1230,7 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanA
     float4* sub_states = dynamic_shared + BWD_THREADS / 32 * sizeof(WarpSums) / sizeof(float4);
     typedef QuadRaw<BWD_CHANNELS, SUB, QUAD_COLUMNS> Raw;
     __shared__ Raw raws[2];
-    __shared__ QuadGradTile<BWD_CHANNELS, SUB> tile;
+    __shared__ QuadTile<BWD_CHANNELS, SUB> tile;
     __shared__ QuadOut quad_out;
 
     const int tid = threadIdx.x;
