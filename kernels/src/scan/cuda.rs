@@ -26,10 +26,16 @@ const BACKWARD_THREADS: u32 = (BACKWARD_CHANNELS * THREADS_PER_CHANNEL) as u32;
 const ONE_PASS_CHANNELS: usize = 32;
 /// Its walkers (four threads a channel) and as many producers (`FWD_THREADS`).
 const ONE_PASS_THREADS: u32 = (2 * ONE_PASS_CHANNELS * THREADS_PER_CHANNEL) as u32;
-/// Its `ForwardShared`: three raw sub-chunks (three columns, the B/C rows and the resets of
-/// 16 positions for 32 channels), two tiles (xd, gate, u) and two sets of output partials.
-const ONE_PASS_SHARED_BYTES: usize =
-    3 * (3 * 16 * 32 * 4 + 16 * 32 * 4 + 16 * 4) + 2 * 16 * 32 * 16 + 2 * 16 * 32 * 16;
+/// Positions a sub-chunk of the one-pass forward (`FWD_ROWS`).
+const ONE_PASS_ROWS: usize = 16;
+/// Its `ForwardShared`: three raw sub-chunks (three f32-sized columns, the B/C rows, the
+/// resets), two tiles (xd, gate, u: 16 bytes an element) and two sets of output partials
+/// (a float4 an element).
+const ONE_PASS_SHARED_BYTES: usize = {
+    let elements = ONE_PASS_ROWS * ONE_PASS_CHANNELS;
+    let raw = 3 * elements * 4 + ONE_PASS_ROWS * 2 * STATE * 4 + ONE_PASS_ROWS * 4;
+    3 * raw + 2 * elements * 16 + 2 * elements * 16
+};
 /// Threads per multiprocessor from which the forward runs in one pass
 /// rather than cutting rows into segments, whose exps it takes twice.
 const ONE_PASS_THREADS_PER_SM: usize = 256;
