@@ -9,6 +9,16 @@ __device__ __forceinline__ unsigned int bf16_bits(float value) {
     return value != value ? (__float_as_uint(value) >> 16) | 0x40u : rounded;
 }
 
+// Two values' bits in one word, `lo` in the low half: one hardware conversion for both,
+// each NaN made apart as in bf16_bits.
+__device__ __forceinline__ unsigned int bf16_pair_bits(float lo, float hi) {
+    unsigned int packed;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(packed) : "f"(hi), "f"(lo));
+    if (lo != lo) packed = (packed & 0xffff0000u) | (__float_as_uint(lo) >> 16) | 0x40u;
+    if (hi != hi) packed = (packed & 0xffffu) | (__float_as_uint(hi) & 0xffff0000u) | 0x400000u;
+    return packed;
+}
+
 // Element i of a tensor of f32 values, or of bf16 bits when `bf16` (exact).
 __device__ __forceinline__ float load_as(const void* base, unsigned long long i, int bf16) {
     if (bf16) return __uint_as_float((unsigned int)((const unsigned short*)base)[i] << 16);
@@ -51,8 +61,7 @@ __device__ __forceinline__ void store_group(void* base, unsigned long long i, co
     if (W == 1) {
         store_as(base, i, v[0], bf16);
     } else if (bf16) {
-        ((uint2*)base)[i / 4] = make_uint2(bf16_bits(v[0]) | (bf16_bits(v[1 % W]) << 16),
-                                           bf16_bits(v[2 % W]) | (bf16_bits(v[3 % W]) << 16));
+        ((uint2*)base)[i / 4] = make_uint2(bf16_pair_bits(v[0], v[1 % W]), bf16_pair_bits(v[2 % W], v[3 % W]));
     } else {
         ((float4*)base)[i / 4] = make_float4(v[0], v[1 % W], v[2 % W], v[3 % W]);
     }

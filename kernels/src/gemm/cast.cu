@@ -17,8 +17,8 @@ extern "C" __global__ void f32_to_bf16(CastArgs args) {
     if (args.vector) {
         const float4 v = *(const float4*)(x + first);
         uint2 packed;
-        packed.x = bf16_bits(v.x) | (bf16_bits(v.y) << 16);
-        packed.y = bf16_bits(v.z) | (bf16_bits(v.w) << 16);
+        packed.x = bf16_pair_bits(v.x, v.y);
+        packed.y = bf16_pair_bits(v.z, v.w);
         *(uint2*)(y + first) = packed;
     } else {
         for (i64 i = first; i < first + 4 && i < args.n; ++i) y[i] = (unsigned short)bf16_bits(x[i]);

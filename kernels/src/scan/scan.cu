@@ -1001,7 +1001,7 @@ __device__ __forceinline__ void quad_step(const Raw& raw, const Tile& tile, int 
 // copies, the per-(position, channel) transform (softplus, dt * u, gate) and the outputs
 // (a channel's four partials summed in the per-channel kernel's and the backward's order,
 // so with their bits; D skip; gate; store). One barrier a sub-chunk k: walkers walk k while
-// producers copy k + 2, finish k - 1 and transform k + 1. The walk's exps and the
+// producers copy k + 3, finish k - 1 and transform k + 1. The walk's exps and the
 // producers' work are then on different warps, which the schedulers interleave, and the
 // block has twice the warps (a shape such as (8,1536,2048) gives under three blocks a
 // multiprocessor). With every thread doing both (the kernel before this one), a thread's
@@ -1015,12 +1015,22 @@ __device__ __forceinline__ void quad_step(const Raw& raw, const Tile& tile, int 
 #define FWD_PRODUCERS 128
 #define FWD_THREADS (FWD_PRODUCERS + FWD_WALKERS)
 static_assert(FWD_PRODUCERS == FWD_CHANNELS * GROUPS, "QuadCopies plans the copies for GROUPS threads a channel");
-// Raw buffers: the sub-chunk walked, the one transformed, the one being copied.
-#define FWD_RAWS 3
-// Elements (position, channel) a producer transforms and finishes a sub-chunk, and the
-// rows between them.
-#define FWD_ELEMENTS (FWD_ROWS * FWD_CHANNELS / FWD_PRODUCERS)
-#define FWD_ROW_STEP (FWD_PRODUCERS / FWD_CHANNELS)
+// Raw buffers: the sub-chunk walked, the one transformed, two being copied (a copy has two
+// sub-chunks' time to arrive).
+#define FWD_RAWS 4
+// Blocks a multiprocessor the kernel is built for: the f32 stream build (its copies planned
+// both ways) otherwise takes ~125 registers, two blocks; the bf16 builds take 75 unbidden
+// (bidden three, 80 and 1-3 % slower: docs/cuda-scan.md, history 30).
+#if STREAMS_BF16 == 0
+#define FWD_LAUNCH_BOUNDS __launch_bounds__(FWD_THREADS, 3)
+#else
+#define FWD_LAUNCH_BOUNDS __launch_bounds__(FWD_THREADS)
+#endif
+// A producer transforms and finishes FWD_ELEMENTS adjacent channels of one row a sub-chunk:
+// each shared access and the output's store then take the four at once.
+#define FWD_ELEMENTS 4
+static_assert(FWD_PRODUCERS * FWD_ELEMENTS == FWD_ROWS * FWD_CHANNELS, "a producer's elements are one row's");
+#define FWD_PRODUCERS_A_ROW (FWD_CHANNELS / FWD_ELEMENTS)
 
 template <int CHANNELS, int ROWS>
 struct ForwardTile {
@@ -1029,13 +1039,18 @@ struct ForwardTile {
     float u[ROWS][CHANNELS];
 };
 
+// Column of a channel's output partial of states group `group`: a walker warp's eight
+// channels of four groups store into 32 different banks, and a producer's four adjacent
+// channels stay adjacent (whole 8-channel blocks swap).
+__device__ __forceinline__ int partial_column(int ch, int group) { return ch ^ (WARP_CHANNELS * group); }
+
 struct ForwardShared {
     QuadRaw<FWD_CHANNELS, FWD_ROWS, COL_Z + 1> raws[FWD_RAWS];
     ForwardTile<FWD_CHANNELS, FWD_ROWS> tiles[2];
-    float4 partials[2][FWD_ROWS][FWD_CHANNELS];  // a channel's four output partials a row
+    float partials[2][FWD_ROWS][GROUPS][FWD_CHANNELS];  // a channel's four output partials a row
 };
 
-extern "C" __global__ void __launch_bounds__(FWD_THREADS) scan_fwd_one_pass(ScanArgs p) {
+extern "C" __global__ void FWD_LAUNCH_BOUNDS scan_fwd_one_pass(ScanArgs p) {
     typedef QuadRaw<FWD_CHANNELS, FWD_ROWS, COL_Z + 1> Raw;
     typedef ForwardTile<FWD_CHANNELS, FWD_ROWS> Tile;
     extern __shared__ float4 dynamic_shared[];
@@ -1056,62 +1071,82 @@ extern "C" __global__ void __launch_bounds__(FWD_THREADS) scan_fwd_one_pass(Scan
     const QuadElements io = quad_elements<FWD_CHANNELS>(p);
     const QuadCopies<Raw, false> copies(p, b);
 
-    // Producer: the channel and first row of its elements.
-    const int pch = threadIdx.x % FWD_CHANNELS;
-    const int prow = threadIdx.x / FWD_CHANNELS;
+    // Producer: the row and first channel of its elements.
+    const int prow = threadIdx.x / FWD_PRODUCERS_A_ROW;
+    const int pch = FWD_ELEMENTS * (threadIdx.x % FWD_PRODUCERS_A_ROW);
     const int pd = blockIdx.x * FWD_CHANNELS + pch;
-    const bool pactive = pd < p.channels;
-    const int pdd = pactive ? pd : p.channels - 1;
 
-    auto issue = [&](int k) { copies.issue(p, io, sh.raws[k % FWD_RAWS], b, k * FWD_ROWS, p.len, QUAD_OUTPUT); };
+    // Past the last sub-chunk an empty group, so that the groups pending stay one a sub-chunk.
+    auto issue = [&](int k) {
+        if (k < subs) {
+            copies.issue(p, io, sh.raws[k % FWD_RAWS], b, k * FWD_ROWS, p.len, QUAD_OUTPUT);
+        } else {
+            copy_commit();
+        }
+    };
     // Every shared load of the sub-chunk before the first store: the compiler cannot move
     // a shared load above a shared store (they might alias), so interleaved they would
     // serialise the elements.
-    auto transform = [&](int k, float bias) {
+    auto transform = [&](int k, const float (&bias)[FWD_ELEMENTS]) {
         const Raw& raw = sh.raws[k % FWD_RAWS];
         Tile& tile = sh.tiles[k & 1];
-        float delta[FWD_ELEMENTS], uu[FWD_ELEMENTS], zz[FWD_ELEMENTS];
-        u32 reset[FWD_ELEMENTS];
+        const size_t at = (size_t)prow * FWD_CHANNELS + swizzled<FWD_ROWS>(prow, pch);
+        float delta[FWD_ELEMENTS], uu[FWD_ELEMENTS], zz[FWD_ELEMENTS] = {0.0f, 0.0f, 0.0f, 0.0f};
+        load_group(&raw.cols[COL_DELTA][0][0], at, STREAMS_BF16, delta);
+        load_group(&raw.cols[COL_U][0][0], at, STREAMS_BF16, uu);
+        if (gated) load_group(&raw.cols[COL_Z][0][0], at, STREAMS_BF16, zz);
+        const u32 reset = raw.reset[prow];
+        float xd[2 * FWD_ELEMENTS], gate[FWD_ELEMENTS];
 #pragma unroll
         for (int e = 0; e < FWD_ELEMENTS; ++e) {
-            const int r = prow + e * FWD_ROW_STEP;
-            const int at = swizzled<FWD_ROWS>(r, pch);
-            delta[e] = raw_at(raw, COL_DELTA, r, at);
-            uu[e] = raw_at(raw, COL_U, r, at);
-            zz[e] = gated ? raw_at(raw, COL_Z, r, at) : 0.0f;
-            reset[e] = raw.reset[r];
+            const float dt = softplus(delta[e] + bias[e]);
+            xd[2 * e] = dt * uu[e];
+            xd[2 * e + 1] = reset_dt(dt, reset);
+            gate[e] = zz[e] * sigmoid(zz[e]);
         }
-#pragma unroll
-        for (int e = 0; e < FWD_ELEMENTS; ++e) {
-            const int r = prow + e * FWD_ROW_STEP;
-            const float dt = softplus(delta[e] + bias);
-            tile.xd[r][pch] = make_float2(dt * uu[e], reset_dt(dt, reset[e]));
-            tile.u[r][pch] = uu[e];
-            tile.gate[r][pch] = zz[e] * sigmoid(zz[e]);
-        }
+        float4* xd_row = reinterpret_cast<float4*>(&tile.xd[prow][pch]);
+        xd_row[0] = make_float4(xd[0], xd[1], xd[2], xd[3]);
+        xd_row[1] = make_float4(xd[4], xd[5], xd[6], xd[7]);
+        *reinterpret_cast<float4*>(&tile.u[prow][pch]) = make_float4(uu[0], uu[1], uu[2], uu[3]);
+        *reinterpret_cast<float4*>(&tile.gate[prow][pch]) = make_float4(gate[0], gate[1], gate[2], gate[3]);
     };
+    // A producer's four outputs of a row in one access: channels a multiple of four, the
+    // output aligned.
+    const bool whole_groups = p.channels % FWD_ELEMENTS == 0 &&
+                              (size_t)p.out % (FWD_ELEMENTS * (p.out_bf16 ? 2 : 4)) == 0;
     // Sub-chunk k's outputs at the producer's elements.
-    auto finish = [&](int k, float skip, int bf16) {
+    auto finish = [&](int k, const float (&skip)[FWD_ELEMENTS], int bf16) {
         const Tile& tile = sh.tiles[k & 1];
-        const int ts = k * FWD_ROWS;
-        const int steps = min(FWD_ROWS, p.len - ts);
-        const size_t first = ((size_t)b * p.len + ts + prow) * p.channels + pd;
+        const int t = k * FWD_ROWS + prow;
+        if (t >= p.len) return;
+        float y[GROUPS][FWD_ELEMENTS];
+#pragma unroll
+        for (int g = 0; g < GROUPS; ++g) {
+            const float4 v = *reinterpret_cast<const float4*>(&sh.partials[k & 1][prow][g][partial_column(pch, g)]);
+            y[g][0] = v.x; y[g][1] = v.y; y[g][2] = v.z; y[g][3] = v.w;
+        }
+        const float4 u4 = *reinterpret_cast<const float4*>(&tile.u[prow][pch]);
+        const float4 gate4 = *reinterpret_cast<const float4*>(&tile.gate[prow][pch]);
+        const float uu[FWD_ELEMENTS] = {u4.x, u4.y, u4.z, u4.w};
+        const float gate[FWD_ELEMENTS] = {gate4.x, gate4.y, gate4.z, gate4.w};
         float out[FWD_ELEMENTS];
 #pragma unroll
         for (int e = 0; e < FWD_ELEMENTS; ++e) {
-            const int r = prow + e * FWD_ROW_STEP;
-            const float4 y = sh.partials[k & 1][r][pch];
-            out[e] = with_skip((y.x + y.y) + (y.z + y.w), skip, tile.u[r][pch]);
-            if (gated) out[e] *= tile.gate[r][pch];
+            out[e] = with_skip((y[0][e] + y[1][e]) + (y[2][e] + y[3][e]), skip[e], uu[e]);
+            if (gated) out[e] *= gate[e];
         }
+        const size_t first = ((size_t)b * p.len + t) * p.channels + pd;
+        if (whole_groups && pd < p.channels) {
+            store_group(p.out, first, out, bf16);
+        } else {
 #pragma unroll
-        for (int e = 0; e < FWD_ELEMENTS; ++e) {
-            const int r = prow + e * FWD_ROW_STEP;
-            if (pactive && r < steps) store_as(p.out, first + (size_t)e * FWD_ROW_STEP * p.channels, out[e], bf16);
+            for (int e = 0; e < FWD_ELEMENTS; ++e) {
+                if (pd + e < p.channels) store_as(p.out, first + e, out[e], bf16);
+            }
         }
     };
     // The output's type tested once, each way inlined with a constant.
-    auto finish_as_out = [&](int k, float skip) {
+    auto finish_as_out = [&](int k, const float (&skip)[FWD_ELEMENTS]) {
         if (p.out_bf16) {
             finish(k, skip, 1);
         } else {
@@ -1156,11 +1191,11 @@ extern "C" __global__ void __launch_bounds__(FWD_THREADS) scan_fwd_one_pass(Scan
 #pragma unroll
                 for (int j = 0; j < GROUP_STATES; ++j) y[r] = add_output(y[r], cv[j], h[j]);
             }
-            float* partials = &sh.partials[k & 1][0][0].x;
+            const int column = partial_column(ch, group);
 #pragma unroll
-            for (int r = 0; r < FWD_ROWS; ++r) partials[(r * FWD_CHANNELS + ch) * 4 + group] = y[r];
+            for (int r = 0; r < FWD_ROWS; ++r) sh.partials[k & 1][r][group][column] = y[r];
         };
-        __syncthreads();  // sub-chunks 0 and 1 copied
+        __syncthreads();  // sub-chunk 0 copied
         __syncthreads();  // sub-chunk 0 transformed
         for (int k = 0; k < subs; ++k) {
             __syncthreads();  // tile k transformed, partials of k - 2 finished
@@ -1178,19 +1213,23 @@ extern "C" __global__ void __launch_bounds__(FWD_THREADS) scan_fwd_one_pass(Scan
             *reinterpret_cast<float4*>(p.state + own) = make_float4(h[0], h[1], h[2], h[3]);
         }
     } else {
-        const float bias = __ldg(p.delta_bias + pdd);
-        const float skip = __ldg(p.d_skip + pdd);
-        issue(0);
-        if (subs > 1) issue(1);
-        copy_wait<0>();
+        float bias[FWD_ELEMENTS], skip[FWD_ELEMENTS];
+#pragma unroll
+        for (int e = 0; e < FWD_ELEMENTS; ++e) {
+            const int d = min(pd + e, p.channels - 1);
+            bias[e] = __ldg(p.delta_bias + d);
+            skip[e] = __ldg(p.d_skip + d);
+        }
+        for (int k = 0; k < FWD_RAWS - 1; ++k) issue(k);
+        copy_wait<FWD_RAWS - 2>();
         __syncthreads();
         transform(0, bias);
         __syncthreads();
         for (int k = 0; k < subs; ++k) {
-            // Sub-chunk k + 1 copied (and visible), k - 1 walked: its raw buffer takes k + 2.
-            copy_wait<0>();
+            // Sub-chunk k + 1 copied (and visible), k - 1 walked: its raw buffer takes k + 3.
+            copy_wait<FWD_RAWS - 3>();
             __syncthreads();
-            if (k + 2 < subs) issue(k + 2);
+            issue(k + FWD_RAWS - 1);
             if (k > 0) finish_as_out(k - 1, skip);
             if (k + 1 < subs) transform(k + 1, bias);
         }
