@@ -14,8 +14,8 @@ __device__ __forceinline__ unsigned int bf16_bits(float value) {
 __device__ __forceinline__ unsigned int bf16_pair_bits(float lo, float hi) {
     unsigned int packed;
     asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(packed) : "f"(hi), "f"(lo));
-    if (lo != lo) packed = (packed & 0xffff0000u) | (__float_as_uint(lo) >> 16) | 0x40u;
-    if (hi != hi) packed = (packed & 0xffffu) | (__float_as_uint(hi) & 0xffff0000u) | 0x400000u;
+    // One test of both for the rare NaN, which then takes the slow way.
+    if (__builtin_expect(lo != lo || hi != hi, 0)) packed = bf16_bits(lo) | (bf16_bits(hi) << 16);
     return packed;
 }
 

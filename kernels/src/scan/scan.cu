@@ -1034,10 +1034,14 @@ static_assert(FWD_PRODUCERS * FWD_ELEMENTS == FWD_ROWS * FWD_CHANNELS, "a produc
 
 template <int CHANNELS, int ROWS>
 struct ForwardTile {
-    float2 xd[ROWS][CHANNELS];  // dt * u, reset_dt: what the walk reads
+    float2 xd[ROWS][CHANNELS];  // dt * u, reset_dt: what the walk reads (column xd_column)
     float gate[ROWS][CHANNELS];
     float u[ROWS][CHANNELS];
 };
+
+// Column of a channel's xd in a tile: channel pairs swapped in the upper 16 channels, so
+// that a warp's producers store their first (or second) 16-byte halves into different banks.
+__device__ __forceinline__ int xd_column(int ch) { return ch ^ ((ch >> 3) & 2); }
 
 // Column of a channel's output partial of states group `group`: a walker warp's eight
 // channels of four groups store into 32 different banks, and a producer's four adjacent
@@ -1104,9 +1108,8 @@ extern "C" __global__ void FWD_LAUNCH_BOUNDS scan_fwd_one_pass(ScanArgs p) {
             xd[2 * e + 1] = reset_dt(dt, reset);
             gate[e] = zz[e] * sigmoid(zz[e]);
         }
-        float4* xd_row = reinterpret_cast<float4*>(&tile.xd[prow][pch]);
-        xd_row[0] = make_float4(xd[0], xd[1], xd[2], xd[3]);
-        xd_row[1] = make_float4(xd[4], xd[5], xd[6], xd[7]);
+        *reinterpret_cast<float4*>(&tile.xd[prow][xd_column(pch)]) = make_float4(xd[0], xd[1], xd[2], xd[3]);
+        *reinterpret_cast<float4*>(&tile.xd[prow][xd_column(pch + 2)]) = make_float4(xd[4], xd[5], xd[6], xd[7]);
         *reinterpret_cast<float4*>(&tile.u[prow][pch]) = make_float4(uu[0], uu[1], uu[2], uu[3]);
         *reinterpret_cast<float4*>(&tile.gate[prow][pch]) = make_float4(gate[0], gate[1], gate[2], gate[3]);
     };
@@ -1186,7 +1189,7 @@ extern "C" __global__ void FWD_LAUNCH_BOUNDS scan_fwd_one_pass(ScanArgs p) {
                     if (ts + r == next_checkpoint) save_checkpoint();
                 }
                 float decay[GROUP_STATES], cv[GROUP_STATES];
-                quad_step(raw, tile, r, ch, group, a2, h, decay);
+                quad_step(raw, tile, r, xd_column(ch), group, a2, h, decay);
                 quad_row(raw, r, 1, group, cv);
 #pragma unroll
                 for (int j = 0; j < GROUP_STATES; ++j) y[r] = add_output(y[r], cv[j], h[j]);
