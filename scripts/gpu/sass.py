@@ -3,8 +3,8 @@
 
 Compiles .cu sources with NVRTC for sm_90 (as the backend does at run time), disassembles
 the CUBIN and prints, per kernel: instructions, special-function (MUFU) instructions,
-shuffles, branches, local-memory spill accesses and registers a thread. What a kernel change does to these is
-a prediction to check on the GPU, not a measurement.
+shuffles, branches, local-memory spill accesses and registers a thread. What a kernel
+change does to these is a prediction to check on the GPU, not a measurement.
 
 Set-up (PyPI only):
     python3 -m venv /var/tmp/nvrtc-venv

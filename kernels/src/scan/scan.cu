@@ -1100,18 +1100,19 @@ extern "C" __global__ void FWD_LAUNCH_BOUNDS scan_fwd_one_pass(ScanArgs p) {
         load_group(&raw.cols[COL_U][0][0], at, STREAMS_BF16, uu);
         if (gated) load_group(&raw.cols[COL_Z][0][0], at, STREAMS_BF16, zz);
         const u32 reset = raw.reset[prow];
-        float xd[2 * FWD_ELEMENTS], gate[FWD_ELEMENTS];
+        // xd of channels pch, pch + 1 and of pch + 2, pch + 3: (dt * u, reset_dt) each.
+        float xd[2][4], gate[FWD_ELEMENTS];
 #pragma unroll
         for (int e = 0; e < FWD_ELEMENTS; ++e) {
             const float dt = softplus(delta[e] + bias[e]);
-            xd[2 * e] = dt * uu[e];
-            xd[2 * e + 1] = reset_dt(dt, reset);
+            xd[e / 2][2 * (e % 2)] = dt * uu[e];
+            xd[e / 2][2 * (e % 2) + 1] = reset_dt(dt, reset);
             gate[e] = zz[e] * sigmoid(zz[e]);
         }
-        *reinterpret_cast<float4*>(&tile.xd[prow][xd_column(pch)]) = make_float4(xd[0], xd[1], xd[2], xd[3]);
-        *reinterpret_cast<float4*>(&tile.xd[prow][xd_column(pch + 2)]) = make_float4(xd[4], xd[5], xd[6], xd[7]);
-        *reinterpret_cast<float4*>(&tile.u[prow][pch]) = make_float4(uu[0], uu[1], uu[2], uu[3]);
-        *reinterpret_cast<float4*>(&tile.gate[prow][pch]) = make_float4(gate[0], gate[1], gate[2], gate[3]);
+        store_group(&tile.xd[prow][xd_column(pch)], 0, xd[0], 0);
+        store_group(&tile.xd[prow][xd_column(pch + 2)], 0, xd[1], 0);
+        store_group(&tile.u[prow][pch], 0, uu, 0);
+        store_group(&tile.gate[prow][pch], 0, gate, 0);
     };
     // A producer's four outputs of a row in one access: channels a multiple of four, the
     // output aligned.
@@ -1122,16 +1123,11 @@ extern "C" __global__ void FWD_LAUNCH_BOUNDS scan_fwd_one_pass(ScanArgs p) {
         const Tile& tile = sh.tiles[k & 1];
         const int t = k * FWD_ROWS + prow;
         if (t >= p.len) return;
-        float y[GROUPS][FWD_ELEMENTS];
+        float y[GROUPS][FWD_ELEMENTS], uu[FWD_ELEMENTS], gate[FWD_ELEMENTS];
 #pragma unroll
-        for (int g = 0; g < GROUPS; ++g) {
-            const float4 v = *reinterpret_cast<const float4*>(&sh.partials[k & 1][prow][g][partial_column(pch, g)]);
-            y[g][0] = v.x; y[g][1] = v.y; y[g][2] = v.z; y[g][3] = v.w;
-        }
-        const float4 u4 = *reinterpret_cast<const float4*>(&tile.u[prow][pch]);
-        const float4 gate4 = *reinterpret_cast<const float4*>(&tile.gate[prow][pch]);
-        const float uu[FWD_ELEMENTS] = {u4.x, u4.y, u4.z, u4.w};
-        const float gate[FWD_ELEMENTS] = {gate4.x, gate4.y, gate4.z, gate4.w};
+        for (int g = 0; g < GROUPS; ++g) load_group(&sh.partials[k & 1][prow][g][partial_column(pch, g)], 0, 0, y[g]);
+        load_group(&tile.u[prow][pch], 0, 0, uu);
+        load_group(&tile.gate[prow][pch], 0, 0, gate);
         float out[FWD_ELEMENTS];
 #pragma unroll
         for (int e = 0; e < FWD_ELEMENTS; ++e) {
@@ -1219,9 +1215,9 @@ extern "C" __global__ void FWD_LAUNCH_BOUNDS scan_fwd_one_pass(ScanArgs p) {
         float bias[FWD_ELEMENTS], skip[FWD_ELEMENTS];
 #pragma unroll
         for (int e = 0; e < FWD_ELEMENTS; ++e) {
-            const int d = min(pd + e, p.channels - 1);
-            bias[e] = __ldg(p.delta_bias + d);
-            skip[e] = __ldg(p.d_skip + d);
+            const int channel = min(pd + e, p.channels - 1);
+            bias[e] = __ldg(p.delta_bias + channel);
+            skip[e] = __ldg(p.d_skip + channel);
         }
         for (int k = 0; k < FWD_RAWS - 1; ++k) issue(k);
         copy_wait<FWD_RAWS - 2>();
