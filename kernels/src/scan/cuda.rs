@@ -31,12 +31,12 @@ const ONE_PASS_ROWS: usize = 16;
 /// Its raw sub-chunks in shared memory (`FWD_RAWS`).
 const ONE_PASS_RAWS: usize = 4;
 /// Its `ForwardShared`: the raw sub-chunks (three f32-sized columns, the B/C rows, the
-/// resets), two tiles (xd, gate, u: 16 bytes an element) and two sets of output partials
-/// (four floats an element).
+/// resets), two tiles (xd: 8 bytes an element) and two sets of output partials (four
+/// floats an element).
 const ONE_PASS_SHARED_BYTES: usize = {
     let elements = ONE_PASS_ROWS * ONE_PASS_CHANNELS;
     let raw = 3 * elements * 4 + ONE_PASS_ROWS * 2 * STATE * 4 + ONE_PASS_ROWS * 4;
-    ONE_PASS_RAWS * raw + 2 * elements * 16 + 2 * elements * 16
+    ONE_PASS_RAWS * raw + 2 * elements * 8 + 2 * elements * 16
 };
 /// Threads per multiprocessor from which the forward runs in one pass
 /// rather than cutting rows into segments, whose exps it takes twice.

@@ -1017,26 +1017,44 @@ static_assert(FWD_PRODUCERS == FWD_CHANNELS * GROUPS, "QuadCopies plans the copi
 // Raw buffers: the sub-chunk walked, the one transformed, two being copied (a copy has two
 // sub-chunks' time to arrive).
 #define FWD_RAWS 4
-// Blocks a multiprocessor the kernel is built for: the f32 stream build (its copies planned
-// both ways) otherwise takes ~125 registers, two blocks; the bf16 builds take 75 unbidden
-// (bidden three, 80 and 1-3 % slower: docs/cuda-scan.md, history 30).
-#if STREAMS_BF16 == 0
+// Three blocks a multiprocessor (80 registers): unbidden, every build takes more.
 #define FWD_LAUNCH_BOUNDS __launch_bounds__(FWD_THREADS, 3)
-#else
-#define FWD_LAUNCH_BOUNDS __launch_bounds__(FWD_THREADS)
-#endif
 // A producer transforms and finishes FWD_ELEMENTS adjacent channels of one row a sub-chunk:
 // each shared access and the output's store then take the four at once.
 #define FWD_ELEMENTS 4
 static_assert(FWD_PRODUCERS * FWD_ELEMENTS == FWD_ROWS * FWD_CHANNELS, "a producer's elements are one row's");
 #define FWD_PRODUCERS_A_ROW (FWD_CHANNELS / FWD_ELEMENTS)
 
+// What the walk reads of a sub-chunk besides the raw B and C rows. (The output's u and
+// gate are not kept here: a producer reads z and u again from the raw buffer, which costs
+// fewer shared-memory accesses than storing and loading them.)
 template <int CHANNELS, int ROWS>
 struct ForwardTile {
-    float2 xd[ROWS][CHANNELS];  // dt * u, reset_dt: what the walk reads (column xd_column)
-    float gate[ROWS][CHANNELS];
-    float u[ROWS][CHANNELS];
+    float2 xd[ROWS][CHANNELS];  // dt * u, reset_dt (column xd_column)
 };
+
+// Four adjacent elements of a staged column as they lie there (bf16 bits or f32), kept in
+// registers across a barrier and widened where used.
+#if STREAMS_BF16
+typedef uint2 StagedGroup;
+#else
+typedef float4 StagedGroup;
+#endif
+
+__device__ __forceinline__ StagedGroup load_staged(const float* column, size_t at) {
+    return reinterpret_cast<const StagedGroup*>(column)[at / FWD_ELEMENTS];
+}
+
+__device__ __forceinline__ void widen(const StagedGroup& staged, float (&v)[FWD_ELEMENTS]) {
+#if STREAMS_BF16
+    v[0] = __uint_as_float(staged.x << 16);
+    v[1] = __uint_as_float(staged.x & 0xffff0000u);
+    v[2] = __uint_as_float(staged.y << 16);
+    v[3] = __uint_as_float(staged.y & 0xffff0000u);
+#else
+    v[0] = staged.x; v[1] = staged.y; v[2] = staged.z; v[3] = staged.w;
+#endif
+}
 
 // Column of a channel's xd in a tile: channel pairs swapped in the upper 16 channels, so
 // that a warp's producers store their first (or second) 16-byte halves into different banks.
@@ -1087,31 +1105,36 @@ extern "C" __global__ void FWD_LAUNCH_BOUNDS scan_fwd_one_pass(ScanArgs p) {
             copy_commit();
         }
     };
+    // The producer's elements in a raw buffer's columns.
+    const size_t staged_at = (size_t)prow * FWD_CHANNELS + swizzled<FWD_ROWS>(prow, pch);
     // Every shared load of the sub-chunk before the first store: the compiler cannot move
     // a shared load above a shared store (they might alias), so interleaved they would
     // serialise the elements.
     auto transform = [&](int k, const float (&bias)[FWD_ELEMENTS]) {
         const Raw& raw = sh.raws[k % FWD_RAWS];
         Tile& tile = sh.tiles[k & 1];
-        const size_t at = (size_t)prow * FWD_CHANNELS + swizzled<FWD_ROWS>(prow, pch);
-        float delta[FWD_ELEMENTS], uu[FWD_ELEMENTS], zz[FWD_ELEMENTS] = {0.0f, 0.0f, 0.0f, 0.0f};
-        load_group(&raw.cols[COL_DELTA][0][0], at, STREAMS_BF16, delta);
-        load_group(&raw.cols[COL_U][0][0], at, STREAMS_BF16, uu);
-        if (gated) load_group(&raw.cols[COL_Z][0][0], at, STREAMS_BF16, zz);
+        float delta[FWD_ELEMENTS], uu[FWD_ELEMENTS];
+        load_group(&raw.cols[COL_DELTA][0][0], staged_at, STREAMS_BF16, delta);
+        load_group(&raw.cols[COL_U][0][0], staged_at, STREAMS_BF16, uu);
         const u32 reset = raw.reset[prow];
         // xd of channels pch, pch + 1 and of pch + 2, pch + 3: (dt * u, reset_dt) each.
-        float xd[2][4], gate[FWD_ELEMENTS];
+        float xd[2][4];
 #pragma unroll
         for (int e = 0; e < FWD_ELEMENTS; ++e) {
             const float dt = softplus(delta[e] + bias[e]);
             xd[e / 2][2 * (e % 2)] = dt * uu[e];
             xd[e / 2][2 * (e % 2) + 1] = reset_dt(dt, reset);
-            gate[e] = zz[e] * sigmoid(zz[e]);
         }
         store_group(&tile.xd[prow][xd_column(pch)], 0, xd[0], 0);
         store_group(&tile.xd[prow][xd_column(pch + 2)], 0, xd[1], 0);
-        store_group(&tile.u[prow][pch], 0, uu, 0);
-        store_group(&tile.gate[prow][pch], 0, gate, 0);
+    };
+    // u and z of sub-chunk k for its finish in the next sub-chunk, when k's raw buffer is
+    // already taking k + FWD_RAWS.
+    StagedGroup next_u, next_z;
+    auto keep_for_finish = [&](int k) {
+        const Raw& raw = sh.raws[k % FWD_RAWS];
+        next_u = load_staged(&raw.cols[COL_U][0][0], staged_at);
+        if (gated) next_z = load_staged(&raw.cols[COL_Z][0][0], staged_at);
     };
     // A producer's four outputs of a row in one access: channels a multiple of four, the
     // output aligned.
@@ -1119,19 +1142,18 @@ extern "C" __global__ void FWD_LAUNCH_BOUNDS scan_fwd_one_pass(ScanArgs p) {
                               (size_t)p.out % (FWD_ELEMENTS * (p.out_bf16 ? 2 : 4)) == 0;
     // Sub-chunk k's outputs at the producer's elements.
     auto finish = [&](int k, const float (&skip)[FWD_ELEMENTS], int bf16) {
-        const Tile& tile = sh.tiles[k & 1];
         const int t = k * FWD_ROWS + prow;
         if (t >= p.len) return;
-        float y[GROUPS][FWD_ELEMENTS], uu[FWD_ELEMENTS], gate[FWD_ELEMENTS];
+        float y[GROUPS][FWD_ELEMENTS], uu[FWD_ELEMENTS], zz[FWD_ELEMENTS];
 #pragma unroll
         for (int g = 0; g < GROUPS; ++g) load_group(&sh.partials[k & 1][prow][g][partial_column(pch, g)], 0, 0, y[g]);
-        load_group(&tile.u[prow][pch], 0, 0, uu);
-        load_group(&tile.gate[prow][pch], 0, 0, gate);
+        widen(next_u, uu);
+        if (gated) widen(next_z, zz);
         float out[FWD_ELEMENTS];
 #pragma unroll
         for (int e = 0; e < FWD_ELEMENTS; ++e) {
             out[e] = with_skip((y[0][e] + y[1][e]) + (y[2][e] + y[3][e]), skip[e], uu[e]);
-            if (gated) out[e] *= gate[e];
+            if (gated) out[e] *= zz[e] * sigmoid(zz[e]);
         }
         const size_t first = ((size_t)b * p.len + t) * p.channels + pd;
         if (whole_groups && pd < p.channels) {
@@ -1230,6 +1252,7 @@ extern "C" __global__ void FWD_LAUNCH_BOUNDS scan_fwd_one_pass(ScanArgs p) {
             issue(k + FWD_RAWS - 1);
             if (k > 0) finish_as_out(k - 1, skip);
             if (k + 1 < subs) transform(k + 1, bias);
+            keep_for_finish(k);
         }
         __syncthreads();  // the last sub-chunk walked
         finish_as_out(subs - 1, skip);
