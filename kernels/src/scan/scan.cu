@@ -974,12 +974,11 @@ __device__ __forceinline__ void quad_a(const ScanArgs& p, int d, int n0, float (
 }
 
 // Advances the thread's states over row r of a sub-chunk (h <- exp(A dt) h + dt u B),
-// giving the decays too.
-template <typename Raw, typename Tile>
-__device__ __forceinline__ void quad_step(const Raw& raw, const Tile& tile, int r, int ch, int group,
+// giving the decays too; xd is the row's (dt * u, reset_dt) of the thread's channel.
+template <typename Raw>
+__device__ __forceinline__ void quad_step(const Raw& raw, float2 xd, int r, int group,
                                           const float (&a2)[GROUP_STATES],
                                           float (&h)[GROUP_STATES], float (&decay)[GROUP_STATES]) {
-    const float2 xd = tile.xd[r][ch];
     float bv[GROUP_STATES];
     quad_row(raw, r, 0, group, bv);
 #pragma unroll
@@ -1028,9 +1027,11 @@ static_assert(FWD_PRODUCERS * FWD_ELEMENTS == FWD_ROWS * FWD_CHANNELS, "a produc
 // What the walk reads of a sub-chunk besides the raw B and C rows. (The output's u and
 // gate are not kept here: a producer reads z and u again from the raw buffer, which costs
 // fewer shared-memory accesses than storing and loading them.)
+// xd[i][xd_slot(ch)][j]: (dt * u, reset_dt) of row 2i + j, so that a walker loads two rows
+// at once.
 template <int CHANNELS, int ROWS>
 struct ForwardTile {
-    float2 xd[ROWS][CHANNELS];  // dt * u, reset_dt (column xd_column)
+    float2 xd[ROWS / 2][CHANNELS][2];
 };
 
 // Four adjacent elements of a staged column as they lie there (bf16 bits or f32), kept in
@@ -1056,9 +1057,10 @@ __device__ __forceinline__ void widen(const StagedGroup& staged, float (&v)[FWD_
 #endif
 }
 
-// Column of a channel's xd in a tile: channel pairs swapped in the upper 16 channels, so
-// that a warp's producers store their first (or second) 16-byte halves into different banks.
-__device__ __forceinline__ int xd_column(int ch) { return ch ^ ((ch >> 3) & 2); }
+// Slot of a channel's row pair in a tile's xd: channels within each 4-channel block xor-ed
+// by the 8-channel block, so that the 8-byte stores of a producer warp's four rows (channels
+// four apart) take two wavefronts, and a walker warp's eight channels stay one 128-byte line.
+__device__ __forceinline__ int xd_slot(int ch) { return ch ^ ((ch >> 3) & 3); }
 
 // Column of a channel's output partial of states group `group`: a walker warp's eight
 // channels of four groups store into 32 different banks, and a producer's four adjacent
@@ -1117,16 +1119,14 @@ extern "C" __global__ void FWD_LAUNCH_BOUNDS scan_fwd_one_pass(ScanArgs p) {
         load_group(&raw.cols[COL_DELTA][0][0], staged_at, STREAMS_BF16, delta);
         load_group(&raw.cols[COL_U][0][0], staged_at, STREAMS_BF16, uu);
         const u32 reset = raw.reset[prow];
-        // xd of channels pch, pch + 1 and of pch + 2, pch + 3: (dt * u, reset_dt) each.
-        float xd[2][4];
+        float2 xd[FWD_ELEMENTS];
 #pragma unroll
         for (int e = 0; e < FWD_ELEMENTS; ++e) {
             const float dt = softplus(delta[e] + bias[e]);
-            xd[e / 2][2 * (e % 2)] = dt * uu[e];
-            xd[e / 2][2 * (e % 2) + 1] = reset_dt(dt, reset);
+            xd[e] = make_float2(dt * uu[e], reset_dt(dt, reset));
         }
-        store_group(&tile.xd[prow][xd_column(pch)], 0, xd[0], 0);
-        store_group(&tile.xd[prow][xd_column(pch + 2)], 0, xd[1], 0);
+#pragma unroll
+        for (int e = 0; e < FWD_ELEMENTS; ++e) tile.xd[prow / 2][xd_slot(pch + e)][prow % 2] = xd[e];
     };
     // u and z of sub-chunk k for its finish in the next sub-chunk, when k's raw buffer is
     // already taking k + FWD_RAWS.
@@ -1198,6 +1198,7 @@ extern "C" __global__ void FWD_LAUNCH_BOUNDS scan_fwd_one_pass(ScanArgs p) {
             const int ts = k * FWD_ROWS;
             // The partials stored after the walk, not row by row (see transform).
             float y[FWD_ROWS];
+            float4 xd_pair;
 #pragma unroll
             for (int r = 0; r < FWD_ROWS; ++r) {
                 y[r] = 0.0f;
@@ -1205,8 +1206,10 @@ extern "C" __global__ void FWD_LAUNCH_BOUNDS scan_fwd_one_pass(ScanArgs p) {
                     if (r >= steps) continue;  // uniform across the block
                     if (ts + r == next_checkpoint) save_checkpoint();
                 }
+                if (r % 2 == 0) xd_pair = *reinterpret_cast<const float4*>(&tile.xd[r / 2][xd_slot(ch)][0]);
+                const float2 xd = r % 2 == 0 ? make_float2(xd_pair.x, xd_pair.y) : make_float2(xd_pair.z, xd_pair.w);
                 float decay[GROUP_STATES], cv[GROUP_STATES];
-                quad_step(raw, tile, r, xd_column(ch), group, a2, h, decay);
+                quad_step(raw, xd, r, group, a2, h, decay);
                 quad_row(raw, r, 1, group, cv);
 #pragma unroll
                 for (int j = 0; j < GROUP_STATES; ++j) y[r] = add_output(y[r], cv[j], h[j]);
@@ -1378,7 +1381,7 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanA
 #pragma unroll
                 for (int r = 0; r < SUB; ++r) {
                     float decay[GROUP_STATES];
-                    quad_step(raw, tile, r, ch, group, a2, h, decay);
+                    quad_step(raw, tile.xd[r][ch], r, group, a2, h, decay);
                 }
             } else {
                 // States before and after each of the SUB steps, and their decays.
@@ -1391,7 +1394,7 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, 2) scan_bwd_main(ScanA
                 for (int r = 0; r < SUB; ++r) {
 #pragma unroll
                     for (int jj = 0; jj < GROUP_STATES; ++jj) hs[r + 1][jj] = hs[r][jj];
-                    quad_step(raw, tile, r, ch, group, a2, hs[r + 1], decay[r]);
+                    quad_step(raw, tile.xd[r][ch], r, group, a2, hs[r + 1], decay[r]);
                 }
                 // Whole sub-chunks (all but a row's last) walk their rows without a test
                 // each (the walk inlined with a constant), so rows can overlap.
