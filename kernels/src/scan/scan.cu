@@ -522,10 +522,9 @@ extern "C" __global__ void __launch_bounds__(CH_THREADS) scan_fwd_output(ScanArg
                 y[n / GROUP_STATES] = add_output(y[n / GROUP_STATES], ct[n], h[n]);
             }
             float out = with_skip((y[0] + y[1]) + (y[2] + y[3]), skip, uu);
-            if (gated) {
-                const float zz = tile_col(tile.z, r);
-                out *= zz * sigmoid(zz);
-            }
+            const float zz = tile_col(tile.z, r);
+            const float gate = zz * sigmoid(zz);  // taken ungated too (then unused): no branch
+            if (gated) out *= gate;
             if (active) store_as(p.out, row * p.channels + d, out, p.out_bf16);
         }
     });
@@ -565,7 +564,8 @@ extern "C" __global__ void __launch_bounds__(CH_THREADS, 4) scan_bwd_segment(Sca
         for (int r = 0; r < TILE; ++r) {
             dts[r] = softplus(tile_col(tile.delta, r) + bias);
             const float zz = tile_col(tile.z, r);
-            gs[r] = tile_col(tile.x, r) * (gated ? zz * sigmoid(zz) : 1.0f);
+            const float gate = zz * sigmoid(zz);  // taken ungated too: no branch per row
+            gs[r] = tile_col(tile.x, r) * (gated ? gate : 1.0f);
         }
 #pragma unroll
         for (int r = TILE - 1; r >= 0; --r) {
