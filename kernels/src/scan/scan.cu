@@ -998,8 +998,8 @@ __device__ __forceinline__ void quad_step(const Raw& raw, float2 xd, int r, int 
 // states) into shared memory after the sub-chunk. FWD_PRODUCERS threads do the rest: the
 // copies, the per-(position, channel) transform (softplus, dt * u) and the outputs (a
 // channel's four partials summed in the per-channel kernel's and the backward's order, so
-// with their bits; D skip; the gate from z; store). One barrier a sub-chunk k: walkers walk k while
-// producers copy k + 3, finish k - 1 and transform k + 1. The walk's exps and the
+// with their bits; D skip; the gate from z; store). One barrier a sub-chunk k: walkers
+// walk k while producers copy k + 3, finish k - 1 and transform k + 1. The walk's exps and the
 // producers' work are then on different warps, which the schedulers interleave, and the
 // block has twice the warps (a shape such as (8,1536,2048) gives under three blocks a
 // multiprocessor). With every thread doing both (the kernel before this one), a thread's
@@ -1016,7 +1016,8 @@ static_assert(FWD_PRODUCERS == FWD_CHANNELS * GROUPS, "QuadCopies plans the copi
 // Raw buffers: the sub-chunk walked, the one transformed, two being copied (a copy has two
 // sub-chunks' time to arrive).
 #define FWD_RAWS 4
-// Three blocks a multiprocessor (80 registers): unbidden, every build takes more.
+// Three blocks a multiprocessor (80 registers): unbidden, every build takes more (the bf16
+// builds 95, docs/cuda-scan.md history 31).
 #define FWD_LAUNCH_BOUNDS __launch_bounds__(FWD_THREADS, 3)
 // Both roles' sub-chunk loops unrolled by two, so that each copy's tile and partials
 // buffers are constants: 2-3 % faster at training shapes. The f32 stream build keeps the
@@ -1033,11 +1034,10 @@ static_assert(FWD_PRODUCERS == FWD_CHANNELS * GROUPS, "QuadCopies plans the copi
 static_assert(FWD_PRODUCERS * FWD_ELEMENTS == FWD_ROWS * FWD_CHANNELS, "a producer's elements are one row's");
 #define FWD_PRODUCERS_A_ROW (FWD_CHANNELS / FWD_ELEMENTS)
 
-// What the walk reads of a sub-chunk besides the raw B and C rows. (The output's u and
-// gate are not kept here: a producer reads z and u again from the raw buffer, which costs
-// fewer shared-memory accesses than storing and loading them.)
-// xd[i][xd_slot(ch)][j]: (dt * u, reset_dt) of row 2i + j, so that a walker loads two rows
-// at once.
+// What the walk reads of a sub-chunk besides the raw B and C rows: xd[i][xd_slot(ch)][j] =
+// (dt * u, reset_dt) of row 2i + j, so that a walker loads two rows at once. (The output's
+// u and gate are not kept here: a producer reads u and z again from the raw buffer, fewer
+// shared-memory accesses than storing and loading them.)
 template <int CHANNELS, int ROWS>
 struct ForwardTile {
     float2 xd[ROWS / 2][CHANNELS][2];
