@@ -34,6 +34,16 @@ __device__ __forceinline__ void store_as(void* base, unsigned long long i, float
     }
 }
 
+// The four bf16 values in two words (the first in the low half of `words.x`), widened
+// (exact). W is 4; 1 only where a caller's branch for one element never gets here.
+template <int W>
+__device__ __forceinline__ void widen_bf16_words(uint2 words, float (&v)[W]) {
+    v[0] = __uint_as_float(words.x << 16);
+    v[1 % W] = __uint_as_float(words.x & 0xffff0000u);
+    v[2 % W] = __uint_as_float(words.y << 16);
+    v[3 % W] = __uint_as_float(words.y & 0xffff0000u);
+}
+
 // Elements i..i+W-1 (W 1 or 4, i a multiple of W, the tensor aligned to W elements) of a
 // tensor of f32 values or of bf16 bits, in one access.
 template <int W>
@@ -41,11 +51,7 @@ __device__ __forceinline__ void load_group(const void* base, unsigned long long 
     if (W == 1) {
         v[0] = load_as(base, i, bf16);
     } else if (bf16) {
-        const uint2 words = ((const uint2*)base)[i / 4];
-        v[0] = __uint_as_float(words.x << 16);
-        v[1 % W] = __uint_as_float(words.x & 0xffff0000u);
-        v[2 % W] = __uint_as_float(words.y << 16);
-        v[3 % W] = __uint_as_float(words.y & 0xffff0000u);
+        widen_bf16_words(((const uint2*)base)[i / 4], v);
     } else {
         const float4 quad = ((const float4*)base)[i / 4];
         v[0] = quad.x;

@@ -1057,10 +1057,7 @@ __device__ __forceinline__ StagedGroup load_staged(const float* column, size_t a
 
 __device__ __forceinline__ void widen(const StagedGroup& staged, float (&v)[FWD_ELEMENTS]) {
 #if STREAMS_BF16
-    v[0] = __uint_as_float(staged.x << 16);
-    v[1] = __uint_as_float(staged.x & 0xffff0000u);
-    v[2] = __uint_as_float(staged.y << 16);
-    v[3] = __uint_as_float(staged.y & 0xffff0000u);
+    widen_bf16_words(staged, v);
 #else
     v[0] = staged.x; v[1] = staged.y; v[2] = staged.z; v[3] = staged.w;
 #endif
