@@ -44,6 +44,9 @@ const ONE_PASS_THREADS_PER_SM: usize = 256;
 /// Positions whose states the backward holds in registers at a time (`SUB`).
 const BACKWARD_SUB: usize = 8;
 const REDUCE_THREADS: u32 = 256;
+/// Columns (channel, state) of a `scan_bwd_reduce_params` block (`REDUCE_COLUMNS`): its
+/// REDUCE_THREADS threads are that many columns times 8 runs of rows.
+const REDUCE_COLUMNS: usize = 32;
 /// The backward main kernel's warp sums of dB and dC (`WarpSums` for each of its 8 warps),
 /// in dynamic shared memory before the sub-chunk start states.
 const WARP_SUMS_BYTES: usize = 8 * BACKWARD_SUB * 2 * STATE * 4;
@@ -462,7 +465,15 @@ impl Cuda {
         );
         self.launch(&kernel("scan_bwd_main")?, main, &args)?;
         self.launch(&kernel("scan_bwd_reduce_bc")?, flat(rows), &args)?;
-        let params = flat(dims.channels * STATE);
+        let params = LaunchConfig {
+            grid_dim: (
+                (dims.channels * STATE).div_ceil(REDUCE_COLUMNS) as u32,
+                1,
+                1,
+            ),
+            block_dim: (REDUCE_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
         self.launch(&kernel("scan_bwd_reduce_params")?, params, &args)?;
         Ok(())
     }

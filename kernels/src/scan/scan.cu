@@ -1540,23 +1540,43 @@ extern "C" __global__ void __launch_bounds__(256) scan_bwd_reduce_bc(ScanArgs p)
     p.dc[k] = sc;
 }
 
-// dA_log, dD, dbias: one thread per (channel, state), summing (batch, segment) in order;
-// accumulated into the gradients.
-extern "C" __global__ void __launch_bounds__(256) scan_bwd_reduce_params(ScanArgs p) {
-    const size_t k = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+// dA_log, dD, dbias: accumulated into the gradients from the (batch, segment) partials,
+// summed in a fixed order: REDUCE_RUNS runs of consecutive rows, each summed in order by
+// one thread, then the runs in order. (A thread summing every row alone left the device
+// waiting on too few loads in flight: 24,576 threads at (8,1536,2048).)
+#define REDUCE_COLUMNS 32
+#define REDUCE_RUNS 8
+extern "C" __global__ void __launch_bounds__(REDUCE_COLUMNS * REDUCE_RUNS) scan_bwd_reduce_params(ScanArgs p) {
+    __shared__ float runs[3][REDUCE_RUNS][REDUCE_COLUMNS];
+    const int column = threadIdx.x % REDUCE_COLUMNS;
+    const int run = threadIdx.x / REDUCE_COLUMNS;
+    const size_t k = (size_t)blockIdx.x * REDUCE_COLUMNS + column;
     const size_t per_row = (size_t)p.channels * STATE;
-    if (k >= per_row) return;
     const int rows = p.batch * p.segments;
-    float sa = 0.0f;
-    for (int r = 0; r < rows; ++r) sa += p.part_a[r * per_row + k];
-    p.da_log[k] += sa;
+    const int per_run = (rows + REDUCE_RUNS - 1) / REDUCE_RUNS;
+    const int r0 = min(run * per_run, rows), r1 = min(r0 + per_run, rows);
+    float sa = 0.0f, sd = 0.0f, sbias = 0.0f;
+    if (k < per_row) {
+        for (int r = r0; r < r1; ++r) sa += p.part_a[r * per_row + k];
+    }
     if (k < (size_t)p.channels) {
-        float sd = 0.0f, sbias = 0.0f;
-        for (int r = 0; r < rows; ++r) {
+        for (int r = r0; r < r1; ++r) {
             sd += p.part_d[(size_t)r * p.channels + k];
             sbias += p.part_bias[(size_t)r * p.channels + k];
         }
-        p.dd_skip[k] += sd;
-        p.ddelta_bias[k] += sbias;
+    }
+    runs[0][run][column] = sa;
+    runs[1][run][column] = sd;
+    runs[2][run][column] = sbias;
+    __syncthreads();
+    if (run >= 3 || k >= per_row) return;
+    // Thread `run` (0..2) finishes quantity `run` of its column.
+    float total = 0.0f;
+#pragma unroll
+    for (int q = 0; q < REDUCE_RUNS; ++q) total += runs[run][q][column];
+    if (run == 0) {
+        p.da_log[k] += total;
+    } else if (k < (size_t)p.channels) {
+        (run == 1 ? p.dd_skip : p.ddelta_bias)[k] += total;
     }
 }
