@@ -8,14 +8,14 @@ rounded to f32, and the largest relative error of the whole softplus evaluated a
 kernel does (f32 exp2 of the f32 product, Horner by fmas, the final fma) over [-20, 20]
 against the f64 value.
 
-Needs numpy: `python3 scripts/fit_softplus.py [DEGREE]` (default 8).
+Needs numpy: `python3 scripts/fit_softplus.py [DEGREE]` (default 7).
 """
 
 import sys
 
 import numpy as np
 
-DEGREE = int(sys.argv[1]) if len(sys.argv) > 1 else 8
+DEGREE = int(sys.argv[1]) if len(sys.argv) > 1 else 7
 LOG2E = np.float32(1.4426950408889634)
 
 
