@@ -17,6 +17,10 @@ executables() {
         sed -nE 's/.*"target":\{[^}]*"name":"([^"]*)".*"executable":"([^"]+)".*/\1 \2/p'
 }
 
+# Cargo keys a path package by its relative path, so a build from another worktree sharing
+# the target folder would be taken as this tree's (it was, once: the GPU checks ran an
+# experiment's kernels): the workspace's sources are touched to force this tree's.
+find kernels modalities pipeline \( -name '*.rs' -o -name '*.cu' -o -name '*.cuh' \) -exec touch {} +
 cargo build --release -p seqmamba
 cp "$target/release/seqmamba" "$stage/seqmamba"
 {
