@@ -432,6 +432,25 @@ fn cuda_scan_segments_of_several_chunks() {
 }
 
 #[test]
+fn cuda_scan_long_segment_chains() {
+    let Some(cuda) = device() else { return };
+    // Few channels and short chunks: a segment a chunk, 250 of them, so that the combine
+    // kernels load many rounds of summaries ahead; no resets, so that carries travel far.
+    let dims = ScanDims {
+        batch: 1,
+        len: 2000,
+        channels: 64,
+        state: 16,
+        chunk: 8,
+    };
+    assert_eq!(
+        segments_for(dims, 1, cuda.target_threads().unwrap()).segments,
+        250
+    );
+    check_against_reference(&cuda, &Problem::random(dims, 5, true, false, true));
+}
+
+#[test]
 fn cuda_scan_single_segment() {
     let Some(cuda) = device() else { return };
     // Enough channels to fill the device without cutting rows: the one-pass path.
