@@ -176,6 +176,10 @@ __device__ __forceinline__ float sigmoid(float x) {
     return __fdividef(1.0f, 1.0f + fast_exp2(-x * LOG2E));
 }
 
+// The output's gate, silu(z) = z sigmoid(z): one expression for every kernel that gates an
+// output, so the backward's remade output has the forward's bits.
+__device__ __forceinline__ float gate_of(float z) { return z * sigmoid(z); }
+
 // ---------------------------------------------------------------------------------------
 // Per-channel kernels (forward segment/output, backward segment): a thread per channel
 // with all STATE states in registers. Inputs are staged TILE positions at a time in
@@ -523,7 +527,7 @@ extern "C" __global__ void __launch_bounds__(CH_THREADS) scan_fwd_output(ScanArg
             }
             float out = with_skip((y[0] + y[1]) + (y[2] + y[3]), skip, uu);
             const float zz = tile_col(tile.z, r);
-            const float gate = zz * sigmoid(zz);  // taken ungated too (then unused): no branch
+            const float gate = gate_of(zz);  // taken ungated too (then unused): no branch
             if (gated) out *= gate;
             if (active) store_as(p.out, row * p.channels + d, out, p.out_bf16);
         }
@@ -564,7 +568,7 @@ extern "C" __global__ void __launch_bounds__(CH_THREADS, 4) scan_bwd_segment(Sca
         for (int r = 0; r < TILE; ++r) {
             dts[r] = softplus(tile_col(tile.delta, r) + bias);
             const float zz = tile_col(tile.z, r);
-            const float gate = zz * sigmoid(zz);  // taken ungated too: no branch per row
+            const float gate = gate_of(zz);  // taken ungated too: no branch per row
             gs[r] = tile_col(tile.x, r) * (gated ? gate : 1.0f);
         }
 #pragma unroll
@@ -1159,7 +1163,7 @@ extern "C" __global__ void FWD_LAUNCH_BOUNDS scan_fwd_one_pass(ScanArgs p) {
 #pragma unroll
         for (int e = 0; e < FWD_ELEMENTS; ++e) {
             out[e] = with_skip((y[0][e] + y[1][e]) + (y[2][e] + y[3][e]), skip[e], uu[e]);
-            if (gated) out[e] *= zz[e] * sigmoid(zz[e]);
+            if (gated) out[e] *= gate_of(zz[e]);
         }
         const size_t first = ((size_t)b * p.len + t) * p.channels + pd;
         if (whole_groups && pd < p.channels) {
