@@ -502,8 +502,10 @@ extern "C" __global__ void FWD_OUTPUT_BOUNDS scan_fwd_output(ScanArgs p) {
     const int t1 = min(t0 + p.seg_len, p.len);
     // Segments are whole chunks: the next checkpoint is counted, not divided out per row.
     int next_checkpoint = t0, checkpoint = t0 / p.chunk;
-    // Row r of a tile: the checkpoint it starts, its state steps and its output; its dt and
-    // gate by `dt_of()` and `gate_of_row()`, made where the caller chooses.
+    // Row r of a tile: the checkpoint it starts, its state steps and its output. Its dt and
+    // gate come from `dt_of()` and `gate_of_row()`, called where the loop over rows made
+    // them, so that the f32 builds' code stays the measured one (passed as values, its
+    // schedule changed).
     auto step_row = [&](const ChannelTile& tile, int ts, int r, auto dt_of, auto gate_of_row) {
         const int t = ts + r;
         const size_t row = (size_t)b * p.len + t;
