@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Checks the working tree's scan kernels against those of a base commit on the CPU, without
-# a GPU: `scripts/gpu/emulate.sh [BASE]` (default HEAD). Both sources run under
-# scripts/gpu/emulate/emu.h (a thread per CUDA thread, blocks in turn) on a few small shapes
-# in each stream build; see harness.cpp for what must agree. Needs g++ (C++20). Slow (a
-# minute a shape): it checks logic, not speed, and exp2 is the library's, not the GPU's.
+# a GPU: `scripts/gpu/emulate.sh [BASE [SHAPE...]]` (default HEAD and the shapes below; a
+# shape is "BATCH LEN CHANNELS CHUNK CHUNKS_A_SEGMENT"). Both sources run under
+# scripts/gpu/emulate/emu.h (a thread per CUDA thread, blocks in turn) in each stream build;
+# see harness.cpp for what must agree. Needs g++ (C++20). Slow (seconds a shape): it
+# checks logic, not speed, and exp2 is the library's, not the GPU's.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 base=${1:-HEAD}
+shift || true
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 here=$root/scripts/gpu/emulate
@@ -22,6 +24,7 @@ cp "$here/emu.h" "$here/harness.cpp" "$work/"
 # sub-chunks a segment, on even and odd chunks; a short last chunk; chunks not of whole
 # sub-chunks (13) and of one (8); one segment; channels not filling a block.
 shapes=("2 300 72 48 3" "1 700 64 64 3" "2 101 40 13 2" "1 200 48 8 4" "1 300 72 32 10")
+[ $# -eq 0 ] || shapes=("$@")
 status=0
 for streams in 0 1 2; do
     g++ -std=c++20 -O1 -ffp-contract=off -Wno-unknown-pragmas -pthread -DSTATE=16 -DSTREAMS_BF16=$streams \
