@@ -1,6 +1,7 @@
 //! Times the CUDA selective scan, forward and backward, on the anchor shapes of issue 6.
 //!
 //! `cargo run --release -p seqmamba-kernels --example cuda_scan_bench [-- [--bf16] [SHAPE_FILTER]]`
+//! (`--shape B,D,L` in place of the filter times that shape alone, with no anchor).
 //!
 //! Each shape: batch, d_inner, L with N = 16, the z gate and delta_softplus; everything
 //! f32, or with `--bf16` as bf16 training runs it: u, delta, z and d_out read as bf16, the
@@ -42,6 +43,21 @@ const PATTERN: ScanDims = ScanDims {
     chunk: ScanDims::DEFAULT_CHUNK,
 };
 
+/// A shape to time, with the official kernels' forward and backward ms where measured.
+struct Timed {
+    batch: usize,
+    channels: usize,
+    len: usize,
+    anchors: Option<(f64, f64)>,
+}
+
+fn invalid_shape(shape: &str) -> KernelError {
+    KernelError::Invalid {
+        op: "cuda_scan_bench",
+        message: format!("--shape takes BATCH,D_INNER,LEN, not `{shape}`"),
+    }
+}
+
 /// `pattern` repeated to `len` values.
 fn tiled(pattern: &[f32], len: usize) -> Vec<f32> {
     pattern.iter().copied().cycle().take(len).collect()
@@ -53,18 +69,53 @@ fn main() -> Result<(), KernelError> {
     if bf16 {
         args.remove(0);
     }
-    let filter = args.first();
+    // The anchor shapes whose name contains the filter, or the one `--shape` names.
+    let shapes: Vec<Timed> = match args.as_slice() {
+        [flag, shape] if flag == "--shape" => {
+            let sizes: Vec<usize> = shape
+                .split(',')
+                .map(|size| size.trim().parse())
+                .collect::<Result<_, _>>()
+                .map_err(|_| invalid_shape(shape))?;
+            let [batch, channels, len] = sizes[..] else {
+                return Err(invalid_shape(shape));
+            };
+            vec![Timed {
+                batch,
+                channels,
+                len,
+                anchors: None,
+            }]
+        }
+        _ => SHAPES
+            .iter()
+            .filter(|(batch, channels, len, ..)| {
+                let name = format!("({batch},{channels},{len})");
+                args.first()
+                    .is_none_or(|filter| name.contains(filter.as_str()))
+            })
+            .map(|&(batch, channels, len, fwd, bwd)| Timed {
+                batch,
+                channels,
+                len,
+                anchors: Some((fwd, bwd)),
+            })
+            .collect(),
+    };
     let cuda = Cuda::new(0)?;
     println!("{}", seqmamba_kernels::cuda::doctor()?);
     let mut rng = Rng::new(2024);
     let pattern = InputBuffers::random(PATTERN, true, &mut rng);
     let d_out_pattern = rng.vec_uniform(pattern.u.len(), -1.0, 1.0);
     let mut table = Vec::new();
-    for (batch, channels, len, anchor_fwd, anchor_bwd) in SHAPES {
+    for Timed {
+        batch,
+        channels,
+        len,
+        anchors,
+    } in shapes
+    {
         let name = format!("({batch},{channels},{len})");
-        if filter.as_ref().is_some_and(|f| !name.contains(f.as_str())) {
-            continue;
-        }
         let dims = ScanDims::new(batch, len, channels, STATE);
         let act = batch * len * channels;
         let rows = batch * len * STATE;
@@ -164,11 +215,16 @@ fn main() -> Result<(), KernelError> {
         println!(
             "{name}: fwd {fwd:.4} ms, bwd {bwd:.4} ms (floors {fwd_floor:.4} / {bwd_floor:.4} ms)"
         );
+        // An anchor and our speedup over it, or dashes for a shape without one.
+        let against = |anchor: Option<f64>, ours: f64| match anchor {
+            Some(anchor) => (anchor.to_string(), format!("{:.2}x", anchor / ours)),
+            None => ("-".into(), "-".into()),
+        };
+        let (anchor_fwd, speedup_fwd) = against(anchors.map(|a| a.0), fwd);
+        let (anchor_bwd, speedup_bwd) = against(anchors.map(|a| a.1), bwd);
         table.push(format!(
-            "| {name} | {fwd:.4} | {anchor_fwd} | {:.2}x | {:.0}% | {bwd:.4} | {anchor_bwd} | {:.2}x | {:.2} | {:.0}% |",
-            anchor_fwd / fwd,
+            "| {name} | {fwd:.4} | {anchor_fwd} | {speedup_fwd} | {:.0}% | {bwd:.4} | {anchor_bwd} | {speedup_bwd} | {:.2} | {:.0}% |",
             100.0 * fwd_floor / fwd,
-            anchor_bwd / bwd,
             bwd / fwd,
             100.0 * bwd_floor / bwd,
         ));
