@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the scan benchmarks that scripts/gpu/bench-pack.sh packed, interleaved, on a GPU
-# machine: `scripts/gpu/bench-run.sh DIR [ROUNDS]` (default 2). Prints the mean forward and
-# backward ms per precision, shape and build; every run's line goes to DIR/bench.txt.
+# machine: `scripts/gpu/bench-run.sh DIR [ROUNDS [B,D,L...]]` (default 2 rounds of the anchor
+# shapes; shapes given as B,D,L are timed instead). Prints the mean forward and backward ms
+# per precision, shape and build; every run's line goes to DIR/bench.txt.
 set -u
 dir=$(realpath "${1:?usage: bench-run.sh DIR [ROUNDS]}")
 rounds=${2:-2}
@@ -12,7 +13,9 @@ for packed in "$dir"/csb-*.xz; do
     xz -dc "$packed" > "/tmp/$name" && chmod +x "/tmp/$name"
     builds+=("${name#csb-}")
 done
+shift $(($# < 2 ? $# : 2))
 shapes=("(8,1536,2048)" "(64,256,1024)" "(16,1536,4096)" "(1,1024,32768)" "(1,1024,2048)")
+[ $# -eq 0 ] || shapes=("$@")
 : > "$dir/bench.txt"
 for ((round = 1; round <= rounds; round++)); do
     for build in "${builds[@]}"; do
@@ -20,7 +23,11 @@ for ((round = 1; round <= rounds; round++)); do
             flags=()
             [ "$precision" = bf16 ] && flags=(--bf16)
             for shape in "${shapes[@]}"; do
-                line=$(timeout 60 "/tmp/csb-$build" "${flags[@]}" "$shape" 2>&1 | grep "^| (")
+                case $shape in
+                    "("*) picked=("$shape") ;;
+                    *) picked=(--shape "$shape") ;;
+                esac
+                line=$(timeout 60 "/tmp/csb-$build" "${flags[@]}" "${picked[@]}" 2>&1 | grep "^| (")
                 echo "$build $precision $round $line" >> "$dir/bench.txt"
             done
         done
