@@ -4,7 +4,7 @@
 # shapes; shapes given as B,D,L are timed instead). Prints the mean forward and backward ms
 # per precision, shape and build; every run's line goes to DIR/bench.txt.
 set -u
-dir=$(realpath "${1:?usage: bench-run.sh DIR [ROUNDS]}")
+dir=$(realpath "${1:?usage: bench-run.sh DIR [ROUNDS [B,D,L...]]}")
 rounds=${2:-2}
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 builds=()

@@ -19,7 +19,6 @@ for file in common.cuh bf16.cuh; do
 done
 python3 "$here/prep.py" base "$work/base.cpp" "$work/base_common.cuh" "$work/base_bf16.cuh" "$work/base_scan.cu"
 python3 "$here/prep.py" changed "$work/changed.cpp" "${headers[@]}" "$root/kernels/src/scan/scan.cu"
-cp "$here/emu.h" "$here/harness.cpp" "$work/"
 # Shapes: (batch, len, channels, chunk, chunks a segment). Several chunks of several
 # sub-chunks a segment, on even and odd chunks; a short last chunk; chunks not of whole
 # sub-chunks (13) and of one (8); one segment; channels not filling a block.
@@ -28,7 +27,7 @@ shapes=("2 300 72 48 3" "1 700 64 64 3" "2 101 40 13 2" "1 200 48 8 4" "1 300 72
 status=0
 for streams in 0 1 2; do
     g++ -std=c++20 -O1 -ffp-contract=off -Wno-unknown-pragmas -pthread -DSTATE=16 -DSTREAMS_BF16=$streams \
-        -I"$work" "$work/harness.cpp" -o "$work/harness$streams"
+        -I"$here" -I"$work" "$here/harness.cpp" -o "$work/harness$streams"
     for shape in "${shapes[@]}"; do
         # STREAMS_BF16=1 is the build for channels a multiple of 8.
         channels=$(echo "$shape" | cut -d' ' -f3)

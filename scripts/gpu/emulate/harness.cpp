@@ -113,9 +113,7 @@ dim3 flat(size_t n) { return {(unsigned)((n + 255) / 256), 1, 1}; }
         a.chunks = d.chunks();                                                                                \
         const unsigned batch = d.batch, channel_blocks = (d.channels + 127) / 128;                            \
         if (path == Path::OnePass) {                                                                          \
-            a.segments = 1;                                                                                   \
             launch(scan_fwd_one_pass, {(unsigned)(d.channels + 31) / 32, 1, batch}, 256, a);                  \
-            a.segments = segments;                                                                            \
         } else if (path == Path::Spans) {                                                                     \
             SPANS_##NS(a, d);                                                                                 \
         } else {                                                                                              \
