@@ -121,6 +121,14 @@ fn inspect_summarises_real_files_and_names_bad_ones() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.fa"), "{err}");
 
+    // A cause is named once, not again after the message that already holds it.
+    let missing = dir.path().join("missing.fa");
+    let out = seqmamba(&["inspect", missing.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("missing.fa"), "{err}");
+    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
+
     // One bad record among good ones: an error naming it, or skipped and counted.
     let one_bad = dir.path().join("one-bad.fa");
     std::fs::write(&one_bad, b">a\nACGT\n>b\nAC-GT\n>c\nGGCCAA\n").unwrap();
