@@ -683,3 +683,125 @@ fn check_same_results(cpu: &Path, gpu: &Path, device: &str) {
         assert!((p - q).abs() < 2e-3, "{device}: {x:?} vs {y:?}");
     }
 }
+
+#[test]
+fn classify_gives_a_trained_classifier_s_test_predictions_on_new_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let mut args = vec![
+        "--quiet",
+        "run",
+        "workflows/demo-promoters.toml",
+        "--out",
+        run.to_str().unwrap(),
+        "--set",
+        "training.epochs=0",
+        "--set",
+        "training.steps=8",
+    ];
+    args.extend(NO_REPORT);
+    ok(seqmamba(&args));
+
+    // The sample's sequences as FASTA, each named by its CSV line as the run's ids are.
+    let csv = root().join("data-samples/dna/human_nontata_promoters.sample.csv.gz");
+    let (reader, _) = seqmamba_modalities::input::open(&csv).unwrap();
+    let mut fasta = String::new();
+    for (index, line) in std::io::BufRead::lines(reader).enumerate().skip(1) {
+        let line = line.unwrap();
+        let bases = line.split(',').next().unwrap();
+        fasta.push_str(&format!(">line{}\n{bases}\n", index + 1));
+    }
+    let reads = dir.path().join("promoters.fa");
+    std::fs::write(&reads, fasta).unwrap();
+    let table = dir.path().join("classified.tsv");
+    let model = run.join("checkpoints/final");
+    let summary = ok(seqmamba(&[
+        "--json",
+        "classify",
+        "--model",
+        model.to_str().unwrap(),
+        "--batch-size",
+        "7",
+        "--out",
+        table.to_str().unwrap(),
+        reads.to_str().unwrap(),
+    ]));
+    assert!(summary.contains("\"records\": 200"), "{summary}");
+    let classified: Vec<Vec<String>> = read(&table)
+        .lines()
+        .map(|l| l.split('\t').map(String::from).collect())
+        .collect();
+    assert_eq!(
+        classified[0][..6],
+        [
+            "file",
+            "record",
+            "length",
+            "predicted",
+            "predicted_name",
+            "prob_0"
+        ]
+    );
+    assert_eq!(classified.len(), 201);
+    assert_eq!(classified[1][1], "line2");
+    assert_eq!(classified[200][1], "line201");
+
+    // Every test example: the run's prediction and probabilities (reverse-complement
+    // averaged, as the workflow asks), whatever the batch and the padding.
+    let predictions = rows(&run.join("predictions.csv"));
+    let mut compared = 0;
+    for p in predictions.iter().skip(1).filter(|p| p[0] == "test") {
+        let line: usize = p[2].rsplit(':').next().unwrap().parse().unwrap();
+        let c = &classified[line - 1];
+        assert_eq!(c[1], format!("line{line}"));
+        assert_eq!(
+            (c[2].as_str(), c[3].as_str()),
+            (p[3].as_str(), p[6].as_str())
+        );
+        for (x, y) in c[5..].iter().zip(&p[8..]) {
+            let (x, y): (f64, f64) = (x.parse().unwrap(), y.parse().unwrap());
+            assert!((x - y).abs() < 1e-9, "{c:?} vs {p:?}");
+        }
+        compared += 1;
+    }
+    assert_eq!(compared, 40);
+
+    // A bad record fails the whole table: no file appears.
+    let bad = dir.path().join("bad.fa");
+    std::fs::write(&bad, b">ok\nACGT\n>broken\nAC#GT\n").unwrap();
+    let failed = dir.path().join("failed.tsv");
+    let out = seqmamba(&[
+        "classify",
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        failed.to_str().unwrap(),
+        bad.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.fa") && err.contains("broken"), "{err}");
+    assert!(!failed.exists());
+    // A language model is no classifier.
+    let lm = dir.path().join("lm");
+    ok(seqmamba(&[
+        "init",
+        "--preset",
+        "tiny",
+        "--vocab-size",
+        "10",
+        "--out",
+        lm.to_str().unwrap(),
+    ]));
+    let out = seqmamba(&[
+        "classify",
+        "--model",
+        lm.to_str().unwrap(),
+        reads.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("not a classifier"),
+        "{err}"
+    );
+}

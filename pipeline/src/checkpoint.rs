@@ -16,6 +16,47 @@ use serde::{Deserialize, Serialize};
 use crate::ModelError;
 use crate::fsutil::write_atomic;
 use crate::model::{Head, MambaConfig, ParamTable};
+use crate::workflow::schema::{self, Modality};
+
+/// How the training run turned its files into tokens: what `seqmamba classify` repeats on
+/// new files so that they reach the model as the training examples did.
+///
+/// ```
+/// use seqmamba::checkpoint::InputSpec;
+/// use seqmamba::workflow::schema::Modality;
+/// let spec = InputSpec::defaults(Modality::Dna, 1024);
+/// assert_eq!((spec.seq_len, spec.sample_rate), (1024, 8000));
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InputSpec {
+    pub modality: Modality,
+    /// Positions the model saw an example over (longer examples were centre-cropped).
+    pub seq_len: usize,
+    /// Audio: sampling rate after resampling, `mulaw` or `linear` quantisation, and the
+    /// amplitude normalisation (`peak`, `min-max`, `none`).
+    pub sample_rate: u32,
+    pub quantizer: String,
+    pub normalization: String,
+    /// DNA from SAM/BAM: reverse-strand reads turned back to the sequencer's orientation.
+    pub restore_orientation: bool,
+    /// DNA: probabilities averaged with the reverse complement's at evaluation.
+    pub reverse_complement: bool,
+}
+
+impl InputSpec {
+    /// The workflow schema's defaults for `modality` at `seq_len` positions.
+    pub fn defaults(modality: Modality, seq_len: usize) -> Self {
+        Self {
+            modality,
+            seq_len,
+            sample_rate: schema::default_sample_rate(),
+            quantizer: schema::default_quantizer(),
+            normalization: schema::default_normalization(),
+            restore_orientation: false,
+            reverse_complement: false,
+        }
+    }
+}
 
 /// Our metadata beside the official files.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -24,6 +65,10 @@ pub struct Metadata {
     /// Class names in label-id order (classifiers).
     #[serde(default)]
     pub labels: Vec<String>,
+    /// How the training examples were made (absent in checkpoints written before it was
+    /// recorded, and in those of other tools).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<InputSpec>,
     /// Free-form facts about the model (tokenizer, training run, ...).
     #[serde(default)]
     pub extra: serde_json::Map<String, serde_json::Value>,
@@ -41,6 +86,7 @@ impl Metadata {
         Self {
             head,
             labels: Vec::new(),
+            input: None,
             extra: Default::default(),
         }
     }
@@ -320,6 +366,10 @@ mod tests {
             metadata: Metadata {
                 head,
                 labels: vec!["a".into(), "b".into(), "c".into()],
+                input: Some(InputSpec {
+                    reverse_complement: true,
+                    ..InputSpec::defaults(Modality::Dna, 300)
+                }),
                 extra: Default::default(),
             },
             params,

@@ -12,6 +12,7 @@ pub mod fsutil;
 pub mod infer;
 pub mod metrics;
 pub mod parallel;
+pub mod predict;
 pub mod report;
 pub mod train;
 pub mod workflow;

@@ -5,10 +5,14 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
 use seqmamba::bench;
-use seqmamba::checkpoint::{Checkpoint, Metadata};
+use seqmamba::checkpoint::{Checkpoint, InputSpec, Metadata};
+use seqmamba::fsutil::AtomicFile;
 use seqmamba::infer::score_tokens;
 use seqmamba::model::{Head, MambaConfig, Model, ParamTable, Shape};
+use seqmamba::predict::{PredictOptions, classify_files};
+use seqmamba::workflow::schema::Modality;
 use seqmamba::workflow::{self, RunOptions, RunSummary, Workflow};
 use seqmamba_kernels::cuda::{Cuda, GemmPrecision};
 use seqmamba_kernels::scan::ScanDims;
@@ -53,6 +57,8 @@ enum Command {
     Init(InitArgs),
     /// Print the log-probability of every token given the tokens before it.
     Score(ScoreArgs),
+    /// Classify every DNA record or audio file with a classifier trained by `seqmamba run`.
+    Classify(ClassifyArgs),
     /// Run a workflow file (TOML) into a run folder, or resume an interrupted run.
     #[command(after_help = "Examples:\n  \
         seqmamba run workflows/demo.toml\n  \
@@ -151,6 +157,47 @@ struct ScoreArgs {
     /// Positions per forward pass; the state is carried across passes.
     #[arg(long, default_value_t = 8192)]
     chunk_len: usize,
+}
+
+#[derive(Args)]
+#[command(
+    after_help = "Output: a header, then file<TAB>record<TAB>length<TAB>predicted<TAB>\
+    predicted_name<TAB>prob_<label>... for every record (audio: every file), in input order.\n\
+    Inputs are made into tokens as the training run made its examples (recorded in the\n\
+    checkpoint's seqmamba.json): DNA records centre-cropped to its seq_len (or cut into\n\
+    windows with --windows), audio resampled, normalised and quantised as it was.\n\n\
+    Examples:\n  \
+    seqmamba classify --model runs/promoters/checkpoints/fold-0/final reads.fastq.gz\n  \
+    seqmamba classify --model runs/species/checkpoints/final --windows --out contigs.tsv contigs.fa"
+)]
+struct ClassifyArgs {
+    /// Classifier checkpoint folder (a run's checkpoints/final).
+    #[arg(long)]
+    model: PathBuf,
+    /// DNA files (FASTA, FASTQ, SAM, BAM; plain, gzip or BGZF) or audio files, as the model's
+    /// modality.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Write the table to this file (appearing only when complete) instead of stdout.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Windows a forward pass.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Classify records longer than the model's context over all their windows (the
+    /// probabilities averaged) instead of their centre crop alone.
+    #[arg(long)]
+    windows: bool,
+    /// Positions a window (default: the training run's seq_len; needed for checkpoints that
+    /// do not record it).
+    #[arg(long)]
+    seq_len: Option<usize>,
+    /// What to do with a bad record or audio file: fail (default) or skip and count it.
+    #[arg(long, default_value = "fail")]
+    on_error: OnError,
+    /// Where the model runs; auto takes the GPU when one opens, else the CPU.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
 }
 
 #[derive(Args)]
@@ -262,6 +309,17 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Init(args) => init(args),
         Command::Score(args) => score(args),
+        Command::Classify(args) => {
+            let quiet = cli.quiet || cli.json;
+            let summary = match open_device(args.device)? {
+                None => classify(Cpu, &args, quiet)?,
+                Some(cuda) => classify(cuda, &args, quiet)?,
+            };
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            }
+            Ok(())
+        }
         Command::Run(args) => run_workflow(args, options, cli.json),
         Command::Demo(args) => demo(args, options, cli.json),
         Command::Bench(args) => run_bench(args),
@@ -341,6 +399,108 @@ fn score(args: ScoreArgs) -> Result<()> {
     }
     out.flush()?;
     Ok(())
+}
+
+/// `seqmamba classify` on `backend`: the table to stdout or `--out`, a summary back.
+fn classify<B: Backend>(backend: B, args: &ClassifyArgs, quiet: bool) -> Result<serde_json::Value> {
+    let checkpoint = Checkpoint::load(&args.model)?;
+    let Head::Classifier { .. } = checkpoint.metadata.head else {
+        bail!(
+            "{}: a language model, not a classifier (train one with a workflow of task = \"classify\")",
+            args.model.display()
+        );
+    };
+    let mut spec = match (checkpoint.metadata.input.clone(), args.seq_len) {
+        (Some(spec), _) => spec,
+        (None, Some(seq_len)) => {
+            let modality = if checkpoint.config.vocab_size
+                == seqmamba::workflow::data::vocab_size(Modality::Dna)
+            {
+                Modality::Dna
+            } else {
+                Modality::Audio
+            };
+            InputSpec::defaults(modality, seq_len)
+        }
+        (None, None) => bail!(
+            "{}: seqmamba.json does not record how the training examples were made \
+             (a checkpoint from before this was recorded): pass --seq-len",
+            args.model.display()
+        ),
+    };
+    if let Some(seq_len) = args.seq_len {
+        spec.seq_len = seq_len;
+    }
+    let labels = checkpoint.metadata.labels.clone();
+    let model = Model::new(
+        backend,
+        checkpoint.config,
+        checkpoint.metadata.head,
+        &checkpoint.params,
+    )?;
+    let options = PredictOptions {
+        batch: args.batch_size,
+        windows: args.windows,
+        on_error: args.on_error,
+    };
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {pos} records ({per_sec}) {elapsed} {msg}")
+                .expect("a valid template"),
+        );
+        bar
+    };
+    let progress = |path: &std::path::Path| {
+        bar.inc(1);
+        if bar.position() == 1 || bar.position() % 1024 == 0 {
+            bar.set_message(path.display().to_string());
+        }
+    };
+    let started = std::time::Instant::now();
+    let summary = match &args.out {
+        Some(path) => {
+            let mut file = AtomicFile::create(path)?;
+            let summary = classify_files(
+                &model,
+                &labels,
+                &spec,
+                &args.files,
+                options,
+                &mut file,
+                progress,
+            )?;
+            file.commit()?;
+            summary
+        }
+        None => {
+            let out = std::io::BufWriter::new(std::io::stdout().lock());
+            classify_files(&model, &labels, &spec, &args.files, options, out, progress)?
+        }
+    };
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    if !quiet {
+        eprintln!(
+            "classified {} records ({} windows, {} skipped) in {seconds:.1} s: {:.0} records/s on {}",
+            summary.records,
+            summary.windows,
+            summary.skipped,
+            summary.records as f64 / seconds.max(1e-9),
+            model.backend.name()
+        );
+    }
+    Ok(serde_json::json!({
+        "records": summary.records,
+        "windows": summary.windows,
+        "skipped": summary.skipped,
+        "seconds": seconds,
+        "seq_len": spec.seq_len,
+        "device": model.backend.name(),
+        "output": args.out.as_ref().map(|p| p.display().to_string()),
+    }))
 }
 
 fn doctor() -> Result<()> {

@@ -2,6 +2,9 @@
 //! validation) predictions with their softmax probabilities, optionally averaged with the
 //! reverse complement's.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
 use seqmamba_kernels::Backend;
 use seqmamba_modalities::dataset::splits::Split;
 
@@ -9,7 +12,7 @@ use super::WorkflowError;
 use super::data::{self, TokenExample, class_batch, class_validation, eval_batch};
 use super::run::{Batches, RunContext, csv_field};
 use super::schema::{Modality, SplitMethod};
-use crate::model::{Batch, Head, Model, Shape};
+use crate::model::{Activations, Batch, Head, Model, Shape};
 
 /// Softmax probabilities of every example, in order, batch by batch (centre crops of
 /// `len`); with `reverse_complement` averaged with those of the reverse complement.
@@ -20,22 +23,67 @@ pub fn predict<B: Backend>(
     len: usize,
     reverse_complement: bool,
 ) -> Result<Vec<Vec<f64>>, WorkflowError> {
-    let shape = Shape { batch, len };
-    let mut acts = model.activations(shape, false)?;
-    let classes = model.logit_width();
-    let be = &model.backend;
+    let mut predictor = Predictor::new(model, batch, reverse_complement);
     let mut probs = Vec::with_capacity(examples.len());
     for chunk in examples.chunks(batch) {
-        let mut sums = vec![vec![0.0f64; classes]; chunk.len()];
-        let views: &[bool] = if reverse_complement {
+        probs.extend(predictor.probabilities(chunk, len)?);
+    }
+    Ok(probs)
+}
+
+/// A classifier's probabilities batch by batch, with the activations of each crop length
+/// allocated once.
+pub struct Predictor<'m, B: Backend> {
+    model: &'m Model<B>,
+    batch: usize,
+    reverse_complement: bool,
+    activations: HashMap<usize, Activations<B>>,
+}
+
+impl<'m, B: Backend> Predictor<'m, B> {
+    /// Batches of up to `batch` rows; with `reverse_complement` (DNA) each example's
+    /// probabilities are averaged with its reverse complement's.
+    pub fn new(model: &'m Model<B>, batch: usize, reverse_complement: bool) -> Self {
+        Self {
+            model,
+            batch,
+            reverse_complement,
+            activations: HashMap::new(),
+        }
+    }
+
+    /// Softmax probabilities of up to `batch` examples, centre crops of `len` positions
+    /// (shorter examples are right-padded, which does not change their result).
+    pub fn probabilities(
+        &mut self,
+        examples: &[&TokenExample],
+        len: usize,
+    ) -> Result<Vec<Vec<f64>>, WorkflowError> {
+        assert!(
+            examples.len() <= self.batch,
+            "more examples than the batch holds"
+        );
+        let model = self.model;
+        let be = &model.backend;
+        let shape = Shape {
+            batch: self.batch,
+            len,
+        };
+        let acts = match self.activations.entry(len) {
+            Entry::Occupied(slot) => slot.into_mut(),
+            Entry::Vacant(slot) => slot.insert(model.activations(shape, false)?),
+        };
+        let classes = model.logit_width();
+        let views: &[bool] = if self.reverse_complement {
             &[false, true]
         } else {
             &[false]
         };
+        let mut sums = vec![vec![0.0f64; classes]; examples.len()];
         for &rc in views {
-            let host = eval_batch(chunk, batch, len, rc);
+            let host = eval_batch(examples, self.batch, len, rc);
             let b = Batch::new(be, shape, &host.ids, host.lengths.as_deref(), None)?;
-            model.forward(&b, &mut acts, None)?;
+            model.forward(&b, acts, None)?;
             let logits = be.download(be.all(&acts.logits))?;
             for (row, sum) in sums.iter_mut().enumerate() {
                 let p = softmax(&logits[row * classes..(row + 1) * classes]);
@@ -44,9 +92,8 @@ pub fn predict<B: Backend>(
                     .for_each(|(s, p)| *s += p / views.len() as f64);
             }
         }
-        probs.extend(sums);
+        Ok(sums)
     }
-    Ok(probs)
 }
 
 /// Softmax in f64.
@@ -62,7 +109,13 @@ pub fn softmax(logits: &[f32]) -> Vec<f64> {
     e.into_iter().map(|x| x / total).collect()
 }
 
-fn argmax(p: &[f64]) -> usize {
+/// The most probable class (the first of equals).
+///
+/// ```
+/// assert_eq!(seqmamba::workflow::classify::argmax(&[0.25, 0.5, 0.25]), 1);
+/// assert_eq!(seqmamba::workflow::classify::argmax(&[0.5, 0.5]), 0);
+/// ```
+pub fn argmax(p: &[f64]) -> usize {
     (0..p.len())
         .max_by(|&a, &b| p[a].total_cmp(&p[b]).then(b.cmp(&a)))
         .unwrap_or(0)

@@ -52,7 +52,17 @@ pub fn vocab_size(modality: Modality) -> usize {
 
 /// The quantiser named in the data section.
 pub fn quantizer(data: &Data) -> Quantizer {
-    if data.quantizer == "linear" {
+    quantizer_named(&data.quantizer)
+}
+
+/// The quantiser called `name` (`linear`, else mu-law; the schema checks the name).
+///
+/// ```
+/// use seqmamba_modalities::audio::Quantizer;
+/// assert_eq!(seqmamba::workflow::data::quantizer_named("linear"), Quantizer::Linear);
+/// ```
+pub fn quantizer_named(name: &str) -> Quantizer {
+    if name == "linear" {
         Quantizer::Linear
     } else {
         Quantizer::MuLaw

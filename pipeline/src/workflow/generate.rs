@@ -14,7 +14,7 @@ use super::data::{self, Corpus};
 use super::pretrain::{LmEval, model_bits, write_lm_eval};
 use super::run::RunContext;
 use super::schema::Modality;
-use super::{WorkflowError, io_error};
+use super::{WorkflowError, io_error, output_error};
 use crate::checkpoint::Checkpoint;
 use crate::infer::{generate, score_tokens};
 use crate::model::{Head, Model};
@@ -191,12 +191,8 @@ pub fn write_scores<B: Backend>(
         return Ok(());
     }
     let logprobs = score_tokens(model, ids, chunk_len)?;
-    let io = |e| WorkflowError::Io {
-        path: "<output>".into(),
-        source: e,
-    };
     for (i, logprob) in logprobs.iter().enumerate() {
-        writeln!(out, "{record}\t{}\t{}\t{logprob}", i + 1, ids[i + 1]).map_err(io)?;
+        writeln!(out, "{record}\t{}\t{}\t{logprob}", i + 1, ids[i + 1]).map_err(output_error)?;
     }
     Ok(())
 }

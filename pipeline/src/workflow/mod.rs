@@ -68,6 +68,14 @@ impl From<seqmamba_kernels::KernelError> for WorkflowError {
     }
 }
 
+/// A failed write to the output stream (stdout, or the file behind it).
+pub(crate) fn output_error(source: std::io::Error) -> WorkflowError {
+    WorkflowError::Io {
+        path: "<output>".into(),
+        source,
+    }
+}
+
 pub(crate) fn io_error(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> WorkflowError {
     let path = path.into();
     move |source| WorkflowError::Io { path, source }

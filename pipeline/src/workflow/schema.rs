@@ -168,13 +168,13 @@ pub struct Data {
 fn default_label_from() -> LabelFrom {
     LabelFrom::File
 }
-fn default_sample_rate() -> u32 {
+pub(crate) fn default_sample_rate() -> u32 {
     8000
 }
-fn default_quantizer() -> String {
+pub(crate) fn default_quantizer() -> String {
     "mulaw".into()
 }
-fn default_normalization() -> String {
+pub(crate) fn default_normalization() -> String {
     "peak".into()
 }
 fn default_on_error() -> String {
