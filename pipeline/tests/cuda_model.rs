@@ -386,3 +386,72 @@ fn cuda_training_is_bit_identical_across_runs_and_learns() {
         "{losses_1:?}"
     );
 }
+
+#[test]
+fn cuda_classify_files_equals_the_cpu() {
+    use seqmamba::checkpoint::InputSpec;
+    use seqmamba::predict::{PredictOptions, classify_files};
+    use seqmamba::workflow::schema::Modality;
+    use seqmamba_modalities::OnError;
+
+    let Some(cuda) = device() else { return };
+    let head = Head::Classifier {
+        classes: 3,
+        pooling: PoolingKind::Mean,
+        bidirectional: Bidirectional::Shared,
+    };
+    let config = MambaConfig::new(64, 2, 10);
+    let cpu = Model::initialised(Cpu, config.clone(), head.clone(), 11).unwrap();
+    let params = cpu.backend.download(cpu.backend.all(&cpu.params)).unwrap();
+    let gpu = Model::new(cuda, config, head, &params).unwrap();
+    // Reads of many lengths (several crop lengths), some longer than the windows.
+    let mut rng = Rng::new(5);
+    let dir = tempfile::tempdir().unwrap();
+    let reads = dir.path().join("reads.fa");
+    let fasta: String = (0..40)
+        .map(|i| {
+            let len = 1 + rng.below(300) as usize;
+            let bases: String = (0..len)
+                .map(|_| b"ACGT"[rng.below(4) as usize] as char)
+                .collect();
+            format!(">read{i}\n{bases}\n")
+        })
+        .collect();
+    std::fs::write(&reads, fasta).unwrap();
+    let labels: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+    let spec = InputSpec {
+        reverse_complement: true,
+        ..InputSpec::defaults(Modality::Dna, 128)
+    };
+    for windows in [false, true] {
+        let options = PredictOptions {
+            batch: 16,
+            windows,
+            on_error: OnError::Fail,
+        };
+        let files = [reads.clone()];
+        let mut on_cpu = Vec::new();
+        classify_files(&cpu, &labels, &spec, &files, options, &mut on_cpu, |_| {}).unwrap();
+        let mut on_gpu = Vec::new();
+        classify_files(&gpu, &labels, &spec, &files, options, &mut on_gpu, |_| {}).unwrap();
+        let (on_cpu, on_gpu) = (
+            String::from_utf8(on_cpu).unwrap(),
+            String::from_utf8(on_gpu).unwrap(),
+        );
+        let mut worst = 0.0f64;
+        for (c, g) in on_cpu.lines().zip(on_gpu.lines()).skip(1) {
+            let (c, g): (Vec<&str>, Vec<&str>) = (c.split('\t').collect(), g.split('\t').collect());
+            assert_eq!(c[..3], g[..3]);
+            for (x, y) in c[5..].iter().zip(&g[5..]) {
+                let (x, y): (f64, f64) = (x.parse().unwrap(), y.parse().unwrap());
+                worst = worst.max((x - y).abs());
+            }
+        }
+        assert_eq!(on_cpu.lines().count(), 41);
+        assert!(
+            worst < 1e-4,
+            "windows {windows}: probabilities differ by {worst}"
+        );
+        println!("classify_files, windows {windows}: largest probability difference {worst:.2e}");
+    }
+}
