@@ -503,7 +503,8 @@ fn every_shipped_workflow_parses_and_starts() {
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
         .collect();
-    names.sort();
+    // Predict workflows last: they read a classifier trained by another one.
+    names.sort_by_key(|p| (read(p).contains("task = \"predict\""), p.clone()));
     assert!(names.len() >= 9, "{names:?}");
     let out = tempfile::tempdir().unwrap();
     for path in names {
@@ -556,6 +557,14 @@ fn every_shipped_workflow_parses_and_starts() {
             set("data.split.block=2000");
             set("data.split.test=0.3");
         }
+        // The species classifier just trained here.
+        let species_model = out.path().join("species/checkpoints/final");
+        if stem == "species-predict" {
+            set(&format!(
+                "model.checkpoint={:?}",
+                species_model.to_str().unwrap()
+            ));
+        }
         let output = Command::new(env!("CARGO_BIN_EXE_seqmamba"))
             .current_dir(root())
             .args(&args)
@@ -567,6 +576,12 @@ fn every_shipped_workflow_parses_and_starts() {
             String::from_utf8_lossy(&output.stderr)
         );
         assert!(out.path().join(stem).join("manifest.json").exists());
+        if stem == "species-predict" {
+            // 1,000 C. elegans reads and 45 phiX reads, a line each but for the one empty
+            // phiX record.
+            let table = read(&out.path().join(stem).join("predictions.tsv"));
+            assert_eq!(table.lines().count(), 1 + 1000 + 44);
+        }
     }
 }
 
@@ -765,6 +780,45 @@ fn classify_gives_a_trained_classifier_s_test_predictions_on_new_files() {
         compared += 1;
     }
     assert_eq!(compared, 40);
+
+    // The same as a workflow (task = "predict"): a run folder with the same table, the
+    // records per predicted label, and a report.
+    let workflow = dir.path().join("predict.toml");
+    let text = format!(
+        "name = \"p\"\ntask = \"predict\"\n[data]\nmodality = \"dna\"\nformat = \"sequences\"\n\
+         sources = [{:?}]\n[model]\ncheckpoint = {:?}\n",
+        reads.to_str().unwrap(),
+        model.to_str().unwrap()
+    );
+    std::fs::write(&workflow, text).unwrap();
+    let predicted = dir.path().join("predicted");
+    ok(seqmamba(&[
+        "--quiet",
+        "run",
+        workflow.to_str().unwrap(),
+        "--out",
+        predicted.to_str().unwrap(),
+    ]));
+    let from_run: Vec<Vec<String>> = read(&predicted.join("predictions.tsv"))
+        .lines()
+        .map(|l| l.split('\t').map(String::from).collect())
+        .collect();
+    assert_eq!(from_run.len(), classified.len());
+    for (r, c) in from_run.iter().zip(&classified).skip(1) {
+        assert_eq!(r[1..5], c[1..5]);
+        let (x, y): (f64, f64) = (r[5].parse().unwrap(), c[5].parse().unwrap());
+        assert!((x - y).abs() < 1e-9, "{r:?} vs {c:?}");
+    }
+    let counts = rows(&predicted.join("predicted_labels.csv"));
+    assert_eq!(counts[0], ["label", "records", "share", "mean_probability"]);
+    let total: u64 = counts[1..]
+        .iter()
+        .map(|r| r[1].parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(total, 200);
+    let report = read(&predicted.join("report.md"));
+    assert!(report.contains("## Predictions"), "{report}");
+    assert!(read(&predicted.join("manifest.json")).contains("promoters.fa"));
 
     // A bad record fails the whole table: no file appears.
     let bad = dir.path().join("bad.fa");

@@ -19,6 +19,7 @@ use crate::checkpoint::InputSpec;
 use crate::model::Model;
 use crate::workflow::classify::{Predictor, argmax};
 use crate::workflow::data::{TokenExample, quantizer_named};
+use crate::workflow::run::csv_field;
 use crate::workflow::schema::Modality;
 use crate::workflow::{WorkflowError, output_error};
 
@@ -35,7 +36,7 @@ pub struct PredictOptions {
 }
 
 /// What a prediction run went through.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct PredictSummary {
     /// Records (audio: files) classified.
     pub records: u64,
@@ -43,6 +44,34 @@ pub struct PredictSummary {
     pub windows: u64,
     /// Bad records or files skipped, and empty records.
     pub skipped: u64,
+    /// Per label: the records predicted as it and the sum of their predicted probability.
+    pub predicted: Vec<(u64, f64)>,
+}
+
+impl PredictSummary {
+    /// `label,records,share,mean_probability`: how many records each label won and how
+    /// sure the model was of them on average (`predicted_labels.csv` of a predict run).
+    ///
+    /// ```
+    /// let summary = seqmamba::predict::PredictSummary {
+    ///     records: 4, windows: 4, skipped: 0, predicted: vec![(3, 2.4), (1, 0.5)],
+    /// };
+    /// let csv = summary.label_table(&["a".into(), "b".into()]);
+    /// assert_eq!(csv, "label,records,share,mean_probability\na,3,0.75,0.7999999999999999\nb,1,0.25,0.5\n");
+    /// ```
+    pub fn label_table(&self, labels: &[String]) -> String {
+        let mut text = String::from("label,records,share,mean_probability\n");
+        for (label, &(records, sum)) in labels.iter().zip(&self.predicted) {
+            let share = records as f64 / self.records.max(1) as f64;
+            let mean = if records > 0 {
+                sum / records as f64
+            } else {
+                0.0
+            };
+            text.push_str(&format!("{},{records},{share},{mean}\n", csv_field(label)));
+        }
+        text
+    }
 }
 
 /// The header line of [`classify_files`]' output: `file, record, length, predicted,
@@ -181,6 +210,9 @@ impl<B: Backend, W: Write> Classifier<'_, '_, B, W> {
             .map(|s| s / record.windows as f64)
             .collect();
         let predicted = argmax(&probs);
+        let tally = &mut self.summary.predicted[predicted];
+        tally.0 += 1;
+        tally.1 += probs[predicted];
         let mut line = format!(
             "{}\t{}\t{}\t{predicted}\t{}",
             tsv_field(&self.files[record.file].display().to_string()),
@@ -233,7 +265,10 @@ pub fn classify_files<B: Backend>(
         first_pending: 0,
         queue: Vec::new(),
         out,
-        summary: PredictSummary::default(),
+        summary: PredictSummary {
+            predicted: vec![(0, 0.0); labels.len()],
+            ..PredictSummary::default()
+        },
     };
     writeln!(classifier.out, "{}", header(labels)).map_err(output_error)?;
     for (file, path) in files.iter().enumerate() {
@@ -330,12 +365,11 @@ mod tests {
         let summary =
             classify_files(&model, &labels, &spec, &files, options, &mut out, |_| {}).unwrap();
         // long: windows at 0, 8 and 12; the empty record is skipped.
-        let expected = PredictSummary {
-            records: 3,
-            windows: 5,
-            skipped: 1,
-        };
-        assert_eq!(summary, expected);
+        assert_eq!(
+            (summary.records, summary.windows, summary.skipped),
+            (3, 5, 1)
+        );
+        assert_eq!(summary.predicted.iter().map(|p| p.0).sum::<u64>(), 3);
         let got = rows(&String::from_utf8(out).unwrap());
         let names: Vec<&str> = got.iter().map(|r| r.0.as_str()).collect();
         assert_eq!(names, ["long", "short", "exact"]);

@@ -52,7 +52,7 @@ pub enum ReportError {
     },
     #[error("{}: drawing failed: {message}", path.display())]
     Plot { path: PathBuf, message: String },
-    #[error("{}: no raw files of a run (train_log.csv, predictions.csv, lm_eval.csv, generated/)", path.display())]
+    #[error("{}: no raw files of a run (train_log.csv, predictions.csv, lm_eval.csv, predicted_labels.csv, generated/)", path.display())]
     NoRecords { path: PathBuf },
     #[error(transparent)]
     Write(#[from] crate::ModelError),

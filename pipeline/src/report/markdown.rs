@@ -74,6 +74,23 @@ pub fn render(title: &str, c: &Contents) -> Result<String, ReportError> {
         );
         md += "\n";
     }
+    if let Some(rows) = &c.records.predicted_labels {
+        md += "## Predictions\n\nRecords of `predictions.tsv` by predicted label, and the mean \
+               probability the model gave the label it chose.\n\n";
+        let rows: Vec<Vec<String>> = rows
+            .iter()
+            .map(|r| {
+                vec![
+                    r.label.clone(),
+                    r.records.to_string(),
+                    number(Some(r.share)),
+                    number(Some(r.mean_probability)),
+                ]
+            })
+            .collect();
+        md += &table(&["label", "records", "share", "mean probability"], &rows);
+        md += "\n";
+    }
     if !c.audio_plots.is_empty() || !c.records.generated_dna.is_empty() {
         md += "## Generated samples\n\n";
         for (index, seconds, rate, waveform, spectrogram) in c.audio_plots {

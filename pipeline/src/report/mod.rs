@@ -26,7 +26,7 @@ use serde::Serialize;
 pub use analysis::SplitMetrics;
 pub use compare::compare;
 pub use error::ReportError;
-pub use records::LmScore;
+pub use records::{LmScore, PredictedLabel};
 
 use analysis::{ALL_FOLDS, Classification, analyse};
 use records::RunRecords;
@@ -183,6 +183,10 @@ pub fn render(run_dir: &Path) -> Result<ReportSummary, ReportError> {
     }
     if let Some(scores) = &records.lm_eval {
         save("lm_eval", tables::lm_eval(&csv("lm_eval"), scores)?)?;
+    }
+    if let Some(rows) = &records.predicted_labels {
+        let table = tables::predicted_labels(&csv("predicted_labels"), rows)?;
+        save("predicted_labels", table)?;
     }
     let mut audio_plots = Vec::new();
     for (index, path) in &records.generated_audio {

@@ -76,6 +76,23 @@ impl LmScore {
     }
 }
 
+/// One row of `predicted_labels.csv` (predict runs): how many records a label won and the
+/// mean probability the model gave them.
+///
+/// ```
+/// let row = seqmamba::report::PredictedLabel {
+///     label: "promoter".into(), records: 120, share: 0.6, mean_probability: 0.83,
+/// };
+/// assert_eq!(row.records, 120);
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct PredictedLabel {
+    pub label: String,
+    pub records: u64,
+    pub share: f64,
+    pub mean_probability: f64,
+}
+
 /// Everything the report reads from one run folder.
 #[derive(Clone, Debug, Default)]
 pub struct RunRecords {
@@ -83,6 +100,7 @@ pub struct RunRecords {
     pub training: Option<Vec<TrainStep>>,
     pub predictions: Option<Predictions>,
     pub lm_eval: Option<Vec<LmScore>>,
+    pub predicted_labels: Option<Vec<PredictedLabel>>,
     /// `generated/sample-<i>.wav` in order of `i`.
     pub generated_audio: Vec<(usize, PathBuf)>,
     /// `generated/sample-<i>.fa` in order of `i`.
@@ -114,12 +132,16 @@ impl RunRecords {
             lm_eval: CsvTable::read(&run_dir.join("lm_eval.csv"))?
                 .map(|t| read_lm_eval(&t))
                 .transpose()?,
+            predicted_labels: CsvTable::read(&run_dir.join("predicted_labels.csv"))?
+                .map(|t| read_predicted_labels(&t))
+                .transpose()?,
             generated_audio: generated(run_dir, "wav")?,
             generated_dna: generated(run_dir, "fa")?,
         };
         if records.training.is_none()
             && records.predictions.is_none()
             && records.lm_eval.is_none()
+            && records.predicted_labels.is_none()
             && records.generated_audio.is_empty()
             && records.generated_dna.is_empty()
         {
@@ -463,6 +485,21 @@ fn read_lm_eval(table: &CsvTable) -> Result<Vec<LmScore>, ReportError> {
             model: model[i].clone(),
             bits_per_token: bits[i],
             tokens: tokens[i],
+        })
+        .collect())
+}
+
+fn read_predicted_labels(table: &CsvTable) -> Result<Vec<PredictedLabel>, ReportError> {
+    let label = table.text("label")?;
+    let records = table.required("records")?;
+    let share = table.required("share")?;
+    let mean = table.required("mean_probability")?;
+    Ok((0..label.len())
+        .map(|i| PredictedLabel {
+            label: label[i].clone(),
+            records: records[i],
+            share: share[i],
+            mean_probability: mean[i],
         })
         .collect())
 }

@@ -6,7 +6,7 @@ use polars::prelude::{Column, CsvWriter, DataFrame, NamedFrom, ParquetWriter, Se
 
 use super::ReportError;
 use super::analysis::{Group, SplitMetrics};
-use super::records::{LmScore, Predictions, TrainStep};
+use super::records::{LmScore, PredictedLabel, Predictions, TrainStep};
 use crate::fsutil::write_atomic;
 
 fn frame(path: &Path, columns: Vec<Column>) -> Result<DataFrame, ReportError> {
@@ -215,6 +215,29 @@ pub fn training(path: &Path, log: &[TrainStep]) -> Result<DataFrame, ReportError
             column(
                 "val_loss",
                 log.iter().map(|s| s.val_loss).collect::<Vec<Option<f64>>>(),
+            ),
+        ],
+    )
+}
+
+/// `predicted_labels`: records per predicted label of a predict run, with their share and
+/// mean predicted probability.
+pub fn predicted_labels(path: &Path, rows: &[PredictedLabel]) -> Result<DataFrame, ReportError> {
+    frame(
+        path,
+        vec![
+            column(
+                "label",
+                rows.iter().map(|r| r.label.clone()).collect::<Vec<_>>(),
+            ),
+            column(
+                "records",
+                rows.iter().map(|r| r.records).collect::<Vec<_>>(),
+            ),
+            column("share", rows.iter().map(|r| r.share).collect::<Vec<_>>()),
+            column(
+                "mean_probability",
+                rows.iter().map(|r| r.mean_probability).collect::<Vec<_>>(),
             ),
         ],
     )

@@ -12,7 +12,10 @@ use super::WorkflowError;
 use super::data::{self, TokenExample, class_batch, class_validation, eval_batch};
 use super::run::{Batches, RunContext, csv_field};
 use super::schema::{Modality, SplitMethod};
+use crate::checkpoint::{Checkpoint, InputSpec};
+use crate::fsutil::AtomicFile;
 use crate::model::{Activations, Batch, Head, Model, Shape};
+use crate::predict::{PredictOptions, classify_files};
 
 /// Softmax probabilities of every example, in order, batch by batch (centre crops of
 /// `len`); with `reverse_complement` averaged with those of the reverse complement.
@@ -286,6 +289,104 @@ pub(crate) fn run<B: Backend>(ctx: &mut RunContext<B>) -> Result<(), WorkflowErr
         .insert("accuracy".into(), correct as f64 / tested.max(1) as f64);
     ctx.metrics.insert("test_examples".into(), tested as f64);
     ctx.metrics.insert("classes".into(), classes as f64);
+    Ok(())
+}
+
+/// The predict task: `model.checkpoint`, a classifier, on every file of `data.sources`
+/// (prepared as the checkpoint records, else as the data section and `training.seq_len`
+/// say) into `predictions.tsv`, and `predicted_labels.csv` (records per predicted label).
+pub(crate) fn run_predict<B: Backend>(ctx: &mut RunContext<B>) -> Result<(), WorkflowError> {
+    let w = ctx.workflow;
+    let dir = w
+        .model
+        .checkpoint
+        .as_ref()
+        .expect("validate requires model.checkpoint");
+    let checkpoint = ctx.stage("load model", |_| Ok(Checkpoint::load(dir)?))?;
+    if !matches!(checkpoint.metadata.head, Head::Classifier { .. }) {
+        return Err(WorkflowError::Invalid(format!(
+            "{}: a language model, not a classifier (model.checkpoint of task \"predict\")",
+            dir.display()
+        )));
+    }
+    let spec = match checkpoint.metadata.input.clone() {
+        Some(spec) if spec.modality != w.data.modality => {
+            return Err(WorkflowError::Invalid(format!(
+                "{}: a classifier of {:?} data, but data.modality is {:?}",
+                dir.display(),
+                spec.modality,
+                w.data.modality
+            )));
+        }
+        Some(spec) => spec,
+        None => {
+            ctx.note(format!(
+                "{} does not record how its training examples were made: inputs prepared as \
+                 the data section and training.seq_len ({}) say",
+                dir.display(),
+                w.training.seq_len
+            ));
+            InputSpec {
+                modality: w.data.modality,
+                seq_len: w.training.seq_len,
+                sample_rate: w.data.sample_rate,
+                quantizer: w.data.quantizer.clone(),
+                normalization: w.data.normalization.clone(),
+                restore_orientation: w.data.restore_orientation,
+                reverse_complement: w.evaluation.reverse_complement,
+            }
+        }
+    };
+    ctx.stage("hash inputs", |c| c.record_inputs(&w.data.sources))?;
+    let labels = checkpoint.metadata.labels.clone();
+    let model = Model::new(
+        ctx.backend.clone(),
+        checkpoint.config,
+        checkpoint.metadata.head,
+        &checkpoint.params,
+    )?;
+    let options = PredictOptions {
+        batch: w.evaluation.batch_size,
+        windows: w.evaluation.windows,
+        on_error: w.data.on_error.parse().unwrap_or_default(),
+    };
+    let summary = ctx.stage("classify", |c| {
+        let bar = c.progress(w.data.sources.len() as u64, "classify");
+        let path = c.dir.join("predictions.tsv");
+        let mut file = AtomicFile::create(&path)?;
+        let mut current = None;
+        let summary = classify_files(
+            &model,
+            &labels,
+            &spec,
+            &w.data.sources,
+            options,
+            &mut file,
+            |p| {
+                if current != Some(p.to_path_buf()) {
+                    current = Some(p.to_path_buf());
+                    bar.set_message(p.display().to_string());
+                    bar.inc(1);
+                }
+            },
+        )?;
+        file.commit()?;
+        bar.finish_and_clear();
+        Ok(summary)
+    })?;
+    ctx.write(
+        "predicted_labels.csv",
+        summary.label_table(&labels).as_bytes(),
+    )?;
+    if summary.skipped > 0 {
+        ctx.note(format!(
+            "{} bad or empty records were skipped",
+            summary.skipped
+        ));
+    }
+    ctx.metrics.insert("records".into(), summary.records as f64);
+    ctx.metrics.insert("windows".into(), summary.windows as f64);
+    ctx.metrics.insert("classes".into(), labels.len() as f64);
     Ok(())
 }
 

@@ -414,6 +414,7 @@ fn execute_on<B: Backend>(
         Task::Pretrain => pretrain::run(&mut ctx)?,
         Task::Generate => generate::run_generate(&mut ctx)?,
         Task::Score => generate::run_score(&mut ctx)?,
+        Task::Predict => classify::run_predict(&mut ctx)?,
     }
     ctx.manifest.finished = Some(now_rfc3339());
     ctx.write_manifest()?;

@@ -65,6 +65,8 @@ pub enum Task {
     Generate,
     /// Per-token log-likelihoods of the data under a checkpoint (`model.checkpoint`).
     Score,
+    /// A trained classifier (`model.checkpoint`) applied to unlabeled files.
+    Predict,
 }
 
 impl Task {
@@ -75,6 +77,7 @@ impl Task {
             Task::Pretrain => "pretrain",
             Task::Generate => "generate",
             Task::Score => "score",
+            Task::Predict => "predict",
         }
     }
 }
@@ -375,6 +378,9 @@ pub struct Evaluation {
     pub chunk_len: usize,
     /// Language models: score at most this many test tokens (0 = all).
     pub max_tokens: usize,
+    /// Predict: records longer than `seq_len` classified over all their windows (the
+    /// probabilities averaged), not only their centre.
+    pub windows: bool,
 }
 
 impl Default for Evaluation {
@@ -386,6 +392,7 @@ impl Default for Evaluation {
             deflate: true,
             chunk_len: 4096,
             max_tokens: 0,
+            windows: false,
         }
     }
 }
@@ -615,6 +622,11 @@ impl Workflow {
                         .into(),
                 );
             }
+            (Task::Predict, format) if format != SourceFormat::Sequences => {
+                return invalid(
+                    "task \"predict\" reads unlabeled files: data.format = \"sequences\"".into(),
+                );
+            }
             (Task::Classify, _) if s.method == SplitMethod::Tail => {
                 return invalid("data.split.method = \"tail\" is for language models".into());
             }
@@ -635,6 +647,13 @@ impl Workflow {
                 "task \"{}\" needs model.checkpoint (a language model folder)",
                 self.task.name()
             ));
+        }
+        if self.task == Task::Predict && self.model.checkpoint.is_none() {
+            return invalid(
+                "task \"predict\" needs model.checkpoint (a classifier's folder, e.g. \
+                 runs/promoters/checkpoints/fold-0/final)"
+                    .into(),
+            );
         }
         let vocab = super::data::vocab_size(d.modality) as u64;
         let markov_orders: &[usize] = if self.task == Task::Pretrain {
