@@ -741,7 +741,11 @@ fn classify_gives_a_trained_classifier_s_test_predictions_on_new_files() {
         table.to_str().unwrap(),
         reads.to_str().unwrap(),
     ]));
-    assert!(summary.contains("\"records\": 200"), "{summary}");
+    let summary: serde_json::Value = serde_json::from_str(&summary).unwrap();
+    assert_eq!(summary["records"], 200);
+    let predicted = summary["predicted"].as_object().unwrap();
+    let counted: u64 = predicted.values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!((predicted.len(), counted), (2, 200));
     let classified: Vec<Vec<String>> = read(&table)
         .lines()
         .map(|l| l.split('\t').map(String::from).collect())

@@ -492,8 +492,14 @@ fn classify<B: Backend>(backend: B, args: &ClassifyArgs, quiet: bool) -> Result<
             model.backend.name()
         );
     }
+    let predicted: serde_json::Map<String, serde_json::Value> = labels
+        .iter()
+        .zip(&summary.predicted)
+        .map(|(label, &(records, _))| (label.clone(), records.into()))
+        .collect();
     Ok(serde_json::json!({
         "records": summary.records,
+        "predicted": predicted,
         "windows": summary.windows,
         "skipped": summary.skipped,
         "seconds": seconds,
