@@ -840,6 +840,28 @@ fn classify_gives_a_trained_classifier_s_test_predictions_on_new_files() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.fa") && err.contains("broken"), "{err}");
     assert!(!failed.exists());
+    // The run folder names its final model; a cross-validated one lists its folds.
+    let by_run = ok(seqmamba(&[
+        "classify",
+        "--model",
+        run.to_str().unwrap(),
+        reads.to_str().unwrap(),
+    ]));
+    assert_eq!(by_run.lines().count(), 201);
+    let folds = dir.path().join("folds");
+    std::fs::create_dir_all(folds.join("checkpoints/fold-0/final")).unwrap();
+    std::fs::create_dir_all(folds.join("checkpoints/fold-1/final")).unwrap();
+    let out = seqmamba(&[
+        "classify",
+        "--model",
+        folds.to_str().unwrap(),
+        reads.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("fold-1/final"),
+        "{err}"
+    );
     // A language model is no classifier.
     let lm = dir.path().join("lm");
     ok(seqmamba(&[

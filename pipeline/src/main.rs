@@ -171,7 +171,7 @@ struct ScoreArgs {
     seqmamba classify --model runs/species/checkpoints/final --windows --out contigs.tsv contigs.fa"
 )]
 struct ClassifyArgs {
-    /// Classifier checkpoint folder (a run's checkpoints/final).
+    /// Classifier checkpoint folder (a run's checkpoints/final), or the run folder itself.
     #[arg(long)]
     model: PathBuf,
     /// DNA files (FASTA, FASTQ, SAM, BAM; plain, gzip or BGZF) or audio files, as the model's
@@ -401,9 +401,39 @@ fn score(args: ScoreArgs) -> Result<()> {
     Ok(())
 }
 
+/// The checkpoint folder `path` names: itself, or the final model of a run folder (one
+/// trained without k-fold; under k-fold each fold's model is its own, to be named).
+fn model_folder(path: &std::path::Path) -> Result<PathBuf> {
+    let finals = path.join("checkpoints");
+    if path.join("config.json").exists() || !finals.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    if finals.join("final").is_dir() {
+        return Ok(finals.join("final"));
+    }
+    let mut folds: Vec<String> = std::fs::read_dir(&finals)
+        .with_context(|| format!("reading {}", finals.display()))?
+        .flatten()
+        .filter(|e| e.path().join("final").is_dir())
+        .map(|e| e.path().join("final").display().to_string())
+        .collect();
+    folds.sort();
+    if folds.is_empty() {
+        bail!(
+            "{}: the run has no final model yet (still training?)",
+            path.display()
+        );
+    }
+    bail!(
+        "{}: a cross-validated run has a model per fold; name one with --model: {}",
+        path.display(),
+        folds.join(", ")
+    )
+}
+
 /// `seqmamba classify` on `backend`: the table to stdout or `--out`, a summary back.
 fn classify<B: Backend>(backend: B, args: &ClassifyArgs, quiet: bool) -> Result<serde_json::Value> {
-    let checkpoint = Checkpoint::load(&args.model)?;
+    let checkpoint = Checkpoint::load(&model_folder(&args.model)?)?;
     let Head::Classifier { .. } = checkpoint.metadata.head else {
         bail!(
             "{}: a language model, not a classifier (train one with a workflow of task = \"classify\")",
