@@ -11,7 +11,7 @@ use seqmamba::checkpoint::{Checkpoint, InputSpec, Metadata};
 use seqmamba::fsutil::AtomicFile;
 use seqmamba::infer::score_tokens;
 use seqmamba::model::{Head, MambaConfig, Model, ParamTable, Shape};
-use seqmamba::predict::{PredictOptions, classify_files};
+use seqmamba::predict::{PredictOptions, classify_files, ensure_classifier};
 use seqmamba::workflow::schema::Modality;
 use seqmamba::workflow::{self, RunOptions, RunSummary, Workflow};
 use seqmamba_kernels::cuda::{Cuda, GemmPrecision};
@@ -433,13 +433,10 @@ fn model_folder(path: &std::path::Path) -> Result<PathBuf> {
 
 /// `seqmamba classify` on `backend`: the table to stdout or `--out`, a summary back.
 fn classify<B: Backend>(backend: B, args: &ClassifyArgs, quiet: bool) -> Result<serde_json::Value> {
-    let checkpoint = Checkpoint::load(&model_folder(&args.model)?)?;
-    let Head::Classifier { .. } = checkpoint.metadata.head else {
-        bail!(
-            "{}: a language model, not a classifier (train one with a workflow of task = \"classify\")",
-            args.model.display()
-        );
-    };
+    let folder = model_folder(&args.model)?;
+    let checkpoint = Checkpoint::load(&folder)?;
+    ensure_classifier(&checkpoint.metadata.head)
+        .with_context(|| format!("classifying with {}", folder.display()))?;
     let mut spec = match (checkpoint.metadata.input.clone(), args.seq_len) {
         (Some(spec), _) => spec,
         (None, Some(seq_len)) => {
@@ -501,13 +498,15 @@ fn classify<B: Backend>(backend: B, args: &ClassifyArgs, quiet: bool) -> Result<
                 options,
                 &mut file,
                 progress,
-            )?;
+            )
+            .with_context(|| format!("classifying with {}", folder.display()))?;
             file.commit()?;
             summary
         }
         None => {
             let out = std::io::BufWriter::new(std::io::stdout().lock());
-            classify_files(&model, &labels, &spec, &args.files, options, out, progress)?
+            classify_files(&model, &labels, &spec, &args.files, options, out, progress)
+                .with_context(|| format!("classifying with {}", folder.display()))?
         }
     };
     bar.finish_and_clear();

@@ -16,7 +16,7 @@ use seqmamba_modalities::dna::alignment::AlignmentOptions;
 use seqmamba_modalities::dna::read_tokens;
 
 use crate::checkpoint::InputSpec;
-use crate::model::Model;
+use crate::model::{Head, Model};
 use crate::workflow::classify::{Predictor, argmax};
 use crate::workflow::data::{TokenExample, quantizer_named};
 use crate::workflow::run::csv_field;
@@ -88,6 +88,27 @@ pub fn header(labels: &[String]) -> String {
         line.push_str(&tsv_field(label).replace(' ', "_"));
     }
     line
+}
+
+/// An error unless `head` is a classifier's.
+///
+/// ```
+/// use seqmamba::model::Head;
+/// assert!(seqmamba::predict::ensure_classifier(&Head::LanguageModel).is_err());
+/// ```
+pub fn ensure_classifier(head: &Head) -> Result<(), WorkflowError> {
+    match head {
+        Head::Classifier { .. } => Ok(()),
+        _ => Err(not_usable(
+            "a language model, not a classifier (train one with a workflow of task = \"classify\")"
+                .into(),
+        )),
+    }
+}
+
+/// What makes a model or the options unfit for classifying files.
+fn not_usable(message: String) -> WorkflowError {
+    WorkflowError::Model(crate::ModelError::Input(message))
 }
 
 /// A field without the tabs and line breaks that would break the row.
@@ -241,8 +262,9 @@ pub fn classify_files<B: Backend>(
     out: impl Write,
     mut progress: impl FnMut(&Path),
 ) -> Result<PredictSummary, WorkflowError> {
+    ensure_classifier(&model.head)?;
     if model.logit_width() != labels.len() || labels.len() < 2 {
-        return Err(WorkflowError::Invalid(format!(
+        return Err(not_usable(format!(
             "the model classifies into {} classes and has {} label names: a classifier \
              trained by `seqmamba run` (task = \"classify\") is needed",
             model.logit_width(),
@@ -250,7 +272,7 @@ pub fn classify_files<B: Backend>(
         )));
     }
     if options.batch == 0 || spec.seq_len == 0 {
-        return Err(WorkflowError::Invalid(
+        return Err(not_usable(
             "the batch size and the sequence length must be at least 1".into(),
         ));
     }
@@ -312,7 +334,7 @@ pub fn classify_files<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Bidirectional, Head, MambaConfig, PoolingKind};
+    use crate::model::{Bidirectional, MambaConfig, PoolingKind};
     use seqmamba_kernels::Cpu;
     use seqmamba_modalities::dna::tokenizer;
 

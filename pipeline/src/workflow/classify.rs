@@ -12,10 +12,10 @@ use super::WorkflowError;
 use super::data::{self, TokenExample, class_batch, class_validation, eval_batch};
 use super::run::{Batches, RunContext, csv_field};
 use super::schema::{Modality, SplitMethod};
-use crate::checkpoint::{Checkpoint, InputSpec};
+use crate::checkpoint::Checkpoint;
 use crate::fsutil::AtomicFile;
 use crate::model::{Activations, Batch, Head, Model, Shape};
-use crate::predict::{PredictOptions, classify_files};
+use crate::predict::{PredictOptions, classify_files, ensure_classifier};
 
 /// Softmax probabilities of every example, in order, batch by batch (centre crops of
 /// `len`); with `reverse_complement` averaged with those of the reverse complement.
@@ -303,12 +303,7 @@ pub(crate) fn run_predict<B: Backend>(ctx: &mut RunContext<B>) -> Result<(), Wor
         .as_ref()
         .expect("validate requires model.checkpoint");
     let checkpoint = ctx.stage("load model", |_| Ok(Checkpoint::load(dir)?))?;
-    if !matches!(checkpoint.metadata.head, Head::Classifier { .. }) {
-        return Err(WorkflowError::Invalid(format!(
-            "{}: a language model, not a classifier (model.checkpoint of task \"predict\")",
-            dir.display()
-        )));
-    }
+    ensure_classifier(&checkpoint.metadata.head)?;
     let spec = match checkpoint.metadata.input.clone() {
         Some(spec) if spec.modality != w.data.modality => {
             return Err(WorkflowError::Invalid(format!(
@@ -326,15 +321,7 @@ pub(crate) fn run_predict<B: Backend>(ctx: &mut RunContext<B>) -> Result<(), Wor
                 dir.display(),
                 w.training.seq_len
             ));
-            InputSpec {
-                modality: w.data.modality,
-                seq_len: w.training.seq_len,
-                sample_rate: w.data.sample_rate,
-                quantizer: w.data.quantizer.clone(),
-                normalization: w.data.normalization.clone(),
-                restore_orientation: w.data.restore_orientation,
-                reverse_complement: w.evaluation.reverse_complement,
-            }
+            w.input_spec()
         }
     };
     ctx.stage("hash inputs", |c| c.record_inputs(&w.data.sources))?;

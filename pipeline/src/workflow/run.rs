@@ -23,7 +23,7 @@ use super::data::{self, HostBatch, Loaded};
 use super::schema::{Task, Workflow};
 use super::{WorkflowError, classify, generate, io_error, pretrain};
 use crate::ModelError;
-use crate::checkpoint::{Checkpoint, InputSpec, Metadata};
+use crate::checkpoint::{Checkpoint, Metadata};
 use crate::fsutil::write_atomic;
 use crate::model::{Activations, Head, Model, ParamTable, Shape};
 use crate::parallel::{DataParallel, HostBatch as GlobalBatch, ParallelConfig};
@@ -805,19 +805,10 @@ impl<B: Backend> RunContext<'_, B> {
         labels: &[String],
     ) -> Result<(Model<B>, Metadata), WorkflowError> {
         let spec = &self.workflow.model;
-        let data = &self.workflow.data;
         let metadata = Metadata {
             head: head.clone(),
             labels: labels.to_vec(),
-            input: Some(InputSpec {
-                modality: data.modality,
-                seq_len: self.workflow.training.seq_len,
-                sample_rate: data.sample_rate,
-                quantizer: data.quantizer.clone(),
-                normalization: data.normalization.clone(),
-                restore_orientation: data.restore_orientation,
-                reverse_complement: self.workflow.evaluation.reverse_complement,
-            }),
+            input: Some(self.workflow.input_spec()),
             extra: serde_json::Map::from_iter([(
                 "workflow".to_string(),
                 serde_json::Value::String(self.workflow.name.clone()),

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use seqmamba_kernels::cuda::GemmPrecision;
 
 use super::WorkflowError;
+use crate::checkpoint::InputSpec;
 use crate::infer::Sampling;
 use crate::model::{Bidirectional, MambaConfig, PoolingKind};
 use crate::train::OptimizerConfig;
@@ -543,6 +544,20 @@ impl Workflow {
     }
 
     /// The run folder.
+    /// How this workflow makes its examples, as a checkpoint records it.
+    pub fn input_spec(&self) -> InputSpec {
+        let data = &self.data;
+        InputSpec {
+            modality: data.modality,
+            seq_len: self.training.seq_len,
+            sample_rate: data.sample_rate,
+            quantizer: data.quantizer.clone(),
+            normalization: data.normalization.clone(),
+            restore_orientation: data.restore_orientation,
+            reverse_complement: self.evaluation.reverse_complement,
+        }
+    }
+
     pub fn run_dir(&self) -> PathBuf {
         if self.outputs.dir.as_os_str().is_empty() {
             PathBuf::from("runs").join(&self.name)
