@@ -840,6 +840,37 @@ fn classify_gives_a_trained_classifier_s_test_predictions_on_new_files() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.fa") && err.contains("broken"), "{err}");
     assert!(!failed.exists());
+    // A checkpoint written before it recorded its input: --seq-len is asked for, and with
+    // it (and the reverse-complement averaging it no longer knows of left off) the table
+    // still lists every read.
+    let older = dir.path().join("older");
+    std::fs::create_dir_all(&older).unwrap();
+    for entry in std::fs::read_dir(&model).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), older.join(entry.file_name())).unwrap();
+    }
+    let mut metadata: serde_json::Value =
+        serde_json::from_str(&read(&older.join("seqmamba.json"))).unwrap();
+    metadata.as_object_mut().unwrap().remove("input");
+    std::fs::write(older.join("seqmamba.json"), metadata.to_string()).unwrap();
+    let out = seqmamba(&[
+        "classify",
+        "--model",
+        older.to_str().unwrap(),
+        reads.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--seq-len"), "{err}");
+    let by_length = ok(seqmamba(&[
+        "classify",
+        "--model",
+        older.to_str().unwrap(),
+        "--seq-len",
+        "256",
+        reads.to_str().unwrap(),
+    ]));
+    assert_eq!(by_length.lines().count(), 201);
+
     // The run folder names its final model; a cross-validated one lists its folds.
     let by_run = ok(seqmamba(&[
         "classify",

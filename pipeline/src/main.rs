@@ -440,12 +440,15 @@ fn classify<B: Backend>(backend: B, args: &ClassifyArgs, quiet: bool) -> Result<
     let mut spec = match (checkpoint.metadata.input.clone(), args.seq_len) {
         (Some(spec), _) => spec,
         (None, Some(seq_len)) => {
-            let modality = if checkpoint.config.vocab_size
-                == seqmamba::workflow::data::vocab_size(Modality::Dna)
-            {
-                Modality::Dna
-            } else {
-                Modality::Audio
+            let vocab = checkpoint.config.vocab_size;
+            let Some(modality) = [Modality::Dna, Modality::Audio]
+                .into_iter()
+                .find(|&m| seqmamba::workflow::data::vocab_size(m) == vocab)
+            else {
+                bail!(
+                    "{}: a vocabulary of {vocab} tokens is neither DNA's nor audio's",
+                    folder.display()
+                );
             };
             InputSpec::defaults(modality, seq_len)
         }
