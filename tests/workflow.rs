@@ -785,6 +785,28 @@ fn classify_gives_a_trained_classifier_s_test_predictions_on_new_files() {
     }
     assert_eq!(compared, 40);
 
+    // From standard input (`-`): the same lines, the file named `-`.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_seqmamba"))
+        .args(["classify", "--model", model.to_str().unwrap(), "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let fasta = std::fs::read(&reads).unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &fasta));
+    let piped = ok(child.wait_with_output().unwrap());
+    feeder.join().unwrap().unwrap();
+    let piped: Vec<Vec<String>> = piped
+        .lines()
+        .map(|l| l.split('\t').map(String::from).collect())
+        .collect();
+    assert_eq!(piped.len(), classified.len());
+    for (p, c) in piped.iter().zip(&classified).skip(1) {
+        assert_eq!((p[0].as_str(), &p[1..]), ("-", &c[1..]));
+    }
+
     // The same as a workflow (task = "predict"): a run folder with the same table, the
     // records per predicted label, and a report.
     let workflow = dir.path().join("predict.toml");

@@ -2,7 +2,7 @@
 
 use std::{
     fs::File,
-    io::{self, BufRead, BufReader},
+    io::{self, BufRead, BufReader, Read},
     path::Path,
 };
 
@@ -62,13 +62,29 @@ pub fn open(path: &Path) -> Result<(Box<dyn BufRead + Send>, Compression)> {
         at: Location::File,
         source,
     })?;
-    let mut reader = BufReader::with_capacity(BUFFER, file);
-    let head = reader.fill_buf().map_err(|source| Error::Io {
-        path: path.into(),
-        at: Location::Byte(0),
-        source,
-    })?;
-    let compression = Compression::sniff(head);
+    open_stream(path, Box::new(file))
+}
+
+/// [`open`] for a stream such as standard input (read once, never reopened); `name` only
+/// names it in errors.
+///
+/// ```
+/// use std::io::Read;
+/// let bytes: &'static [u8] = b">a\nACGT\n";
+/// let name = std::path::Path::new("<stdin>");
+/// let (mut reader, _) = seqmamba_modalities::input::open_stream(name, Box::new(bytes)).unwrap();
+/// let mut text = String::new();
+/// reader.read_to_string(&mut text).unwrap();
+/// assert_eq!(text, ">a\nACGT\n");
+/// ```
+pub fn open_stream(
+    name: &Path,
+    raw: Box<dyn Read + Send>,
+) -> Result<(Box<dyn BufRead + Send>, Compression)> {
+    // A BGZF header is 18 bytes; a pipe may deliver fewer at a time, so read them whole.
+    let (head, raw) = head_and_rest(raw, 18).map_err(io_error(name, Location::Byte(0)))?;
+    let compression = Compression::sniff(&head);
+    let reader = BufReader::with_capacity(BUFFER, raw);
     let stream: Box<dyn BufRead + Send> = match compression {
         Compression::None => Box::new(reader),
         Compression::Gzip | Compression::Bgzf => Box::new(BufReader::with_capacity(
@@ -77,6 +93,18 @@ pub fn open(path: &Path) -> Result<(Box<dyn BufRead + Send>, Compression)> {
         )),
     };
     Ok((stream, compression))
+}
+
+/// The first `n` bytes of `reader` (fewer only at its end), and a reader that yields them
+/// again followed by the rest.
+pub(crate) fn head_and_rest(
+    mut reader: Box<dyn Read + Send>,
+    n: usize,
+) -> io::Result<(Vec<u8>, Box<dyn Read + Send>)> {
+    let mut head = Vec::with_capacity(n);
+    (&mut reader).take(n as u64).read_to_end(&mut head)?;
+    let again = io::Cursor::new(head.clone());
+    Ok((head, Box::new(again.chain(reader))))
 }
 
 /// Reads the first `n` decompressed bytes (fewer at end of file), to tell formats apart.

@@ -168,14 +168,15 @@ struct ScoreArgs {
     windows with --windows), audio resampled, normalised and quantised as it was.\n\n\
     Examples:\n  \
     seqmamba classify --model runs/promoters/checkpoints/fold-0/final reads.fastq.gz\n  \
-    seqmamba classify --model runs/species/checkpoints/final --windows --out contigs.tsv contigs.fa"
+    seqmamba classify --model runs/species/checkpoints/final --windows --out contigs.tsv contigs.fa\n  \
+    samtools fastq reads.bam | seqmamba classify --model runs/species - > reads.tsv"
 )]
 struct ClassifyArgs {
     /// Classifier checkpoint folder (a run's checkpoints/final), or the run folder itself.
     #[arg(long)]
     model: PathBuf,
-    /// DNA files (FASTA, FASTQ, SAM, BAM; plain, gzip or BGZF) or audio files, as the model's
-    /// modality.
+    /// DNA files (FASTA, FASTQ, SAM, BAM; plain, gzip or BGZF; `-` for standard input) or
+    /// audio files, as the model's modality.
     #[arg(required = true)]
     files: Vec<PathBuf>,
     /// Write the table to this file (appearing only when complete) instead of stdout.

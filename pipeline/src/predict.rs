@@ -308,6 +308,11 @@ pub fn classify_files<B: Backend>(
                 }
                 classifier.summary.skipped += records.skipped();
             }
+            Modality::Audio if path == Path::new("-") => {
+                return Err(not_usable(
+                    "audio is read from files (each one a clip), not from standard input".into(),
+                ));
+            }
             Modality::Audio => {
                 let normalization = spec.normalization.parse()?;
                 let quantizer = quantizer_named(&spec.quantizer);

@@ -6,7 +6,7 @@
 
 use std::{
     fs::File,
-    io::{self, BufRead},
+    io::{self, BufRead, Read},
     path::{Path, PathBuf},
 };
 
@@ -33,7 +33,8 @@ pub struct AlignmentOptions {
 
 enum Inner {
     Sam(sam::io::Reader<Box<dyn BufRead + Send>>, sam::Record),
-    Bam(bam::io::Reader<bgzf::io::Reader<File>>, bam::Record),
+    // A file through noodles' BGZF reader, a stream through input's gzip decoder.
+    Bam(bam::io::Reader<Box<dyn Read + Send>>, bam::Record),
 }
 
 /// Streams the reads of a SAM or BAM file as tokens.
@@ -65,6 +66,16 @@ impl AlignmentReader {
     /// Opens a SAM file (plain or gzip) and reads its header.
     pub fn open_sam(path: &Path, options: AlignmentOptions, on_error: OnError) -> Result<Self> {
         let (stream, _) = input::open(path)?;
+        Self::from_sam(path, stream, options, on_error)
+    }
+
+    /// Reads the header of a decompressed SAM stream; `path` only names it in errors.
+    pub fn from_sam(
+        path: &Path,
+        stream: Box<dyn BufRead + Send>,
+        options: AlignmentOptions,
+        on_error: OnError,
+    ) -> Result<Self> {
         let mut reader = sam::io::Reader::new(stream);
         let header = reader.read_header().map_err(header_error(path))?;
         Ok(Self::new(
@@ -79,7 +90,23 @@ impl AlignmentReader {
     /// Opens a BAM file and reads its header.
     pub fn open_bam(path: &Path, options: AlignmentOptions, on_error: OnError) -> Result<Self> {
         let file = File::open(path).map_err(io_error(path, Location::File))?;
-        let mut reader = bam::io::Reader::new(file);
+        Self::from_bam(
+            path,
+            Box::new(bgzf::io::Reader::new(file)),
+            options,
+            on_error,
+        )
+    }
+
+    /// Reads the header of a decompressed BAM stream (it starts `BAM\x01`); `path` only
+    /// names it in errors.
+    pub fn from_bam(
+        path: &Path,
+        stream: Box<dyn Read + Send>,
+        options: AlignmentOptions,
+        on_error: OnError,
+    ) -> Result<Self> {
+        let mut reader = bam::io::Reader::from(stream);
         let header = reader.read_header().map_err(header_error(path))?;
         Ok(Self::new(
             path,

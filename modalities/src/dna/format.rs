@@ -1,5 +1,6 @@
 //! Telling DNA formats apart, and one entry point that reads any of them as tokens.
 
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
 use super::{
@@ -8,7 +9,7 @@ use super::{
     fastq::FastqReader,
     TokenRecord,
 };
-use crate::error::{Error, OnError, Result};
+use crate::error::{Error, Location, OnError, Result};
 use crate::input;
 
 /// A DNA file format.
@@ -123,7 +124,8 @@ impl Iterator for DnaRecords {
     }
 }
 
-/// Streams the records of a FASTA, FASTQ, SAM or BAM file (plain, gzip or BGZF) as tokens.
+/// Streams the records of a FASTA, FASTQ, SAM or BAM file (plain, gzip or BGZF) as tokens;
+/// the path `-` reads standard input ([`read_stream_tokens`]).
 ///
 /// ```
 /// # let path = std::env::temp_dir().join("seqmamba-read-tokens-doc.fa");
@@ -138,6 +140,10 @@ pub fn read_tokens(
     options: AlignmentOptions,
     on_error: OnError,
 ) -> Result<DnaRecords> {
+    if path == Path::new("-") {
+        let stdin = Box::new(std::io::stdin());
+        return read_stream_tokens(Path::new("<stdin>"), stdin, options, on_error);
+    }
     Ok(match DnaFormat::detect(path)? {
         DnaFormat::Fasta => DnaRecords::Fasta(FastaReader::open(path, on_error)?),
         DnaFormat::Fastq => DnaRecords::Fastq(FastqReader::open(path, on_error)?),
@@ -148,4 +154,119 @@ pub fn read_tokens(
             DnaRecords::Alignment(AlignmentReader::open_bam(path, options, on_error)?)
         }
     })
+}
+
+/// [`read_tokens`] for a stream read once, such as standard input: its format told by its
+/// content alone (a SAM stream needs its header); `name` only names it in errors.
+///
+/// ```
+/// use seqmamba_modalities::{dna::{read_stream_tokens, alignment::AlignmentOptions}, error::OnError};
+/// let bytes: &'static [u8] = b"@r1\nACGT\n+\nIIII\n";
+/// let name = std::path::Path::new("<stdin>");
+/// let mut records =
+///     read_stream_tokens(name, Box::new(bytes), AlignmentOptions::default(), OnError::Fail).unwrap();
+/// assert_eq!(records.next().unwrap().unwrap().name, "r1");
+/// ```
+pub fn read_stream_tokens(
+    name: &Path,
+    raw: Box<dyn Read + Send>,
+    options: AlignmentOptions,
+    on_error: OnError,
+) -> Result<DnaRecords> {
+    let (stream, compression) = input::open_stream(name, raw)?;
+    let (head, stream) = input::head_and_rest(Box::new(stream), 16)
+        .map_err(input::io_error(name, Location::Byte(0)))?;
+    if head.is_empty() {
+        return Err(Error::Empty {
+            path: name.into(),
+            what: "data",
+        });
+    }
+    let format = DnaFormat::sniff(&head).ok_or_else(|| Error::Unsupported {
+        path: name.into(),
+        what: "not FASTA, FASTQ, SAM (with its header) or BAM (first bytes match none)".into(),
+    })?;
+    let buffered = |stream| -> Box<dyn BufRead + Send> { Box::new(BufReader::new(stream)) };
+    Ok(match format {
+        DnaFormat::Fasta => DnaRecords::Fasta(FastaReader::from_reader(
+            name,
+            buffered(stream),
+            compression,
+            on_error,
+        )),
+        DnaFormat::Fastq => DnaRecords::Fastq(FastqReader::from_reader(
+            name,
+            buffered(stream),
+            compression,
+            on_error,
+        )),
+        DnaFormat::Sam => DnaRecords::Alignment(AlignmentReader::from_sam(
+            name,
+            buffered(stream),
+            options,
+            on_error,
+        )?),
+        DnaFormat::Bam => {
+            DnaRecords::Alignment(AlignmentReader::from_bam(name, stream, options, on_error)?)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pipe that hands over one byte a read.
+    struct Trickle(std::fs::File);
+
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(1);
+            self.0.read(&mut buf[..n])
+        }
+    }
+
+    fn names_and_tokens(records: DnaRecords) -> Vec<(String, Vec<u8>)> {
+        records
+            .map(|r| r.map(|r| (r.name, r.tokens)))
+            .collect::<Result<_>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_stream_reads_as_its_file_in_every_format_and_compression() {
+        let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data-samples/dna");
+        let options = AlignmentOptions::default();
+        for name in [
+            "phix174.fasta",
+            "lambda-phage.fa.gz",
+            "sars-cov-2.MN908947.fasta.gz",
+            "phix.1.fastq.gz",
+            "phix.se.sam",
+            "range.bam",
+        ] {
+            let path = samples.join(name);
+            let from_file = names_and_tokens(read_tokens(&path, options, OnError::Fail).unwrap());
+            assert!(!from_file.is_empty(), "{name}");
+            let pipe = Trickle(std::fs::File::open(&path).unwrap());
+            let stream = read_stream_tokens(&path, Box::new(pipe), options, OnError::Fail);
+            assert_eq!(names_and_tokens(stream.unwrap()), from_file, "{name}");
+        }
+    }
+
+    #[test]
+    fn an_empty_or_unknown_stream_is_named_in_its_error() {
+        let name = Path::new("<stdin>");
+        let options = AlignmentOptions::default();
+        let empty: &'static [u8] = b"";
+        let err = read_stream_tokens(name, Box::new(empty), options, OnError::Fail);
+        assert!(matches!(err, Err(Error::Empty { .. })));
+        let text: &'static [u8] = b"hello, world\n";
+        let err = read_stream_tokens(name, Box::new(text), options, OnError::Fail);
+        assert!(err
+            .err()
+            .unwrap()
+            .to_string()
+            .starts_with("<stdin>: unsupported"));
+    }
 }

@@ -10,7 +10,7 @@ pub mod format;
 pub mod tokenizer;
 pub mod windows;
 
-pub use self::format::{read_tokens, DnaFormat, DnaRecords};
+pub use self::format::{read_stream_tokens, read_tokens, DnaFormat, DnaRecords};
 
 /// One record of a sequence file as tokens of the [`tokenizer`] vocabulary.
 ///

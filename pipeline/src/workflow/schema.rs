@@ -586,6 +586,13 @@ impl Workflow {
         if d.sources.is_empty() {
             return invalid("data.sources is empty: give at least one file or folder".into());
         }
+        if d.sources.iter().any(|s| s == Path::new("-")) {
+            return invalid(
+                "data.sources: a run hashes the files it reads, so standard input (`-`) is not \
+                 one (`seqmamba classify` reads it)"
+                    .into(),
+            );
+        }
         let t = &self.training;
         if t.batch_size == 0 || t.seq_len < 2 {
             return invalid("training.batch_size must be ≥ 1 and training.seq_len ≥ 2".into());
@@ -717,6 +724,25 @@ split = { method = "tail" }
         assert_eq!(w.run_dir(), PathBuf::from("runs/t"));
         let again = Workflow::parse(&w.to_toml(), Path::new("resolved"), &[]).unwrap();
         assert_eq!(w, again);
+    }
+
+    #[test]
+    fn predict_needs_a_checkpoint_and_files_it_can_hash() {
+        let predict = |extra: &[&str]| {
+            let mut sets = vec![
+                "task=\"predict\"".to_string(),
+                "data.split.method=\"given\"".into(),
+            ];
+            sets.extend(extra.iter().map(|s| s.to_string()));
+            Workflow::parse(MINIMAL, Path::new("t.toml"), &sets).map(|_| ())
+        };
+        let e = predict(&[]).unwrap_err().to_string();
+        assert!(e.contains("needs model.checkpoint"), "{e}");
+        let e = predict(&["model.checkpoint=\"m\"", "data.sources=[\"-\"]"]).unwrap_err();
+        assert!(e.to_string().contains("standard input"), "{e}");
+        assert!(predict(&["model.checkpoint=\"m\""]).is_ok());
+        let e = predict(&["model.checkpoint=\"m\"", "data.format=\"fsdd\""]).unwrap_err();
+        assert!(e.to_string().contains("reads unlabeled files"), "{e}");
     }
 
     #[test]
