@@ -10,7 +10,7 @@ use flate2::bufread::MultiGzDecoder;
 
 use crate::error::{Error, Location, Result};
 
-const BUFFER: usize = 1 << 17;
+pub(crate) const BUFFER: usize = 1 << 17;
 
 /// How a file's bytes are compressed.
 ///
@@ -81,22 +81,32 @@ pub fn open_stream(
     name: &Path,
     raw: Box<dyn Read + Send>,
 ) -> Result<(Box<dyn BufRead + Send>, Compression)> {
+    let (stream, compression) = decompressed(name, raw)?;
+    Ok((
+        Box::new(BufReader::with_capacity(BUFFER, stream)),
+        compression,
+    ))
+}
+
+/// `raw` decompressed (unbuffered: the caller puts one buffer on top), and its compression.
+pub(crate) fn decompressed(
+    name: &Path,
+    raw: Box<dyn Read + Send>,
+) -> Result<(Box<dyn Read + Send>, Compression)> {
     // A BGZF header is 18 bytes; a pipe may deliver fewer at a time, so read them whole.
     let (head, raw) = head_and_rest(raw, 18).map_err(io_error(name, Location::Byte(0)))?;
     let compression = Compression::sniff(&head);
-    let reader = BufReader::with_capacity(BUFFER, raw);
-    let stream: Box<dyn BufRead + Send> = match compression {
-        Compression::None => Box::new(reader),
-        Compression::Gzip | Compression::Bgzf => Box::new(BufReader::with_capacity(
-            BUFFER,
-            MultiGzDecoder::new(reader),
-        )),
+    let stream: Box<dyn Read + Send> = match compression {
+        Compression::None => raw,
+        Compression::Gzip | Compression::Bgzf => {
+            Box::new(MultiGzDecoder::new(BufReader::with_capacity(BUFFER, raw)))
+        }
     };
     Ok((stream, compression))
 }
 
 /// The first `n` bytes of `reader` (fewer only at its end), and a reader that yields them
-/// again followed by the rest.
+/// again followed by the rest. (Under a buffer, so the chain is crossed once a refill.)
 pub(crate) fn head_and_rest(
     mut reader: Box<dyn Read + Send>,
     n: usize,
@@ -105,17 +115,6 @@ pub(crate) fn head_and_rest(
     (&mut reader).take(n as u64).read_to_end(&mut head)?;
     let again = io::Cursor::new(head.clone());
     Ok((head, Box::new(again.chain(reader))))
-}
-
-/// Reads the first `n` decompressed bytes (fewer at end of file), to tell formats apart.
-pub(crate) fn peek(reader: &mut dyn BufRead, n: usize, path: &Path) -> Result<Vec<u8>> {
-    // fill_buf on a fresh decoder may return fewer bytes than asked; the BufReader keeps them.
-    let head = reader.fill_buf().map_err(|source| Error::Io {
-        path: path.into(),
-        at: Location::Byte(0),
-        source,
-    })?;
-    Ok(head[..head.len().min(n)].to_vec())
 }
 
 /// Wraps an `io::Error` met at `at` in `path`.

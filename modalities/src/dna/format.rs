@@ -1,5 +1,6 @@
 //! Telling DNA formats apart, and one entry point that reads any of them as tokens.
 
+use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
@@ -68,21 +69,36 @@ impl DnaFormat {
 
     /// The format of `path`: by content when the content shows one, else by name.
     pub fn detect(path: &Path) -> Result<Self> {
-        let (mut reader, _) = input::open(path)?;
-        let head = input::peek(&mut reader, 16, path)?;
-        if head.is_empty() {
-            return Err(Error::Empty {
-                path: path.into(),
-                what: "data",
-            });
-        }
-        DnaFormat::sniff(&head)
-            .or_else(|| DnaFormat::from_extension(path))
-            .ok_or_else(|| Error::Unsupported {
-                path: path.into(),
-                what: "not FASTA, FASTQ, SAM or BAM (first bytes match none)".into(),
-            })
+        let file = File::open(path).map_err(input::io_error(path, Location::File))?;
+        let (stream, _) = input::decompressed(path, Box::new(file))?;
+        Ok(first_bytes(path, stream)?.0)
     }
+}
+
+/// The format of a decompressed stream from its first bytes (else by `name`'s extension),
+/// and the stream, buffered, its first bytes read again.
+fn first_bytes(
+    name: &Path,
+    stream: Box<dyn Read + Send>,
+) -> Result<(DnaFormat, Box<dyn BufRead + Send>)> {
+    let (head, stream) =
+        input::head_and_rest(stream, 16).map_err(input::io_error(name, Location::Byte(0)))?;
+    if head.is_empty() {
+        return Err(Error::Empty {
+            path: name.into(),
+            what: "data",
+        });
+    }
+    let format = DnaFormat::sniff(&head)
+        .or_else(|| DnaFormat::from_extension(name))
+        .ok_or_else(|| Error::Unsupported {
+            path: name.into(),
+            what: "not FASTA, FASTQ, SAM or BAM (first bytes match none)".into(),
+        })?;
+    Ok((
+        format,
+        Box::new(BufReader::with_capacity(input::BUFFER, stream)),
+    ))
 }
 
 /// Records of any DNA file, as one iterator.
@@ -144,20 +160,12 @@ pub fn read_tokens(
         let stdin = Box::new(std::io::stdin());
         return read_stream_tokens(Path::new("<stdin>"), stdin, options, on_error);
     }
-    Ok(match DnaFormat::detect(path)? {
-        DnaFormat::Fasta => DnaRecords::Fasta(FastaReader::open(path, on_error)?),
-        DnaFormat::Fastq => DnaRecords::Fastq(FastqReader::open(path, on_error)?),
-        DnaFormat::Sam => {
-            DnaRecords::Alignment(AlignmentReader::open_sam(path, options, on_error)?)
-        }
-        DnaFormat::Bam => {
-            DnaRecords::Alignment(AlignmentReader::open_bam(path, options, on_error)?)
-        }
-    })
+    let file = File::open(path).map_err(input::io_error(path, Location::File))?;
+    read_stream_tokens(path, Box::new(file), options, on_error)
 }
 
 /// [`read_tokens`] for a stream read once, such as standard input: its format told by its
-/// content alone (a SAM stream needs its header); `name` only names it in errors.
+/// content (a SAM stream needs its header), else by `name`, which names it in errors.
 ///
 /// ```
 /// use seqmamba_modalities::{dna::{read_stream_tokens, alignment::AlignmentOptions}, error::OnError};
@@ -173,42 +181,30 @@ pub fn read_stream_tokens(
     options: AlignmentOptions,
     on_error: OnError,
 ) -> Result<DnaRecords> {
-    let (stream, compression) = input::open_stream(name, raw)?;
-    let (head, stream) = input::head_and_rest(Box::new(stream), 16)
-        .map_err(input::io_error(name, Location::Byte(0)))?;
-    if head.is_empty() {
-        return Err(Error::Empty {
-            path: name.into(),
-            what: "data",
-        });
-    }
-    let format = DnaFormat::sniff(&head).ok_or_else(|| Error::Unsupported {
-        path: name.into(),
-        what: "not FASTA, FASTQ, SAM (with its header) or BAM (first bytes match none)".into(),
-    })?;
-    let buffered = |stream| -> Box<dyn BufRead + Send> { Box::new(BufReader::new(stream)) };
+    let (stream, compression) = input::decompressed(name, raw)?;
+    let (format, stream) = first_bytes(name, stream)?;
     Ok(match format {
         DnaFormat::Fasta => DnaRecords::Fasta(FastaReader::from_reader(
             name,
-            buffered(stream),
+            stream,
             compression,
             on_error,
         )),
         DnaFormat::Fastq => DnaRecords::Fastq(FastqReader::from_reader(
             name,
-            buffered(stream),
+            stream,
             compression,
             on_error,
         )),
-        DnaFormat::Sam => DnaRecords::Alignment(AlignmentReader::from_sam(
+        DnaFormat::Sam => {
+            DnaRecords::Alignment(AlignmentReader::from_sam(name, stream, options, on_error)?)
+        }
+        DnaFormat::Bam => DnaRecords::Alignment(AlignmentReader::from_bam(
             name,
-            buffered(stream),
+            Box::new(stream),
             options,
             on_error,
         )?),
-        DnaFormat::Bam => {
-            DnaRecords::Alignment(AlignmentReader::from_bam(name, stream, options, on_error)?)
-        }
     })
 }
 
