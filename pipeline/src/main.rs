@@ -456,7 +456,7 @@ fn classify<B: Backend>(backend: B, args: &ClassifyArgs, quiet: bool) -> Result<
         (None, None) => bail!(
             "{}: seqmamba.json does not record how the training examples were made \
              (a checkpoint from before this was recorded): pass --seq-len",
-            args.model.display()
+            folder.display()
         ),
     };
     if let Some(seq_len) = args.seq_len {
@@ -491,28 +491,16 @@ fn classify<B: Backend>(backend: B, args: &ClassifyArgs, quiet: bool) -> Result<
         }
     };
     let started = std::time::Instant::now();
-    let summary = match &args.out {
-        Some(path) => {
-            let mut file = AtomicFile::create(path)?;
-            let summary = classify_files(
-                &model,
-                &labels,
-                &spec,
-                &args.files,
-                options,
-                &mut file,
-                progress,
-            )
-            .with_context(|| format!("classifying with {}", folder.display()))?;
-            file.commit()?;
-            summary
-        }
-        None => {
-            let out = std::io::BufWriter::new(std::io::stdout().lock());
-            classify_files(&model, &labels, &spec, &args.files, options, out, progress)
-                .with_context(|| format!("classifying with {}", folder.display()))?
-        }
+    let mut file = args.out.as_deref().map(AtomicFile::create).transpose()?;
+    let out: Box<dyn Write + '_> = match &mut file {
+        Some(file) => Box::new(file),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
+    let summary = classify_files(&model, &labels, &spec, &args.files, options, out, progress)
+        .with_context(|| format!("classifying with {}", folder.display()))?;
+    if let Some(file) = file {
+        file.commit()?;
+    }
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
     if !quiet {

@@ -5,6 +5,7 @@
 //! and the records they belong to do.
 
 use std::collections::VecDeque;
+use std::fmt::Write as _;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -146,7 +147,8 @@ struct Pending {
 /// Streams records into batches of windows, runs them and writes finished records in order.
 struct Classifier<'a, 'm, B: Backend, W: Write> {
     predictor: Predictor<'m, B>,
-    files: &'a [PathBuf],
+    /// Each file's name as its lines give it.
+    file_names: Vec<String>,
     labels: &'a [String],
     seq_len: usize,
     options: PredictOptions,
@@ -167,31 +169,34 @@ impl<B: Backend, W: Write> Classifier<'_, '_, B, W> {
             return Ok(());
         }
         let record = self.first_pending + self.pending.len();
-        let starts = if self.options.windows {
-            window_starts(tokens.len(), self.seq_len)
+        let length = tokens.len();
+        // A record goes whole unless cut into windows: the predictor takes its centre crop,
+        // as evaluation does.
+        let windows: Vec<Vec<u8>> = if self.options.windows && length > self.seq_len {
+            window_starts(length, self.seq_len)
+                .into_iter()
+                .map(|start| tokens[start..start + self.seq_len].to_vec())
+                .collect()
         } else {
-            vec![(tokens.len() - tokens.len().min(self.seq_len)) / 2]
+            vec![tokens]
         };
         self.pending.push_back(Pending {
             file,
             id,
-            length: tokens.len(),
-            windows_left: starts.len(),
+            length,
+            windows_left: windows.len(),
             sums: vec![0.0; self.labels.len()],
-            windows: starts.len(),
+            windows: windows.len(),
         });
-        for start in starts {
-            let end = (start + self.seq_len).min(tokens.len());
-            self.queue.push((
-                record,
-                TokenExample {
-                    id: String::new(),
-                    tokens: tokens[start..end].to_vec(),
-                    label: 0,
-                    split: Split::Test,
-                    fold: 0,
-                },
-            ));
+        for tokens in windows {
+            let window = TokenExample {
+                id: String::new(),
+                tokens,
+                label: 0,
+                split: Split::Test,
+                fold: 0,
+            };
+            self.queue.push((record, window));
             if self.queue.len() == self.options.batch {
                 self.run_batch()?;
             }
@@ -199,8 +204,9 @@ impl<B: Backend, W: Write> Classifier<'_, '_, B, W> {
         Ok(())
     }
 
-    /// Runs the queued windows (crops as long as the longest, in powers of two: a few
-    /// activation shapes serve every read length) and writes the records they finish.
+    /// Runs the queued windows (crops as long as the longest, in powers of two up to
+    /// `seq_len`: a few activation shapes serve every read length) and writes the records
+    /// they finish.
     fn run_batch(&mut self) -> Result<(), WorkflowError> {
         if self.queue.is_empty() {
             return Ok(());
@@ -236,13 +242,13 @@ impl<B: Backend, W: Write> Classifier<'_, '_, B, W> {
         tally.1 += probs[predicted];
         let mut line = format!(
             "{}\t{}\t{}\t{predicted}\t{}",
-            tsv_field(&self.files[record.file].display().to_string()),
+            self.file_names[record.file],
             tsv_field(&record.id),
             record.length,
             tsv_field(&self.labels[predicted]),
         );
         for p in &probs {
-            line.push_str(&format!("\t{p}"));
+            let _ = write!(line, "\t{p}"); // into a String: cannot fail
         }
         writeln!(self.out, "{line}").map_err(output_error)?;
         self.summary.records += 1;
@@ -279,7 +285,10 @@ pub fn classify_files<B: Backend>(
     let reverse_complement = spec.reverse_complement && spec.modality == Modality::Dna;
     let mut classifier = Classifier {
         predictor: Predictor::new(model, options.batch, reverse_complement),
-        files,
+        file_names: files
+            .iter()
+            .map(|f| tsv_field(&f.display().to_string()))
+            .collect(),
         labels,
         seq_len: spec.seq_len,
         options,
@@ -293,13 +302,20 @@ pub fn classify_files<B: Backend>(
         },
     };
     writeln!(classifier.out, "{}", header(labels)).map_err(output_error)?;
+    let alignment = AlignmentOptions {
+        restore_orientation: spec.restore_orientation,
+        ..AlignmentOptions::default()
+    };
+    let audio = match spec.modality {
+        Modality::Dna => None,
+        Modality::Audio => Some((
+            spec.normalization.parse()?,
+            quantizer_named(&spec.quantizer),
+        )),
+    };
     for (file, path) in files.iter().enumerate() {
-        match spec.modality {
-            Modality::Dna => {
-                let alignment = AlignmentOptions {
-                    restore_orientation: spec.restore_orientation,
-                    ..AlignmentOptions::default()
-                };
+        match audio {
+            None => {
                 let mut records = read_tokens(path, alignment, options.on_error)?;
                 for record in records.by_ref() {
                     let record = record?;
@@ -308,14 +324,12 @@ pub fn classify_files<B: Backend>(
                 }
                 classifier.summary.skipped += records.skipped();
             }
-            Modality::Audio if path == Path::new("-") => {
+            Some(_) if path == Path::new("-") => {
                 return Err(not_usable(
                     "audio is read from files (each one a clip), not from standard input".into(),
                 ));
             }
-            Modality::Audio => {
-                let normalization = spec.normalization.parse()?;
-                let quantizer = quantizer_named(&spec.quantizer);
+            Some((normalization, quantizer)) => {
                 match load_mono(path, spec.sample_rate, normalization) {
                     Ok(samples) => {
                         progress(path);

@@ -350,7 +350,7 @@ pub(crate) fn run_predict<B: Backend>(ctx: &mut RunContext<B>) -> Result<(), Wor
             options,
             &mut file,
             |p| {
-                if current != Some(p.to_path_buf()) {
+                if current.as_deref() != Some(p) {
                     current = Some(p.to_path_buf());
                     bar.set_message(p.display().to_string());
                     bar.inc(1);
