@@ -32,6 +32,16 @@ fn ok(output: Output) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
+/// The error output of a run that must fail.
+fn failed(output: Output) -> String {
+    assert!(
+        !output.status.success(),
+        "seqmamba succeeded: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    String::from_utf8(output.stderr).unwrap()
+}
+
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -849,19 +859,17 @@ fn classify_gives_a_trained_classifier_s_test_predictions_on_new_files() {
     // A bad record fails the whole table: no file appears.
     let bad = dir.path().join("bad.fa");
     std::fs::write(&bad, b">ok\nACGT\n>broken\nAC#GT\n").unwrap();
-    let failed = dir.path().join("failed.tsv");
-    let out = seqmamba(&[
+    let failed_table = dir.path().join("failed.tsv");
+    let err = failed(seqmamba(&[
         "classify",
         "--model",
         model.to_str().unwrap(),
         "--out",
-        failed.to_str().unwrap(),
+        failed_table.to_str().unwrap(),
         bad.to_str().unwrap(),
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    ]));
     assert!(err.contains("bad.fa") && err.contains("broken"), "{err}");
-    assert!(!failed.exists());
+    assert!(!failed_table.exists());
     // A checkpoint written before it recorded its input: --seq-len is asked for, and with
     // it (and the reverse-complement averaging it no longer knows of left off) the table
     // still lists every read.
@@ -875,14 +883,13 @@ fn classify_gives_a_trained_classifier_s_test_predictions_on_new_files() {
         serde_json::from_str(&read(&older.join("seqmamba.json"))).unwrap();
     metadata.as_object_mut().unwrap().remove("input");
     std::fs::write(older.join("seqmamba.json"), metadata.to_string()).unwrap();
-    let out = seqmamba(&[
+    let err = failed(seqmamba(&[
         "classify",
         "--model",
         older.to_str().unwrap(),
         reads.to_str().unwrap(),
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("--seq-len"), "{err}");
+    ]));
+    assert!(err.contains("--seq-len"), "{err}");
     let by_length = ok(seqmamba(&[
         "classify",
         "--model",
@@ -904,17 +911,13 @@ fn classify_gives_a_trained_classifier_s_test_predictions_on_new_files() {
     let folds = dir.path().join("folds");
     std::fs::create_dir_all(folds.join("checkpoints/fold-0/final")).unwrap();
     std::fs::create_dir_all(folds.join("checkpoints/fold-1/final")).unwrap();
-    let out = seqmamba(&[
+    let err = failed(seqmamba(&[
         "classify",
         "--model",
         folds.to_str().unwrap(),
         reads.to_str().unwrap(),
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("fold-1/final"),
-        "{err}"
-    );
+    ]));
+    assert!(err.contains("fold-1/final"), "{err}");
     // A language model is no classifier.
     let lm = dir.path().join("lm");
     ok(seqmamba(&[
@@ -926,15 +929,11 @@ fn classify_gives_a_trained_classifier_s_test_predictions_on_new_files() {
         "--out",
         lm.to_str().unwrap(),
     ]));
-    let out = seqmamba(&[
+    let err = failed(seqmamba(&[
         "classify",
         "--model",
         lm.to_str().unwrap(),
         reads.to_str().unwrap(),
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("not a classifier"),
-        "{err}"
-    );
+    ]));
+    assert!(err.contains("not a classifier"), "{err}");
 }
