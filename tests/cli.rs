@@ -166,3 +166,101 @@ fn inspect_restores_the_orientation_of_sam_reads_on_request() {
     assert_eq!(restored, reads);
     assert_ne!(tokens_line(&["inspect", sam.to_str().unwrap()]), reads);
 }
+
+#[test]
+fn generate_continues_dna_and_audio_prompts() {
+    let dir = tempfile::tempdir().unwrap();
+    let dna = dir.path().join("dna");
+    init_model(&dna, 10);
+    let dna = dna.to_str().unwrap();
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = ["generate", "--model", dna, "--device", "cpu", "--prompt"]
+            .iter()
+            .chain(&["ACGTAC", "--length", "80", "--samples", "3", "--seed", "7"])
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let run = |extra: &[&str]| {
+        let args = args(extra);
+        stdout(&seqmamba(
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        ))
+    };
+    let text = run(&[]);
+    let records: Vec<&str> = text.split('>').skip(1).collect();
+    assert_eq!(records.len(), 3, "{text}");
+    for (i, record) in records.iter().enumerate() {
+        let (header, bases) = record.split_once('\n').unwrap();
+        assert!(
+            header.starts_with(&format!("prompt_sample{i} seed={} prompt_len=6", 7 + i)),
+            "{header}"
+        );
+        let bases = bases.replace('\n', "");
+        assert_eq!(bases.len(), 80);
+        assert!(bases.bytes().all(|b| b"ACGTN".contains(&b)), "{bases}");
+    }
+    assert_ne!(
+        records[0].split_once('\n').unwrap().1,
+        records[1].split_once('\n').unwrap().1
+    );
+    // One sample a step gives the same samples; --out gets the same text.
+    assert_eq!(run(&["--batch-size", "1"]), text);
+    let fasta = dir.path().join("samples.fa");
+    let summary = run(&["--out", fasta.to_str().unwrap(), "--json"]);
+    assert_eq!(std::fs::read_to_string(&fasta).unwrap(), text);
+    let summary: serde_json::Value = serde_json::from_str(&summary).unwrap();
+    assert_eq!(
+        (summary["samples"].as_u64(), summary["tokens"].as_u64()),
+        (Some(3), Some(240))
+    );
+
+    let bad = seqmamba(
+        &args(&["--prompt-file", "x.fa"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && err.contains("cannot be used with"),
+        "{err}"
+    );
+    let audio = dir.path().join("audio");
+    init_model(&audio, 256);
+    let audio = audio.to_str().unwrap();
+    let no_folder = seqmamba(&[
+        "generate", "--model", audio, "--device", "cpu", "--length", "5",
+    ]);
+    let err = String::from_utf8_lossy(&no_folder.stderr);
+    assert!(
+        !no_folder.status.success() && err.contains("--out"),
+        "{err}"
+    );
+    let clips = dir.path().join("clips");
+    let clip = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data-samples/audio/0_jackson_0.flac");
+    stdout(&seqmamba(&[
+        "generate",
+        "--model",
+        audio,
+        "--device",
+        "cpu",
+        "--prompt-file",
+        clip.to_str().unwrap(),
+        "--prompt-len",
+        "400",
+        "--with-prompt",
+        "--length",
+        "100",
+        "--samples",
+        "2",
+        "--out",
+        clips.to_str().unwrap(),
+    ]));
+    for sample in 0..2 {
+        let wav =
+            hound::WavReader::open(clips.join(format!("0_jackson_0-sample{sample}.wav"))).unwrap();
+        assert_eq!((wav.spec().sample_rate, wav.len()), (8000, 500));
+    }
+}

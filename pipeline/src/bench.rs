@@ -210,26 +210,29 @@ pub fn train<B: Backend + Profile>(
     })
 }
 
-/// Recurrent decoding throughput (one token a step, batch 1) in tokens/s, including the
-/// LM head and copying the logits to the host (what sampling needs).
+/// Recurrent decoding throughput (one token a step for each of `batch` sequences) in
+/// tokens/s over all of them, including the LM head and copying the logits to the host
+/// (what sampling needs).
 pub fn decode<B: Backend>(
     backend: B,
     config: MambaConfig,
+    batch: usize,
     steps: usize,
 ) -> Result<Measurement, ModelError> {
     let label = format!(
-        "decode (d_model {}, {} layers, vocab {})",
+        "decode (d_model {}, {} layers, vocab {}, batch {batch})",
         config.d_model,
         config.n_layer,
         config.padded_vocab()
     );
     let model = Model::initialised(backend, config, Head::LanguageModel, 1)?;
     let be = &model.backend;
-    let mut decoder = DecodeSteps::new(&model, model.decode_state(1)?)?;
+    let mut decoder = DecodeSteps::new(&model, model.decode_state(batch)?)?;
+    let tokens = vec![1; batch];
     let mut failure = None;
     let seconds = median_seconds(steps, || {
         let outcome = decoder
-            .step(&model, 1)
+            .step(&model, &tokens)
             .and_then(|()| Ok(be.download(be.all(decoder.logits()))?));
         if let Err(e) = outcome {
             failure = Some(e);
@@ -240,7 +243,7 @@ pub fn decode<B: Backend>(
     }
     Ok(Measurement {
         name: label,
-        rate: 1.0 / seconds,
+        rate: batch as f64 / seconds,
         unit: "tokens/s",
         seconds,
         device: DeviceFigures::default(),

@@ -16,28 +16,66 @@ pub fn score_tokens<B: Backend>(
     tokens: &[u32],
     chunk_len: usize,
 ) -> Result<Vec<f32>, ModelError> {
-    if model.head != Head::LanguageModel {
-        return Err(ModelError::Input(
-            "scoring needs a language model; this checkpoint holds a classifier".into(),
-        ));
-    }
-    let vocab = model.config.vocab_size;
-    if let Some((pos, id)) = tokens
-        .iter()
-        .enumerate()
-        .find(|&(_, &id)| id as usize >= vocab)
-    {
-        return Err(ModelError::Input(format!(
-            "token id {id} at position {pos} is outside the model's vocabulary of {vocab}"
-        )));
-    }
+    check_language_model(model, tokens, "scoring")?;
     let be = &model.backend;
-    let chunk_len = chunk_len.max(1);
     let mut state = model.decode_state(1)?;
     let mut logprobs = Vec::with_capacity(tokens.len().saturating_sub(1));
+    forward_chunks(
+        model,
+        tokens,
+        chunk_len,
+        &mut state,
+        |start, chunk, acts| {
+            let targets: Vec<u32> = (start + 1..start + 1 + chunk.len())
+                .map(|i| tokens.get(i).copied().unwrap_or(IGNORE_INDEX))
+                .collect();
+            let losses = model.loss(acts, &be.upload_ids(&targets)?, None)?;
+            logprobs.extend(
+                losses
+                    .iter()
+                    .zip(&targets)
+                    .filter(|&(_, &t)| t != IGNORE_INDEX)
+                    .map(|(&l, _)| -l),
+            );
+            Ok(())
+        },
+    )?;
+    Ok(logprobs)
+}
+
+/// Refuses a classifier, and token ids outside the model's vocabulary.
+fn check_language_model<B: Backend>(
+    model: &Model<B>,
+    tokens: &[u32],
+    what: &str,
+) -> Result<(), ModelError> {
+    if model.head != Head::LanguageModel {
+        return Err(ModelError::Input(format!(
+            "{what} needs a language model; this checkpoint holds a classifier"
+        )));
+    }
+    let vocab = model.config.vocab_size;
+    match tokens.iter().position(|&id| id as usize >= vocab) {
+        Some(pos) => Err(ModelError::Input(format!(
+            "token id {} at position {pos} is outside the model's vocabulary of {vocab}",
+            tokens[pos]
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Runs `tokens` (one row) through `model` `chunk_len` positions a pass, carrying `state`
+/// from pass to pass; `each(start, chunk, activations)` sees every pass.
+fn forward_chunks<B: Backend>(
+    model: &Model<B>,
+    tokens: &[u32],
+    chunk_len: usize,
+    state: &mut DecodeState<B>,
+    mut each: impl FnMut(usize, &[u32], &mut Activations<B>) -> Result<(), ModelError>,
+) -> Result<(), ModelError> {
+    let chunk_len = chunk_len.max(1);
     let mut acts = None;
     for (chunk_index, chunk) in tokens.chunks(chunk_len).enumerate() {
-        let start = chunk_index * chunk_len;
         let shape = Shape {
             batch: 1,
             len: chunk.len(),
@@ -46,21 +84,11 @@ pub fn score_tokens<B: Backend>(
             acts = Some((shape, model.activations(shape, false)?));
         }
         let acts = &mut acts.as_mut().expect("just set").1;
-        let batch = Batch::new(be, shape, chunk, None, None)?;
-        model.forward(&batch, acts, Some(&mut state))?;
-        let targets: Vec<u32> = (start + 1..start + 1 + chunk.len())
-            .map(|i| tokens.get(i).copied().unwrap_or(IGNORE_INDEX))
-            .collect();
-        let losses = model.loss(acts, &be.upload_ids(&targets)?, None)?;
-        logprobs.extend(
-            losses
-                .iter()
-                .zip(&targets)
-                .filter(|&(_, &t)| t != IGNORE_INDEX)
-                .map(|(&l, _)| -l),
-        );
+        let batch = Batch::new(&model.backend, shape, chunk, None, None)?;
+        model.forward(&batch, acts, Some(state))?;
+        each(chunk_index * chunk_len, chunk, acts)?;
     }
-    Ok(logprobs)
+    Ok(())
 }
 
 /// How the next token is drawn from the logits.
@@ -140,60 +168,102 @@ impl Sampling {
     }
 }
 
-/// Continues `prompt` (at least one token) by `count` sampled tokens, decoding one token a
-/// step with the recurrent state; returns the new tokens.
+/// Positions a forward pass reads of a prompt: a long prompt (a genome, an hour of audio)
+/// needs no more memory than this.
+const PROMPT_CHUNK: usize = 8192;
+
+/// Continues each of `prompts` (at least one token each) by `count` sampled tokens, the
+/// `i`-th drawn with a generator seeded by `seeds[i]`; returns the new tokens per prompt.
+/// The prompts decode together, one step a token for all (the weights read once a step,
+/// not once per prompt); a prompt repeated is read once. `progress` hears the tokens
+/// generated per prompt so far.
+///
+/// ```
+/// use seqmamba::infer::{Sampling, generate};
+/// use seqmamba::model::{Head, MambaConfig, Model};
+/// use seqmamba_kernels::Cpu;
+/// let model = Model::initialised(Cpu, MambaConfig::new(32, 2, 5), Head::LanguageModel, 1)?;
+/// let prompt = [1, 2, 3];
+/// let samples = generate(&model, &[&prompt, &prompt], &[7, 8], 10, &Sampling::default(), |_| {})?;
+/// assert_eq!((samples.len(), samples[1].len()), (2, 10));
+/// # Ok::<(), seqmamba::ModelError>(())
+/// ```
 pub fn generate<B: Backend>(
     model: &Model<B>,
-    prompt: &[u32],
+    prompts: &[&[u32]],
+    seeds: &[u64],
     count: usize,
     sampling: &Sampling,
-    seed: u64,
-) -> Result<Vec<u32>, ModelError> {
-    if model.head != Head::LanguageModel {
-        return Err(ModelError::Input(
-            "generation needs a language model; this checkpoint holds a classifier".into(),
-        ));
+    mut progress: impl FnMut(usize),
+) -> Result<Vec<Vec<u32>>, ModelError> {
+    if prompts.len() != seeds.len() {
+        return Err(ModelError::Input(format!(
+            "{} prompts and {} seeds: one seed a prompt",
+            prompts.len(),
+            seeds.len()
+        )));
     }
-    if prompt.is_empty() {
+    if prompts.iter().any(|p| p.is_empty()) {
         return Err(ModelError::Input(
             "generation needs a prompt of at least one token".into(),
         ));
     }
+    let rows = prompts.len();
+    if rows == 0 || count == 0 {
+        return Ok(vec![Vec::new(); rows]);
+    }
     let be = &model.backend;
     let vocab = model.config.vocab_size;
     let width = model.logit_width();
-    let mut state = model.decode_state(1)?;
-    let shape = Shape {
-        batch: 1,
-        len: prompt.len(),
-    };
-    let mut acts = model.activations(shape, false)?;
-    model.forward(
-        &Batch::new(be, shape, prompt, None, None)?,
-        &mut acts,
-        Some(&mut state),
-    )?;
-    let logits = be.download(be.view(
-        &acts.logits,
-        (prompt.len() - 1) * width..prompt.len() * width,
-    ))?;
-    let mut rng = Rng::new(seed);
-    let mut next = sampling.sample(&logits[..vocab], &mut rng);
-    let mut steps = DecodeSteps::new(model, state)?;
-    let mut tokens = Vec::with_capacity(count);
-    while tokens.len() < count {
-        tokens.push(next);
-        if tokens.len() == count {
-            break;
+    let mut rngs: Vec<Rng> = seeds.iter().map(|&s| Rng::new(s)).collect();
+    let mut state = model.decode_state(rows)?;
+    let mut next = vec![0u32; rows];
+    let mut read = vec![false; rows];
+    for row in 0..rows {
+        if read[row] {
+            continue;
         }
-        steps.step(model, next)?;
+        let prompt = prompts[row];
+        check_language_model(model, prompt, "generation")?;
+        let mut prompt_state = model.decode_state(1)?;
+        let mut last = Vec::new();
+        forward_chunks(
+            model,
+            prompt,
+            PROMPT_CHUNK,
+            &mut prompt_state,
+            |_, chunk, acts| {
+                let at = (chunk.len() - 1) * width;
+                last = be.download(be.view(&acts.logits, at..at + width))?;
+                Ok(())
+            },
+        )?;
+        for same in row..rows {
+            if !read[same] && prompts[same] == prompt {
+                model.copy_state_row(&prompt_state, 0, &mut state, same)?;
+                next[same] = sampling.sample(&last[..vocab], &mut rngs[same]);
+                read[same] = true;
+            }
+        }
+    }
+    let mut tokens: Vec<Vec<u32>> = next.iter().map(|&t| vec![t]).collect();
+    progress(1);
+    let mut steps = DecodeSteps::new(model, state)?;
+    for done in 1..count {
+        steps.step(model, &next)?;
         let logits = be.download(be.all(steps.logits()))?;
-        next = sampling.sample(&logits[..vocab], &mut rng);
+        for (row, sample) in tokens.iter_mut().enumerate() {
+            let row_logits = &logits[row * width..row * width + vocab];
+            next[row] = sampling.sample(row_logits, &mut rngs[row]);
+            sample.push(next[row]);
+        }
+        progress(done + 1);
     }
     Ok(tokens)
 }
 
-/// One-token decoding steps at batch 1 from a recurrent state. The first step runs its ops
+/// One-token decoding steps (a token for each row of the state) from a recurrent state.
+/// The first step runs its ops
 /// directly (loading every kernel); where the backend records, the second is recorded (a
 /// CUDA graph: one launch instead of ~300) and every later step writes its token into the
 /// same id buffer and replays it.
@@ -206,7 +276,7 @@ pub struct DecodeSteps<B: Backend> {
 }
 
 impl<B: Backend> DecodeSteps<B> {
-    /// Steps continuing from `state` (e.g. after a prompt).
+    /// Steps continuing from `state` (e.g. after a prompt), one token a row a step.
     ///
     /// ```
     /// use seqmamba::infer::DecodeSteps;
@@ -214,27 +284,30 @@ impl<B: Backend> DecodeSteps<B> {
     /// use seqmamba_kernels::{Backend, Cpu};
     /// let model = Model::initialised(Cpu, MambaConfig::new(32, 2, 5), Head::LanguageModel, 1)?;
     /// let mut steps = DecodeSteps::new(&model, model.decode_state(1)?)?;
-    /// steps.step(&model, 3)?;
+    /// steps.step(&model, &[3])?;
     /// assert_eq!(Cpu.all(steps.logits()).len(), model.logit_width());
     /// assert!(!steps.replaying()); // the CPU never records
     /// # Ok::<(), seqmamba::ModelError>(())
     /// ```
     pub fn new(model: &Model<B>, state: DecodeState<B>) -> Result<Self, ModelError> {
-        let shape = Shape { batch: 1, len: 1 };
+        let shape = Shape {
+            batch: state.batch,
+            len: 1,
+        };
         Ok(Self {
+            batch: Batch::new(&model.backend, shape, &vec![0; state.batch], None, None)?,
             state,
-            batch: Batch::new(&model.backend, shape, &[0], None, None)?,
             acts: model.activations(shape, false)?,
             recording: None,
             steps: 0,
         })
     }
 
-    /// Feeds `token`: advances the state and leaves the next token's logits in
+    /// Feeds `tokens` (one a row): advances the state and leaves the next tokens' logits in
     /// [`DecodeSteps::logits`].
-    pub fn step(&mut self, model: &Model<B>, token: u32) -> Result<(), ModelError> {
+    pub fn step(&mut self, model: &Model<B>, tokens: &[u32]) -> Result<(), ModelError> {
         let be = &model.backend;
-        be.write_ids(&mut self.batch.ids, &[token])?;
+        be.write_ids(&mut self.batch.ids, tokens)?;
         let Self {
             state,
             batch,
@@ -253,7 +326,7 @@ impl<B: Backend> DecodeSteps<B> {
         Ok(())
     }
 
-    /// `(1, logit width)` logits after the last step.
+    /// `(rows, logit width)` logits after the last step.
     pub fn logits(&self) -> &B::Buffer {
         &self.acts.logits
     }
@@ -310,21 +383,33 @@ mod tests {
         assert!((0..200).all(|_| top2.sample(&logits, &mut rng) != 3));
     }
 
+    fn generate_one(
+        model: &Model<Cpu>,
+        prompt: &[u32],
+        count: usize,
+        s: &Sampling,
+        seed: u64,
+    ) -> Vec<u32> {
+        generate(model, &[prompt], &[seed], count, s, |_| {})
+            .unwrap()
+            .remove(0)
+    }
+
     #[test]
     fn generation_is_seeded_and_matches_greedy_scoring() {
         let model =
             Model::initialised(Cpu, MambaConfig::new(32, 2, 7), Head::LanguageModel, 9).unwrap();
         let sampling = Sampling::default();
-        let a = generate(&model, &[1, 2, 3], 20, &sampling, 5).unwrap();
-        assert_eq!(a, generate(&model, &[1, 2, 3], 20, &sampling, 5).unwrap());
-        assert_ne!(a, generate(&model, &[1, 2, 3], 20, &sampling, 6).unwrap());
+        let a = generate_one(&model, &[1, 2, 3], 20, &sampling, 5);
+        assert_eq!(a, generate_one(&model, &[1, 2, 3], 20, &sampling, 5));
+        assert_ne!(a, generate_one(&model, &[1, 2, 3], 20, &sampling, 6));
         assert!(a.iter().all(|&t| t < 7));
         // Greedy decoding picks, at every step, the token the parallel forward ranks first.
         let greedy = Sampling {
             temperature: 0.0,
             ..sampling
         };
-        let tokens = generate(&model, &[4], 10, &greedy, 0).unwrap();
+        let tokens = generate_one(&model, &[4], 10, &greedy, 0);
         let mut sequence = vec![4];
         sequence.extend(&tokens);
         let scores = score_tokens(&model, &sequence, 100).unwrap();
@@ -340,5 +425,58 @@ mod tests {
             assert_eq!(best.0, t, "step {i}");
             assert!((best.1 - scores[i]).abs() < 1e-5);
         }
+    }
+
+    /// Sampling from the parallel forward over the whole sequence so far at every step:
+    /// no recurrent state, no batch.
+    fn generate_by_full_forwards(
+        model: &Model<Cpu>,
+        prompt: &[u32],
+        count: usize,
+        sampling: &Sampling,
+        seed: u64,
+    ) -> Vec<u32> {
+        let mut rng = Rng::new(seed);
+        let mut sequence = prompt.to_vec();
+        let width = model.logit_width();
+        while sequence.len() < prompt.len() + count {
+            let shape = Shape {
+                batch: 1,
+                len: sequence.len(),
+            };
+            let mut acts = model.activations(shape, false).unwrap();
+            let batch = Batch::new(&Cpu, shape, &sequence, None, None).unwrap();
+            model.forward(&batch, &mut acts, None).unwrap();
+            let at = (sequence.len() - 1) * width;
+            let last = &Cpu.all(&acts.logits)[at..at + model.config.vocab_size];
+            sequence.push(sampling.sample(last, &mut rng));
+        }
+        sequence.split_off(prompt.len())
+    }
+
+    #[test]
+    fn prompts_decoded_together_continue_as_each_alone() {
+        let model =
+            Model::initialised(Cpu, MambaConfig::new(32, 2, 7), Head::LanguageModel, 4).unwrap();
+        let sampling = Sampling::default();
+        // Different lengths, a prompt repeated (read once, its rows drawn apart by their
+        // seeds), and one longer than a prompt pass.
+        let long: Vec<u32> = (0..PROMPT_CHUNK as u32 + 37).map(|i| i * 5 % 7).collect();
+        let prompts: [&[u32]; 5] = [&[1, 2, 3], &[6], &[1, 2, 3], &long, &[0, 0, 5, 2]];
+        let seeds = [11, 12, 13, 14, 15];
+        let mut heard = Vec::new();
+        let together =
+            generate(&model, &prompts, &seeds, 25, &sampling, |n| heard.push(n)).unwrap();
+        assert_eq!(heard, (1..=25).collect::<Vec<_>>());
+        for (i, (prompt, seed)) in prompts.iter().zip(seeds).enumerate() {
+            let alone = generate_by_full_forwards(&model, prompt, 25, &sampling, seed);
+            assert_eq!(together[i], alone, "prompt {i}");
+        }
+        assert_ne!(together[0], together[2]);
+        let none = generate(&model, &prompts[..2], &seeds[..2], 0, &sampling, |_| {}).unwrap();
+        assert_eq!(none, vec![Vec::<u32>::new(); 2]);
+        assert!(generate(&model, &[&[1], &[]], &[1, 2], 5, &sampling, |_| {}).is_err());
+        assert!(generate(&model, &[&[1], &[9]], &[1, 2], 5, &sampling, |_| {}).is_err());
+        assert!(generate(&model, &[&[1]], &[1, 2], 5, &sampling, |_| {}).is_err());
     }
 }

@@ -8,6 +8,7 @@ pub use error::ModelError;
 pub mod baselines;
 pub mod bench;
 pub mod checkpoint;
+pub mod continuation;
 pub mod fsutil;
 pub mod infer;
 pub mod metrics;

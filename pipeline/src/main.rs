@@ -8,8 +8,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use seqmamba::bench;
 use seqmamba::checkpoint::{Checkpoint, InputSpec, Metadata};
+use seqmamba::continuation::{GenerateOptions, PromptSource, SampleSink, generate_samples};
 use seqmamba::fsutil::AtomicFile;
-use seqmamba::infer::score_tokens;
+use seqmamba::infer::{Sampling, score_tokens};
 use seqmamba::model::{Head, MambaConfig, Model, ParamTable, Shape};
 use seqmamba::predict::{PredictOptions, classify_files, ensure_classifier};
 use seqmamba::workflow::schema::Modality;
@@ -57,6 +58,8 @@ enum Command {
     Init(InitArgs),
     /// Print the log-probability of every token given the tokens before it.
     Score(ScoreArgs),
+    /// Continue DNA or audio prompts with a language model trained by `seqmamba run`.
+    Generate(GenerateArgs),
     /// Classify every DNA record or audio file with a classifier trained by `seqmamba run`.
     Classify(ClassifyArgs),
     /// Run a workflow file (TOML) into a run folder, or resume an interrupted run.
@@ -202,6 +205,64 @@ struct ClassifyArgs {
 }
 
 #[derive(Args)]
+#[command(
+    after_help = "Output: DNA samples as FASTA records <prompt>_sample<j> (the seed, the prompt's\n\
+    length and the sampling settings in the description) on stdout or in --out; audio\n\
+    samples as WAV files <prompt>-sample<j>.wav in the folder --out, at the training run's\n\
+    sampling rate. Sample i (counted over all prompts) draws with seed --seed + i, so the\n\
+    output does not depend on --batch-size.\n\n\
+    Examples:\n  \
+    seqmamba generate --model runs/dna-pretrain --prompt ACGTTGCA --length 2000 --samples 4\n  \
+    seqmamba generate --model runs/dna-pretrain --prompt-file contigs.fa --prompt-len 4096 --out next.fa\n  \
+    seqmamba generate --model runs/fsdd-waveform --prompt-file clip.wav --length 8000 --out generated/"
+)]
+struct GenerateArgs {
+    /// Language-model checkpoint folder (a run's checkpoints/final), or the run folder.
+    #[arg(long)]
+    model: PathBuf,
+    /// DNA bases to continue (ACGTN).
+    #[arg(long, conflicts_with = "prompt_file")]
+    prompt: Option<String>,
+    /// DNA: continue every record of this FASTA, FASTQ, SAM or BAM file (`-`: standard
+    /// input); audio: continue this clip. Audio without a prompt starts from silence.
+    #[arg(long)]
+    prompt_file: Option<PathBuf>,
+    /// Keep only each prompt's last N tokens.
+    #[arg(long, value_name = "N")]
+    prompt_len: Option<usize>,
+    /// Tokens to generate per sample (DNA: bases; audio: samples at the model's rate).
+    #[arg(long, default_value_t = 1000)]
+    length: usize,
+    /// Samples per prompt.
+    #[arg(long, default_value_t = 1)]
+    samples: usize,
+    /// Softmax temperature; 0 picks the most likely token.
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    /// Draw only from the K most likely tokens (0: all).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Draw only from the most likely tokens holding this much probability.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Samples decoded together (every step reads the weights once for all of them).
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Write each prompt before its continuation.
+    #[arg(long)]
+    with_prompt: bool,
+    /// DNA: a FASTA file (appearing only when complete) instead of stdout; audio: the
+    /// folder for the WAV files (required).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Where the model runs; auto takes the GPU when one opens, else the CPU.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
+}
+
+#[derive(Args)]
 struct RunArgs {
     /// Workflow file (TOML).
     #[arg(required_unless_present = "resume", conflicts_with = "resume")]
@@ -254,7 +315,7 @@ enum BenchPart {
     Scan,
     /// Training steps.
     Train,
-    /// Batch-1 recurrent decoding.
+    /// Recurrent decoding: one sequence, and 32 decoded together.
     Decode,
 }
 
@@ -315,6 +376,17 @@ fn run(cli: Cli) -> Result<()> {
             let summary = match open_device(args.device)? {
                 None => classify(Cpu, &args, quiet)?,
                 Some(cuda) => classify(cuda, &args, quiet)?,
+            };
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            }
+            Ok(())
+        }
+        Command::Generate(args) => {
+            let quiet = cli.quiet || cli.json;
+            let summary = match open_device(args.device)? {
+                None => generate(Cpu, &args, quiet)?,
+                Some(cuda) => generate(cuda, &args, quiet)?,
             };
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -440,19 +512,7 @@ fn classify<B: Backend>(backend: B, args: &ClassifyArgs, quiet: bool) -> Result<
         .with_context(|| format!("classifying with {}", folder.display()))?;
     let mut spec = match (checkpoint.metadata.input.clone(), args.seq_len) {
         (Some(spec), _) => spec,
-        (None, Some(seq_len)) => {
-            let vocab = checkpoint.config.vocab_size;
-            let Some(modality) = [Modality::Dna, Modality::Audio]
-                .into_iter()
-                .find(|&m| seqmamba::workflow::data::vocab_size(m) == vocab)
-            else {
-                bail!(
-                    "{}: a vocabulary of {vocab} tokens is neither DNA's nor audio's",
-                    folder.display()
-                );
-            };
-            InputSpec::defaults(modality, seq_len)
-        }
+        (None, Some(seq_len)) => default_input(&folder, &checkpoint, seq_len)?,
         (None, None) => bail!(
             "{}: seqmamba.json does not record how the training examples were made \
              (a checkpoint from before this was recorded): pass --seq-len",
@@ -525,6 +585,122 @@ fn classify<B: Backend>(backend: B, args: &ClassifyArgs, quiet: bool) -> Result<
         "skipped": summary.skipped,
         "seconds": seconds,
         "seq_len": spec.seq_len,
+        "device": model.backend.name(),
+        "output": args.out.as_ref().map(|p| p.display().to_string()),
+    }))
+}
+
+/// The schema's input defaults for the modality `checkpoint`'s vocabulary belongs to: for
+/// checkpoints that do not record how their training examples were made.
+fn default_input(
+    folder: &std::path::Path,
+    checkpoint: &Checkpoint,
+    seq_len: usize,
+) -> Result<InputSpec> {
+    let vocab = checkpoint.config.vocab_size;
+    match [Modality::Dna, Modality::Audio]
+        .into_iter()
+        .find(|&m| seqmamba::workflow::data::vocab_size(m) == vocab)
+    {
+        Some(modality) => Ok(InputSpec::defaults(modality, seq_len)),
+        None => bail!(
+            "{}: a vocabulary of {vocab} tokens is neither DNA's nor audio's",
+            folder.display()
+        ),
+    }
+}
+
+/// `seqmamba generate` on `backend`: samples to stdout or `--out`, a summary back.
+fn generate<B: Backend>(backend: B, args: &GenerateArgs, quiet: bool) -> Result<serde_json::Value> {
+    let folder = model_folder(&args.model)?;
+    let checkpoint = Checkpoint::load(&folder)?;
+    if checkpoint.metadata.head != Head::LanguageModel {
+        bail!(
+            "{}: holds a classifier; generation needs a language model (task = \"pretrain\")",
+            folder.display()
+        );
+    }
+    let spec = match checkpoint.metadata.input.clone() {
+        Some(spec) => spec,
+        None => default_input(&folder, &checkpoint, 0)?,
+    };
+    let source = match (&args.prompt, &args.prompt_file) {
+        (Some(bases), _) => PromptSource::Bases(bases.clone()),
+        (None, Some(path)) => PromptSource::File(path.clone()),
+        (None, None) => PromptSource::Silence,
+    };
+    let audio = spec.modality == Modality::Audio;
+    let out_dir = match (&args.out, audio) {
+        (Some(dir), true) => Some(dir.clone()),
+        (None, true) => bail!("an audio model writes WAV files: name their folder with --out"),
+        (_, false) => None,
+    };
+    let options = GenerateOptions {
+        length: args.length,
+        samples: args.samples,
+        sampling: Sampling {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+        },
+        seed: args.seed,
+        batch: args.batch_size,
+        prompt_len: args.prompt_len,
+        with_prompt: args.with_prompt,
+    };
+    let model = Model::new(
+        backend,
+        checkpoint.config,
+        checkpoint.metadata.head,
+        &checkpoint.params,
+    )?;
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {pos} tokens ({per_sec}) {elapsed}")
+                .expect("a valid template"),
+        );
+        bar
+    };
+    let started = std::time::Instant::now();
+    let mut file = match (&args.out, audio) {
+        (Some(path), false) => Some(AtomicFile::create(path)?),
+        _ => None,
+    };
+    let sink = match (out_dir, &mut file) {
+        (Some(dir), _) => SampleSink::WavFolder(dir),
+        (None, Some(file)) => SampleSink::Fasta(Box::new(file)),
+        (None, None) => {
+            SampleSink::Fasta(Box::new(std::io::BufWriter::new(std::io::stdout().lock())))
+        }
+    };
+    let summary = generate_samples(&model, &spec, &source, options, sink, |tokens| {
+        bar.set_position(tokens)
+    })
+    .with_context(|| format!("generating with {}", folder.display()))?;
+    if let Some(file) = file {
+        file.commit()?;
+    }
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    if !quiet {
+        eprintln!(
+            "generated {} samples of {} tokens ({} prompts) in {seconds:.1} s: {:.0} tokens/s on {}",
+            summary.samples,
+            args.length,
+            summary.prompts,
+            summary.tokens as f64 / seconds.max(1e-9),
+            model.backend.name()
+        );
+    }
+    Ok(serde_json::json!({
+        "prompts": summary.prompts,
+        "samples": summary.samples,
+        "tokens": summary.tokens,
+        "seconds": seconds,
+        "tokens_per_second": summary.tokens as f64 / seconds.max(1e-9),
         "device": model.backend.name(),
         "output": args.out.as_ref().map(|p| p.display().to_string()),
     }))
@@ -758,7 +934,8 @@ fn model_benches<B: Backend + bench::Profile>(
         results.push(bench::train(backend()?, small.clone(), shape, repeats)?);
     }
     if decode {
-        results.push(bench::decode(backend()?, small, 50 * repeats)?);
+        results.push(bench::decode(backend()?, small.clone(), 1, 50 * repeats)?);
+        results.push(bench::decode(backend()?, small, 32, 50 * repeats)?);
     }
     // The anchor of issue 6: official Mamba (d 768, 24 layers) at batch 8 × 2048, vocab 256.
     let (anchor, shape) = if quick {
@@ -785,13 +962,15 @@ fn model_benches<B: Backend + bench::Profile>(
         results.push(bench::train(backend()?, dna, shape, repeats)?);
     }
     if decode {
-        results.push(bench::decode(backend()?, anchor, 5 * repeats)?);
+        results.push(bench::decode(backend()?, anchor, 1, 5 * repeats)?);
         let big = if quick {
             MambaConfig::new(256, 4, 50277)
         } else {
             MambaConfig::new(768, 24, 50277)
         };
-        results.push(bench::decode(backend()?, big, 5 * repeats)?);
+        results.push(bench::decode(backend()?, big.clone(), 1, 5 * repeats)?);
+        // Samples generated together: a step reads the weights once for all of them.
+        results.push(bench::decode(backend()?, big, 32, 5 * repeats)?);
     }
     Ok(results)
 }

@@ -316,7 +316,7 @@ fn cuda_graph_decode_equals_decoding_op_by_op() {
     let mut steps = DecodeSteps::new(&model, model.decode_state(1).unwrap()).unwrap();
     for (position, &id) in ids.iter().enumerate() {
         let want = lm_logits(&model, &[id], Some(&mut state));
-        steps.step(&model, id).unwrap();
+        steps.step(&model, &[id]).unwrap();
         let got = be.download(be.all(steps.logits())).unwrap();
         let same = got
             .iter()

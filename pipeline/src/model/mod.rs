@@ -302,6 +302,51 @@ impl<B: Backend> Model<B> {
         })
     }
 
+    /// Sets row `row` of `state` to row `from_row` of `from` (both states of this model):
+    /// several samples continue one prompt read once, or prompts read one at a time
+    /// decode together.
+    ///
+    /// ```
+    /// use seqmamba::model::{Head, MambaConfig, Model};
+    /// use seqmamba_kernels::Cpu;
+    /// let model = Model::initialised(Cpu, MambaConfig::new(32, 2, 5), Head::LanguageModel, 1)?;
+    /// let mut rows = model.decode_state(3)?;
+    /// model.copy_state_row(&model.decode_state(1)?, 0, &mut rows, 2)?;
+    /// assert!(model.copy_state_row(&model.decode_state(1)?, 1, &mut rows, 0).is_err());
+    /// # Ok::<(), seqmamba_kernels::KernelError>(())
+    /// ```
+    pub fn copy_state_row(
+        &self,
+        from: &DecodeState<B>,
+        from_row: usize,
+        state: &mut DecodeState<B>,
+        row: usize,
+    ) -> Result<(), KernelError> {
+        if from_row >= from.batch || row >= state.batch {
+            return Err(KernelError::Invalid {
+                op: "copy_state_row",
+                message: format!(
+                    "row {from_row} of a {}-row state into row {row} of a {}-row state",
+                    from.batch, state.batch
+                ),
+            });
+        }
+        let be = &self.backend;
+        let c = &self.config;
+        for (src, dst) in from.layers.iter().zip(&mut state.layers) {
+            for (width, src, dst) in [
+                ((c.d_conv - 1) * c.d_inner(), &src.conv, &mut dst.conv),
+                (c.d_inner() * c.d_state, &src.ssm, &mut dst.ssm),
+            ] {
+                be.copy(
+                    be.view(src, from_row * width..(from_row + 1) * width),
+                    be.view_mut(dst, row * width..(row + 1) * width),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
     fn check_batch(&self, batch: &Batch<B>, acts: &Activations<B>) -> Result<(), KernelError> {
         let invalid = |message: String| KernelError::Invalid {
             op: "model",

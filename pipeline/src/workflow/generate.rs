@@ -6,6 +6,7 @@ use std::path::Path;
 
 use seqmamba_kernels::Backend;
 use seqmamba_modalities::OnError;
+use seqmamba_modalities::audio::Quantizer;
 use seqmamba_modalities::audio::wav::write_tokens_wav;
 use seqmamba_modalities::dna::alignment::AlignmentOptions;
 use seqmamba_modalities::dna::{read_tokens, tokenizer};
@@ -40,7 +41,8 @@ pub fn fasta_record(name: &str, tokens: &[u8]) -> String {
 
 /// Writes `generation.samples` samples into `generated/`: each continues the first
 /// `prompt_len` tokens of a prompt sequence (taken in turn); DNA as `sample-<i>.fa` (the
-/// generated bases only), audio as `sample-<i>.wav` (prompt and continuation).
+/// generated bases only), audio as `sample-<i>.wav` (prompt and continuation). Up to
+/// `generation.batch_size` samples decode together.
 pub(crate) fn write_samples<B: Backend>(
     ctx: &mut RunContext<B>,
     model: &Model<B>,
@@ -56,46 +58,78 @@ pub(crate) fn write_samples<B: Backend>(
     }
     let dir = ctx.dir.join("generated");
     std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
-    let bar = ctx.progress(g.samples as u64, "generate");
-    for i in 0..g.samples {
-        let source = prompts[i % prompts.len()];
-        let prompt: Vec<u32> = source[..g.prompt_len.min(source.len())]
-            .iter()
-            .map(|&t| u32::from(t))
-            .collect();
-        let seed = w.seed.wrapping_add(1 + i as u64);
-        let tokens: Vec<u8> = generate(model, &prompt, g.length, &g.sampling(), seed)?
-            .into_iter()
-            .map(|t| t as u8)
-            .collect();
-        match w.data.modality {
-            Modality::Dna => {
-                let name = format!(
-                    "sample-{i} prompt_len={} temperature={} top_k={} top_p={} seed={seed}",
-                    prompt.len(),
-                    g.temperature,
-                    g.top_k,
-                    g.top_p
-                );
-                ctx.write(
-                    &format!("generated/sample-{i}.fa"),
-                    fasta_record(&name, &tokens).as_bytes(),
-                )?;
-            }
-            Modality::Audio => {
-                let mut all: Vec<u8> = prompt.iter().map(|&t| t as u8).collect();
-                all.extend(&tokens);
-                let target = dir.join(format!("sample-{i}.wav"));
-                let temp = dir.join(format!(".sample-{i}.wav.tmp"));
-                write_tokens_wav(&temp, &all, data::quantizer(&w.data), w.data.sample_rate)?;
-                std::fs::rename(&temp, &target).map_err(io_error(&target))?;
+    let samples: Vec<(usize, Vec<u32>, u64)> = (0..g.samples)
+        .map(|i| {
+            let source = prompts[i % prompts.len()];
+            let prompt = source[..g.prompt_len.min(source.len())]
+                .iter()
+                .map(|&t| u32::from(t))
+                .collect();
+            (i, prompt, w.seed.wrapping_add(1 + i as u64))
+        })
+        .collect();
+    let bar = ctx.progress((g.samples * g.length) as u64, "generate");
+    for group in samples.chunks(g.batch_size) {
+        let prompt_slices: Vec<&[u32]> = group.iter().map(|(_, p, _)| p.as_slice()).collect();
+        let seeds: Vec<u64> = group.iter().map(|&(_, _, seed)| seed).collect();
+        let done = bar.position();
+        let generated = generate(
+            model,
+            &prompt_slices,
+            &seeds,
+            g.length,
+            &g.sampling(),
+            |n| bar.set_position(done + (n * group.len()) as u64),
+        )?;
+        for ((i, prompt, seed), tokens) in group.iter().zip(generated) {
+            let tokens: Vec<u8> = tokens.into_iter().map(|t| t as u8).collect();
+            match w.data.modality {
+                Modality::Dna => {
+                    let name = format!(
+                        "sample-{i} prompt_len={} temperature={} top_k={} top_p={} seed={seed}",
+                        prompt.len(),
+                        g.temperature,
+                        g.top_k,
+                        g.top_p
+                    );
+                    ctx.write(
+                        &format!("generated/sample-{i}.fa"),
+                        fasta_record(&name, &tokens).as_bytes(),
+                    )?;
+                }
+                Modality::Audio => {
+                    let mut all: Vec<u8> = prompt.iter().map(|&t| t as u8).collect();
+                    all.extend(&tokens);
+                    write_wav_atomic(
+                        &dir.join(format!("sample-{i}.wav")),
+                        &all,
+                        data::quantizer(&w.data),
+                        w.data.sample_rate,
+                    )?;
+                }
             }
         }
-        bar.inc(1);
     }
     bar.finish_and_clear();
     ctx.metrics.insert("samples".into(), g.samples as f64);
     Ok(())
+}
+
+/// Writes audio tokens as a 16-bit WAV file at `path` through a temporary file and a
+/// rename: a failed write leaves no torn file.
+pub fn write_wav_atomic(
+    path: &Path,
+    tokens: &[u8],
+    quantizer: Quantizer,
+    rate: u32,
+) -> Result<(), WorkflowError> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let temp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    if let Err(e) = write_tokens_wav(&temp, tokens, quantizer, rate) {
+        let _ = std::fs::remove_file(&temp);
+        return Err(e.into());
+    }
+    std::fs::rename(&temp, path).map_err(io_error(path))
 }
 
 fn load_model<B: Backend>(ctx: &RunContext<B>) -> Result<Model<B>, WorkflowError> {

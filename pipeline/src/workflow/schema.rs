@@ -411,6 +411,8 @@ pub struct Generation {
     pub temperature: f32,
     pub top_k: usize,
     pub top_p: f32,
+    /// Samples decoded together (each step reads the weights once for all of them).
+    pub batch_size: usize,
 }
 
 impl Default for Generation {
@@ -423,6 +425,7 @@ impl Default for Generation {
             temperature: s.temperature,
             top_k: s.top_k,
             top_p: s.top_p,
+            batch_size: 32,
         }
     }
 }
@@ -695,9 +698,14 @@ impl Workflow {
             }
         }
         if self.generation.samples > 0
-            && (self.generation.length == 0 || self.generation.prompt_len == 0)
+            && (self.generation.length == 0
+                || self.generation.prompt_len == 0
+                || self.generation.batch_size == 0)
         {
-            return invalid("generation.length and generation.prompt_len must be ≥ 1".into());
+            return invalid(
+                "generation.length, generation.prompt_len and generation.batch_size must be ≥ 1"
+                    .into(),
+            );
         }
         Ok(())
     }
