@@ -302,6 +302,60 @@ fn cuda_decode_equals_the_parallel_forward() {
     println!("decode: worst position at {worst:.3} of the tolerance");
 }
 
+/// Rows decoded together (each from a prompt read alone, its state copied in; the steps
+/// replayed from a CUDA graph at batch 3) give each row's parallel-forward logits.
+#[test]
+fn cuda_batched_decode_rows_equal_their_parallel_forwards() {
+    let Some(cuda) = device() else { return };
+    let model =
+        Model::initialised(cuda, MambaConfig::new(32, 3, 12), Head::LanguageModel, 15).unwrap();
+    let be = &model.backend;
+    let width = model.logit_width();
+    let mut rng = Rng::new(16);
+    let prompts: Vec<Vec<u32>> = [5, 1, 70]
+        .iter()
+        .map(|&n| random_ids(&mut rng, n, 12))
+        .collect();
+    let follow: Vec<Vec<u32>> = (0..3).map(|_| random_ids(&mut rng, 30, 12)).collect();
+    let mut state = model.decode_state(3).unwrap();
+    for (row, prompt) in prompts.iter().enumerate() {
+        let mut alone = model.decode_state(1).unwrap();
+        lm_logits(&model, prompt, Some(&mut alone));
+        model.copy_state_row(&alone, 0, &mut state, row).unwrap();
+    }
+    let mut steps = DecodeSteps::new(&model, state).unwrap();
+    let mut stepped = vec![Vec::new(); 3];
+    for position in 0..30 {
+        let tokens: Vec<u32> = follow.iter().map(|f| f[position]).collect();
+        steps.step(&model, &tokens).unwrap();
+        let logits = be.download(be.all(steps.logits())).unwrap();
+        for (row, out) in stepped.iter_mut().enumerate() {
+            out.extend_from_slice(&logits[row * width..(row + 1) * width]);
+        }
+    }
+    assert!(steps.replaying(), "no CUDA graph was recorded");
+    let mut worst = 0.0f64;
+    for row in 0..3 {
+        let mut whole = prompts[row].clone();
+        whole.extend(&follow[row]);
+        let parallel = lm_logits(&model, &whole, None);
+        let expected = &parallel[prompts[row].len() * width..];
+        for (pos, (a, e)) in stepped[row]
+            .chunks(width)
+            .zip(expected.chunks(width))
+            .enumerate()
+        {
+            let error = max_scaled_error(a, &to_f64(e), 1e-5, 1e-30);
+            worst = worst.max(error);
+            assert!(
+                error <= 1.0,
+                "row {row} step {pos} off by {error}× the tolerance"
+            );
+        }
+    }
+    println!("batched decode: worst step at {worst:.3} of the tolerance");
+}
+
 /// Trains a small LM for a few steps on the GPU; returns the parameters and losses.
 /// Decoding replayed from a CUDA graph gives the bits of decoding op by op.
 #[test]

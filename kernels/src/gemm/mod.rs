@@ -1,7 +1,7 @@
 //! Matrix multiplication, row-major, f32: the linear layers' forward and backward.
 
 pub(crate) mod cuda;
-mod gemv;
+mod thin;
 
 use gemm::Parallelism;
 
@@ -48,9 +48,9 @@ pub struct GemmDims {
 /// Sums over `k` are f32, in an order fixed by the shape: the result has the same bits
 /// whatever the size of rayon's thread pool (the `gemm` crate splits only `m` and `n`
 /// across threads and walks `k` in sequential blocks; single-row products, which the crate
-/// runs on one thread, are split into column blocks here). A single row times `bᵀ` (a
-/// linear layer at batch 1, e.g. a decode step) is a matrix-vector product of our own that
-/// streams `b` once. Zero-sized products are allowed;
+/// runs on one thread, are split into column blocks here). Up to 64 rows times `bᵀ` (a
+/// linear layer in a decode step, of one sequence or a batch) is a product of our own that
+/// streams `b` once, each output row with the bits it has alone. Zero-sized products are allowed;
 /// `k = 0` gives `c = 0` (or leaves `c` as it is when accumulating).
 ///
 /// ```
@@ -77,9 +77,9 @@ pub fn gemm(
     // Element (i, p) of op(a) lies at i·a_rows + p·a_cols; likewise for b.
     let a_strides = if dims.transpose_a { (1, m) } else { (k, 1) };
     let b_strides = if dims.transpose_b { (1, k) } else { (n, 1) };
-    if m == 1 && dims.transpose_b && !dims.transpose_a {
-        // A row times Wᵀ: a linear layer at batch 1, streaming W once.
-        gemv::gemv(b, a, c, accumulate);
+    if m <= thin::MAX_INPUT_ROWS && dims.transpose_b && !dims.transpose_a {
+        // A few rows times Wᵀ: a linear layer in a decode step, streaming W once.
+        thin::thin_gemm(b, a, m, c, accumulate);
         return Ok(());
     }
     let work = m.saturating_mul(n).saturating_mul(k);
