@@ -103,6 +103,20 @@ fn main() {
         "FLOP",
         || gemm::gemm(decode, &x[..D_MODEL], &w, &mut y[..2 * D_INNER], false).unwrap(),
     );
+    // Sequences decoded together: the thin product up to 64 rows, the general GEMM at 65.
+    for m in [4, 16, 32, 64, 65] {
+        let decode = GemmDims { m, ..forward };
+        bench(
+            &filter,
+            &format!("gemm in_proj decode step (m = {m})"),
+            flops * m as f64 / TOKENS as f64,
+            "FLOP",
+            || {
+                let (x, y) = (&x[..m * D_MODEL], &mut y[..m * 2 * D_INNER]);
+                gemm::gemm(decode, x, &w, y, false).unwrap()
+            },
+        );
+    }
 
     // conv1d over (4, 1024, d_inner) with resets.
     let dims = ConvDims {
