@@ -264,3 +264,129 @@ fn generate_continues_dna_and_audio_prompts() {
         assert_eq!((wav.spec().sample_rate, wav.len()), (8000, 500));
     }
 }
+
+#[test]
+fn score_per_record_sums_each_record_s_token_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("dna");
+    init_model(&model, 10);
+    let model = model.to_str().unwrap();
+    let fasta = dir.path().join("reads.fa");
+    std::fs::write(&fasta, b">a first\nACGTACGTTT\n>b\nG\n>c\nTTGACCAN\nGGA\n").unwrap();
+    let fasta = fasta.to_str().unwrap();
+    let score = |extra: &[&str]| {
+        let mut args = vec!["score", "--model", model, "--device", "cpu"];
+        args.extend(extra);
+        stdout(&seqmamba(&args))
+    };
+    let mut sums = std::collections::BTreeMap::<String, (usize, f64)>::new();
+    for line in score(&[fasta]).lines() {
+        let fields: Vec<&str> = line.split('\t').collect();
+        let entry = sums.entry(fields[0].to_string()).or_default();
+        entry.0 += 1;
+        entry.1 += fields[3].parse::<f64>().unwrap();
+    }
+    let table = dir.path().join("records.tsv");
+    let json = score(&[
+        "--per-record",
+        "--json",
+        "--out",
+        table.to_str().unwrap(),
+        fasta,
+    ]);
+    let text = std::fs::read_to_string(&table).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some("file\trecord\ttokens\tlogprob\tbits_per_token")
+    );
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split('\t').collect()).collect();
+    assert_eq!(rows.len(), 3, "{text}");
+    for (row, (name, tokens)) in rows.iter().zip([("a", 9), ("b", 0), ("c", 10)]) {
+        assert_eq!(row[..3], [fasta, name, &tokens.to_string()]);
+        let logprob: f64 = row[3].parse().unwrap();
+        if tokens == 0 {
+            assert_eq!((logprob, row[4]), (0.0, "NA"));
+            continue;
+        }
+        let (count, sum) = sums[name];
+        assert_eq!(count, tokens);
+        assert!(
+            (logprob - sum).abs() < 1e-4 * sum.abs(),
+            "{name}: {logprob} vs {sum}"
+        );
+        let bits: f64 = row[4].parse().unwrap();
+        assert!((bits + logprob / std::f64::consts::LN_2 / tokens as f64).abs() < 1e-9);
+    }
+    let summary: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        (summary["records"].as_u64(), summary["tokens"].as_u64()),
+        (Some(3), Some(19))
+    );
+
+    // Standard input reads the same records.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_seqmamba"))
+        .args([
+            "score",
+            "--model",
+            model,
+            "--device",
+            "cpu",
+            "--per-record",
+            "-",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&std::fs::read(fasta).unwrap())
+        .unwrap();
+    let piped = stdout(&child.wait_with_output().unwrap());
+    assert_eq!(piped, text.replace(fasta, "-"));
+
+    // An audio model scores a clip as its training clips were made: 8 kHz mu-law.
+    let audio = dir.path().join("audio");
+    init_model(&audio, 256);
+    let clip = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data-samples/audio/0_jackson_0.flac");
+    let text = stdout(&seqmamba(&[
+        "score",
+        "--model",
+        audio.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--per-record",
+        clip.to_str().unwrap(),
+    ]));
+    let row: Vec<&str> = text.lines().nth(1).unwrap().split('\t').collect();
+    assert_eq!(row[1..3], ["0_jackson_0", "5147"]);
+    // An untrained model is near uniform over 256 tokens: about 8 bits a token.
+    let bits: f64 = row[4].parse().unwrap();
+    assert!((bits - 8.0).abs() < 0.5, "{bits}");
+}
+
+#[test]
+fn a_reader_that_stops_early_is_no_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    init_model(dir.path(), 10);
+    let phix = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data-samples/dna/phix174.fasta");
+    // 5,385 lines, more than a pipe holds: the writer meets the closed pipe.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_seqmamba"))
+        .args(["--quiet", "score", "--device", "cpu", "--model"])
+        .args([dir.path(), &phix])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 16];
+    use std::io::Read as _;
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(first.starts_with(b"NC_001422.1\t1\t"));
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success() && err.is_empty(), "{err}");
+}

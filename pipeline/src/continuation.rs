@@ -6,18 +6,16 @@
 //! prompts streams through without sitting in memory.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
 
 use seqmamba_kernels::Backend;
-use seqmamba_modalities::OnError;
-use seqmamba_modalities::audio::decode::load_mono;
-use seqmamba_modalities::dna::alignment::AlignmentOptions;
-use seqmamba_modalities::dna::{read_tokens, tokenizer};
+use seqmamba_modalities::dna::tokenizer;
 
 use crate::checkpoint::InputSpec;
 use crate::infer::{Sampling, generate};
 use crate::model::Model;
+use crate::records::read_records;
 use crate::workflow::data::quantizer_named;
 use crate::workflow::generate::{fasta_record, write_wav_atomic};
 use crate::workflow::schema::Modality;
@@ -215,12 +213,6 @@ fn read_prompts<'a>(
     source: &'a PromptSource,
 ) -> Result<Box<dyn Iterator<Item = Result<Prompt, WorkflowError>> + 'a>, WorkflowError> {
     let widen = |tokens: &[u8]| tokens.iter().map(|&t| u32::from(t)).collect::<Vec<u32>>();
-    let wrong = |what: &str| {
-        Err(WorkflowError::Invalid(format!(
-            "{what} prompts a DNA model, but the model's input is {:?}",
-            spec.modality
-        )))
-    };
     match (source, spec.modality) {
         (PromptSource::Bases(text), Modality::Dna) => {
             let tokens = tokenizer::encode(text.trim().as_bytes()).map_err(|(at, byte)| {
@@ -235,29 +227,11 @@ fn read_prompts<'a>(
                 widen(&tokens),
             )))))
         }
-        (PromptSource::File(path), Modality::Dna) => {
-            let alignment = AlignmentOptions {
-                restore_orientation: spec.restore_orientation,
-                ..AlignmentOptions::default()
-            };
-            let records = read_tokens(path, alignment, OnError::Fail)?;
-            Ok(Box::new(records.map(move |record| {
-                let record = record?;
-                Ok((record.name, widen(&record.tokens)))
+        (PromptSource::File(path), _) => {
+            Ok(Box::new(read_records(spec, path)?.map(move |record| {
+                let (name, tokens) = record?;
+                Ok((name, widen(&tokens)))
             })))
-        }
-        (PromptSource::File(path), Modality::Audio) => {
-            if path == Path::new("-") {
-                return Err(WorkflowError::Invalid(
-                    "an audio prompt is read from a file, not from standard input".into(),
-                ));
-            }
-            let samples = load_mono(path, spec.sample_rate, spec.normalization.parse()?)?;
-            let tokens = quantizer_named(&spec.quantizer).encode_all(&samples);
-            let stem = path
-                .file_stem()
-                .map_or_else(|| "prompt".into(), |s| s.to_string_lossy().into_owned());
-            Ok(Box::new(std::iter::once(Ok((stem, widen(&tokens))))))
         }
         (PromptSource::Silence, Modality::Audio) => {
             let silence = quantizer_named(&spec.quantizer).encode(0.0);
@@ -266,7 +240,9 @@ fn read_prompts<'a>(
                 vec![u32::from(silence)],
             )))))
         }
-        (PromptSource::Bases(_), Modality::Audio) => wrong("a base sequence"),
+        (PromptSource::Bases(_), Modality::Audio) => Err(WorkflowError::Invalid(
+            "a base sequence prompts a DNA model, but the model's input is Audio".into(),
+        )),
         (PromptSource::Silence, Modality::Dna) => Err(WorkflowError::Invalid(
             "a DNA model needs a prompt: bases, or a file of records".into(),
         )),
@@ -451,8 +427,8 @@ mod tests {
             with_prompt: true,
             ..options(8)
         };
-        let clip =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../data-samples/audio/0_jackson_0.flac");
+        let clip = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../data-samples/audio/0_jackson_0.flac");
         let source = PromptSource::File(clip);
         let sink = SampleSink::WavFolder(dir.clone());
         let summary = generate_samples(&model, &spec, &source, with_prompt, sink, |_| {}).unwrap();

@@ -14,6 +14,7 @@ pub mod infer;
 pub mod metrics;
 pub mod parallel;
 pub mod predict;
+pub mod records;
 pub mod report;
 pub mod train;
 pub mod workflow;

@@ -13,6 +13,7 @@ use seqmamba::fsutil::AtomicFile;
 use seqmamba::infer::{Sampling, score_tokens};
 use seqmamba::model::{Head, MambaConfig, Model, ParamTable, Shape};
 use seqmamba::predict::{PredictOptions, classify_files, ensure_classifier};
+use seqmamba::workflow::generate::{ScoreSummary, score_files};
 use seqmamba::workflow::schema::Modality;
 use seqmamba::workflow::{self, RunOptions, RunSummary, Workflow};
 use seqmamba_kernels::cuda::{Cuda, GemmPrecision};
@@ -32,7 +33,8 @@ use seqmamba_modalities::inspect::inspect;
         seqmamba run workflows/promoters.toml --set training.steps=500\n  \
         seqmamba run --resume runs/promoters\n  \
         seqmamba init --preset small --vocab-size 16 --out runs/lm\n  \
-        seqmamba score --model runs/demo/demo-dna/checkpoints/final --fasta data-samples/dna/phix174.fasta\n  \
+        seqmamba score --model runs/demo/demo-dna data-samples/dna/phix174.fasta\n  \
+        seqmamba generate --model runs/demo/demo-dna --prompt ACGTTGCA --length 500\n  \
         seqmamba bench --quick"
 )]
 struct Cli {
@@ -139,27 +141,47 @@ struct InitArgs {
 #[derive(Args)]
 #[command(
     after_help = "Output: position<TAB>token_id<TAB>logprob for --token-ids;\n\
-    record<TAB>position<TAB>token_id<TAB>logprob for --fasta (natural-log probabilities;\n\
-    position 0 of a record has no context and no line)."
+    record<TAB>position<TAB>token_id<TAB>logprob for files (natural-log probabilities;\n\
+    position 0 of a record has no context and no line); with --per-record a header and\n\
+    file<TAB>record<TAB>tokens<TAB>logprob<TAB>bits_per_token, one line a record.\n\
+    Files are made into tokens as the training run made its examples (the checkpoint's\n\
+    seqmamba.json): DNA records, or audio clips resampled and quantised as it was.\n\n\
+    Examples:\n  \
+    seqmamba score --model runs/dna-pretrain --per-record reads.fastq.gz > reads.tsv\n  \
+    seqmamba score --model runs/fsdd-waveform --per-record clips/*.wav"
 )]
 struct ScoreArgs {
-    /// Checkpoint folder (official or Hugging Face layout).
+    /// Language-model checkpoint folder (official or Hugging Face layout, or a run's
+    /// checkpoints/final), or the run folder.
     #[arg(long)]
     model: PathBuf,
     /// Comma-separated token ids.
     #[arg(
         long,
         value_delimiter = ',',
-        required_unless_present = "fasta",
-        conflicts_with = "fasta"
+        required_unless_present_any = ["files", "fasta"],
+        conflicts_with_all = ["files", "fasta"]
     )]
     token_ids: Vec<u32>,
-    /// DNA file (FASTA, FASTQ, SAM or BAM; plain or gzip) to score record by record.
+    /// DNA files (FASTA, FASTQ, SAM, BAM; plain, gzip or BGZF; `-` for standard input) or
+    /// audio files, as the model's modality.
+    files: Vec<PathBuf>,
+    /// A DNA file to score (the same as naming it among the files).
     #[arg(long)]
     fasta: Option<PathBuf>,
+    /// One line a record: its scored positions, their summed log-probability and the bits
+    /// per token.
+    #[arg(long)]
+    per_record: bool,
     /// Positions per forward pass; the state is carried across passes.
     #[arg(long, default_value_t = 8192)]
     chunk_len: usize,
+    /// Write the table to this file (appearing only when complete) instead of stdout.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Where the model runs; auto takes the GPU when one opens, else the CPU.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
 }
 
 #[derive(Args)]
@@ -335,6 +357,15 @@ enum DeviceChoice {
 fn main() {
     let cli = Cli::parse();
     if let Err(error) = run(cli) {
+        // A reader that stopped early (`| head`) is no failure, as for any Unix filter.
+        let broken_pipe = error.chain().any(|cause| {
+            cause
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+        });
+        if broken_pipe {
+            return;
+        }
         eprintln!("error: {}", error_chain(&error));
         std::process::exit(1);
     }
@@ -355,6 +386,29 @@ fn error_chain(error: &anyhow::Error) -> String {
     text
 }
 
+/// Runs a command that applies a model, `|backend, quiet| body`, on the GPU or the CPU as
+/// `device` chooses, and prints the summary it returns under `--json` (which also keeps
+/// its notices quiet).
+macro_rules! on_device {
+    ($device:expr, $cli:expr, |$backend:ident, $quiet:ident| $body:expr) => {{
+        let $quiet = $cli.quiet || $cli.json;
+        let summary = match open_device($device)? {
+            None => {
+                let $backend = Cpu;
+                $body?
+            }
+            Some(cuda) => {
+                let $backend = cuda;
+                $body?
+            }
+        };
+        if $cli.json {
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+        }
+        Ok(())
+    }};
+}
+
 fn run(cli: Cli) -> Result<()> {
     let options = RunOptions {
         quiet: cli.quiet || cli.json,
@@ -370,28 +424,12 @@ fn run(cli: Cli) -> Result<()> {
     }
     match cli.command {
         Command::Init(args) => init(args),
-        Command::Score(args) => score(args),
+        Command::Score(args) => on_device!(args.device, cli, |b, quiet| score(b, &args, quiet)),
         Command::Classify(args) => {
-            let quiet = cli.quiet || cli.json;
-            let summary = match open_device(args.device)? {
-                None => classify(Cpu, &args, quiet)?,
-                Some(cuda) => classify(cuda, &args, quiet)?,
-            };
-            if cli.json {
-                println!("{}", serde_json::to_string_pretty(&summary)?);
-            }
-            Ok(())
+            on_device!(args.device, cli, |b, quiet| classify(b, &args, quiet))
         }
         Command::Generate(args) => {
-            let quiet = cli.quiet || cli.json;
-            let summary = match open_device(args.device)? {
-                None => generate(Cpu, &args, quiet)?,
-                Some(cuda) => generate(cuda, &args, quiet)?,
-            };
-            if cli.json {
-                println!("{}", serde_json::to_string_pretty(&summary)?);
-            }
-            Ok(())
+            on_device!(args.device, cli, |b, quiet| generate(b, &args, quiet))
         }
         Command::Run(args) => run_workflow(args, options, cli.json),
         Command::Demo(args) => demo(args, options, cli.json),
@@ -447,31 +485,93 @@ fn init(args: InitArgs) -> Result<()> {
     Ok(())
 }
 
-fn score(args: ScoreArgs) -> Result<()> {
-    let checkpoint = Checkpoint::load(&args.model)?;
+/// `seqmamba score` on `backend`: the table to stdout or `--out`, a summary back.
+fn score<B: Backend>(backend: B, args: &ScoreArgs, quiet: bool) -> Result<serde_json::Value> {
+    let folder = model_folder(&args.model)?;
+    let checkpoint = Checkpoint::load(&folder)?;
     let model = Model::new(
-        Cpu,
-        checkpoint.config,
-        checkpoint.metadata.head,
+        backend,
+        checkpoint.config.clone(),
+        checkpoint.metadata.head.clone(),
         &checkpoint.params,
     )?;
-    if let Some(path) = &args.fasta {
-        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-        workflow::generate::score_dna_file(&model, path, args.chunk_len, &mut out)
-            .with_context(|| format!("scoring {}", path.display()))?;
+    let mut file = args.out.as_deref().map(AtomicFile::create).transpose()?;
+    let mut out: Box<dyn Write + '_> = match &mut file {
+        Some(file) => Box::new(file),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let started = std::time::Instant::now();
+    let files: Vec<PathBuf> = args.files.iter().chain(&args.fasta).cloned().collect();
+    let summary = if files.is_empty() {
+        if args.token_ids.len() < 2 {
+            bail!("--token-ids needs at least two tokens (position 0 has no prediction)");
+        }
+        let logprobs = score_tokens(&model, &args.token_ids, args.chunk_len)?;
+        for (i, logprob) in logprobs.iter().enumerate() {
+            writeln!(out, "{}\t{}\t{logprob}", i + 1, args.token_ids[i + 1])?;
+        }
         out.flush()?;
-        return Ok(());
+        ScoreSummary {
+            records: 1,
+            tokens: logprobs.len() as u64,
+            logprob: logprobs.iter().map(|&l| f64::from(l)).sum(),
+        }
+    } else {
+        if checkpoint.metadata.head != Head::LanguageModel {
+            bail!(
+                "{}: holds a classifier; scoring needs a language model (task = \"pretrain\")",
+                folder.display()
+            );
+        }
+        let spec = match checkpoint.metadata.input.clone() {
+            Some(spec) => spec,
+            None => default_input(&folder, &checkpoint, 0)?,
+        };
+        let bar = if quiet {
+            ProgressBar::hidden()
+        } else {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {pos} records ({per_sec}) {elapsed}")
+                    .expect("a valid template"),
+            );
+            bar
+        };
+        let summary = score_files(
+            &model,
+            &spec,
+            &files,
+            args.chunk_len,
+            args.per_record,
+            &mut out,
+            || bar.inc(1),
+        )
+        .with_context(|| format!("scoring with {}", folder.display()))?;
+        bar.finish_and_clear();
+        summary
+    };
+    drop(out);
+    if let Some(file) = file {
+        file.commit()?;
     }
-    if args.token_ids.len() < 2 {
-        bail!("--token-ids needs at least two tokens (position 0 has no prediction)");
+    let seconds = started.elapsed().as_secs_f64();
+    let bits = -summary.logprob / std::f64::consts::LN_2 / summary.tokens.max(1) as f64;
+    if !quiet {
+        eprintln!(
+            "scored {} positions of {} records in {seconds:.1} s: {bits:.4} bits per token on {}",
+            summary.tokens,
+            summary.records,
+            model.backend.name()
+        );
     }
-    let logprobs = score_tokens(&model, &args.token_ids, args.chunk_len)?;
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    for (i, logprob) in logprobs.iter().enumerate() {
-        writeln!(out, "{}\t{}\t{logprob}", i + 1, args.token_ids[i + 1])?;
-    }
-    out.flush()?;
-    Ok(())
+    Ok(serde_json::json!({
+        "records": summary.records,
+        "tokens": summary.tokens,
+        "bits_per_token": bits,
+        "seconds": seconds,
+        "device": model.backend.name(),
+        "output": args.out.as_ref().map(|p| p.display().to_string()),
+    }))
 }
 
 /// The checkpoint folder `path` names: itself, or the final model of a run folder (one

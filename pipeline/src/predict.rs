@@ -113,7 +113,7 @@ fn not_usable(message: String) -> WorkflowError {
 }
 
 /// A field without the tabs and line breaks that would break the row.
-fn tsv_field(text: &str) -> String {
+pub(crate) fn tsv_field(text: &str) -> String {
     text.replace(['\t', '\n', '\r'], " ")
 }
 

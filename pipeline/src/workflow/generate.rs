@@ -1,24 +1,25 @@
 //! Sampling and scoring with a language model: DNA samples as FASTA, audio samples as WAV,
-//! per-token log-likelihoods as `record<TAB>position<TAB>token_id<TAB>logprob` lines.
+//! per-token log-likelihoods as `record<TAB>position<TAB>token_id<TAB>logprob` lines, or
+//! per record.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use seqmamba_kernels::Backend;
-use seqmamba_modalities::OnError;
 use seqmamba_modalities::audio::Quantizer;
 use seqmamba_modalities::audio::wav::write_tokens_wav;
-use seqmamba_modalities::dna::alignment::AlignmentOptions;
-use seqmamba_modalities::dna::{read_tokens, tokenizer};
+use seqmamba_modalities::dna::tokenizer;
 
 use super::data::{self, Corpus};
 use super::pretrain::{LmEval, model_bits, write_lm_eval};
 use super::run::RunContext;
 use super::schema::Modality;
 use super::{WorkflowError, io_error, output_error};
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, InputSpec};
 use crate::infer::{generate, score_tokens};
 use crate::model::{Head, Model};
+use crate::predict::tsv_field;
+use crate::records::read_records;
 
 /// DNA tokens as FASTA text (70 bases a line; tokens that are not bases become `N`).
 ///
@@ -192,7 +193,8 @@ pub(crate) fn run_score<B: Backend>(ctx: &mut RunContext<B>) -> Result<(), Workf
         let mut out = Vec::new();
         for e in &loaded.examples {
             let ids: Vec<u32> = e.tokens.iter().map(|&t| u32::from(t)).collect();
-            write_scores(&model, &e.id, &ids, w.evaluation.chunk_len, &mut out)?;
+            let logprobs = score_tokens(&model, &ids, w.evaluation.chunk_len)?;
+            write_scores(&e.id, &ids, &logprobs, &mut out)?;
         }
         Ok(out)
     })?;
@@ -212,39 +214,77 @@ pub(crate) fn run_score<B: Backend>(ctx: &mut RunContext<B>) -> Result<(), Workf
     Ok(())
 }
 
-/// Writes `record<TAB>position<TAB>token_id<TAB>logprob` for positions 1.. of `ids`
-/// (position 0 has no context; logprob is the natural log).
-pub fn write_scores<B: Backend>(
-    model: &Model<B>,
+/// Writes `record<TAB>position<TAB>token_id<TAB>logprob` for positions 1.. of `ids`, whose
+/// natural-log probabilities [`score_tokens`] gave as `logprobs`.
+pub fn write_scores(
     record: &str,
     ids: &[u32],
-    chunk_len: usize,
+    logprobs: &[f32],
     out: &mut impl Write,
 ) -> Result<(), WorkflowError> {
-    if ids.len() < 2 {
-        return Ok(());
-    }
-    let logprobs = score_tokens(model, ids, chunk_len)?;
     for (i, logprob) in logprobs.iter().enumerate() {
         writeln!(out, "{record}\t{}\t{}\t{logprob}", i + 1, ids[i + 1]).map_err(output_error)?;
     }
     Ok(())
 }
 
-/// Scores every record of a DNA file (FASTA, FASTQ, SAM, BAM) into `out` as
-/// [`write_scores`] lines, record by record.
-pub fn score_dna_file<B: Backend>(
+/// What [`score_files`] went through.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ScoreSummary {
+    pub records: u64,
+    /// Positions scored (every record's but its first).
+    pub tokens: u64,
+    /// Sum of their natural-log probabilities.
+    pub logprob: f64,
+}
+
+/// The header of [`score_files`]'s table per record.
+pub const RECORD_SCORE_HEADER: &str = "file\trecord\ttokens\tlogprob\tbits_per_token";
+
+/// Scores every record of `files` (DNA records, or audio clips, made into tokens as `spec`
+/// says) into `out`, record by record: [`write_scores`] lines per token, or with
+/// `per_record` [`RECORD_SCORE_HEADER`] and a line per record (its scored positions, the
+/// sum of their log-probabilities, and bits per token: `NA` for a record of one token).
+/// `progress` hears of each record.
+pub fn score_files<B: Backend>(
     model: &Model<B>,
-    path: &Path,
+    spec: &InputSpec,
+    files: &[PathBuf],
     chunk_len: usize,
-    out: &mut impl Write,
-) -> Result<usize, WorkflowError> {
-    let mut records = 0;
-    for record in read_tokens(path, AlignmentOptions::default(), OnError::Fail)? {
-        let record = record?;
-        let ids: Vec<u32> = record.tokens.iter().map(|&t| u32::from(t)).collect();
-        write_scores(model, &record.name, &ids, chunk_len, out)?;
-        records += 1;
+    per_record: bool,
+    mut out: impl Write,
+    mut progress: impl FnMut(),
+) -> Result<ScoreSummary, WorkflowError> {
+    let mut summary = ScoreSummary::default();
+    if per_record {
+        writeln!(out, "{RECORD_SCORE_HEADER}").map_err(output_error)?;
     }
-    Ok(records)
+    for path in files {
+        let file = tsv_field(&path.display().to_string());
+        for record in read_records(spec, path)? {
+            let (name, tokens) = record?;
+            let ids: Vec<u32> = tokens.iter().map(|&t| u32::from(t)).collect();
+            let logprobs = score_tokens(model, &ids, chunk_len)?;
+            let total: f64 = logprobs.iter().map(|&l| f64::from(l)).sum();
+            if per_record {
+                let bits = if logprobs.is_empty() {
+                    "NA".to_string()
+                } else {
+                    (-total / std::f64::consts::LN_2 / logprobs.len() as f64).to_string()
+                };
+                let record = tsv_field(&name);
+                let scored = logprobs.len();
+                writeln!(out, "{file}\t{record}\t{scored}\t{total}\t{bits}")
+                    .map_err(output_error)?;
+            } else {
+                write_scores(&name, &ids, &logprobs, &mut out)?;
+            }
+            summary.records += 1;
+            summary.tokens += logprobs.len() as u64;
+            summary.logprob += total;
+            progress();
+        }
+    }
+    out.flush().map_err(output_error)?;
+    Ok(summary)
 }
