@@ -323,6 +323,15 @@ fn score_per_record_sums_each_record_s_token_lines() {
         (summary["records"].as_u64(), summary["tokens"].as_u64()),
         (Some(3), Some(19))
     );
+    // Passes of 4 positions: records run one by one, their state carried across passes.
+    let short = score(&["--per-record", "--chunk-len", "4", fasta]);
+    for (a, b) in short.lines().zip(text.lines()).skip(1) {
+        let logprob = |line: &str| line.split('\t').nth(3).unwrap().parse::<f64>().unwrap();
+        assert!(
+            (logprob(a) - logprob(b)).abs() <= 1e-4 * logprob(b).abs(),
+            "{a} vs {b}"
+        );
+    }
 
     // Standard input reads the same records.
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_seqmamba"))

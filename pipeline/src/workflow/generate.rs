@@ -16,7 +16,7 @@ use super::run::RunContext;
 use super::schema::Modality;
 use super::{WorkflowError, io_error, output_error};
 use crate::checkpoint::{Checkpoint, InputSpec};
-use crate::infer::{generate, score_tokens};
+use crate::infer::{RowScorer, generate, score_tokens};
 use crate::model::{Head, Model};
 use crate::predict::tsv_field;
 use crate::records::read_records;
@@ -242,49 +242,108 @@ pub struct ScoreSummary {
 pub const RECORD_SCORE_HEADER: &str = "file\trecord\ttokens\tlogprob\tbits_per_token";
 
 /// Scores every record of `files` (DNA records, or audio clips, made into tokens as `spec`
-/// says) into `out`, record by record: [`write_scores`] lines per token, or with
+/// says) into `out`, in input order: [`write_scores`] lines per token, or with
 /// `per_record` [`RECORD_SCORE_HEADER`] and a line per record (its scored positions, the
 /// sum of their log-probabilities, and bits per token: `NA` for a record of one token).
-/// `progress` hears of each record.
+/// Records that fit go through together, as many as `chunk_len` positions hold (rows
+/// padded to the longest); a longer one alone, `chunk_len` positions a pass. `progress`
+/// hears of each record.
 pub fn score_files<B: Backend>(
     model: &Model<B>,
     spec: &InputSpec,
     files: &[PathBuf],
     chunk_len: usize,
     per_record: bool,
-    mut out: impl Write,
-    mut progress: impl FnMut(),
+    out: impl Write,
+    progress: impl FnMut(),
 ) -> Result<ScoreSummary, WorkflowError> {
-    let mut summary = ScoreSummary::default();
+    let mut scores = Scores {
+        model,
+        scorer: RowScorer::default(),
+        file_names: files
+            .iter()
+            .map(|f| tsv_field(&f.display().to_string()))
+            .collect(),
+        pending: Vec::new(),
+        per_record,
+        out,
+        progress,
+        summary: ScoreSummary::default(),
+    };
     if per_record {
-        writeln!(out, "{RECORD_SCORE_HEADER}").map_err(output_error)?;
+        writeln!(scores.out, "{RECORD_SCORE_HEADER}").map_err(output_error)?;
     }
-    for path in files {
-        let file = tsv_field(&path.display().to_string());
+    let chunk_len = chunk_len.max(1);
+    for (file, path) in files.iter().enumerate() {
         for record in read_records(spec, path)? {
             let (name, tokens) = record?;
             let ids: Vec<u32> = tokens.iter().map(|&t| u32::from(t)).collect();
-            let logprobs = score_tokens(model, &ids, chunk_len)?;
-            let total: f64 = logprobs.iter().map(|&l| f64::from(l)).sum();
-            if per_record {
-                let bits = if logprobs.is_empty() {
-                    "NA".to_string()
-                } else {
-                    (-total / std::f64::consts::LN_2 / logprobs.len() as f64).to_string()
-                };
-                let record = tsv_field(&name);
-                let scored = logprobs.len();
-                writeln!(out, "{file}\t{record}\t{scored}\t{total}\t{bits}")
-                    .map_err(output_error)?;
-            } else {
-                write_scores(&name, &ids, &logprobs, &mut out)?;
+            let longest = scores.pending.iter().map(|r| r.2.len()).max().unwrap_or(0);
+            if (scores.pending.len() + 1) * longest.max(ids.len()) > chunk_len {
+                scores.run_pending()?;
             }
-            summary.records += 1;
-            summary.tokens += logprobs.len() as u64;
-            summary.logprob += total;
-            progress();
+            if ids.len() > chunk_len {
+                let logprobs = score_tokens(model, &ids, chunk_len)?;
+                scores.write(file, &name, &ids, &logprobs)?;
+            } else {
+                scores.pending.push((file, name, ids));
+            }
         }
     }
-    out.flush().map_err(output_error)?;
-    Ok(summary)
+    scores.run_pending()?;
+    scores.out.flush().map_err(output_error)?;
+    Ok(scores.summary)
+}
+
+/// [`score_files`] on its way: the records waiting to be scored together, and the output.
+struct Scores<'a, B: Backend, W, P> {
+    model: &'a Model<B>,
+    scorer: RowScorer<B>,
+    file_names: Vec<String>,
+    /// (file index, record name, token ids).
+    pending: Vec<(usize, String, Vec<u32>)>,
+    per_record: bool,
+    out: W,
+    progress: P,
+    summary: ScoreSummary,
+}
+
+impl<B: Backend, W: Write, P: FnMut()> Scores<'_, B, W, P> {
+    fn run_pending(&mut self) -> Result<(), WorkflowError> {
+        let pending = std::mem::take(&mut self.pending);
+        let records: Vec<&[u32]> = pending.iter().map(|r| &r.2[..]).collect();
+        let scored = self.scorer.score(self.model, &records)?;
+        for ((file, name, ids), logprobs) in pending.iter().zip(scored) {
+            self.write(*file, name, ids, &logprobs)?;
+        }
+        Ok(())
+    }
+
+    fn write(
+        &mut self,
+        file: usize,
+        name: &str,
+        ids: &[u32],
+        logprobs: &[f32],
+    ) -> Result<(), WorkflowError> {
+        let total: f64 = logprobs.iter().map(|&l| f64::from(l)).sum();
+        if self.per_record {
+            let bits = if logprobs.is_empty() {
+                "NA".to_string()
+            } else {
+                (-total / std::f64::consts::LN_2 / logprobs.len() as f64).to_string()
+            };
+            let path = &self.file_names[file];
+            let (record, scored) = (tsv_field(name), logprobs.len());
+            writeln!(self.out, "{path}\t{record}\t{scored}\t{total}\t{bits}")
+                .map_err(output_error)?;
+        } else {
+            write_scores(name, ids, logprobs, &mut self.out)?;
+        }
+        self.summary.records += 1;
+        self.summary.tokens += logprobs.len() as u64;
+        self.summary.logprob += total;
+        (self.progress)();
+        Ok(())
+    }
 }
