@@ -2,7 +2,7 @@
 //! parameter gradient, decoding against the parallel forward, and bit-identical training
 //! runs. Each test skips, saying so, where there is no CUDA device.
 
-use seqmamba::infer::DecodeSteps;
+use seqmamba::infer::{DecodeSteps, RowScorer, score_tokens};
 use seqmamba::model::{
     Batch, Bidirectional, DecodeState, Head, IGNORE_INDEX, MambaConfig, Model, PoolingKind, Shape,
 };
@@ -354,6 +354,32 @@ fn cuda_batched_decode_rows_equal_their_parallel_forwards() {
         }
     }
     println!("batched decode: worst step at {worst:.3} of the tolerance");
+}
+
+/// Records scored together on the GPU (rows of one padded batch) score as each record
+/// alone on the CPU.
+#[test]
+fn cuda_records_scored_together_equal_the_cpu_one_by_one() {
+    let Some(cuda) = device() else { return };
+    let config = MambaConfig::new(32, 3, 12);
+    let gpu = Model::initialised(cuda, config.clone(), Head::LanguageModel, 17).unwrap();
+    let cpu = Model::initialised(Cpu, config, Head::LanguageModel, 17).unwrap();
+    let mut rng = Rng::new(18);
+    let records: Vec<Vec<u32>> = [40, 1, 0, 33, 97]
+        .iter()
+        .map(|&n| random_ids(&mut rng, n, 12))
+        .collect();
+    let rows: Vec<&[u32]> = records.iter().map(Vec::as_slice).collect();
+    let together = RowScorer::default().score(&gpu, &rows).unwrap();
+    let mut worst = 0.0f64;
+    for (record, got) in rows.iter().zip(&together) {
+        let alone = score_tokens(&cpu, record, 1000).unwrap();
+        assert_eq!(got.len(), alone.len());
+        let error = max_scaled_error(got, &to_f64(&alone), 1e-5, 1e-30);
+        worst = worst.max(error);
+        assert!(error <= 1.0, "a record off by {error}× the tolerance");
+    }
+    println!("records scored together: worst at {worst:.3} of the tolerance");
 }
 
 /// Trains a small LM for a few steps on the GPU; returns the parameters and losses.
