@@ -489,6 +489,11 @@ fn unknown_keys_and_bad_overrides_say_what_is_wrong() {
         ("training.steps=many", "invalid type"),
         ("name.inner=1", "is a value, not a section"),
         ("device=gpu", "unknown device \"gpu\""),
+        (
+            "generation.temperature=-1.0",
+            "temperature must be a number ≥ 0",
+        ),
+        ("generation.top_p=nan", "top_p must lie in (0, 1]"),
     ] {
         let output = seqmamba(&["run", "workflows/demo.toml", "--out", dir, "--set", set]);
         let stderr = String::from_utf8_lossy(&output.stderr);

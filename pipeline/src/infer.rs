@@ -192,6 +192,28 @@ impl Default for Sampling {
 }
 
 impl Sampling {
+    /// Refuses settings that draw nothing sensible: a temperature that is negative or not
+    /// a number, a `top_p` outside (0, 1].
+    ///
+    /// ```
+    /// use seqmamba::infer::Sampling;
+    /// assert!(Sampling::default().check().is_ok());
+    /// assert!(Sampling { temperature: f32::NAN, ..Default::default() }.check().is_err());
+    /// assert!(Sampling { top_p: 0.0, ..Default::default() }.check().is_err());
+    /// ```
+    pub fn check(&self) -> Result<(), String> {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return Err(format!(
+                "the temperature must be a number ≥ 0, not {}",
+                self.temperature
+            ));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(format!("top_p must lie in (0, 1], not {}", self.top_p));
+        }
+        Ok(())
+    }
+
     /// Draws a token id from `logits` (the real vocabulary, without padding).
     ///
     /// ```
@@ -281,6 +303,7 @@ pub fn generate<B: Backend>(
             seeds.len()
         )));
     }
+    sampling.check().map_err(ModelError::Input)?;
     if prompts.iter().any(|p| p.is_empty()) {
         return Err(ModelError::Input(
             "generation needs a prompt of at least one token".into(),
@@ -576,5 +599,10 @@ mod tests {
         assert!(generate(&model, &[&[1], &[]], &[1, 2], 5, &sampling, |_| {}).is_err());
         assert!(generate(&model, &[&[1], &[9]], &[1, 2], 5, &sampling, |_| {}).is_err());
         assert!(generate(&model, &[&[1]], &[1, 2], 5, &sampling, |_| {}).is_err());
+        let hot = Sampling {
+            temperature: f32::NAN,
+            ..sampling
+        };
+        assert!(generate(&model, &[&[1]], &[1], 5, &hot, |_| {}).is_err());
     }
 }

@@ -697,6 +697,9 @@ impl Workflow {
                 ));
             }
         }
+        if let Err(reason) = self.generation.sampling().check() {
+            return invalid(format!("generation: {reason}"));
+        }
         if self.generation.samples > 0
             && (self.generation.length == 0
                 || self.generation.prompt_len == 0
