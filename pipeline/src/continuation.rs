@@ -109,6 +109,7 @@ pub fn generate_samples<B: Backend>(
             "the length, the samples per prompt and the batch size must be at least 1".into(),
         ));
     }
+    options.sampling.check().map_err(WorkflowError::Invalid)?;
     if let SampleSink::WavFolder(dir) = &sink {
         std::fs::create_dir_all(dir).map_err(io_error(dir))?;
     }
@@ -502,17 +503,18 @@ mod tests {
             length: 0,
             ..options(4)
         };
-        let sink = SampleSink::Fasta(Box::new(std::io::sink()));
-        assert!(
-            generate_samples(
-                &dna,
-                &spec,
-                &PromptSource::Bases("A".into()),
-                zero,
-                sink,
-                |_| {}
-            )
-            .is_err()
-        );
+        let negative = GenerateOptions {
+            sampling: Sampling {
+                temperature: -1.0,
+                ..Sampling::default()
+            },
+            ..options(4)
+        };
+        for (bad, expected) in [(zero, "at least 1"), (negative, "temperature")] {
+            let sink = SampleSink::Fasta(Box::new(std::io::sink()));
+            let source = PromptSource::Bases("A".into());
+            let outcome = generate_samples(&dna, &spec, &source, bad, sink, |_| {});
+            assert!(outcome.unwrap_err().to_string().contains(expected));
+        }
     }
 }
