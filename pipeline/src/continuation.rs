@@ -101,8 +101,8 @@ pub fn generate_samples<B: Backend>(
     spec: &InputSpec,
     source: &PromptSource,
     options: GenerateOptions,
-    mut sink: SampleSink<'_>,
-    mut progress: impl FnMut(u64),
+    sink: SampleSink<'_>,
+    progress: impl FnMut(u64),
 ) -> Result<GenerateSummary, WorkflowError> {
     if options.batch == 0 || options.samples == 0 || options.length == 0 {
         return Err(WorkflowError::Invalid(
@@ -113,8 +113,15 @@ pub fn generate_samples<B: Backend>(
     if let SampleSink::WavFolder(dir) = &sink {
         std::fs::create_dir_all(dir).map_err(io_error(dir))?;
     }
-    let mut summary = GenerateSummary::default();
-    let mut rows: Vec<Row> = Vec::with_capacity(options.batch);
+    let mut batches = Batches {
+        model,
+        spec,
+        options,
+        rows: Vec::with_capacity(options.batch),
+        sink,
+        progress,
+        summary: GenerateSummary::default(),
+    };
     for prompt in read_prompts(spec, source)? {
         let (name, mut tokens) = prompt?;
         if let Some(keep) = options.prompt_len {
@@ -128,45 +135,29 @@ pub fn generate_samples<B: Backend>(
         let prompt = Rc::new((name, tokens));
         let first_seed = options
             .seed
-            .wrapping_add(summary.prompts * options.samples as u64);
+            .wrapping_add(batches.summary.prompts * options.samples as u64);
         for sample in 0..options.samples {
-            rows.push(Row {
+            batches.rows.push(Row {
                 prompt: Rc::clone(&prompt),
                 sample,
                 seed: first_seed.wrapping_add(sample as u64),
             });
-            if rows.len() == options.batch {
-                run_rows(
-                    model,
-                    spec,
-                    options,
-                    &mut rows,
-                    &mut sink,
-                    &mut summary,
-                    &mut progress,
-                )?;
+            if batches.rows.len() == options.batch {
+                batches.run()?;
             }
         }
-        summary.prompts += 1;
+        batches.summary.prompts += 1;
     }
-    run_rows(
-        model,
-        spec,
-        options,
-        &mut rows,
-        &mut sink,
-        &mut summary,
-        &mut progress,
-    )?;
-    if let SampleSink::Fasta(out) = &mut sink {
+    batches.run()?;
+    if let SampleSink::Fasta(out) = &mut batches.sink {
         out.flush().map_err(output_error)?;
     }
-    if summary.prompts == 0 {
+    if batches.summary.prompts == 0 {
         return Err(WorkflowError::Invalid(
             "no prompt: the prompt file holds no records".into(),
         ));
     }
-    Ok(summary)
+    Ok(batches.summary)
 }
 
 /// One sample to make: its prompt (shared by the prompt's samples), number and seed.
@@ -176,36 +167,44 @@ struct Row {
     seed: u64,
 }
 
-/// Decodes `rows` together, writes their samples in order and empties `rows`.
-fn run_rows<B: Backend>(
-    model: &Model<B>,
-    spec: &InputSpec,
+/// [`generate_samples`] on its way: the samples waiting to be decoded together, and where
+/// they go.
+struct Batches<'a, 's, B: Backend, P> {
+    model: &'a Model<B>,
+    spec: &'a InputSpec,
     options: GenerateOptions,
-    rows: &mut Vec<Row>,
-    sink: &mut SampleSink<'_>,
-    summary: &mut GenerateSummary,
-    progress: &mut impl FnMut(u64),
-) -> Result<(), WorkflowError> {
-    if rows.is_empty() {
-        return Ok(());
+    rows: Vec<Row>,
+    sink: SampleSink<'s>,
+    progress: P,
+    summary: GenerateSummary,
+}
+
+impl<B: Backend, P: FnMut(u64)> Batches<'_, '_, B, P> {
+    /// Decodes the waiting rows together and writes their samples in order.
+    fn run(&mut self) -> Result<(), WorkflowError> {
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        let prompts: Vec<&[u32]> = self.rows.iter().map(|r| &r.prompt.1[..]).collect();
+        let seeds: Vec<u64> = self.rows.iter().map(|r| r.seed).collect();
+        let (done, rows) = (self.summary.tokens, self.rows.len());
+        let options = self.options;
+        let progress = &mut self.progress;
+        let samples = generate(
+            self.model,
+            &prompts,
+            &seeds,
+            options.length,
+            &options.sampling,
+            |n| progress(done + (n * rows) as u64),
+        )?;
+        for (row, tokens) in self.rows.drain(..).zip(samples) {
+            write_sample(&mut self.sink, self.spec, &row, &tokens, options)?;
+            self.summary.samples += 1;
+            self.summary.tokens += tokens.len() as u64;
+        }
+        Ok(())
     }
-    let prompts: Vec<&[u32]> = rows.iter().map(|r| &r.prompt.1[..]).collect();
-    let seeds: Vec<u64> = rows.iter().map(|r| r.seed).collect();
-    let done = summary.tokens;
-    let samples = generate(
-        model,
-        &prompts,
-        &seeds,
-        options.length,
-        &options.sampling,
-        |n| progress(done + (n * rows.len()) as u64),
-    )?;
-    for (row, tokens) in rows.drain(..).zip(samples) {
-        write_sample(sink, spec, &row, &tokens, options)?;
-        summary.samples += 1;
-        summary.tokens += tokens.len() as u64;
-    }
-    Ok(())
 }
 
 /// The prompts of `source` as `spec` makes tokens, one at a time.

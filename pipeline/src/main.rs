@@ -495,11 +495,7 @@ fn score<B: Backend>(backend: B, args: &ScoreArgs, quiet: bool) -> Result<serde_
         checkpoint.metadata.head.clone(),
         &checkpoint.params,
     )?;
-    let mut file = args.out.as_deref().map(AtomicFile::create).transpose()?;
-    let mut out: Box<dyn Write + '_> = match &mut file {
-        Some(file) => Box::new(file),
-        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
-    };
+    let mut out = Output::open(args.out.as_deref())?;
     let started = std::time::Instant::now();
     let files: Vec<PathBuf> = args.files.iter().chain(&args.fasta).cloned().collect();
     let summary = if files.is_empty() {
@@ -510,7 +506,6 @@ fn score<B: Backend>(backend: B, args: &ScoreArgs, quiet: bool) -> Result<serde_
         for (i, logprob) in logprobs.iter().enumerate() {
             writeln!(out, "{}\t{}\t{logprob}", i + 1, args.token_ids[i + 1])?;
         }
-        out.flush()?;
         ScoreSummary {
             records: 1,
             tokens: logprobs.len() as u64,
@@ -523,20 +518,8 @@ fn score<B: Backend>(backend: B, args: &ScoreArgs, quiet: bool) -> Result<serde_
                 folder.display()
             );
         }
-        let spec = match checkpoint.metadata.input.clone() {
-            Some(spec) => spec,
-            None => default_input(&folder, &checkpoint, 0)?,
-        };
-        let bar = if quiet {
-            ProgressBar::hidden()
-        } else {
-            let bar = ProgressBar::new_spinner();
-            bar.set_style(
-                ProgressStyle::with_template("{spinner} {pos} records ({per_sec}) {elapsed}")
-                    .expect("a valid template"),
-            );
-            bar
-        };
+        let spec = input_of(&folder, &checkpoint)?;
+        let bar = spinner(quiet, "{spinner} {pos} records ({per_sec}) {elapsed}");
         let summary = score_files(
             &model,
             &spec,
@@ -550,10 +533,7 @@ fn score<B: Backend>(backend: B, args: &ScoreArgs, quiet: bool) -> Result<serde_
         bar.finish_and_clear();
         summary
     };
-    drop(out);
-    if let Some(file) = file {
-        file.commit()?;
-    }
+    out.finish()?;
     let seconds = started.elapsed().as_secs_f64();
     let bits = -summary.logprob / std::f64::consts::LN_2 / summary.tokens.max(1) as f64;
     if !quiet {
@@ -572,6 +552,66 @@ fn score<B: Backend>(backend: B, args: &ScoreArgs, quiet: bool) -> Result<serde_
         "device": model.backend.name(),
         "output": args.out.as_ref().map(|p| p.display().to_string()),
     }))
+}
+
+/// Where a command's table goes: a file that appears only when [`Output::finish`] commits
+/// it, or standard output.
+enum Output {
+    File(AtomicFile),
+    Stdout(std::io::BufWriter<std::io::StdoutLock<'static>>),
+}
+
+impl Output {
+    fn open(path: Option<&std::path::Path>) -> Result<Self> {
+        Ok(match path {
+            Some(path) => Self::File(AtomicFile::create(path)?),
+            None => Self::Stdout(std::io::BufWriter::new(std::io::stdout().lock())),
+        })
+    }
+
+    /// Commits the file, or flushes standard output.
+    fn finish(self) -> Result<()> {
+        match self {
+            Self::File(file) => file.commit()?,
+            Self::Stdout(mut out) => out.flush()?,
+        }
+        Ok(())
+    }
+}
+
+impl Write for Output {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Self::File(file) => file.write(buf),
+            Self::Stdout(out) => out.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Self::File(file) => file.flush(),
+            Self::Stdout(out) => out.flush(),
+        }
+    }
+}
+
+/// A spinner counting what `template` says on standard error (hidden when `quiet`).
+fn spinner(quiet: bool, template: &str) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(ProgressStyle::with_template(template).expect("a valid template"));
+    bar
+}
+
+/// How the checkpoint's training examples were made, or the defaults for its
+/// vocabulary's modality where it does not say.
+fn input_of(folder: &std::path::Path, checkpoint: &Checkpoint) -> Result<InputSpec> {
+    match &checkpoint.metadata.input {
+        Some(spec) => Ok(spec.clone()),
+        None => default_input(folder, checkpoint, 0),
+    }
 }
 
 /// The checkpoint folder `path` names: itself, or the final model of a run folder (one
@@ -634,33 +674,26 @@ fn classify<B: Backend>(backend: B, args: &ClassifyArgs, quiet: bool) -> Result<
         windows: args.windows,
         on_error: args.on_error,
     };
-    let bar = if quiet {
-        ProgressBar::hidden()
-    } else {
-        let bar = ProgressBar::new_spinner();
-        bar.set_style(
-            ProgressStyle::with_template("{spinner} {pos} records ({per_sec}) {elapsed} {msg}")
-                .expect("a valid template"),
-        );
-        bar
-    };
+    let bar = spinner(quiet, "{spinner} {pos} records ({per_sec}) {elapsed} {msg}");
     let progress = |path: &std::path::Path| {
         bar.inc(1);
-        if bar.position() == 1 || bar.position() % 1024 == 0 {
+        if bar.position() == 1 || bar.position().is_multiple_of(1024) {
             bar.set_message(path.display().to_string());
         }
     };
     let started = std::time::Instant::now();
-    let mut file = args.out.as_deref().map(AtomicFile::create).transpose()?;
-    let out: Box<dyn Write + '_> = match &mut file {
-        Some(file) => Box::new(file),
-        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
-    };
-    let summary = classify_files(&model, &labels, &spec, &args.files, options, out, progress)
-        .with_context(|| format!("classifying with {}", folder.display()))?;
-    if let Some(file) = file {
-        file.commit()?;
-    }
+    let mut out = Output::open(args.out.as_deref())?;
+    let summary = classify_files(
+        &model,
+        &labels,
+        &spec,
+        &args.files,
+        options,
+        &mut out,
+        progress,
+    )
+    .with_context(|| format!("classifying with {}", folder.display()))?;
+    out.finish()?;
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
     if !quiet {
@@ -720,20 +753,21 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs, quiet: bool) -> Result<
             folder.display()
         );
     }
-    let spec = match checkpoint.metadata.input.clone() {
-        Some(spec) => spec,
-        None => default_input(&folder, &checkpoint, 0)?,
-    };
+    let spec = input_of(&folder, &checkpoint)?;
     let source = match (&args.prompt, &args.prompt_file) {
         (Some(bases), _) => PromptSource::Bases(bases.clone()),
         (None, Some(path)) => PromptSource::File(path.clone()),
         (None, None) => PromptSource::Silence,
     };
-    let audio = spec.modality == Modality::Audio;
-    let out_dir = match (&args.out, audio) {
-        (Some(dir), true) => Some(dir.clone()),
-        (None, true) => bail!("an audio model writes WAV files: name their folder with --out"),
-        (_, false) => None,
+    let mut fasta = None;
+    let sink = match (spec.modality, &args.out) {
+        (Modality::Audio, Some(dir)) => SampleSink::WavFolder(dir.clone()),
+        (Modality::Audio, None) => {
+            bail!("an audio model writes WAV files: name their folder with --out")
+        }
+        (Modality::Dna, out) => {
+            SampleSink::Fasta(Box::new(fasta.insert(Output::open(out.as_deref())?)))
+        }
     };
     let options = GenerateOptions {
         length: args.length,
@@ -754,34 +788,14 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs, quiet: bool) -> Result<
         checkpoint.metadata.head,
         &checkpoint.params,
     )?;
-    let bar = if quiet {
-        ProgressBar::hidden()
-    } else {
-        let bar = ProgressBar::new_spinner();
-        bar.set_style(
-            ProgressStyle::with_template("{spinner} {pos} tokens ({per_sec}) {elapsed}")
-                .expect("a valid template"),
-        );
-        bar
-    };
+    let bar = spinner(quiet, "{spinner} {pos} tokens ({per_sec}) {elapsed}");
     let started = std::time::Instant::now();
-    let mut file = match (&args.out, audio) {
-        (Some(path), false) => Some(AtomicFile::create(path)?),
-        _ => None,
-    };
-    let sink = match (out_dir, &mut file) {
-        (Some(dir), _) => SampleSink::WavFolder(dir),
-        (None, Some(file)) => SampleSink::Fasta(Box::new(file)),
-        (None, None) => {
-            SampleSink::Fasta(Box::new(std::io::BufWriter::new(std::io::stdout().lock())))
-        }
-    };
     let summary = generate_samples(&model, &spec, &source, options, sink, |tokens| {
         bar.set_position(tokens)
     })
     .with_context(|| format!("generating with {}", folder.display()))?;
-    if let Some(file) = file {
-        file.commit()?;
+    if let Some(fasta) = fasta {
+        fasta.finish()?;
     }
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
