@@ -54,6 +54,15 @@ classify() {
     tr -d '\n ' < "$log" | sed -E 's/.*"records":([0-9]+).*"seconds":([0-9.]+).*/\1 records in \2 s/'
 }
 
+# Decoding 130M-size steps (vocab 50,280) on the GPU: one sequence, and 32 together.
+decode() {
+    local log=$logs/bench-decode.txt
+    timeout 300 "$bin/seqmamba" bench --device cuda --only decode > "$log" 2>&1 ||
+        { echo "failed: $(tail -1 "$log")"; return; }
+    grep "vocab 50280" "$log" | sed -E 's/decode \(d_model 768, 24 layers, vocab 50280, //; s/[[:space:]]+/ /g' |
+        paste -sd ';' -
+}
+
 doctor=$("$bin/seqmamba" doctor 2>&1 | tr '\n' ' ' | cut -c1-160)
 echo "| check | result |"
 echo "|---|---|"
@@ -65,3 +74,4 @@ echo "| demo workflow on the GPU against the CPU | $(tests workflow "$bin/workfl
 echo "| anchor training step, bf16 | $(train bf16) |"
 echo "| anchor training step, TF32 | $(train tf32) |"
 echo "| seqmamba classify, 10,000 promoters, small preset | $(classify) |"
+echo "| decode steps, 130M: batch 1; batch 32 | $(decode) |"
